@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates the committed gRPC stubs (and .pyi) from protos/ into OUT (default: the repo root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${1:-.}
+mkdir -p "$OUT"
+PATH="$(dirname "$PY"):$PATH" "$PY" -m grpc_tools.protoc -Iprotos \
+  --python_out="$OUT" --grpc_python_out="$OUT" \
+  --mypy_out="$OUT" --mypy_grpc_out="$OUT" \
+  protos/entitlements/v1/*.proto

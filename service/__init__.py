@@ -1,0 +1,1 @@
+"""Plan-entitlement gRPC service: owns plan state in PostgreSQL, answers CanUse/GetLimits."""

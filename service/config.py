@@ -1,0 +1,65 @@
+"""Service configuration: a frozen dataclass built once from the environment and validated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
+
+MIN_SECRET_LENGTH = 32
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    database_url: str | None
+    listen: str
+    catalog_path: str | None
+    sync_secret: str | None
+    data_dir: Path
+    grace_seconds: float = 5.0
+    health_interval_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        env = os.environ if env is None else env
+        secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
+        check_sync_secret(secret)
+        listen = env.get("ENTITLEMENTS_LISTEN") or DEFAULT_LISTEN
+        if ":" not in listen:
+            raise ConfigError(f"ENTITLEMENTS_LISTEN must be host:port, got {listen!r}")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            listen=listen,
+            catalog_path=env.get("ENTITLEMENTS_CATALOG") or None,
+            sync_secret=secret,
+            data_dir=Path(env.get("ENTITLEMENTS_DATA_DIR") or ".data"),
+        )
+
+
+def check_sync_secret(secret: str | None) -> None:
+    if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"BILLING_WEBHOOK_SYNC_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+            f"(got {len(secret)})"
+        )
+
+
+def load_catalog(path: str | Path | None) -> Catalog:
+    """The catalog file at `path`, or the bundled default; errors name ENTITLEMENTS_CATALOG."""
+    if path is None:
+        text = resources.files("service").joinpath("default_catalog.toml").read_text("utf-8")
+        return parse_catalog_text(text, "bundled catalog")
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise CatalogError(f"ENTITLEMENTS_CATALOG={path}: cannot be read ({exc.strerror})") from None
+    return parse_catalog_text(text, f"ENTITLEMENTS_CATALOG={path}")

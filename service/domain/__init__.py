@@ -1,0 +1,1 @@
+"""Pure domain: catalog, event normalisation, entitlement resolution. No I/O here."""

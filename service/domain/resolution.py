@@ -1,0 +1,221 @@
+"""Resolving a subject's effective plan, features, limits and `valid_until` at an instant.
+
+Pure: it takes the stored item states and the catalog and a clock reading, so every rule of
+SPEC §3 (canceled until period end, past-due grace, lifetime, grants, tombstones) is tested with
+plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from service.domain.catalog import Catalog, LimitValue, Plan
+from service.domain.events import ItemStatus
+
+
+class EntitlementStatus(StrEnum):
+    DEFAULT = "default"
+    ACTIVE = "active"
+    CANCELED = "canceled"
+    PAST_DUE = "past_due"
+    LIFETIME = "lifetime"
+    GRANTED = "granted"
+
+
+class Reason(StrEnum):
+    FEATURE_IN_PLAN = "feature_in_plan"
+    FEATURE_NOT_IN_PLAN = "feature_not_in_plan"
+    GRANTED_BY_OVERRIDE = "granted_by_override"
+    IN_PAST_DUE_GRACE = "in_past_due_grace"
+    CANCELED_UNTIL_PERIOD_END = "canceled_until_period_end"
+    LIFETIME = "lifetime"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """A subscription item as stored: the latest event's view of it."""
+
+    item_id: str
+    status: ItemStatus
+    plan_slug: str | None
+    plan_id: str | None
+    period_end_ms: int | None
+    past_due_at_ms: int | None
+    event_ms: int
+    ever_active: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A manual override giving `plan` until `expires_at_ms` (None: until revoked)."""
+
+    plan: str
+    granted_at_ms: int
+    expires_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    subject: str
+    items: tuple[ItemState, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    deleted_at_ms: int | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlements:
+    subject: str
+    plan: Plan
+    status: EntitlementStatus
+    valid_until_ms: int | None
+    version: int
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.plan.features
+
+    @property
+    def limits(self) -> Mapping[str, LimitValue]:
+        return self.plan.limits
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    plan: Plan
+    status: EntitlementStatus
+    until_ms: int | None  # exclusive end; None = no end by time
+
+
+# Among candidates of the same plan, the one reported: the most durable source first.
+_STATUS_PREFERENCE: Mapping[EntitlementStatus, int] = {
+    EntitlementStatus.LIFETIME: 0,
+    EntitlementStatus.ACTIVE: 1,
+    EntitlementStatus.GRANTED: 2,
+    EntitlementStatus.CANCELED: 3,
+    EntitlementStatus.PAST_DUE: 4,
+}
+
+
+def _item_candidate(
+    item: ItemState, catalog: Catalog, now_ms: int, deleted_at_ms: int | None
+) -> _Candidate | None:
+    if deleted_at_ms is not None and item.event_ms <= deleted_at_ms:
+        return None  # ended by the subject's deletion
+    plan = catalog.match(item.plan_slug, item.plan_id).plan
+    if plan.lifetime and (item.ever_active or item.status is ItemStatus.ACTIVE):
+        return _Candidate(plan, EntitlementStatus.LIFETIME, None)
+    if item.status is ItemStatus.ACTIVE:
+        return _Candidate(plan, EntitlementStatus.ACTIVE, None)
+    if item.status is ItemStatus.CANCELED:
+        if item.period_end_ms is None:
+            return _Candidate(plan, EntitlementStatus.CANCELED, None)
+        if now_ms < item.period_end_ms:
+            return _Candidate(plan, EntitlementStatus.CANCELED, item.period_end_ms)
+        return None
+    if item.status is ItemStatus.PAST_DUE:
+        start = item.past_due_at_ms if item.past_due_at_ms is not None else item.event_ms
+        end = start + catalog.past_due_grace_seconds * 1000
+        if now_ms < end:
+            return _Candidate(plan, EntitlementStatus.PAST_DUE, end)
+        return None
+    return None
+
+
+def _grant_candidate(
+    grant: Grant, catalog: Catalog, now_ms: int, deleted_at_ms: int | None
+) -> _Candidate | None:
+    if deleted_at_ms is not None and grant.granted_at_ms <= deleted_at_ms:
+        return None
+    plan = catalog.plans.get(grant.plan)
+    if plan is None:
+        return None
+    if grant.expires_at_ms is not None and now_ms >= grant.expires_at_ms:
+        return None
+    return _Candidate(plan, EntitlementStatus.GRANTED, grant.expires_at_ms)
+
+
+def _candidates(state: SubjectState, catalog: Catalog, now_ms: int) -> list[_Candidate]:
+    found: list[_Candidate] = []
+    for item in state.items:
+        c = _item_candidate(item, catalog, now_ms, state.deleted_at_ms)
+        if c is not None:
+            found.append(c)
+    for grant in state.grants:
+        c = _grant_candidate(grant, catalog, now_ms, state.deleted_at_ms)
+        if c is not None:
+            found.append(c)
+    return found
+
+
+def _best(candidates: Iterable[_Candidate], catalog: Catalog) -> tuple[Plan, EntitlementStatus]:
+    best: _Candidate | None = None
+    for c in candidates:
+        if best is None:
+            best = c
+            continue
+        key = (
+            c.plan.rank,
+            -_STATUS_PREFERENCE[c.status],
+            c.until_ms is None,
+            c.until_ms or 0,
+        )
+        best_key = (
+            best.plan.rank,
+            -_STATUS_PREFERENCE[best.status],
+            best.until_ms is None,
+            best.until_ms or 0,
+        )
+        if key > best_key:
+            best = c
+    if best is None:
+        return catalog.default_plan, EntitlementStatus.DEFAULT
+    return best.plan, best.status
+
+
+def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
+    """The subject's entitlements at `now_ms`, with the instant they next change by time."""
+    candidates = _candidates(state, catalog, now_ms)
+    plan, status = _best(candidates, catalog)
+    valid_until: int | None = None
+    # Time only removes candidates; walk their ends in order until the answer changes.
+    for end in sorted({c.until_ms for c in candidates if c.until_ms is not None}):
+        later_plan, later_status = _best(_candidates(state, catalog, end), catalog)
+        if later_plan.name != plan.name or later_status is not status:
+            valid_until = end
+            break
+    return Entitlements(state.subject, plan, status, valid_until, state.version)
+
+
+_REASON_BY_STATUS: Mapping[EntitlementStatus, Reason] = {
+    EntitlementStatus.GRANTED: Reason.GRANTED_BY_OVERRIDE,
+    EntitlementStatus.PAST_DUE: Reason.IN_PAST_DUE_GRACE,
+    EntitlementStatus.CANCELED: Reason.CANCELED_UNTIL_PERIOD_END,
+    EntitlementStatus.LIFETIME: Reason.LIFETIME,
+}
+
+
+def feature_decision(entitlements: Entitlements, feature: str) -> tuple[bool, Reason]:
+    """Whether the feature is allowed, and why."""
+    if feature not in entitlements.features:
+        return False, Reason.FEATURE_NOT_IN_PLAN
+    return True, _REASON_BY_STATUS.get(entitlements.status, Reason.FEATURE_IN_PLAN)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    allowed: bool
+    limit: LimitValue
+    remaining: int
+
+
+def limit_decision(
+    entitlements: Entitlements, limit_name: str, current_usage: int, requested: int
+) -> LimitDecision:
+    """Whether `requested` more units (0 taken as 1) fit under the limit given current usage."""
+    limit = entitlements.limits[limit_name]
+    wanted = requested if requested > 0 else 1
+    remaining = 0 if limit.unlimited else max(0, limit.value - current_usage)
+    return LimitDecision(limit.allows(current_usage, wanted), limit, remaining)

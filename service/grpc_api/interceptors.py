@@ -1,0 +1,140 @@
+"""Auth, error mapping and logging for every RPC, in one place.
+
+Servicers raise domain exceptions; this module turns them into AIP-193 status codes with a human
+message, so no traceback or exception text ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from service.domain.subjects import InvalidArgument
+from service.store.postgres import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+BILLING_SYNC_PREFIX = "/entitlements.v1.BillingSyncService/"
+CONFIG_ERROR_MESSAGE = "Server config error"
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+class NotFound(Exception):
+    """Something the caller named does not exist (maps to NOT_FOUND)."""
+
+
+class Unimplemented(Exception):
+    """The RPC is declared but not built yet (maps to UNIMPLEMENTED)."""
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    if isinstance(exc, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, Unimplemented):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
+    return None
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]] | None = None,
+    streaming: Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]] | None = None,
+) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None and unary is not None:
+        return handler._replace(unary_unary=unary)  # type: ignore[attr-defined, no-any-return]
+    if handler.unary_stream is not None and streaming is not None:
+        return handler._replace(unary_stream=streaming)  # type: ignore[attr-defined, no-any-return]
+    return handler
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps exceptions to status codes and logs each call's outcome at debug level."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
+            mapped = _status_for(exc)
+            if mapped is None:
+                log.exception("Error processing %s", method)
+                mapped = (grpc.StatusCode.INTERNAL, "internal error")
+            elif mapped[0] is grpc.StatusCode.UNAVAILABLE:
+                log.warning("%s: %s (%s)", method, mapped[1], exc)
+            await context.abort(*mapped)
+
+        inner_unary = handler.unary_unary
+        inner_stream = handler.unary_stream
+
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            try:
+                return await inner_unary(request, context)
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                await fail(exc, context)
+            finally:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %.2f ms", method, (time.perf_counter() - start) * 1000)
+
+        async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                await fail(exc, context)
+
+        return _wrap(handler, unary, streaming)
+
+
+class BillingAuthInterceptor(aio.ServerInterceptor):
+    """Guards BillingSyncService with `authorization: Bearer <secret>`, compared in constant time."""
+
+    def __init__(self, secret: str | None) -> None:
+        self._expected = f"Bearer {secret}".encode() if secret else None
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
+            return handler
+        if self._expected is None:
+            return _deny(handler, grpc.StatusCode.FAILED_PRECONDITION, CONFIG_ERROR_MESSAGE)
+        presented = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value.encode() if isinstance(value, str) else value
+        if not hmac.compare_digest(presented, self._expected):
+            log.warning("rejected %s: missing or wrong bearer token", handler_call_details.method)
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+        return handler
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    return _wrap(handler, unary, streaming)

@@ -1,0 +1,294 @@
+"""gRPC servicers: validate the request, ask the store and the domain, build the response."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from entitlements.v1 import (
+    billing_sync_service_pb2 as sync_pb,
+)
+from entitlements.v1 import (
+    billing_sync_service_pb2_grpc as sync_grpc,
+)
+from entitlements.v1 import (
+    entitlement_service_pb2 as pb,
+)
+from entitlements.v1 import (
+    entitlement_service_pb2_grpc as pb_grpc,
+)
+from service.domain.catalog import Catalog, LimitValue
+from service.domain.events import normalize_event
+from service.domain.resolution import (
+    Entitlements,
+    EntitlementStatus,
+    Reason,
+    feature_decision,
+    limit_decision,
+    resolve,
+)
+from service.domain.subjects import InvalidArgument, require_subject
+from service.grpc_api.interceptors import Unimplemented
+from service.store.postgres import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+MAX_EVENT_ID_BYTES = 255
+DEFAULT_HISTORY_PAGE = 100
+MAX_HISTORY_PAGE = 1000
+
+Context = aio.ServicerContext[Any, Any]
+
+_REASONS: Mapping[Reason, int] = {
+    Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
+    Reason.FEATURE_NOT_IN_PLAN: pb.REASON_FEATURE_NOT_IN_PLAN,
+    Reason.GRANTED_BY_OVERRIDE: pb.REASON_GRANTED_BY_OVERRIDE,
+    Reason.IN_PAST_DUE_GRACE: pb.REASON_IN_PAST_DUE_GRACE,
+    Reason.CANCELED_UNTIL_PERIOD_END: pb.REASON_CANCELED_UNTIL_PERIOD_END,
+    Reason.LIFETIME: pb.REASON_LIFETIME,
+}
+_STATUSES: Mapping[EntitlementStatus, int] = {
+    EntitlementStatus.DEFAULT: pb.ENTITLEMENT_STATUS_DEFAULT,
+    EntitlementStatus.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
+    EntitlementStatus.CANCELED: pb.ENTITLEMENT_STATUS_CANCELED,
+    EntitlementStatus.PAST_DUE: pb.ENTITLEMENT_STATUS_PAST_DUE,
+    EntitlementStatus.LIFETIME: pb.ENTITLEMENT_STATUS_LIFETIME,
+    EntitlementStatus.GRANTED: pb.ENTITLEMENT_STATUS_GRANTED,
+}
+
+
+def _timestamp(ms: int | None) -> Timestamp | None:
+    if ms is None:
+        return None
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
+    return {name: pb.Limit(value=v.value, unlimited=v.unlimited) for name, v in limits.items()}
+
+
+class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
+    """The read side: every answer is resolved at the moment of the call."""
+
+    def __init__(self, store: Store, catalog: Catalog) -> None:
+        self._store = store
+        self._catalog = catalog
+
+    async def _entitlements(self, subject: str) -> Entitlements:
+        require_subject(subject)
+        state = (await self._store.load_states([subject]))[subject]
+        return resolve(state, self._catalog, self._store.now_ms())
+
+    def _require_feature(self, feature: str) -> None:
+        if feature not in self._catalog.features:
+            raise InvalidArgument(f"unknown feature {feature!r}")
+
+    def _can_use(self, ent: Entitlements, feature: str) -> pb.CanUseResponse:
+        allowed, reason = feature_decision(ent, feature)
+        return pb.CanUseResponse(
+            allowed=allowed,
+            plan=ent.plan.name,
+            reason=_REASONS[reason],  # type: ignore[arg-type]
+            valid_until=_timestamp(ent.valid_until_ms),
+        )
+
+    async def CanUse(self, request: pb.CanUseRequest, context: Context) -> pb.CanUseResponse:
+        self._require_feature(request.feature)
+        return self._can_use(await self._entitlements(request.subject), request.feature)
+
+    async def BatchCanUse(
+        self, request: pb.BatchCanUseRequest, context: Context
+    ) -> pb.BatchCanUseResponse:
+        if len(request.checks) > MAX_BATCH:
+            raise InvalidArgument(
+                f"checks: at most {MAX_BATCH} per call, got {len(request.checks)}"
+            )
+        for i, check in enumerate(request.checks):
+            try:
+                require_subject(check.subject)
+                self._require_feature(check.feature)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"checks[{i}]: {exc}") from None
+        states = await self._store.load_states([c.subject for c in request.checks])
+        now = self._store.now_ms()
+        resolved = {s: resolve(state, self._catalog, now) for s, state in states.items()}
+        return pb.BatchCanUseResponse(
+            results=[self._can_use(resolved[c.subject], c.feature) for c in request.checks]
+        )
+
+    async def GetLimits(
+        self, request: pb.GetLimitsRequest, context: Context
+    ) -> pb.GetLimitsResponse:
+        ent = await self._entitlements(request.subject)
+        return pb.GetLimitsResponse(
+            plan=ent.plan.name,
+            limits=_limits(ent.limits),
+            valid_until=_timestamp(ent.valid_until_ms),
+        )
+
+    async def CheckLimit(
+        self, request: pb.CheckLimitRequest, context: Context
+    ) -> pb.CheckLimitResponse:
+        if request.limit not in self._catalog.limit_names:
+            raise InvalidArgument(f"unknown limit {request.limit!r}")
+        if request.current_usage < 0 or request.requested < 0:
+            raise InvalidArgument("current_usage and requested must not be negative")
+        ent = await self._entitlements(request.subject)
+        decision = limit_decision(ent, request.limit, request.current_usage, request.requested)
+        return pb.CheckLimitResponse(
+            allowed=decision.allowed,
+            limit=decision.limit.value,
+            remaining=decision.remaining,
+            unlimited=decision.limit.unlimited,
+            plan=ent.plan.name,
+            valid_until=_timestamp(ent.valid_until_ms),
+        )
+
+    async def GetEntitlements(
+        self, request: pb.GetEntitlementsRequest, context: Context
+    ) -> pb.GetEntitlementsResponse:
+        ent = await self._entitlements(request.subject)
+        return entitlements_message(ent)
+
+    async def ListPlans(
+        self, request: pb.ListPlansRequest, context: Context
+    ) -> pb.ListPlansResponse:
+        catalog = self._catalog
+        return pb.ListPlansResponse(
+            plans=[
+                pb.Plan(
+                    name=p.name,
+                    rank=p.rank,
+                    lifetime=p.lifetime,
+                    is_default=p.name == catalog.default_plan_name,
+                    features=sorted(p.features),
+                    limits=_limits(p.limits),
+                    clerk_slugs=list(p.clerk_slugs),
+                    clerk_plan_ids=list(p.clerk_plan_ids),
+                )
+                for p in catalog.plans_by_rank()
+            ],
+            default_plan=catalog.default_plan_name,
+            features=sorted(catalog.features),
+            limits=list(catalog.limit_names),
+        )
+
+    async def WatchEntitlements(  # type: ignore[override]
+        self, request: pb.WatchEntitlementsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
+        raise Unimplemented("WatchEntitlements is not available yet")
+        yield  # pragma: no cover - makes this an async generator
+
+
+def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
+    return pb.GetEntitlementsResponse(
+        subject=ent.subject,
+        plan=ent.plan.name,
+        features=sorted(ent.features),
+        limits=_limits(ent.limits),
+        status=_STATUSES[ent.status],  # type: ignore[arg-type]
+        valid_until=_timestamp(ent.valid_until_ms),
+        version=ent.version,
+    )
+
+
+_OUTCOMES: Mapping[str, int] = {
+    "APPLIED": sync_pb.APPLIED,
+    "DUPLICATE": sync_pb.DUPLICATE,
+    "STALE": sync_pb.STALE,
+    "IGNORED": sync_pb.IGNORED,
+    "UNPARSEABLE": sync_pb.UNPARSEABLE,
+}
+
+
+def _ms_of(ts: Timestamp, default: int) -> int:
+    return ts.ToMilliseconds() if ts.seconds or ts.nanos else default
+
+
+class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
+    """The write side, behind the bearer-secret interceptor."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def ApplyBillingEvent(
+        self, request: sync_pb.ApplyBillingEventRequest, context: Context
+    ) -> sync_pb.ApplyBillingEventResponse:
+        event_id = request.event_id
+        if not event_id or len(event_id.encode()) > MAX_EVENT_ID_BYTES or not event_id.isprintable():
+            raise InvalidArgument(
+                f"event_id must be 1 to {MAX_EVENT_ID_BYTES} bytes of printable characters"
+            )
+        now_ms = int(time.time() * 1000)
+        received_ms = _ms_of(request.received_at, now_ms)
+        fallback_ms = _ms_of(request.signed_at, received_ms)
+        event = normalize_event(request.payload, request.type, fallback_ms)
+        result = await self._store.apply(
+            event_id,
+            request.type or event.type,
+            request.payload,
+            datetime.fromtimestamp(received_ms / 1000, UTC),
+            event,
+        )
+        for note in result.notes:
+            if note.startswith("unknown plan slug"):
+                log.warning("event %s for %s: %s", event_id, result.subject, note)
+        if result.outcome == "UNPARSEABLE":
+            log.warning("event %s (%s) stored as UNPARSEABLE: %s", event_id, event.type, event.error)
+        if result.plan is not None and result.plan != result.previous_plan:
+            log.info(
+                "plan of %s: %s -> %s (event %s, %s)",
+                result.subject,
+                result.previous_plan,
+                result.plan,
+                event_id,
+                event.type,
+            )
+        return sync_pb.ApplyBillingEventResponse(
+            outcome=_OUTCOMES[result.outcome],  # type: ignore[arg-type]
+            subject=result.subject or "",
+            plan=result.plan or "",
+            previous_plan=result.previous_plan or "",
+            version=result.version,
+            notes=list(result.notes),
+        )
+
+    async def GetSubjectHistory(
+        self, request: sync_pb.GetSubjectHistoryRequest, context: Context
+    ) -> sync_pb.GetSubjectHistoryResponse:
+        subject = require_subject(request.subject)
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        page = min(request.page_size or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
+        rows = await self._store.history(subject, page)
+        entries = []
+        for row in rows:
+            recorded = Timestamp()
+            recorded.FromDatetime(row.recorded_at)
+            entries.append(
+                sync_pb.HistoryEntry(
+                    kind=(  # type: ignore[arg-type]
+                        sync_pb.HISTORY_KIND_DELIVERY
+                        if row.kind == "delivery"
+                        else sync_pb.HISTORY_KIND_PLAN_CHANGE
+                    ),
+                    recorded_at=recorded,
+                    event_id=row.event_id or "",
+                    type=row.type or "",
+                    outcome=_OUTCOMES.get(row.outcome or "", 0),  # type: ignore[arg-type]
+                    occurred_at=_timestamp(row.event_ms),
+                    from_plan=row.from_plan or "",
+                    to_plan=row.to_plan or "",
+                    note=row.note or "",
+                )
+            )
+        return sync_pb.GetSubjectHistoryResponse(subject=subject, entries=entries)

@@ -1,0 +1,176 @@
+"""`entitlements-service`: the grpc.aio server, its health reporting and graceful shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.config import ConfigError, ServiceSettings, load_catalog
+from service.domain.catalog import Catalog, CatalogError
+from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
+from service.grpc_api.interceptors import BillingAuthInterceptor, ErrorInterceptor
+from service.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.store.postgres import Store, StoreUnavailable
+
+log = logging.getLogger("entitlements.service")
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["EntitlementService"].full_name,
+    sync_pb.DESCRIPTOR.services_by_name["BillingSyncService"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    """A started server; `stop()` drains it gracefully."""
+
+    server: aio.Server
+    port: int
+    store: Store
+    health: health.aio.HealthServicer
+    grace_seconds: float
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def stop(self) -> None:
+        await self.set_serving(False)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.server.stop(self.grace_seconds)
+        await self.store.close()
+
+
+async def _watch_database(running: RunningServer, interval: float) -> None:
+    """Report NOT_SERVING while the database is unreachable."""
+    serving: bool | None = None
+    while True:
+        ok = await running.store.ping()
+        if ok != serving:
+            await running.set_serving(ok)
+            if serving is not None:
+                (log.info if ok else log.warning)(
+                    "database %s", "reachable again: SERVING" if ok else "unreachable: NOT_SERVING"
+                )
+            serving = ok
+        await asyncio.sleep(interval)
+
+
+async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
+    """Build and start the server on `settings.listen` (port 0 picks a free port)."""
+    server = aio.server(
+        interceptors=[ErrorInterceptor(), BillingAuthInterceptor(settings.sync_secret)],
+        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+    pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(store, catalog), server)
+    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
+    await server.start()
+    running = RunningServer(server, port, store, health_servicer, settings.grace_seconds)
+    await running.set_serving(await store.ping())
+    running._tasks.append(
+        asyncio.create_task(_watch_database(running, settings.health_interval_seconds))
+    )
+    return running
+
+
+async def serve(settings: ServiceSettings) -> None:
+    catalog = load_catalog(settings.catalog_path)
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
+        dsn = embedded.uri
+    try:
+        store = await Store.open(dsn, catalog)
+        running = await start_server(settings, catalog, store)
+        host = settings.listen.rsplit(":", 1)[0]
+        log.info(
+            "entitlements-service listening on %s:%d (catalog: %s plans, default %r)%s",
+            host,
+            running.port,
+            len(catalog.plans),
+            catalog.default_plan_name,
+            "" if settings.sync_secret else "; BillingSyncService disabled: no "
+            "BILLING_WEBHOOK_SYNC_SECRET",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: NOT_SERVING, draining for up to %.0f s", settings.grace_seconds)
+        await running.stop()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    log.info("stopped")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="entitlements-service", description=__doc__)
+    parser.add_argument("--listen", help="host:port (overrides ENTITLEMENTS_LISTEN)")
+    parser.add_argument("--database-url", help="PostgreSQL DSN (overrides DATABASE_URL)")
+    parser.add_argument("--catalog", help="catalog TOML (overrides ENTITLEMENTS_CATALOG)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level.upper())
+    try:
+        settings = ServiceSettings.from_env()
+        settings = replace(
+            settings,
+            listen=args.listen or settings.listen,
+            database_url=args.database_url or settings.database_url,
+            catalog_path=args.catalog or settings.catalog_path,
+        )
+        asyncio.run(serve(settings))
+    except (ConfigError, CatalogError) as exc:
+        log.error("refusing to start: %s", exc)
+        sys.exit(2)
+    except StoreUnavailable as exc:
+        log.error("refusing to start: %s", exc)
+        sys.exit(3)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

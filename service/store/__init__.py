@@ -1,0 +1,1 @@
+"""PostgreSQL store adapter (asyncpg): migrations, one transaction per event, reads."""

@@ -1,0 +1,451 @@
+"""The PostgreSQL store: one transaction per delivery, ordering guarded inside the UPDATE.
+
+Every verified delivery is recorded by its svix-id in the same transaction as the state change
+it causes, so a retry is a DUPLICATE and a crash between the two is impossible. The subject row
+is locked first, so concurrent deliveries for one subject serialise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from service.domain.catalog import Catalog
+from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedEvent
+from service.domain.resolution import ItemState, SubjectState, resolve
+from service.store.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or did not answer in time; the caller may retry."""
+
+
+class Outcome:
+    APPLIED = "APPLIED"
+    DUPLICATE = "DUPLICATE"
+    STALE = "STALE"
+    IGNORED = "IGNORED"
+    UNPARSEABLE = "UNPARSEABLE"
+    PENDING = "PENDING"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: str
+    subject: str | None
+    plan: str | None
+    previous_plan: str | None
+    version: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    kind: str  # "delivery" | "plan_change"
+    recorded_at: datetime
+    event_id: str | None
+    type: str | None
+    outcome: str | None
+    event_ms: int | None
+    from_plan: str | None
+    to_plan: str | None
+    note: str
+
+
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+_RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+_ITEM_COLUMNS = (
+    "i.item_id, i.status, i.plan_slug, i.plan_id, i.period_end_ms, i.past_due_at_ms, "
+    "i.event_ms, i.ever_active"
+)
+
+# The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
+# (event time, lifecycle rank, digest) is strictly greater than the stored one.
+_UPSERT_ITEM = """
+INSERT INTO items (item_id, subject, status, plan_slug, plan_id, period_end_ms, past_due_at_ms,
+                   is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (item_id) DO UPDATE SET
+    subject = EXCLUDED.subject, status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
+    plan_id = EXCLUDED.plan_id, period_end_ms = EXCLUDED.period_end_ms,
+    past_due_at_ms = EXCLUDED.past_due_at_ms, is_default = EXCLUDED.is_default,
+    ever_active = items.ever_active OR EXCLUDED.ever_active,
+    event_ms = EXCLUDED.event_ms, lifecycle_rank = EXCLUDED.lifecycle_rank,
+    digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id, updated_at = now()
+WHERE (items.event_ms, items.lifecycle_rank, items.digest)
+    < (EXCLUDED.event_ms, EXCLUDED.lifecycle_rank, EXCLUDED.digest)
+RETURNING item_id
+"""
+
+# `ever_active` only grows, so it may be set by an otherwise stale event: a lifetime item
+# that was ever active stays entitling whatever order its events arrive in.
+_MARK_EVER_ACTIVE = """
+UPDATE items SET ever_active = true WHERE item_id = $1 AND NOT ever_active RETURNING item_id
+"""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """Plan state in PostgreSQL. Construct with `Store.open(dsn, catalog)`."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, catalog: Catalog, clock: Callable[[], int] = _now_ms
+    ) -> None:
+        self._pool = pool
+        self.catalog = catalog
+        self._clock = clock
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        catalog: Catalog,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        clock: Callable[[], int] = _now_ms,
+    ) -> Store:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, command_timeout=10, timeout=5
+            )
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, catalog, clock)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                yield conn
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection; retry deadlocks/serialisation failures."""
+        for attempt in range(5):
+            try:
+                async with self._connection() as conn:
+                    return await work(conn)
+            except _RETRYABLE_TX_ERRORS:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            return True
+        except (StoreUnavailable, *_UNAVAILABLE_ERRORS):
+            return False
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def load_states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
+        """The stored state of each subject (unknown subjects get an empty state)."""
+        unique = list(dict.fromkeys(subjects))
+
+        async def work(conn: asyncpg.Connection) -> dict[str, SubjectState]:
+            return await _load_states(conn, unique)
+
+        return await self._run(work)
+
+    async def history(self, subject: str, limit: int) -> list[HistoryRow]:
+        async def work(conn: asyncpg.Connection) -> list[HistoryRow]:
+            rows = await conn.fetch(
+                """
+                (SELECT 'delivery' AS kind, recorded_at, event_id, type, outcome, event_ms,
+                        NULL::text AS from_plan, NULL::text AS to_plan,
+                        array_to_string(notes, '; ') AS note
+                   FROM deliveries WHERE subject = $1
+                   ORDER BY recorded_at DESC LIMIT $2)
+                UNION ALL
+                (SELECT 'plan_change', changed_at, cause_event_id, cause_type, NULL, NULL,
+                        from_plan, to_plan, 'version ' || version
+                   FROM plan_changes WHERE subject = $1
+                   ORDER BY changed_at DESC LIMIT $2)
+                ORDER BY recorded_at DESC, kind DESC LIMIT $2
+                """,
+                subject,
+                limit,
+            )
+            return [HistoryRow(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def apply(
+        self,
+        event_id: str,
+        event_type: str,
+        payload: bytes,
+        received_at: datetime,
+        event: NormalizedEvent,
+    ) -> ApplyResult:
+        """Record the delivery and apply it, in one transaction; returns after commit."""
+
+        async def work(conn: asyncpg.Connection) -> ApplyResult:
+            async with conn.transaction():
+                return await self._apply_in_tx(
+                    conn, event_id, event_type, payload, received_at, event
+                )
+
+        return await self._run(work)
+
+    async def _apply_in_tx(
+        self,
+        conn: asyncpg.Connection,
+        event_id: str,
+        event_type: str,
+        payload: bytes,
+        received_at: datetime,
+        event: NormalizedEvent,
+    ) -> ApplyResult:
+        inserted = await conn.fetchval(
+            """INSERT INTO deliveries (event_id, type, payload, subject, outcome, event_ms,
+                                       received_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (event_id) DO NOTHING RETURNING true""",
+            event_id,
+            event_type,
+            payload,
+            event.subject,
+            Outcome.PENDING,
+            event.event_ms,
+            received_at,
+        )
+        if not inserted:
+            return await self._duplicate(conn, event_id)
+
+        notes = list(event.notes)
+        if event.error:
+            notes.append(event.error)
+        for item in event.items:
+            match = self.catalog.match(item.plan_slug, item.plan_id)
+            if not match.known:
+                notes.append(
+                    f"unknown plan slug {item.plan_slug!r} (id {item.plan_id!r}) "
+                    f"mapped to default plan {match.plan.name!r}"
+                )
+
+        result: ApplyResult
+        if event.kind is EventKind.UNPARSEABLE:
+            result = ApplyResult(Outcome.UNPARSEABLE, event.subject, None, None, 0)
+        elif event.kind is EventKind.IGNORED:
+            result = ApplyResult(Outcome.IGNORED, None, None, None, 0)
+        elif event.subject is None:
+            result = ApplyResult(Outcome.APPLIED, None, None, None, 0)
+        else:
+            result = await self._apply_to_subject(conn, event_id, event)
+        await conn.execute(
+            "UPDATE deliveries SET outcome = $2, notes = $3, subject = $4 WHERE event_id = $1",
+            event_id,
+            result.outcome,
+            notes,
+            result.subject,
+        )
+        return ApplyResult(
+            result.outcome,
+            result.subject,
+            result.plan,
+            result.previous_plan,
+            result.version,
+            tuple(notes),
+        )
+
+    async def _duplicate(self, conn: asyncpg.Connection, event_id: str) -> ApplyResult:
+        row = await conn.fetchrow(
+            "SELECT subject, notes FROM deliveries WHERE event_id = $1", event_id
+        )
+        subject = row["subject"] if row else None
+        if subject is None:
+            return ApplyResult(Outcome.DUPLICATE, None, None, None, 0)
+        state = (await _load_states(conn, [subject]))[subject]
+        ent = resolve(state, self.catalog, self.now_ms())
+        return ApplyResult(
+            Outcome.DUPLICATE, subject, ent.plan.name, ent.plan.name, state.version
+        )
+
+    async def _apply_to_subject(
+        self, conn: asyncpg.Connection, event_id: str, event: NormalizedEvent
+    ) -> ApplyResult:
+        assert event.subject is not None
+        subject = event.subject
+        # Lock the subject row first: concurrent deliveries for one subject serialise here.
+        subject_row = await conn.fetchrow(
+            """INSERT INTO subjects (subject) VALUES ($1)
+               ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
+               RETURNING version, deleted_at_ms""",
+            subject,
+        )
+        assert subject_row is not None
+        now = self.now_ms()
+        before = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
+
+        changed = False
+        any_fresh = False
+        if event.kind is EventKind.ITEMS:
+            deleted_at = subject_row["deleted_at_ms"]
+            for item in event.items:
+                if deleted_at is not None and item.event_ms <= deleted_at:
+                    continue  # the subject's deletion is newer: cannot resurrect
+                if await _upsert_item(conn, item, event_id):
+                    changed = any_fresh = True
+                elif item.status is ItemStatus.ACTIVE and await conn.fetchval(
+                    _MARK_EVER_ACTIVE, item.item_id
+                ):
+                    changed = True
+            outcome = Outcome.APPLIED if (any_fresh or changed) else Outcome.STALE
+        elif event.kind is EventKind.SUBJECT_DELETED:
+            assert event.event_ms is not None
+            changed = bool(
+                await conn.fetchval(
+                    """UPDATE subjects SET deleted_at_ms = $2, updated_at = now()
+                       WHERE subject = $1 AND (deleted_at_ms IS NULL OR deleted_at_ms < $2)
+                       RETURNING true""",
+                    subject,
+                    event.event_ms,
+                )
+            )
+            outcome = Outcome.APPLIED if changed else Outcome.STALE
+        elif event.kind is EventKind.SUBJECT_CREATED:
+            await conn.execute(
+                """UPDATE subjects SET created_at_ms = LEAST(COALESCE(created_at_ms, $2), $2)
+                   WHERE subject = $1""",
+                subject,
+                event.event_ms,
+            )
+            outcome = Outcome.APPLIED
+        else:  # RECORD_ONLY
+            outcome = Outcome.APPLIED
+
+        version = int(subject_row["version"])
+        after = before
+        if changed:
+            version = int(await conn.fetchval("SELECT nextval('entitlement_version_seq')"))
+            after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
+            await conn.execute(
+                """UPDATE subjects SET version = $2, plan = $3, updated_at = now()
+                   WHERE subject = $1""",
+                subject,
+                version,
+                after.plan.name,
+            )
+            if after.plan.name != before.plan.name:
+                await conn.execute(
+                    """INSERT INTO plan_changes (subject, from_plan, to_plan, version,
+                                                 cause_event_id, cause_type)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    subject,
+                    before.plan.name,
+                    after.plan.name,
+                    version,
+                    event_id,
+                    event.type,
+                )
+        return ApplyResult(outcome, subject, after.plan.name, before.plan.name, version)
+
+
+async def _upsert_item(conn: asyncpg.Connection, item: ItemUpdate, event_id: str) -> bool:
+    row = await conn.fetchval(
+        _UPSERT_ITEM,
+        item.item_id,
+        item.subject,
+        item.status.value,
+        item.plan_slug,
+        item.plan_id,
+        item.period_end_ms,
+        item.past_due_at_ms,
+        item.is_default,
+        item.status is ItemStatus.ACTIVE,
+        item.event_ms,
+        item.lifecycle_rank,
+        item.digest,
+        event_id,
+    )
+    return row is not None
+
+
+def _item_state(row: Any) -> ItemState:
+    return ItemState(
+        item_id=row["item_id"],
+        status=ItemStatus(row["status"]),
+        plan_slug=row["plan_slug"],
+        plan_id=row["plan_id"],
+        period_end_ms=row["period_end_ms"],
+        past_due_at_ms=row["past_due_at_ms"],
+        event_ms=row["event_ms"],
+        ever_active=row["ever_active"],
+    )
+
+
+async def _load_states(conn: asyncpg.Connection, subjects: list[str]) -> dict[str, SubjectState]:
+    rows = await conn.fetch(
+        f"""SELECT q.subject, s.version, s.deleted_at_ms, {_ITEM_COLUMNS}
+              FROM unnest($1::text[]) AS q(subject)
+              LEFT JOIN subjects s ON s.subject = q.subject
+              LEFT JOIN items i ON i.subject = q.subject""",
+        subjects,
+    )
+    items: dict[str, list[ItemState]] = {s: [] for s in subjects}
+    meta: dict[str, tuple[int, int | None]] = {}
+    for row in rows:
+        subject = row["subject"]
+        meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
+        if row["item_id"] is not None:
+            items[subject].append(_item_state(row))
+    return {
+        s: SubjectState(
+            subject=s,
+            items=tuple(items[s]),
+            deleted_at_ms=meta.get(s, (0, None))[1],
+            version=meta.get(s, (0, None))[0],
+        )
+        for s in subjects
+    }

@@ -1,0 +1,120 @@
+"""Shared fixtures: a fresh PostgreSQL database per run, and a real gRPC server per test."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc import aio
+
+from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.config import ServiceSettings, load_catalog
+from service.server import RunningServer, start_server
+from service.store.postgres import Store
+from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_database
+
+_TABLES = "subjects, items, deliveries, plan_changes"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """The machine's PostgreSQL when reachable, else an embedded one (pgserver)."""
+    if admin_reachable(ADMIN_DSN):
+        yield ADMIN_DSN
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="ent-pg-") as tmp:
+        server = pgserver.get_server(Path(tmp), cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    with fresh_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@dataclass
+class Harness:
+    """A running service on port 0 with stubs for both services."""
+
+    running: RunningServer
+    channel: aio.Channel
+    entitlements: pb_grpc.EntitlementServiceStub
+    sync: sync_grpc.BillingSyncServiceStub
+    store: Store
+    clock: Clock
+    target: str
+
+    @property
+    def auth(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {SYNC_SECRET}"),)
+
+
+async def _truncate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE {_TABLES} CASCADE")
+    except asyncpg.UndefinedTableError:
+        pass
+    finally:
+        await conn.close()
+
+
+async def start_harness(
+    dsn: str, clock: Clock, secret: str | None = SYNC_SECRET
+) -> AsyncIterator[Harness]:
+    catalog = load_catalog(None)
+    store = await Store.open(dsn, catalog, clock=clock)
+    settings = ServiceSettings(
+        database_url=dsn,
+        listen="127.0.0.1:0",
+        catalog_path=None,
+        sync_secret=secret,
+        data_dir=Path(".data"),
+        grace_seconds=0.5,
+        health_interval_seconds=0.1,
+    )
+    running = await start_server(settings, catalog, store)
+    target = f"127.0.0.1:{running.port}"
+    channel = aio.insecure_channel(target)
+    try:
+        yield Harness(
+            running,
+            channel,
+            pb_grpc.EntitlementServiceStub(channel),
+            sync_grpc.BillingSyncServiceStub(channel),
+            store,
+            clock,
+            target,
+        )
+    finally:
+        await channel.close()
+        await running.stop()
+
+
+@pytest.fixture
+async def harness(database_url: str, clock: Clock) -> AsyncIterator[Harness]:
+    await _truncate(database_url)
+    async for h in start_harness(database_url, clock):
+        yield h
+
+
+def rpc_code(exc: BaseException) -> grpc.StatusCode:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    return exc.code()

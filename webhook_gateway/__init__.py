@@ -1,0 +1,1 @@
+"""Webhook gateway: verifies Clerk/Svix deliveries and forwards them to the service."""
