@@ -69,7 +69,10 @@ def event(
     item_id: str | None = None,
     **data_overrides: Any,
 ) -> dict[str, Any]:
-    """A fixture event shifted to `at_ms`, with its envelope time, payer and item overridable."""
+    """A fixture event shifted to `at_ms`, with its envelope time, payer and item overridable.
+
+    With `subject`, item ids get the subject as a suffix, so tests sharing a database never
+    share an item."""
     payload = load_fixture(name, at_ms=at_ms)
     if timestamp_ms is not None:
         payload["timestamp"] = timestamp_ms
@@ -86,6 +89,12 @@ def event(
             data["id"] = subject
     if item_id is not None:
         data["id"] = item_id
+    if subject is not None:
+        # Item ids are global in Clerk: keep each test subject's items its own.
+        item_objects = [data, *data.get("items", [])]
+        for item in item_objects:
+            if item.get("object") == "commerce_subscription_item":
+                item["id"] = f"{item['id']}_{subject}"
     for key, value in data_overrides.items():
         if key == "plan_slug":
             data["plan"]["slug"] = value
@@ -137,13 +146,13 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
 
 
 class Clock:
-    """Real time plus an offset the test may advance ("time passes" without sleeping)."""
+    """Real time, unless a test freezes it at an instant ("time passes" without sleeping)."""
 
     def __init__(self) -> None:
-        self.offset_ms = 0
+        self.frozen_at: int | None = None
 
     def __call__(self) -> int:
-        return now_ms() + self.offset_ms
+        return now_ms() if self.frozen_at is None else self.frozen_at
 
-    def advance(self, ms: int) -> None:
-        self.offset_ms += ms
+    def freeze(self, ms: int) -> None:
+        self.frozen_at = ms

@@ -20,7 +20,7 @@ import asyncpg
 
 from service.domain.catalog import Catalog
 from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedEvent
-from service.domain.resolution import ItemState, SubjectState, resolve
+from service.domain.resolution import Entitlements, ItemState, SubjectState, resolve
 from service.store.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -329,19 +329,24 @@ class Store:
         before = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
 
         changed = False
-        any_fresh = False
         if event.kind is EventKind.ITEMS:
             deleted_at = subject_row["deleted_at_ms"]
+            fresh = flagged = False
             for item in event.items:
                 if deleted_at is not None and item.event_ms <= deleted_at:
                     continue  # the subject's deletion is newer: cannot resurrect
                 if await _upsert_item(conn, item, event_id):
-                    changed = any_fresh = True
+                    fresh = True
                 elif item.status is ItemStatus.ACTIVE and await conn.fetchval(
                     _MARK_EVER_ACTIVE, item.item_id
                 ):
-                    changed = True
-            outcome = Outcome.APPLIED if (any_fresh or changed) else Outcome.STALE
+                    flagged = True
+            if flagged and not fresh:
+                # Only a lifetime item's "ever active" fact moved: a change only if it shows.
+                after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
+                fresh = _visible(after) != _visible(before)
+            changed = fresh
+            outcome = Outcome.APPLIED if changed else Outcome.STALE
         elif event.kind is EventKind.SUBJECT_DELETED:
             assert event.event_ms is not None
             changed = bool(
@@ -390,6 +395,10 @@ class Store:
                     event.type,
                 )
         return ApplyResult(outcome, subject, after.plan.name, before.plan.name, version)
+
+
+def _visible(ent: Entitlements) -> tuple[str, str, int | None]:
+    return (ent.plan.name, ent.status.value, ent.valid_until_ms)
 
 
 async def _upsert_item(conn: asyncpg.Connection, item: ItemUpdate, event_id: str) -> bool:
