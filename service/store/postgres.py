@@ -333,14 +333,14 @@ class Store:
             deleted_at = subject_row["deleted_at_ms"]
             fresh = flagged = False
             for item in event.items:
+                # Stored even when older than the subject's deletion, so the stored state is
+                # the same whatever the arrival order; resolution ignores such items.
+                upserted = await _upsert_item(conn, item, event_id)
+                if not upserted and item.status is ItemStatus.ACTIVE:
+                    flagged |= bool(await conn.fetchval(_MARK_EVER_ACTIVE, item.item_id))
                 if deleted_at is not None and item.event_ms <= deleted_at:
-                    continue  # the subject's deletion is newer: cannot resurrect
-                if await _upsert_item(conn, item, event_id):
-                    fresh = True
-                elif item.status is ItemStatus.ACTIVE and await conn.fetchval(
-                    _MARK_EVER_ACTIVE, item.item_id
-                ):
-                    flagged = True
+                    continue  # the subject's deletion is newer: it cannot resurrect
+                fresh |= upserted
             if flagged and not fresh:
                 # Only a lifetime item's "ever active" fact moved: a change only if it shows.
                 after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
