@@ -18,9 +18,9 @@ def main() -> None:
             flush=True,
         )
     listen = env.setdefault("ENTITLEMENTS_LISTEN", "127.0.0.1:50051")
+    database = "DATABASE_URL" if env.get("DATABASE_URL") else "embedded PostgreSQL under .data/"
     print(
-        f"service: grpc://{listen}  (try: grpcurl -plaintext {listen} list)\n"
-        f"database: {'DATABASE_URL' if env.get('DATABASE_URL') else 'embedded PostgreSQL under .data/'}",
+        f"service: grpc://{listen}  (try: grpcurl -plaintext {listen} list)\ndatabase: {database}",
         flush=True,
     )
     exe = os.path.join(os.path.dirname(sys.executable), "entitlements-service")

@@ -61,5 +61,7 @@ def load_catalog(path: str | Path | None) -> Catalog:
     try:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
-        raise CatalogError(f"ENTITLEMENTS_CATALOG={path}: cannot be read ({exc.strerror})") from None
+        raise CatalogError(
+            f"ENTITLEMENTS_CATALOG={path}: cannot be read ({exc.strerror})"
+        ) from None
     return parse_catalog_text(text, f"ENTITLEMENTS_CATALOG={path}")

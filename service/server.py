@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -123,8 +122,9 @@ async def serve(settings: ServiceSettings) -> None:
             running.port,
             len(catalog.plans),
             catalog.default_plan_name,
-            "" if settings.sync_secret else "; BillingSyncService disabled: no "
-            "BILLING_WEBHOOK_SYNC_SECRET",
+            ""
+            if settings.sync_secret
+            else "; BillingSyncService disabled: no BILLING_WEBHOOK_SYNC_SECRET",
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -55,8 +55,8 @@ class Harness:
 
     running: RunningServer
     channel: aio.Channel
-    entitlements: pb_grpc.EntitlementServiceStub
-    sync: sync_grpc.BillingSyncServiceStub
+    entitlements: pb_grpc.EntitlementServiceAsyncStub
+    sync: sync_grpc.BillingSyncServiceAsyncStub
     store: Store
     clock: Clock
     target: str

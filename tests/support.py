@@ -33,7 +33,9 @@ _MS_FIELDS = frozenset(
     }
 )
 SYNC_SECRET = "test-sync-secret-" + "x" * 24
-ADMIN_DSN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get(
+    "TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def now_ms() -> int:

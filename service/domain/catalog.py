@@ -79,8 +79,7 @@ def _limit(plan: str, name: str, raw: object) -> LimitValue:
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
         return LimitValue(value=raw)
     raise CatalogError(
-        f"plan {plan!r}: limit {name!r} must be a non-negative integer or \"unlimited\", "
-        f"got {raw!r}"
+        f'plan {plan!r}: limit {name!r} must be a non-negative integer or "unlimited", got {raw!r}'
     )
 
 

@@ -228,7 +228,9 @@ def normalize_event(payload: bytes, type_hint: str, fallback_ms: int) -> Normali
     data = envelope.get("data")
     if not isinstance(data, dict):
         if event_type.startswith(("subscription", "billing.", "user.", "organization.")):
-            return NormalizedEvent(EventKind.UNPARSEABLE, event_type, error="`data` is not an object")
+            return NormalizedEvent(
+                EventKind.UNPARSEABLE, event_type, error="`data` is not an object"
+            )
         return NormalizedEvent(EventKind.IGNORED, event_type)
     event_ms = _event_time(envelope, data, fallback_ms)
     try:

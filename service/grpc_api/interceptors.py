@@ -10,7 +10,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 BILLING_SYNC_PREFIX = "/entitlements.v1.BillingSyncService/"
 CONFIG_ERROR_MESSAGE = "Server config error"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
 class NotFound(Exception):
@@ -47,14 +48,22 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler,
+    handler: Handler,
     unary: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]] | None = None,
     streaming: Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]] | None = None,
-) -> grpc.RpcMethodHandler:
+) -> Handler:
     if handler.unary_unary is not None and unary is not None:
-        return handler._replace(unary_unary=unary)  # type: ignore[attr-defined, no-any-return]
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
     if handler.unary_stream is not None and streaming is not None:
-        return handler._replace(unary_stream=streaming)  # type: ignore[attr-defined, no-any-return]
+        return grpc.unary_stream_rpc_method_handler(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
     return handler
 
 
@@ -63,7 +72,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -78,8 +87,8 @@ class ErrorInterceptor(aio.ServerInterceptor):
                 log.warning("%s: %s (%s)", method, mapped[1], exc)
             await context.abort(*mapped)
 
-        inner_unary = handler.unary_unary
-        inner_stream = handler.unary_stream
+        inner_unary: Any = handler.unary_unary
+        inner_stream: Any = handler.unary_stream
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
@@ -106,14 +115,14 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
 
 class BillingAuthInterceptor(aio.ServerInterceptor):
-    """Guards BillingSyncService with `authorization: Bearer <secret>`, compared in constant time."""
+    """Guards BillingSyncService with `authorization: Bearer <secret>` (constant-time compare)."""
 
     def __init__(self, secret: str | None) -> None:
         self._expected = f"Bearer {secret}".encode() if secret else None
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
             return handler
@@ -129,7 +138,7 @@ class BillingAuthInterceptor(aio.ServerInterceptor):
         return handler
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 

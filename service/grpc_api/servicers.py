@@ -182,7 +182,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             limits=list(catalog.limit_names),
         )
 
-    async def WatchEntitlements(  # type: ignore[override]
+    async def WatchEntitlements(
         self, request: pb.WatchEntitlementsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         raise Unimplemented("WatchEntitlements is not available yet")
@@ -224,7 +224,11 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         self, request: sync_pb.ApplyBillingEventRequest, context: Context
     ) -> sync_pb.ApplyBillingEventResponse:
         event_id = request.event_id
-        if not event_id or len(event_id.encode()) > MAX_EVENT_ID_BYTES or not event_id.isprintable():
+        if (
+            not event_id
+            or len(event_id.encode()) > MAX_EVENT_ID_BYTES
+            or not event_id.isprintable()
+        ):
             raise InvalidArgument(
                 f"event_id must be 1 to {MAX_EVENT_ID_BYTES} bytes of printable characters"
             )
@@ -243,7 +247,9 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             if note.startswith("unknown plan slug"):
                 log.warning("event %s for %s: %s", event_id, result.subject, note)
         if result.outcome == "UNPARSEABLE":
-            log.warning("event %s (%s) stored as UNPARSEABLE: %s", event_id, event.type, event.error)
+            log.warning(
+                "event %s (%s) stored as UNPARSEABLE: %s", event_id, event.type, event.error
+            )
         if result.plan is not None and result.plan != result.previous_plan:
             log.info(
                 "plan of %s: %s -> %s (event %s, %s)",
@@ -276,7 +282,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             recorded.FromDatetime(row.recorded_at)
             entries.append(
                 sync_pb.HistoryEntry(
-                    kind=(  # type: ignore[arg-type]
+                    kind=(
                         sync_pb.HISTORY_KIND_DELIVERY
                         if row.kind == "delivery"
                         else sync_pb.HISTORY_KIND_PLAN_CHANGE

@@ -31,7 +31,9 @@ def bundled_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(
+    conn: asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+) -> list[int]:
     """Apply every migration not yet applied; returns the versions applied now."""
     applied_now: list[int] = []
     async with conn.transaction():

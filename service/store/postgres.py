@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -26,6 +26,10 @@ from service.store.migrate import migrate
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+if TYPE_CHECKING:
+    Conn = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = asyncpg.pool.PoolConnectionProxy
 
 
 class StoreUnavailable(Exception):
@@ -76,6 +80,7 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.QueryCanceledError,
 )
+_PING_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, *_UNAVAILABLE_ERRORS)
 _RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
@@ -157,14 +162,14 @@ class Store:
         return self._clock()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[Conn]:
         try:
             async with self._pool.acquire(timeout=5) as conn:
                 yield conn
         except _UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
 
-    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `work` on a pooled connection; retry deadlocks/serialisation failures."""
         for attempt in range(5):
             try:
@@ -181,7 +186,7 @@ class Store:
             async with self._connection() as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
             return True
-        except (StoreUnavailable, *_UNAVAILABLE_ERRORS):
+        except _PING_FAILURES:
             return False
 
     # ---- reads -------------------------------------------------------------------------
@@ -190,13 +195,13 @@ class Store:
         """The stored state of each subject (unknown subjects get an empty state)."""
         unique = list(dict.fromkeys(subjects))
 
-        async def work(conn: asyncpg.Connection) -> dict[str, SubjectState]:
+        async def work(conn: Conn) -> dict[str, SubjectState]:
             return await _load_states(conn, unique)
 
         return await self._run(work)
 
     async def history(self, subject: str, limit: int) -> list[HistoryRow]:
-        async def work(conn: asyncpg.Connection) -> list[HistoryRow]:
+        async def work(conn: Conn) -> list[HistoryRow]:
             rows = await conn.fetch(
                 """
                 (SELECT 'delivery' AS kind, recorded_at, event_id, type, outcome, event_ms,
@@ -230,7 +235,7 @@ class Store:
     ) -> ApplyResult:
         """Record the delivery and apply it, in one transaction; returns after commit."""
 
-        async def work(conn: asyncpg.Connection) -> ApplyResult:
+        async def work(conn: Conn) -> ApplyResult:
             async with conn.transaction():
                 return await self._apply_in_tx(
                     conn, event_id, event_type, payload, received_at, event
@@ -240,7 +245,7 @@ class Store:
 
     async def _apply_in_tx(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         event_id: str,
         event_type: str,
         payload: bytes,
@@ -299,7 +304,7 @@ class Store:
             tuple(notes),
         )
 
-    async def _duplicate(self, conn: asyncpg.Connection, event_id: str) -> ApplyResult:
+    async def _duplicate(self, conn: Conn, event_id: str) -> ApplyResult:
         row = await conn.fetchrow(
             "SELECT subject, notes FROM deliveries WHERE event_id = $1", event_id
         )
@@ -308,12 +313,10 @@ class Store:
             return ApplyResult(Outcome.DUPLICATE, None, None, None, 0)
         state = (await _load_states(conn, [subject]))[subject]
         ent = resolve(state, self.catalog, self.now_ms())
-        return ApplyResult(
-            Outcome.DUPLICATE, subject, ent.plan.name, ent.plan.name, state.version
-        )
+        return ApplyResult(Outcome.DUPLICATE, subject, ent.plan.name, ent.plan.name, state.version)
 
     async def _apply_to_subject(
-        self, conn: asyncpg.Connection, event_id: str, event: NormalizedEvent
+        self, conn: Conn, event_id: str, event: NormalizedEvent
     ) -> ApplyResult:
         assert event.subject is not None
         subject = event.subject
@@ -401,7 +404,7 @@ def _visible(ent: Entitlements) -> tuple[str, str, int | None]:
     return (ent.plan.name, ent.status.value, ent.valid_until_ms)
 
 
-async def _upsert_item(conn: asyncpg.Connection, item: ItemUpdate, event_id: str) -> bool:
+async def _upsert_item(conn: Conn, item: ItemUpdate, event_id: str) -> bool:
     row = await conn.fetchval(
         _UPSERT_ITEM,
         item.item_id,
@@ -434,7 +437,7 @@ def _item_state(row: Any) -> ItemState:
     )
 
 
-async def _load_states(conn: asyncpg.Connection, subjects: list[str]) -> dict[str, SubjectState]:
+async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectState]:
     rows = await conn.fetch(
         f"""SELECT q.subject, s.version, s.deleted_at_ms, {_ITEM_COLUMNS}
               FROM unnest($1::text[]) AS q(subject)

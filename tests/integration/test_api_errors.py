@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 import pytest
@@ -13,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.config import load_catalog
-from tests.conftest import Clock, Harness, start_harness
+from tests.conftest import Harness, start_harness
 from tests.integration.helpers import apply, plan_of
-from tests.support import SYNC_SECRET, body, event, new_event_id, now_ms
+from tests.support import SYNC_SECRET, Clock, body, event, new_event_id, now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +60,7 @@ async def test_reads_need_no_token(harness: Harness) -> None:
     assert r.allowed
 
 
-async def test_service_without_secret_answers_config_error(
-    database_url: str, clock: Clock
-) -> None:
+async def test_service_without_secret_answers_config_error(database_url: str, clock: Clock) -> None:
     async for h in start_harness(database_url, clock, secret=None):
         for metadata in ((), (("authorization", f"Bearer {SYNC_SECRET}"),)):
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -82,8 +81,10 @@ async def test_service_without_secret_answers_config_error(
         ("user_x\n", "printable"),
     ],
 )
-async def test_bad_subject_is_invalid_argument(harness: Harness, subject: str, problem: str) -> None:
-    calls = [
+async def test_bad_subject_is_invalid_argument(
+    harness: Harness, subject: str, problem: str
+) -> None:
+    calls: list[Awaitable[Any]] = [
         harness.entitlements.CanUse(pb.CanUseRequest(subject=subject, feature="aiInsights")),
         harness.entitlements.GetLimits(pb.GetLimitsRequest(subject=subject)),
         harness.entitlements.GetEntitlements(pb.GetEntitlementsRequest(subject=subject)),
@@ -111,7 +112,9 @@ async def test_unknown_feature_and_limit_are_named(harness: Harness) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "teleport" in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await harness.entitlements.CheckLimit(pb.CheckLimitRequest(subject="user_1", limit="maxCats"))
+        await harness.entitlements.CheckLimit(
+            pb.CheckLimitRequest(subject="user_1", limit="maxCats")
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "maxCats" in (err.value.details() or "")
 
@@ -129,7 +132,10 @@ async def test_batch_can_use_keeps_order_and_caps_size(harness: Harness) -> None
     assert [x.allowed for x in r.results] == [True, False, True, True]
     assert [x.plan for x in r.results] == ["pro", "free", "pro", "free"]
     full = [pb.CanUseRequest(subject=f"user_{i}", feature="aiInsights") for i in range(1000)]
-    assert len((await harness.entitlements.BatchCanUse(pb.BatchCanUseRequest(checks=full))).results) == 1000
+    assert (
+        len((await harness.entitlements.BatchCanUse(pb.BatchCanUseRequest(checks=full))).results)
+        == 1000
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await harness.entitlements.BatchCanUse(pb.BatchCanUseRequest(checks=[*full, full[0]]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -226,7 +232,7 @@ async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
 
 
 async def _health(h: Harness, service: str = "") -> int:
-    stub = health_pb2_grpc.HealthStub(h.channel)
+    stub: Any = health_pb2_grpc.HealthStub(h.channel)  # typeshed stub lacks the methods
     r = await stub.Check(health_pb2.HealthCheckRequest(service=service))
     return int(r.status)
 
@@ -248,12 +254,17 @@ async def test_database_down_is_unavailable_and_not_serving(
     async with proxied(database_url) as (proxy, dsn):
         async for h in start_harness(dsn, clock):
             await _wait_health(h, health_pb2.HealthCheckResponse.SERVING)
-            for name in ("entitlements.v1.EntitlementService", "entitlements.v1.BillingSyncService"):
+            for name in (
+                "entitlements.v1.EntitlementService",
+                "entitlements.v1.BillingSyncService",
+            ):
                 assert await _health(h, name) == health_pb2.HealthCheckResponse.SERVING
             await proxy.cut()
             await _wait_health(h, health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await h.entitlements.CanUse(pb.CanUseRequest(subject="user_1", feature="aiInsights"))
+                await h.entitlements.CanUse(
+                    pb.CanUseRequest(subject="user_1", feature="aiInsights")
+                )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "Traceback" not in (err.value.details() or "")
             with pytest.raises(grpc.aio.AioRpcError) as err:

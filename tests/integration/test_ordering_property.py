@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -76,8 +76,9 @@ def payload(spec: dict[str, Any], subject: str) -> bytes:
     ).encode()
 
 
-async def _apply_all(store: Store, subject: str, specs: list[dict[str, Any]], order: list[int],
-                     concurrency: int) -> None:
+async def _apply_all(
+    store: Store, subject: str, specs: list[dict[str, Any]], order: list[int], concurrency: int
+) -> None:
     ids = {i: f"msg_{subject}_{i}" for i in range(len(specs))}
 
     async def one(i: int) -> None:
@@ -102,7 +103,9 @@ async def _snapshot(store: Store, subject: str) -> list[Any]:
     return [items, state.deleted_at_ms, views]
 
 
-async def _check(store: Store, specs: list[dict[str, Any]], order: list[int], concurrency: int) -> None:
+async def _check(
+    store: Store, specs: list[dict[str, Any]], order: list[int], concurrency: int
+) -> None:
     tag = secrets.token_hex(4)
     in_order, shuffled = f"user_ord{tag}", f"user_shf{tag}"
     await _apply_all(store, in_order, specs, list(range(len(specs))), 1)

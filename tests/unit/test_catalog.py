@@ -72,12 +72,12 @@ def test_plan_ids_map_when_slug_is_unknown() -> None:
     [
         (('clerk_slugs = ["pro"]', 'clerk_slugs = ["free"]'), "'free' is mapped twice"),
         (('default_plan = "free"', 'default_plan = "gold"'), "default_plan 'gold'"),
-        (('limits = { n = 1 }', 'limits = { n = "lots" }'), "limit 'n' must be"),
-        (('limits = { n = 1 }', "limits = { n = -1 }"), "limit 'n' must be"),
-        (('limits = { n = 1 }', "limits = { n = 1.5 }"), "limit 'n' must be"),
+        (("limits = { n = 1 }", 'limits = { n = "lots" }'), "limit 'n' must be"),
+        (("limits = { n = 1 }", "limits = { n = -1 }"), "limit 'n' must be"),
+        (("limits = { n = 1 }", "limits = { n = 1.5 }"), "limit 'n' must be"),
         (('features = ["a"]', 'features = ["a", "zzz"]'), "feature 'zzz' is not declared"),
-        (('limits = { n = 1 }', "limits = { n = 1, m = 2 }"), "limit 'm' is not declared"),
-        (('limits = { n = 1 }', "limits = {}"), "no value for limit(s) n"),
+        (("limits = { n = 1 }", "limits = { n = 1, m = 2 }"), "limit 'm' is not declared"),
+        (("limits = { n = 1 }", "limits = {}"), "no value for limit(s) n"),
         (("rank = 10", "rank = 0"), "rank 0 is also plan 'free'"),
         (('default_plan = "free"', 'default_plan = "free'), "not valid TOML"),
     ],
@@ -94,5 +94,5 @@ def test_bad_catalog_is_refused_with_a_message_naming_the_problem(
 
 
 def test_missing_catalog_file_names_the_variable(tmp_path: object) -> None:
-    with pytest.raises(CatalogError, match="ENTITLEMENTS_CATALOG=/nonexistent.toml"):
+    with pytest.raises(CatalogError, match=r"ENTITLEMENTS_CATALOG=/nonexistent\.toml"):
         load_catalog("/nonexistent.toml")

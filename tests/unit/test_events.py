@@ -173,7 +173,14 @@ def test_unknown_type_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"\xff\xfe", b"[]", b'"str"', b"{", json.dumps({"type": "user.created"}).encode()],
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'"str"',
+        b"{",
+        json.dumps({"type": "user.created"}).encode(),
+    ],
 )
 def test_unreadable_bodies_are_unparseable(raw: bytes) -> None:
     assert norm(raw, "user.created").kind is EventKind.UNPARSEABLE
@@ -204,7 +211,8 @@ def test_lifecycle_tie_break_order() -> None:
     def key(status: str) -> tuple[int, int, str]:
         payload = load_fixture("item_active_pro_month")
         payload["data"]["status"] = status
-        return norm(payload).items[0].order_key
+        order_key: tuple[int, int, str] = norm(payload).items[0].order_key
+        return order_key
 
     ordered = ["incomplete", "active", "past_due", "canceled", "ended"]
     ranks = [key(s)[:2] for s in ordered]

@@ -38,7 +38,9 @@ def item(
     return ItemState(item_id, status, slug, None, period_end, past_due_at, event_ms, ever_active)
 
 
-def state(*items: ItemState, grants: tuple[Grant, ...] = (), deleted_at: int | None = None) -> SubjectState:
+def state(
+    *items: ItemState, grants: tuple[Grant, ...] = (), deleted_at: int | None = None
+) -> SubjectState:
     return SubjectState("user_1", items, grants, deleted_at, version=3)
 
 
@@ -66,7 +68,13 @@ def test_active_item_entitles_without_end() -> None:
 
 @pytest.mark.parametrize(
     "status",
-    [ItemStatus.ENDED, ItemStatus.EXPIRED, ItemStatus.ABANDONED, ItemStatus.INCOMPLETE, ItemStatus.UPCOMING],
+    [
+        ItemStatus.ENDED,
+        ItemStatus.EXPIRED,
+        ItemStatus.ABANDONED,
+        ItemStatus.INCOMPLETE,
+        ItemStatus.UPCOMING,
+    ],
 )
 def test_non_entitling_statuses(status: ItemStatus) -> None:
     assert at(state(item(status, period_end=T + DAY)))[0] == "free"
@@ -89,7 +97,7 @@ def test_past_due_grace_from_past_due_at() -> None:
     s = state(item(ItemStatus.PAST_DUE, past_due_at=T - DAY))
     end = T - DAY + GRACE_MS
     assert at(s) == ("pro", EntitlementStatus.PAST_DUE, end)
-    assert at(s, end) [0] == "free"
+    assert at(s, end)[0] == "free"
     e = resolve(s, CATALOG, T)
     assert feature_decision(e, "habitStacking") == (True, Reason.IN_PAST_DUE_GRACE)
 
@@ -135,7 +143,10 @@ def test_valid_until_skips_ends_that_change_nothing() -> None:
     )
     assert at(s) == ("pro", EntitlementStatus.CANCELED, T + 3 * DAY)
     # An active pro item means the canceled one's end changes nothing.
-    s2 = state(item(ItemStatus.CANCELED, item_id="a", period_end=T + DAY), item(ItemStatus.ACTIVE, item_id="b"))
+    s2 = state(
+        item(ItemStatus.CANCELED, item_id="a", period_end=T + DAY),
+        item(ItemStatus.ACTIVE, item_id="b"),
+    )
     assert at(s2) == ("pro", EntitlementStatus.ACTIVE, None)
 
 
@@ -150,7 +161,10 @@ def test_valid_until_reports_a_status_change() -> None:
 def test_grants() -> None:
     s = state(grants=(Grant("pro", T - DAY, T + DAY),))
     assert at(s) == ("pro", EntitlementStatus.GRANTED, T + DAY)
-    assert feature_decision(resolve(s, CATALOG, T), "dataExport") == (True, Reason.GRANTED_BY_OVERRIDE)
+    assert feature_decision(resolve(s, CATALOG, T), "dataExport") == (
+        True,
+        Reason.GRANTED_BY_OVERRIDE,
+    )
     assert at(s, T + DAY)[0] == "free"
     assert at(state(grants=(Grant("pro", T - DAY),)))[2] is None
     assert at(state(grants=(Grant("no_such_plan", T - DAY),)))[0] == "free"
