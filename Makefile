@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
+.PHONY: install run demo test test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Start embedded PostgreSQL (unless DATABASE_URL is set), migrations and the service.
+## Start embedded PostgreSQL (unless DATABASE_URL is set), migrations, the service and the gateway.
 run: $(STAMP)
 	$(PY) scripts/run_dev.py
+
+## With `make run` going: send a signed sample webhook and show the plan change.
+demo: $(STAMP)
+	$(VENV)/bin/entitlements demo-webhook
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
 test: $(STAMP)

@@ -143,6 +143,7 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,197 @@
+"""`entitlements`: the operator CLI (talks gRPC to ENTITLEMENTS_TARGET).
+
+Exit codes: 0 success, 1 the answer was "no" (check: not allowed), 2 usage or configuration
+error, 3 the service could not be reached or refused the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from svix.webhooks import Webhook
+
+from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+
+DEV_ENV_FILE = Path(".data/dev.env")
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/api/webhooks/clerk-billing"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    """From the environment, else from `.data/dev.env` written by `make run`."""
+    if os.environ.get(name):
+        return os.environ[name]
+    if DEV_ENV_FILE.exists():
+        for line in DEV_ENV_FILE.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == name and value.strip():
+                return value.strip()
+    return default
+
+
+def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
+    target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
+    return pb_grpc.EntitlementServiceStub(grpc.insecure_channel(str(target)))
+
+
+def _print(message: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+        return
+    print(_human(message))
+
+
+def _human(message: Any) -> str:
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    lines = []
+    for key, value in data.items():
+        if key == "limits" and isinstance(value, dict):
+            for name, limit in sorted(value.items()):
+                shown = "unlimited" if limit.get("unlimited") else limit.get("value", "0")
+                lines.append(f"  {name:<20} {shown}")
+            continue
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        lines.append(f"{key:<22} {value}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    r = _stub(args).CanUse(pb.CanUseRequest(subject=args.subject, feature=args.feature), timeout=10)
+    _print(r, args.json)
+    return 0 if r.allowed else 1
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    _print(_stub(args).GetLimits(pb.GetLimitsRequest(subject=args.subject), timeout=10), args.json)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    r = _stub(args).GetEntitlements(pb.GetEntitlementsRequest(subject=args.subject), timeout=10)
+    _print(r, args.json)
+    return 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    r = _stub(args).ListPlans(pb.ListPlansRequest(), timeout=10)
+    if args.json:
+        _print(r, True)
+        return 0
+    for plan in r.plans:
+        limits = ", ".join(
+            f"{k}={'unlimited' if v.unlimited else v.value}" for k, v in sorted(plan.limits.items())
+        )
+        default = " (default)" if plan.is_default else ""
+        print(f"{plan.name}{default}  rank {plan.rank}  slugs: {', '.join(plan.clerk_slugs)}")
+        print(f"    features: {', '.join(plan.features)}")
+        print(f"    limits: {limits}")
+    return 0
+
+
+def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
+    """A realistic `subscriptionItem.active` for the pro plan (monthly)."""
+    return {
+        "data": {
+            "id": f"subi_demo_{subject}",
+            "object": "commerce_subscription_item",
+            "status": "active",
+            "plan_period": "month",
+            "period_start": now_ms,
+            "period_end": now_ms + 30 * 86_400_000,
+            "is_free_trial": False,
+            "plan_id": "cplan_demo_pro",
+            "plan": {"id": "cplan_demo_pro", "slug": "pro", "name": "Pro", "is_default": False},
+            "payer": {"id": "cpayer_demo", "object": "commerce_payer", "user_id": subject},
+            "created_at": now_ms,
+            "updated_at": now_ms,
+        },
+        "object": "event",
+        "type": "subscriptionItem.active",
+        "timestamp": now_ms,
+        "instance_id": "ins_demo",
+    }
+
+
+def cmd_demo_webhook(args: argparse.Namespace) -> int:
+    secret_list = _env("CLERK_WEBHOOK_SIGNING_SECRET") or _env("CLERK_WEBHOOK_SECRET")
+    if not secret_list:
+        print("CLERK_WEBHOOK_SIGNING_SECRET is not set (and no .data/dev.env)", file=sys.stderr)
+        return 2
+    secret = secret_list.replace(",", " ").split()[0]
+    url = args.url or _env("GATEWAY_URL", DEFAULT_GATEWAY_URL)
+    body = json.dumps(demo_payload(args.subject, int(time.time() * 1000)))
+    msg_id = "msg_demo_" + secrets.token_hex(8)
+    now = datetime.now(UTC)
+    headers = {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(now.timestamp())),
+        "svix-signature": Webhook(secret).sign(msg_id, now, body),
+        "content-type": "application/json",
+    }
+    request = urllib.request.Request(str(url), data=body.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            answer = response.read().decode()
+            print(f"POST {url} → {response.status} {answer}")
+    except urllib.error.HTTPError as exc:
+        print(f"POST {url} → {exc.code} {exc.read().decode()}", file=sys.stderr)
+        return 3
+    except urllib.error.URLError as exc:
+        print(f"cannot reach the gateway at {url}: {exc.reason}", file=sys.stderr)
+        return 3
+    r = _stub(args).CanUse(
+        pb.CanUseRequest(subject=args.subject, feature="advancedAnalytics"), timeout=10
+    )
+    print(f"CanUse({args.subject}, advancedAnalytics) → allowed={r.allowed} plan={r.plan}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entitlements", description=__doc__)
+    parser.add_argument("--target", help="service host:port (default ENTITLEMENTS_TARGET)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="may SUBJECT use FEATURE? (exit 1 when not)")
+    p.add_argument("subject")
+    p.add_argument("feature")
+    p.set_defaults(func=cmd_check)
+    for name, func, text in (
+        ("limits", cmd_limits, "SUBJECT's plan and limits"),
+        ("show", cmd_show, "everything resolved for SUBJECT"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("subject")
+        p.set_defaults(func=func)
+    sub.add_parser("plans", help="the plan catalog").set_defaults(func=cmd_plans)
+    p = sub.add_parser("demo-webhook", help="send a signed sample pro activation to the gateway")
+    p.add_argument("--subject", default="user_demo")
+    p.add_argument("--url", help=f"webhook URL (default GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
+    p.set_defaults(func=cmd_demo_webhook)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except grpc.RpcError as exc:
+        status = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else ""
+        name = status.name if status is not None else "ERROR"
+        print(f"error: {name}: {details}", file=sys.stderr)
+        code = 2 if status is grpc.StatusCode.INVALID_ARGUMENT else 3
+    sys.exit(code)

@@ -1,0 +1,206 @@
+"""The aiohttp app: verify the Svix signature over the raw body, forward, answer by SPEC §5.
+
+A 2xx is sent only after the service committed; a dependency failure is a 503 with
+Retry-After so Svix retries; bad input is a 4xx whatever the bytes; secrets never reach a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from webhook_gateway.config import GatewaySettings
+from webhook_gateway.forwarding import Forwarder, ForwardResult
+from webhook_gateway.metrics import GatewayMetrics
+from webhook_gateway.verification import HEADER_NAMES, VerificationFailed, Verifier
+
+log = logging.getLogger("entitlements.gateway")
+
+WEBHOOK_PATH = "/api/webhooks/clerk-billing"
+WEBHOOK_ALIAS = "/webhooks/clerk"
+CONFIG_ERROR = "Server config error"
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+VERIFIER = web.AppKey("verifier", Verifier)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def _answer(
+    request: web.Request, status: int, outcome: str, payload: dict[str, str]
+) -> web.Response:
+    request.app[METRICS].deliveries.labels(outcome=outcome, status=str(status)).inc()
+    headers = {}
+    if status == 503:
+        headers["Retry-After"] = str(request.app[SETTINGS].retry_after_seconds)
+    return web.json_response(payload, status=status, headers=headers)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The raw body, or None when it is over `limit` (stops reading there)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _event_type(body: bytes) -> str | None:
+    """The envelope's `type` ("" when absent), or None when the body is not a JSON object."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(envelope, dict):
+        return None
+    event_type = envelope.get("type")
+    return event_type if isinstance(event_type, str) else ""
+
+
+async def handle_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    if not settings.configured:
+        missing = [] if settings.signing_secrets else ["CLERK_WEBHOOK_SIGNING_SECRET"]
+        if settings.sync_secret is None:
+            missing.append("BILLING_WEBHOOK_SYNC_SECRET")
+        log.error("Error processing webhook: %s not set", " and ".join(missing))
+        return _answer(request, 500, "config_error", {"error": CONFIG_ERROR})
+
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
+    except TimeoutError:
+        metrics.verification_failures.labels(reason="slow_body").inc()
+        response = _answer(request, 408, "rejected", {"error": "body not received in time"})
+        response.force_close()
+        return response
+    if body is None:
+        metrics.verification_failures.labels(reason="too_large").inc()
+        response = _answer(request, 413, "rejected", {"error": "body too large"})
+        response.force_close()  # do not drain the rest of an oversized body
+        return response
+
+    headers = {name: request.headers.getall(name, []) for name in HEADER_NAMES}
+    try:
+        verified = request.app[VERIFIER].verify(body, headers)
+    except VerificationFailed as exc:
+        metrics.verification_failures.labels(reason=exc.reason).inc()
+        log.warning("[Webhook] Rejected delivery: %s", exc)
+        return _answer(request, 400, "rejected", {"error": str(exc)})
+
+    event_type = _event_type(body)
+    if event_type is None:
+        metrics.verification_failures.labels(reason="malformed_body").inc()
+        log.warning("[Webhook] Rejected delivery %s: body is not a JSON object", verified.event_id)
+        return _answer(request, 400, "rejected", {"error": "body is not a JSON object"})
+    log.info("[Webhook] Received: %s", event_type or "(no type)")
+
+    started = time.perf_counter()
+    try:
+        result = await request.app[FORWARDER].forward(
+            verified.event_id, event_type, body, verified.signed_at_seconds
+        )
+    except grpc.aio.AioRpcError as exc:
+        return _forward_failed(request, verified.event_id, exc)
+    finally:
+        metrics.forward_seconds.observe(time.perf_counter() - started)
+    _log_result(event_type, result)
+    return _answer(request, 200, result.outcome, {"outcome": result.outcome})
+
+
+def _forward_failed(request: web.Request, event_id: str, exc: grpc.aio.AioRpcError) -> web.Response:
+    code = exc.code()
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        log.error(
+            "Error processing %s: the entitlement service rejected our "
+            "BILLING_WEBHOOK_SYNC_SECRET — the gateway's and the service's secrets differ",
+            event_id,
+        )
+        return _answer(request, 500, "config_error", {"error": CONFIG_ERROR})
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        log.error("Error processing %s: the entitlement service has no sync secret", event_id)
+        return _answer(request, 500, "config_error", {"error": CONFIG_ERROR})
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        log.warning("Error processing %s: refused by the service: %s", event_id, exc.details())
+        return _answer(request, 400, "rejected", {"error": "delivery refused as invalid"})
+    level = logging.WARNING if code in _RETRYABLE_CODES else logging.ERROR
+    log.log(level, "Error processing %s: service %s; answering 503", event_id, code.name)
+    return _answer(request, 503, "unavailable", {"error": "temporarily unavailable, retry"})
+
+
+def _log_result(event_type: str, result: ForwardResult) -> None:
+    if result.outcome != "APPLIED" or not result.subject:
+        return
+    if result.plan and result.plan != result.previous_plan:
+        log.info("[Webhook] Updating plan for %s → %s", result.subject, result.plan)
+    if event_type == "subscriptionItem.canceled":
+        log.info("[Webhook] Subscription cancelled for %s", result.subject)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if not settings.configured:
+        return web.json_response({"status": "not ready", "error": CONFIG_ERROR}, status=503)
+    if not await request.app[FORWARDER].service_ready():
+        return web.json_response(
+            {"status": "not ready", "error": "entitlement service unreachable"}, status=503
+        )
+    return web.json_response({"status": "ready"})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    # client_max_size also caps anything aiohttp itself would read into memory.
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics.create()
+    app[VERIFIER] = Verifier(settings.signing_secrets)
+
+    async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
+        forwarder = Forwarder(
+            settings.target, settings.sync_secret, settings.forward_timeout_seconds
+        )
+        app[FORWARDER] = forwarder
+        yield
+        await forwarder.close()
+
+    app.cleanup_ctx.append(forwarder_ctx)
+    for path in (WEBHOOK_PATH, WEBHOOK_ALIAS):
+        app.router.add_post(path, handle_webhook)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app

@@ -1,0 +1,82 @@
+"""Gateway configuration: a frozen dataclass built once from the environment.
+
+Missing secrets do not stop the gateway from starting: it answers 500 "Server config error" and
+fails /readyz, so the operator sees it and Svix keeps retrying until it is fixed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from svix.webhooks import Webhook
+
+from service.config import ConfigError, check_sync_secret
+
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
+DEFAULT_TARGET = "127.0.0.1:50051"
+SIGNING_SECRET_VARS = ("CLERK_WEBHOOK_SIGNING_SECRET", "CLERK_WEBHOOK_SECRET")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str
+    port: int
+    target: str
+    signing_secrets: tuple[str, ...]
+    sync_secret: str | None
+    forward_timeout_seconds: float = 10.0
+    retry_after_seconds: int = 5
+    max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 10.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.signing_secrets) and self.sync_secret is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
+        env = os.environ if env is None else env
+        listen = env.get("GATEWAY_LISTEN") or DEFAULT_GATEWAY_LISTEN
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"GATEWAY_LISTEN must be host:port, got {listen!r}")
+        sync_secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
+        check_sync_secret(sync_secret)
+        timeout_raw = env.get("GATEWAY_FORWARD_TIMEOUT_SECONDS") or "10"
+        try:
+            timeout = float(timeout_raw)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout < 15:
+            raise ConfigError(
+                "GATEWAY_FORWARD_TIMEOUT_SECONDS must be a number of seconds between 0 and 15 "
+                "(Svix gives up after 15 s)"
+            )
+        return cls(
+            host=host,
+            port=int(port),
+            target=env.get("ENTITLEMENTS_TARGET") or DEFAULT_TARGET,
+            signing_secrets=signing_secrets_from_env(env),
+            sync_secret=sync_secret,
+            forward_timeout_seconds=timeout,
+        )
+
+
+def signing_secrets_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Every `whsec_…` secret in CLERK_WEBHOOK_SIGNING_SECRET (or its alias), for rotation."""
+    for var in SIGNING_SECRET_VARS:
+        raw = env.get(var)
+        if raw:
+            secrets = tuple(s for s in re.split(r"[\s,]+", raw) if s)
+            for i, secret in enumerate(secrets):
+                try:
+                    Webhook(secret)
+                except Exception:
+                    raise ConfigError(
+                        f"{var}: secret #{i + 1} is not a whsec_<base64> signing secret"
+                    ) from None
+            return secrets
+    return ()

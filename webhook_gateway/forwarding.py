@@ -1,0 +1,75 @@
+"""Forwarding verified deliveries to BillingSyncService over one long-lived gRPC channel."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    outcome: str
+    subject: str
+    plan: str
+    previous_plan: str
+
+
+class Forwarder:
+    def __init__(self, target: str, sync_secret: str | None, timeout_seconds: float) -> None:
+        self._channel = aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._stub = sync_grpc.BillingSyncServiceStub(self._channel)
+        self._health: Any = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {sync_secret}"),) if sync_secret else ()
+        self._timeout = timeout_seconds
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def forward(
+        self, event_id: str, event_type: str, body: bytes, signed_at_seconds: int
+    ) -> ForwardResult:
+        """Apply one delivery; raises `grpc.aio.AioRpcError` on failure."""
+        received = Timestamp()
+        received.FromNanoseconds(time.time_ns())
+        request = sync_pb.ApplyBillingEventRequest(
+            event_id=event_id,
+            type=event_type,
+            payload=body,
+            received_at=received,
+            signed_at=Timestamp(seconds=signed_at_seconds),
+        )
+        response = await self._stub.ApplyBillingEvent(
+            request, metadata=self._metadata, timeout=self._timeout, wait_for_ready=False
+        )
+        return ForwardResult(
+            outcome=sync_pb.Outcome.Name(response.outcome),
+            subject=response.subject,
+            plan=response.plan,
+            previous_plan=response.previous_plan,
+        )
+
+    async def service_ready(self) -> bool:
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service="entitlements.v1.BillingSyncService"),
+                timeout=1.0,
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
