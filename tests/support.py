@@ -158,3 +158,24 @@ class Clock:
 
     def freeze(self, ms: int) -> None:
         self.frozen_at = ms
+
+
+def db_query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query synchronously (for tests that drive real processes)."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def db_state(dsn: str) -> tuple[int, list[Any], list[Any]]:
+    """Deliveries stored, every item and every subject: to prove "nothing changed"."""
+    deliveries = db_query(dsn, "SELECT count(*) AS n FROM deliveries")[0]["n"]
+    items = [tuple(r) for r in db_query(dsn, "SELECT * FROM items ORDER BY item_id")]
+    subjects = [tuple(r) for r in db_query(dsn, "SELECT * FROM subjects ORDER BY subject")]
+    return deliveries, items, subjects

@@ -45,7 +45,7 @@ def service_process(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     full_env = {**os.environ, **env, "ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}"}
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(SCRIPTS / "entitlements-service")], env=full_env, stdout=log, stderr=log
         )
