@@ -41,9 +41,9 @@ def wait_serving(target: str, timeout: float = 60.0) -> None:
 
 @contextmanager
 def service_process(
-    env: dict[str, str], log_path: Path
+    env: dict[str, str], log_path: Path, port: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
+    port = port or free_port()
     full_env = {**os.environ, **env, "ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}"}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
