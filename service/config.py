@@ -27,6 +27,10 @@ class ServiceSettings:
     data_dir: Path
     grace_seconds: float = 5.0
     health_interval_seconds: float = 1.0
+    cache_enabled: bool = True
+    cache_max_subjects: int = 100_000
+    change_log_retention_seconds: float = 7 * 24 * 3600.0
+    workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -36,13 +40,31 @@ class ServiceSettings:
         listen = env.get("ENTITLEMENTS_LISTEN") or DEFAULT_LISTEN
         if ":" not in listen:
             raise ConfigError(f"ENTITLEMENTS_LISTEN must be host:port, got {listen!r}")
+        cache = (env.get("ENTITLEMENTS_CACHE") or "on").lower()
+        if cache not in ("on", "off"):
+            raise ConfigError(f"ENTITLEMENTS_CACHE must be on or off, got {cache!r}")
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             listen=listen,
             catalog_path=env.get("ENTITLEMENTS_CATALOG") or None,
             sync_secret=secret,
             data_dir=Path(env.get("ENTITLEMENTS_DATA_DIR") or ".data"),
+            cache_enabled=cache == "on",
+            cache_max_subjects=_positive_int(env, "ENTITLEMENTS_CACHE_MAX_SUBJECTS", 100_000),
+            change_log_retention_seconds=float(
+                _positive_int(env, "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * 24 * 3600)
+            ),
+            workers=_positive_int(env, "ENTITLEMENTS_WORKERS", 1),
         )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
 
 
 def check_sync_secret(secret: str | None) -> None:

@@ -19,11 +19,15 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.cache import EntitlementCache
+from service.changes import ChangeHub
 from service.config import ConfigError, ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from service.grpc_api.interceptors import BillingAuthInterceptor, ErrorInterceptor
 from service.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.reader import EntitlementReader
+from service.store.listener import ChangeListener
 from service.store.postgres import Store, StoreUnavailable
 
 log = logging.getLogger("entitlements.service")
@@ -43,6 +47,7 @@ class RunningServer:
     store: Store
     health: health.aio.HealthServicer
     grace_seconds: float
+    cache: EntitlementCache | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -80,14 +85,29 @@ async def _watch_database(running: RunningServer, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+async def _prune_change_log(store: Store, retention_seconds: float) -> None:
+    """Keep the change log bounded; a watcher resuming from before it gets OUT_OF_RANGE."""
+    while True:
+        with contextlib.suppress(StoreUnavailable):
+            removed = await store.prune_change_log(retention_seconds)
+            if removed:
+                log.info("pruned %d change-log rows older than %.0f s", removed, retention_seconds)
+        await asyncio.sleep(min(60.0, max(1.0, retention_seconds / 10)))
+
+
 async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
     """Build and start the server on `settings.listen` (port 0 picks a free port)."""
     server = aio.server(
         interceptors=[ErrorInterceptor(), BillingAuthInterceptor(settings.sync_secret)],
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
-    pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(store, catalog), server)
-    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(store), server)
+    cache = EntitlementCache(settings.cache_max_subjects) if settings.cache_enabled else None
+    hub = ChangeHub(cache)
+    reader = EntitlementReader(store, catalog, cache)
+    pb_grpc.add_EntitlementServiceServicer_to_server(
+        EntitlementServicer(reader, catalog, store, hub), server
+    )
+    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(store, hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -97,11 +117,14 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     if port == 0:
         raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
     await server.start()
-    running = RunningServer(server, port, store, health_servicer, settings.grace_seconds)
+    running = RunningServer(server, port, store, health_servicer, settings.grace_seconds, cache)
     await running.set_serving(await store.ping())
-    running._tasks.append(
-        asyncio.create_task(_watch_database(running, settings.health_interval_seconds))
-    )
+    listener = ChangeListener(store.dsn, hub.on_change, hub.on_live)
+    running._tasks += [
+        asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
+        asyncio.create_task(listener.run()),
+        asyncio.create_task(_prune_change_log(store, settings.change_log_retention_seconds)),
+    ]
     return running
 
 

@@ -546,6 +546,9 @@ class WatchEntitlementsRequest(_message.Message):
     SUBJECTS_FIELD_NUMBER: _builtins.int
     SINCE_VERSION_FIELD_NUMBER: _builtins.int
     since_version: _builtins.int
+    """Unset: changes from now on. Set: every change with a higher version, then live; a value
+    the change log no longer covers (pruned, or ahead of it) is OUT_OF_RANGE: re-sync.
+    """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Empty means every subject."""
@@ -554,18 +557,24 @@ class WatchEntitlementsRequest(_message.Message):
         self,
         *,
         subjects: _abc.Iterable[_builtins.str] | None = ...,
-        since_version: _builtins.int = ...,
+        since_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__since_version: _TypeAlias = _typing.Literal["since_version"]  # noqa: Y015
+    _WhichOneofArgType__since_version: _TypeAlias = _typing.Literal["_since_version", b"_since_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_version) -> _WhichOneofReturnType__since_version | None: ...
 
 Global___WatchEntitlementsRequest: _TypeAlias = WatchEntitlementsRequest  # noqa: Y015
 
 @_typing.final
 class WatchEntitlementsResponse(_message.Message):
+    """One changed subject with its entitlements as now resolved. A message with an empty
+    `subject` marks "caught up"; its `version` is the point to resume from.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int

@@ -35,6 +35,10 @@ class Unimplemented(Exception):
     """The RPC is declared but not built yet (maps to UNIMPLEMENTED)."""
 
 
+class OutOfRange(Exception):
+    """A resume point the server no longer has (maps to OUT_OF_RANGE)."""
+
+
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -42,6 +46,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Unimplemented):
         return grpc.StatusCode.UNIMPLEMENTED, str(exc)
+    if isinstance(exc, OutOfRange):
+        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
     if isinstance(exc, StoreUnavailable):
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
     return None

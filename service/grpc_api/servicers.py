@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -23,6 +25,8 @@ from entitlements.v1 import (
 from entitlements.v1 import (
     entitlement_service_pb2_grpc as pb_grpc,
 )
+from service.cache import CacheEntry
+from service.changes import ChangeHub
 from service.domain.catalog import Catalog, LimitValue
 from service.domain.events import normalize_event
 from service.domain.resolution import (
@@ -31,15 +35,16 @@ from service.domain.resolution import (
     Reason,
     feature_decision,
     limit_decision,
-    resolve,
 )
 from service.domain.subjects import InvalidArgument, require_subject
-from service.grpc_api.interceptors import Unimplemented
+from service.grpc_api.interceptors import OutOfRange
+from service.reader import EntitlementReader
 from service.store.postgres import Store
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+WATCH_BATCH = 500
 MAX_EVENT_ID_BYTES = 255
 DEFAULT_HISTORY_PAGE = 100
 MAX_HISTORY_PAGE = 1000
@@ -77,33 +82,52 @@ def _limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
 
 
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
-    """The read side: every answer is resolved at the moment of the call."""
+    """The read side: answers from the reader (cache, else PostgreSQL), resolved at call time."""
 
-    def __init__(self, store: Store, catalog: Catalog) -> None:
-        self._store = store
+    def __init__(
+        self,
+        reader: EntitlementReader,
+        catalog: Catalog,
+        store: Store,
+        hub: ChangeHub,
+        watch_poll_seconds: float = 1.0,
+    ) -> None:
+        self._reader = reader
         self._catalog = catalog
-
-    async def _entitlements(self, subject: str) -> Entitlements:
-        require_subject(subject)
-        state = (await self._store.load_states([subject]))[subject]
-        return resolve(state, self._catalog, self._store.now_ms())
+        self._features = catalog.features
+        self._store = store
+        self._hub = hub
+        self._watch_poll_seconds = watch_poll_seconds
 
     def _require_feature(self, feature: str) -> None:
-        if feature not in self._catalog.features:
+        if feature not in self._features:
             raise InvalidArgument(f"unknown feature {feature!r}")
 
-    def _can_use(self, ent: Entitlements, feature: str) -> pb.CanUseResponse:
-        allowed, reason = feature_decision(ent, feature)
-        return pb.CanUseResponse(
-            allowed=allowed,
-            plan=ent.plan.name,
-            reason=_REASONS[reason],  # type: ignore[arg-type]
-            valid_until=_timestamp(ent.valid_until_ms),
-        )
+    @staticmethod
+    def _can_use(entry: CacheEntry, feature: str) -> pb.CanUseResponse:
+        # Memoised per cache entry: an entry is immutable, so is its answer.
+        key = ("can_use", feature)
+        response: pb.CanUseResponse | None = entry.memo.get(key)
+        if response is None:
+            ent = entry.entitlements
+            allowed, reason = feature_decision(ent, feature)
+            response = pb.CanUseResponse(
+                allowed=allowed,
+                plan=ent.plan.name,
+                reason=_REASONS[reason],  # type: ignore[arg-type]
+                valid_until=_timestamp(ent.valid_until_ms),
+            )
+            entry.memo[key] = response
+        return response
 
     async def CanUse(self, request: pb.CanUseRequest, context: Context) -> pb.CanUseResponse:
-        self._require_feature(request.feature)
-        return self._can_use(await self._entitlements(request.subject), request.feature)
+        feature = request.feature
+        if feature not in self._features:
+            raise InvalidArgument(f"unknown feature {feature!r}")
+        entry = self._reader.cached(request.subject, self._store.now_ms())
+        if entry is None:
+            entry = await self._reader.get(request.subject)
+        return self._can_use(entry, feature)
 
     async def BatchCanUse(
         self, request: pb.BatchCanUseRequest, context: Context
@@ -118,22 +142,25 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
                 self._require_feature(check.feature)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"checks[{i}]: {exc}") from None
-        states = await self._store.load_states([c.subject for c in request.checks])
-        now = self._store.now_ms()
-        resolved = {s: resolve(state, self._catalog, now) for s, state in states.items()}
+        entries = await self._reader.get_many([c.subject for c in request.checks])
         return pb.BatchCanUseResponse(
-            results=[self._can_use(resolved[c.subject], c.feature) for c in request.checks]
+            results=[self._can_use(entries[c.subject], c.feature) for c in request.checks]
         )
 
     async def GetLimits(
         self, request: pb.GetLimitsRequest, context: Context
     ) -> pb.GetLimitsResponse:
-        ent = await self._entitlements(request.subject)
-        return pb.GetLimitsResponse(
-            plan=ent.plan.name,
-            limits=_limits(ent.limits),
-            valid_until=_timestamp(ent.valid_until_ms),
-        )
+        entry = await self._reader.get(request.subject)
+        response: pb.GetLimitsResponse | None = entry.memo.get("limits")
+        if response is None:
+            ent = entry.entitlements
+            response = pb.GetLimitsResponse(
+                plan=ent.plan.name,
+                limits=_limits(ent.limits),
+                valid_until=_timestamp(ent.valid_until_ms),
+            )
+            entry.memo["limits"] = response
+        return response
 
     async def CheckLimit(
         self, request: pb.CheckLimitRequest, context: Context
@@ -142,7 +169,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             raise InvalidArgument(f"unknown limit {request.limit!r}")
         if request.current_usage < 0 or request.requested < 0:
             raise InvalidArgument("current_usage and requested must not be negative")
-        ent = await self._entitlements(request.subject)
+        ent = (await self._reader.get(request.subject)).entitlements
         decision = limit_decision(ent, request.limit, request.current_usage, request.requested)
         return pb.CheckLimitResponse(
             allowed=decision.allowed,
@@ -156,8 +183,12 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def GetEntitlements(
         self, request: pb.GetEntitlementsRequest, context: Context
     ) -> pb.GetEntitlementsResponse:
-        ent = await self._entitlements(request.subject)
-        return entitlements_message(ent)
+        entry = await self._reader.get(request.subject)
+        response: pb.GetEntitlementsResponse | None = entry.memo.get("entitlements")
+        if response is None:
+            response = entitlements_message(entry.entitlements)
+            entry.memo["entitlements"] = response
+        return response
 
     async def ListPlans(
         self, request: pb.ListPlansRequest, context: Context
@@ -185,8 +216,59 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def WatchEntitlements(
         self, request: pb.WatchEntitlementsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        raise Unimplemented("WatchEntitlements is not available yet")
-        yield  # pragma: no cover - makes this an async generator
+        """Replay the change log after `since_version`, then follow it live.
+
+        The first message with an empty `subject` marks "caught up" and carries the version to
+        resume from; after it, every committed change is sent (one message per subject per
+        batch, with the newest version), in commit order, without gaps.
+        """
+        subjects = [require_subject(s) for s in request.subjects] or None
+        resume = request.HasField("since_version")
+        if request.since_version < 0:
+            raise InvalidArgument("since_version must not be negative")
+        wake = self._hub.subscribe()
+        try:
+            pruned, head = await self._store.change_log_bounds()
+            since = request.since_version if resume else head
+            if since < pruned or since > head:
+                raise OutOfRange(
+                    f"since_version {since} is outside the change log "
+                    f"({pruned + 1}..{head}); re-sync and watch from 0"
+                )
+            caught_up = False
+            while True:
+                wake.clear()
+                changes = await self._store.changes_after(since, subjects, WATCH_BATCH)
+                if changes:
+                    for message in await self._watch_messages(changes):
+                        yield message
+                    since = changes[-1][0]
+                    if len(changes) == WATCH_BATCH:
+                        continue
+                if not caught_up:
+                    caught_up = True
+                    yield pb.WatchEntitlementsResponse(subject="", version=since)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self._watch_poll_seconds)
+        finally:
+            self._hub.unsubscribe(wake)
+
+    async def _watch_messages(
+        self, changes: list[tuple[int, str]]
+    ) -> list[pb.WatchEntitlementsResponse]:
+        latest: dict[str, int] = {}
+        for version, subject in changes:
+            latest[subject] = version
+        entries = await self._reader.load(list(latest))
+        ordered = sorted(latest.items(), key=lambda kv: kv[1])
+        return [
+            pb.WatchEntitlementsResponse(
+                subject=subject,
+                entitlements=entitlements_message(entries[subject].entitlements),
+                version=version,
+            )
+            for subject, version in ordered
+        ]
 
 
 def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
@@ -217,8 +299,9 @@ def _ms_of(ts: Timestamp, default: int) -> int:
 class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     """The write side, behind the bearer-secret interceptor."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, hub: ChangeHub | None = None) -> None:
         self._store = store
+        self._hub = hub
 
     async def ApplyBillingEvent(
         self, request: sync_pb.ApplyBillingEventRequest, context: Context
@@ -243,6 +326,14 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             datetime.fromtimestamp(received_ms / 1000, UTC),
             event,
         )
+        if (
+            self._hub is not None
+            and result.subject
+            and result.version
+            and result.outcome == "APPLIED"
+        ):
+            # Read-your-writes on this replica; other replicas hear the NOTIFY.
+            self._hub.on_change(result.version, result.subject)
         for note in result.notes:
             if note.startswith("unknown plan slug"):
                 log.warning("event %s for %s: %s", event_id, result.subject, note)

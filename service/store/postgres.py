@@ -116,6 +116,24 @@ UPDATE items SET ever_active = true WHERE item_id = $1 AND NOT ever_active RETUR
 """
 
 
+CHANGES_CHANNEL = "entitlements_changed"
+_VERSION_LOCK = 7_305_011_772
+
+# Versions are taken under a transaction-scoped advisory lock, so they are allotted in commit
+# order: a reader of the change log that has seen version N has seen everything before N.
+# The NOTIFY ("<version>:<subject>") is delivered to every replica's listener at commit.
+_COMMIT_CHANGE = """
+WITH lock AS (SELECT pg_advisory_xact_lock($4)),
+     v AS (SELECT nextval('entitlement_version_seq') AS version FROM lock),
+     upd AS (
+        UPDATE subjects SET version = v.version, plan = $2, updated_at = now()
+          FROM v WHERE subject = $1 RETURNING v.version),
+     log AS (INSERT INTO change_log (version, subject)
+             SELECT version, $1 FROM upd RETURNING version)
+SELECT version, pg_notify($3, version || ':' || $1) FROM log
+"""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -124,9 +142,14 @@ class Store:
     """Plan state in PostgreSQL. Construct with `Store.open(dsn, catalog)`."""
 
     def __init__(
-        self, pool: asyncpg.Pool, catalog: Catalog, clock: Callable[[], int] = _now_ms
+        self,
+        pool: asyncpg.Pool,
+        catalog: Catalog,
+        clock: Callable[[], int] = _now_ms,
+        dsn: str = "",
     ) -> None:
         self._pool = pool
+        self.dsn = dsn
         self.catalog = catalog
         self._clock = clock
 
@@ -153,7 +176,7 @@ class Store:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, catalog, clock)
+        return cls(pool, catalog, clock, dsn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -220,6 +243,63 @@ class Store:
                 limit,
             )
             return [HistoryRow(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    async def change_log_bounds(self) -> tuple[int, int]:
+        """(pruned_through, head): versions at or below `pruned_through` are gone."""
+
+        async def work(conn: Conn) -> tuple[int, int]:
+            row = await conn.fetchrow(
+                """SELECT pruned_through,
+                          GREATEST(pruned_through,
+                                   COALESCE((SELECT max(version) FROM change_log), 0)) AS head
+                     FROM change_log_state"""
+            )
+            assert row is not None
+            return int(row["pruned_through"]), int(row["head"])
+
+        return await self._run(work)
+
+    async def changes_after(
+        self, version: int, subjects: Sequence[str] | None, limit: int
+    ) -> list[tuple[int, str]]:
+        """Committed changes with a version above `version`, oldest first."""
+
+        async def work(conn: Conn) -> list[tuple[int, str]]:
+            rows = await conn.fetch(
+                """SELECT version, subject FROM change_log
+                    WHERE version > $1 AND ($2::text[] IS NULL OR subject = ANY($2::text[]))
+                    ORDER BY version LIMIT $3""",
+                version,
+                list(subjects) if subjects else None,
+                limit,
+            )
+            return [(int(r["version"]), r["subject"]) for r in rows]
+
+        return await self._run(work)
+
+    async def prune_change_log(self, retention_seconds: float) -> int:
+        """Drop change-log rows older than the retention; returns how many went."""
+
+        async def work(conn: Conn) -> int:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    """WITH gone AS (
+                           DELETE FROM change_log
+                            WHERE changed_at < now() - make_interval(secs => $1)
+                        RETURNING version)
+                       SELECT count(*) AS n, max(version) AS top FROM gone""",
+                    retention_seconds,
+                )
+                assert row is not None
+                if row["top"] is not None:
+                    await conn.execute(
+                        """UPDATE change_log_state
+                              SET pruned_through = GREATEST(pruned_through, $1)""",
+                        row["top"],
+                    )
+                return int(row["n"])
 
         return await self._run(work)
 
@@ -376,14 +456,11 @@ class Store:
         version = int(subject_row["version"])
         after = before
         if changed:
-            version = int(await conn.fetchval("SELECT nextval('entitlement_version_seq')"))
             after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
-            await conn.execute(
-                """UPDATE subjects SET version = $2, plan = $3, updated_at = now()
-                   WHERE subject = $1""",
-                subject,
-                version,
-                after.plan.name,
+            version = int(
+                await conn.fetchval(
+                    _COMMIT_CHANGE, subject, after.plan.name, CHANGES_CHANNEL, _VERSION_LOCK
+                )
             )
             if after.plan.name != before.plan.name:
                 await conn.execute(

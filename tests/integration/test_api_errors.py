@@ -179,13 +179,6 @@ async def test_apply_rejects_bad_event_id(harness: Harness) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_watch_is_declared_but_not_yet_built(harness: Harness) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in harness.entitlements.WatchEntitlements(pb.WatchEntitlementsRequest()):
-            pass
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 class TcpProxy:
     """A loopback TCP proxy to PostgreSQL that can be cut and restored: a real outage."""
 

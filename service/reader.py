@@ -1,0 +1,72 @@
+"""The read path: resolved entitlements per subject, from the cache when it may be trusted.
+
+An entry is never used past its `valid_until`: it is then re-resolved from the cached state
+(time passing changes the answer, not the state), which needs no database round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.cache import CacheEntry, EntitlementCache
+from service.domain.catalog import Catalog
+from service.domain.resolution import resolve
+from service.domain.subjects import require_subject
+from service.store.postgres import Store
+
+
+class EntitlementReader:
+    def __init__(self, store: Store, catalog: Catalog, cache: EntitlementCache | None) -> None:
+        self._store = store
+        self._catalog = catalog
+        self.cache = cache
+
+    def cached(self, subject: str, now_ms: int) -> CacheEntry | None:
+        """The cached entry, re-resolved if its answer has expired; None on a miss."""
+        cache = self.cache
+        if cache is None:
+            return None
+        entry = cache.get(subject)
+        if entry is None:
+            return None
+        until = entry.entitlements.valid_until_ms
+        if until is not None and now_ms >= until:
+            entry = CacheEntry(entry.state, resolve(entry.state, self._catalog, now_ms))
+            cache.replace(subject, entry)
+        return entry
+
+    async def get(self, subject: str) -> CacheEntry:
+        now = self._store.now_ms()
+        entry = self.cached(subject, now)
+        if entry is not None:
+            return entry
+        return (await self.load([subject]))[subject]
+
+    async def get_many(self, subjects: Sequence[str]) -> dict[str, CacheEntry]:
+        now = self._store.now_ms()
+        found: dict[str, CacheEntry] = {}
+        missing: list[str] = []
+        for subject in subjects:
+            if subject in found:
+                continue
+            entry = self.cached(subject, now)
+            if entry is None:
+                missing.append(subject)
+            else:
+                found[subject] = entry
+        if missing:
+            found.update(await self.load(missing))
+        return found
+
+    async def load(self, subjects: Sequence[str]) -> dict[str, CacheEntry]:
+        """Read from PostgreSQL, resolve, and cache unless invalidated meanwhile."""
+        for subject in subjects:
+            require_subject(subject)
+        generation = self.cache.generation if self.cache is not None else 0
+        states = await self._store.load_states(subjects)
+        now = self._store.now_ms()
+        entries = {s: CacheEntry(st, resolve(st, self._catalog, now)) for s, st in states.items()}
+        if self.cache is not None:
+            for subject, entry in entries.items():
+                self.cache.put(subject, entry, generation)
+        return entries
