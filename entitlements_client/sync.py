@@ -1,0 +1,148 @@
+"""The synchronous client; with `local_cache=True` a daemon thread follows WatchEntitlements."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements_client.local import (
+    Decision,
+    LimitCheck,
+    Limits,
+    LocalCache,
+    Snapshot,
+    decision_from,
+    limit_check,
+    watch_request,
+)
+
+
+class EntitlementsClient:
+    """`can_use` / `get_limits` / `check_limit` over gRPC, optionally answered in-process."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        local_cache: bool = False,
+        timeout: float = 2.0,
+        max_cached_subjects: int = 100_000,
+    ) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.EntitlementServiceStub(self._channel)
+        self._timeout = timeout
+        self._closed = threading.Event()
+        self.cache: LocalCache | None = None
+        self._thread: threading.Thread | None = None
+        self._stream: Any = None
+        if local_cache:
+            self.cache = LocalCache(max_cached_subjects)
+            plans = self._stub.ListPlans(pb.ListPlansRequest(), timeout=timeout)
+            self.cache.features = frozenset(plans.features)
+            self._thread = threading.Thread(
+                target=self._follow, name="entitlements-watch", daemon=True
+            )
+            self._thread.start()
+
+    # ---- checks ------------------------------------------------------------------------
+
+    def can_use(self, subject: str, feature: str) -> bool:
+        """May `subject` use `feature`? Answered locally when the cache is in sync."""
+        cache = self.cache
+        if cache is not None:
+            snap = cache.fresh(subject)
+            if snap is None and cache.synced:
+                snap = self.snapshot(subject)  # one RPC; cached for the next check
+            if snap is not None:
+                if feature in snap.features:
+                    return True
+                if feature in cache.features:
+                    return False
+                raise ValueError(f"unknown feature {feature!r}")
+        return self.check(subject, feature).allowed
+
+    def check(self, subject: str, feature: str) -> Decision:
+        """The full CanUse answer (always an RPC, so the reason is the server's)."""
+        response = self._stub.CanUse(
+            pb.CanUseRequest(subject=subject, feature=feature), timeout=self._timeout
+        )
+        return decision_from(response)
+
+    def snapshot(self, subject: str) -> Snapshot:
+        cache = self.cache
+        generation = 0
+        if cache is not None:
+            snap = cache.fresh(subject)
+            if snap is not None:
+                return snap
+            generation = cache.generation
+        response = self._stub.GetEntitlements(
+            pb.GetEntitlementsRequest(subject=subject), timeout=self._timeout
+        )
+        snap = Snapshot.from_message(response)
+        if cache is not None:
+            cache.put_from_rpc(snap, generation)
+        return snap
+
+    def get_limits(self, subject: str) -> Limits:
+        snap = self.snapshot(subject)
+        return Limits(snap.plan, snap.limits)
+
+    def check_limit(
+        self, subject: str, limit: str, current_usage: int, requested: int = 1
+    ) -> LimitCheck:
+        return limit_check(self.snapshot(subject), limit, current_usage, requested)
+
+    # ---- the watch -----------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        assert self.cache is not None
+        backoff = 0.05
+        while not self._closed.is_set():
+            try:
+                stream = self._stub.WatchEntitlements(watch_request(self.cache))
+                self._stream = stream
+                for message in stream:
+                    self.cache.apply(message)
+                    backoff = 0.05
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code == grpc.StatusCode.OUT_OF_RANGE:
+                    self.cache.reset()
+                    continue
+            self.cache.lost()
+            self._closed.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def wait_synced(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cache is not None and self.cache.synced:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._stream is not None:
+            self._stream.cancel()
+        self._channel.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> EntitlementsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
