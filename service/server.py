@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -99,7 +103,10 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     """Build and start the server on `settings.listen` (port 0 picks a free port)."""
     server = aio.server(
         interceptors=[ErrorInterceptor(), BillingAuthInterceptor(settings.sync_secret)],
-        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 1),  # --workers: every worker binds the same port
+        ],
     )
     cache = EntitlementCache(settings.cache_max_subjects) if settings.cache_enabled else None
     hub = ChangeHub(cache)
@@ -162,9 +169,62 @@ async def serve(settings: ServiceSettings) -> None:
     log.info("stopped")
 
 
+def _worker(settings: ServiceSettings, log_level: str) -> None:
+    configure_logging(log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+def run_workers(settings: ServiceSettings, log_level: str) -> int:
+    """N processes on one port (SO_REUSEPORT), each with its own pool and change listener."""
+    workers = settings.workers
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url is None:
+        embedded = start_embedded_postgres(settings.data_dir)
+        settings = replace(settings, database_url=embedded.uri)
+    host, _, port = settings.listen.rpartition(":")
+    if port == "0":
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = str(probe.getsockname()[1])
+    settings = replace(settings, listen=f"{host}:{port}", workers=1)
+    ctx = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
+    procs = [ctx.Process(target=_worker, args=(settings, log_level)) for _ in range(workers)]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for proc in procs:
+            proc.start()
+        log.info("started %d workers on %s:%s: %s", workers, host, port, [p.pid for p in procs])
+        while not stopping and all(p.is_alive() for p in procs):
+            time.sleep(0.2)
+        failed = not stopping
+        if failed:
+            log.error("a worker exited unexpectedly; stopping the others")
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join(timeout=settings.grace_seconds + 10)
+            if proc.is_alive():
+                proc.kill()
+        return 1 if failed else 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
 
@@ -175,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--database-url", help="PostgreSQL DSN (overrides DATABASE_URL)")
     parser.add_argument("--catalog", help="catalog TOML (overrides ENTITLEMENTS_CATALOG)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--workers", type=int, help="processes serving one port (overrides ENTITLEMENTS_WORKERS)"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="answer every read from PostgreSQL (measurement)"
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level.upper())
     try:
@@ -184,7 +250,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             listen=args.listen or settings.listen,
             database_url=args.database_url or settings.database_url,
             catalog_path=args.catalog or settings.catalog_path,
+            workers=args.workers or settings.workers,
+            cache_enabled=settings.cache_enabled and not args.no_cache,
         )
+        if settings.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
+        if settings.workers > 1:
+            sys.exit(run_workers(settings, args.log_level.upper()))
         asyncio.run(serve(settings))
     except (ConfigError, CatalogError) as exc:
         log.error("refusing to start: %s", exc)
