@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
+.PHONY: install run demo bench test test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 ## With `make run` going: send a signed sample webhook and show the plan change.
 demo: $(STAMP)
 	$(VENV)/bin/entitlements demo-webhook
+
+## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench.run
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
 test: $(STAMP)

@@ -7,12 +7,12 @@ plain values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from service.domain.catalog import Catalog, LimitValue, Plan
-from service.domain.events import ItemStatus
+from service.domain.events import ItemStatus, ItemUpdate
 
 
 class EntitlementStatus(StrEnum):
@@ -219,3 +219,32 @@ def limit_decision(
     wanted = requested if requested > 0 else 1
     remaining = 0 if limit.unlimited else max(0, limit.value - current_usage)
     return LimitDecision(limit.allows(current_usage, wanted), limit, remaining)
+
+
+def with_item_updates(
+    state: SubjectState, fresh: Sequence[ItemUpdate], flagged_ever_active: Sequence[str]
+) -> SubjectState:
+    """The state after the store accepted `fresh` updates and marked items ever active.
+
+    Mirrors the store's upsert, so the new state need not be read back from the database.
+    """
+    if not fresh and not flagged_ever_active:
+        return state
+    items = {item.item_id: item for item in state.items}
+    for update in fresh:
+        old = items.get(update.item_id)
+        items[update.item_id] = ItemState(
+            item_id=update.item_id,
+            status=update.status,
+            plan_slug=update.plan_slug,
+            plan_id=update.plan_id,
+            period_end_ms=update.period_end_ms,
+            past_due_at_ms=update.past_due_at_ms,
+            event_ms=update.event_ms,
+            ever_active=(old is not None and old.ever_active) or update.status is ItemStatus.ACTIVE,
+        )
+    for item_id in flagged_ever_active:
+        old = items.get(item_id)
+        if old is not None:
+            items[item_id] = replace(old, ever_active=True)
+    return replace(state, items=tuple(items.values()))

@@ -216,11 +216,11 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def WatchEntitlements(
         self, request: pb.WatchEntitlementsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """Replay the change log after `since_version`, then follow it live.
+        """Replay the change log from `since_version`, then follow it live.
 
-        The first message with an empty `subject` marks "caught up" and carries the version to
-        resume from; after it, every committed change is sent (one message per subject per
-        batch, with the newest version), in commit order, without gaps.
+        `version` in every message is a stream position: resuming from it misses nothing
+        (a change may come twice; applying it again is harmless). A message with an empty
+        `subject` marks "caught up".
         """
         subjects = [require_subject(s) for s in request.subjects] or None
         resume = request.HasField("since_version")
@@ -228,47 +228,49 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             raise InvalidArgument("since_version must not be negative")
         wake = self._hub.subscribe()
         try:
-            pruned, head = await self._store.change_log_bounds()
-            since = request.since_version if resume else head
-            if since < pruned or since > head:
+            pruned, horizon, ceiling = await self._store.change_log_bounds()
+            position = request.since_version if resume else horizon
+            if position < pruned or position > ceiling:
                 raise OutOfRange(
-                    f"since_version {since} is outside the change log "
-                    f"({pruned + 1}..{head}); re-sync and watch from 0"
+                    f"since_version {position} is outside the change log "
+                    f"({pruned}..{ceiling}); re-sync and watch without since_version"
                 )
             caught_up = False
             while True:
                 wake.clear()
-                changes = await self._store.changes_after(since, subjects, WATCH_BATCH)
+                changes, next_position = await self._store.changes_from(
+                    position, subjects, WATCH_BATCH
+                )
                 if changes:
                     for message in await self._watch_messages(changes):
                         yield message
-                    since = changes[-1][0]
-                    if len(changes) == WATCH_BATCH:
-                        continue
-                if not caught_up:
+                advanced = next_position != position
+                position = next_position
+                if len(changes) == WATCH_BATCH:
+                    continue
+                if not caught_up or advanced:
                     caught_up = True
-                    yield pb.WatchEntitlementsResponse(subject="", version=since)
+                    yield pb.WatchEntitlementsResponse(subject="", version=position)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._watch_poll_seconds)
         finally:
             self._hub.unsubscribe(wake)
 
     async def _watch_messages(
-        self, changes: list[tuple[int, str]]
+        self, changes: list[tuple[int, int, str]]
     ) -> list[pb.WatchEntitlementsResponse]:
-        latest: dict[str, int] = {}
-        for version, subject in changes:
-            latest[subject] = version
-        entries = await self._reader.load(list(latest))
-        ordered = sorted(latest.items(), key=lambda kv: kv[1])
-        return [
-            pb.WatchEntitlementsResponse(
-                subject=subject,
-                entitlements=entitlements_message(entries[subject].entitlements),
-                version=version,
+        entries = await self._reader.load(list({subject for _, _, subject in changes}))
+        messages = []
+        for i, (txid, _version, subject) in enumerate(changes):
+            last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
+            messages.append(
+                pb.WatchEntitlementsResponse(
+                    subject=subject,
+                    entitlements=entitlements_message(entries[subject].entitlements),
+                    version=txid + 1 if last_of_tx else txid,
+                )
             )
-            for subject, version in ordered
-        ]
+        return messages
 
 
 def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +20,13 @@ import asyncpg
 
 from service.domain.catalog import Catalog
 from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedEvent
-from service.domain.resolution import Entitlements, ItemState, SubjectState, resolve
+from service.domain.resolution import (
+    Entitlements,
+    ItemState,
+    SubjectState,
+    resolve,
+    with_item_updates,
+)
 from service.store.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class ApplyResult:
     previous_plan: str | None
     version: int
     notes: tuple[str, ...] = ()
+    recorded: bool = False  # the delivery row already carries the outcome
 
 
 @dataclass(frozen=True)
@@ -117,21 +124,35 @@ UPDATE items SET ever_active = true WHERE item_id = $1 AND NOT ever_active RETUR
 
 
 CHANGES_CHANNEL = "entitlements_changed"
-_VERSION_LOCK = 7_305_011_772
 
-# Versions are taken under a transaction-scoped advisory lock, so they are allotted in commit
-# order: a reader of the change log that has seen version N has seen everything before N.
-# The NOTIFY ("<version>:<subject>") is delivered to every replica's listener at commit.
+# One statement: take the subject's next version, record it, log the change (stream position:
+# this transaction's id) and NOTIFY "<version>:<subject>", delivered to every replica at commit.
+# The plan-change history row and the delivery's outcome ride along, to save round trips.
 _COMMIT_CHANGE = """
-WITH lock AS (SELECT pg_advisory_xact_lock($4)),
-     v AS (SELECT nextval('entitlement_version_seq') AS version FROM lock),
+WITH v AS (SELECT nextval('entitlement_version_seq') AS version),
      upd AS (
         UPDATE subjects SET version = v.version, plan = $2, updated_at = now()
           FROM v WHERE subject = $1 RETURNING v.version),
      log AS (INSERT INTO change_log (version, subject)
-             SELECT version, $1 FROM upd RETURNING version)
+             SELECT version, $1 FROM upd RETURNING version),
+     history AS (
+        INSERT INTO plan_changes (subject, from_plan, to_plan, version, cause_event_id, cause_type)
+        SELECT $1, $4, $2, version, $5, $6 FROM log WHERE $4 <> $2),
+     delivery AS (
+        UPDATE deliveries SET outcome = $7, notes = $8, subject = $1 WHERE event_id = $5)
 SELECT version, pg_notify($3, version || ':' || $1) FROM log
 """
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+_SUBJECT_KINDS = frozenset(
+    {EventKind.ITEMS, EventKind.SUBJECT_CREATED, EventKind.SUBJECT_DELETED, EventKind.RECORD_ONLY}
+)
+
+
+async def _no_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Skip asyncpg's per-release reset round trip: this store keeps no session state
+    (no session locks, cursors, LISTEN or SET on pooled connections)."""
 
 
 def _now_ms() -> int:
@@ -165,7 +186,12 @@ class Store:
     ) -> Store:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, command_timeout=10, timeout=5
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=10,
+                timeout=5,
+                reset=_no_reset,
             )
         except _UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
@@ -246,36 +272,46 @@ class Store:
 
         return await self._run(work)
 
-    async def change_log_bounds(self) -> tuple[int, int]:
-        """(pruned_through, head): versions at or below `pruned_through` are gone."""
+    async def change_log_bounds(self) -> tuple[int, int, int]:
+        """(pruned_below, horizon, ceiling) as stream positions (transaction ids).
 
-        async def work(conn: Conn) -> tuple[int, int]:
+        Positions below `pruned_below` are gone; everything below `horizon` is final (no
+        transaction below it is still running); no position above `ceiling` exists yet.
+        """
+
+        async def work(conn: Conn) -> tuple[int, int, int]:
             row = await conn.fetchrow(
-                """SELECT pruned_through,
-                          GREATEST(pruned_through,
-                                   COALESCE((SELECT max(version) FROM change_log), 0)) AS head
-                     FROM change_log_state"""
+                f"""SELECT pruned_below::text::bigint AS pruned, {_HORIZON} AS horizon,
+                           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS ceiling
+                      FROM change_log_state"""
             )
             assert row is not None
-            return int(row["pruned_through"]), int(row["head"])
+            return int(row["pruned"]), int(row["horizon"]), int(row["ceiling"])
 
         return await self._run(work)
 
-    async def changes_after(
-        self, version: int, subjects: Sequence[str] | None, limit: int
-    ) -> list[tuple[int, str]]:
-        """Committed changes with a version above `version`, oldest first."""
+    async def changes_from(
+        self, position: int, subjects: Sequence[str] | None, limit: int
+    ) -> tuple[list[tuple[int, int, str]], int]:
+        """Final changes at or after `position`, oldest first, as (txid, version, subject),
+        and the position to continue from."""
 
-        async def work(conn: Conn) -> list[tuple[int, str]]:
+        async def work(conn: Conn) -> tuple[list[tuple[int, int, str]], int]:
+            horizon = int(await conn.fetchval(f"SELECT {_HORIZON}"))
             rows = await conn.fetch(
-                """SELECT version, subject FROM change_log
-                    WHERE version > $1 AND ($2::text[] IS NULL OR subject = ANY($2::text[]))
-                    ORDER BY version LIMIT $3""",
-                version,
+                """SELECT txid::text::bigint AS txid, version, subject FROM change_log
+                    WHERE txid >= $1::bigint::text::xid8 AND txid < $2::bigint::text::xid8
+                      AND ($3::text[] IS NULL OR subject = ANY($3::text[]))
+                    ORDER BY txid, version LIMIT $4""",
+                position,
+                horizon,
                 list(subjects) if subjects else None,
                 limit,
             )
-            return [(int(r["version"]), r["subject"]) for r in rows]
+            changes = [(int(r["txid"]), int(r["version"]), r["subject"]) for r in rows]
+            if len(changes) == limit:
+                return changes, changes[-1][0]  # that transaction's rows come again: harmless
+            return changes, max(position, horizon)
 
         return await self._run(work)
 
@@ -288,15 +324,15 @@ class Store:
                     """WITH gone AS (
                            DELETE FROM change_log
                             WHERE changed_at < now() - make_interval(secs => $1)
-                        RETURNING version)
-                       SELECT count(*) AS n, max(version) AS top FROM gone""",
+                        RETURNING txid)
+                       SELECT count(*) AS n, max(txid)::text::bigint AS top FROM gone""",
                     retention_seconds,
                 )
                 assert row is not None
                 if row["top"] is not None:
                     await conn.execute(
-                        """UPDATE change_log_state
-                              SET pruned_through = GREATEST(pruned_through, $1)""",
+                        """UPDATE change_log_state SET pruned_below =
+                               GREATEST(pruned_below, ($1::bigint + 1)::text::xid8)""",
                         row["top"],
                     )
                 return int(row["n"])
@@ -332,11 +368,19 @@ class Store:
         received_at: datetime,
         event: NormalizedEvent,
     ) -> ApplyResult:
+        # Record the delivery (the idempotency key) and, for a subject's event, lock the
+        # subject row, in one round trip. A duplicate inserts nothing and locks nothing.
         inserted = await conn.fetchval(
-            """INSERT INTO deliveries (event_id, type, payload, subject, outcome, event_ms,
-                                       received_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
-               ON CONFLICT (event_id) DO NOTHING RETURNING true""",
+            """WITH d AS (
+                   INSERT INTO deliveries (event_id, type, payload, subject, outcome, event_ms,
+                                           received_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id),
+               s AS (
+                   INSERT INTO subjects (subject) SELECT $8 FROM d WHERE $8::text IS NOT NULL
+                   ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
+                   RETURNING subject)
+               SELECT (SELECT count(*) FROM d) + 0 * (SELECT count(*) FROM s)""",
             event_id,
             event_type,
             payload,
@@ -344,6 +388,7 @@ class Store:
             Outcome.PENDING,
             event.event_ms,
             received_at,
+            event.subject if event.kind in _SUBJECT_KINDS else None,
         )
         if not inserted:
             return await self._duplicate(conn, event_id)
@@ -367,14 +412,15 @@ class Store:
         elif event.subject is None:
             result = ApplyResult(Outcome.APPLIED, None, None, None, 0)
         else:
-            result = await self._apply_to_subject(conn, event_id, event)
-        await conn.execute(
-            "UPDATE deliveries SET outcome = $2, notes = $3, subject = $4 WHERE event_id = $1",
-            event_id,
-            result.outcome,
-            notes,
-            result.subject,
-        )
+            result = await self._apply_to_subject(conn, event_id, event, notes)
+        if not result.recorded:
+            await conn.execute(
+                "UPDATE deliveries SET outcome = $2, notes = $3, subject = $4 WHERE event_id = $1",
+                event_id,
+                result.outcome,
+                notes,
+                result.subject,
+            )
         return ApplyResult(
             result.outcome,
             result.subject,
@@ -385,9 +431,7 @@ class Store:
         )
 
     async def _duplicate(self, conn: Conn, event_id: str) -> ApplyResult:
-        row = await conn.fetchrow(
-            "SELECT subject, notes FROM deliveries WHERE event_id = $1", event_id
-        )
+        row = await conn.fetchrow("SELECT subject FROM deliveries WHERE event_id = $1", event_id)
         subject = row["subject"] if row else None
         if subject is None:
             return ApplyResult(Outcome.DUPLICATE, None, None, None, 0)
@@ -396,40 +440,37 @@ class Store:
         return ApplyResult(Outcome.DUPLICATE, subject, ent.plan.name, ent.plan.name, state.version)
 
     async def _apply_to_subject(
-        self, conn: Conn, event_id: str, event: NormalizedEvent
+        self, conn: Conn, event_id: str, event: NormalizedEvent, notes: list[str]
     ) -> ApplyResult:
         assert event.subject is not None
         subject = event.subject
-        # Lock the subject row first: concurrent deliveries for one subject serialise here.
-        subject_row = await conn.fetchrow(
-            """INSERT INTO subjects (subject) VALUES ($1)
-               ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
-               RETURNING version, deleted_at_ms""",
-            subject,
-        )
-        assert subject_row is not None
+        # The subject row is locked (see _apply_in_tx): concurrent deliveries for one subject
+        # serialise there, so this read sees every earlier change.
+        state = (await _load_states(conn, [subject]))[subject]
         now = self.now_ms()
-        before = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
+        before = resolve(state, self.catalog, now)
 
         changed = False
+        after_state = state
         if event.kind is EventKind.ITEMS:
-            deleted_at = subject_row["deleted_at_ms"]
-            fresh = flagged = False
+            fresh: list[ItemUpdate] = []
+            flagged: list[str] = []
             for item in event.items:
                 # Stored even when older than the subject's deletion, so the stored state is
                 # the same whatever the arrival order; resolution ignores such items.
-                upserted = await _upsert_item(conn, item, event_id)
-                if not upserted and item.status is ItemStatus.ACTIVE:
-                    flagged |= bool(await conn.fetchval(_MARK_EVER_ACTIVE, item.item_id))
-                if deleted_at is not None and item.event_ms <= deleted_at:
-                    continue  # the subject's deletion is newer: it cannot resurrect
-                fresh |= upserted
-            if flagged and not fresh:
-                # Only a lifetime item's "ever active" fact moved: a change only if it shows.
-                after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
-                fresh = _visible(after) != _visible(before)
-            changed = fresh
-            outcome = Outcome.APPLIED if changed else Outcome.STALE
+                if await _upsert_item(conn, item, event_id):
+                    fresh.append(item)
+                elif item.status is ItemStatus.ACTIVE and await conn.fetchval(
+                    _MARK_EVER_ACTIVE, item.item_id
+                ):
+                    flagged.append(item.item_id)
+            after_state = with_item_updates(state, fresh, flagged)
+            deleted_at = state.deleted_at_ms
+            visible = [i for i in fresh if deleted_at is None or i.event_ms > deleted_at]
+            changed = bool(visible) or (
+                bool(flagged)
+                and _visible(resolve(after_state, self.catalog, now)) != _visible(before)
+            )
         elif event.kind is EventKind.SUBJECT_DELETED:
             assert event.event_ms is not None
             changed = bool(
@@ -441,7 +482,8 @@ class Store:
                     event.event_ms,
                 )
             )
-            outcome = Outcome.APPLIED if changed else Outcome.STALE
+            if changed:
+                after_state = replace(state, deleted_at_ms=event.event_ms)
         elif event.kind is EventKind.SUBJECT_CREATED:
             await conn.execute(
                 """UPDATE subjects SET created_at_ms = LEAST(COALESCE(created_at_ms, $2), $2)
@@ -449,32 +491,31 @@ class Store:
                 subject,
                 event.event_ms,
             )
-            outcome = Outcome.APPLIED
-        else:  # RECORD_ONLY
-            outcome = Outcome.APPLIED
-
-        version = int(subject_row["version"])
-        after = before
-        if changed:
-            after = resolve((await _load_states(conn, [subject]))[subject], self.catalog, now)
-            version = int(
-                await conn.fetchval(
-                    _COMMIT_CHANGE, subject, after.plan.name, CHANGES_CHANNEL, _VERSION_LOCK
-                )
+            changed = False
+            return ApplyResult(
+                Outcome.APPLIED, subject, before.plan.name, before.plan.name, state.version
             )
-            if after.plan.name != before.plan.name:
-                await conn.execute(
-                    """INSERT INTO plan_changes (subject, from_plan, to_plan, version,
-                                                 cause_event_id, cause_type)
-                       VALUES ($1, $2, $3, $4, $5, $6)""",
-                    subject,
-                    before.plan.name,
-                    after.plan.name,
-                    version,
-                    event_id,
-                    event.type,
-                )
-        return ApplyResult(outcome, subject, after.plan.name, before.plan.name, version)
+
+        if not changed:
+            outcome = Outcome.STALE if event.kind is not EventKind.RECORD_ONLY else Outcome.APPLIED
+            return ApplyResult(outcome, subject, before.plan.name, before.plan.name, state.version)
+        after = resolve(after_state, self.catalog, now)
+        version = int(
+            await conn.fetchval(
+                _COMMIT_CHANGE,
+                subject,
+                after.plan.name,
+                CHANGES_CHANNEL,
+                before.plan.name,
+                event_id,
+                event.type,
+                Outcome.APPLIED,
+                notes,
+            )
+        )
+        return ApplyResult(
+            Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, recorded=True
+        )
 
 
 def _visible(ent: Entitlements) -> tuple[str, str, int | None]:

@@ -1,0 +1,1 @@
+"""`make bench`: throughput, latency, ingest, freshness and memory, measured in one run."""

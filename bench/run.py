@@ -1,0 +1,530 @@
+"""`make bench`: everything started on this machine, measured in one run, side by side.
+
+* CanUse throughput and p50/p99 under one load generator (h2load, HTTP/2 from C) for: a no-op
+  grpc.aio handler (the floor), CanUse with the cache, CanUse with the cache off.
+* The client library's local check (in-process checks/s and per-call p50/p99).
+* Webhook ingest end to end (signed deliveries/s through gateway → service → PostgreSQL, p99).
+* Freshness: webhook 2xx through replica A → CanUse changes on replica B (p50/p99).
+* Memory per 100k cached subjects (RSS growth of a service process).
+
+Writes bench/results/latest.json and bench/results/latest.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from svix.webhooks import Webhook
+
+from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements_client import EntitlementsClient
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BIN = Path(sys.executable).parent
+SYNC_SECRET = "bench-sync-secret-" + secrets.token_hex(16)
+SIGNING_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+SUBJECT = "user_bench_pro"
+CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
+
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "60000"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
+STREAMS = int(os.environ.get("BENCH_STREAMS", "16"))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(target: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                    return  # the no-op floor has no health service: it answers, so it is up
+            time.sleep(0.1)
+    raise TimeoutError(target)
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str], name: str, logs: Path
+) -> Iterator[psutil.Process]:
+    with open(logs / f"{name}.log", "wb") as out:
+        proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out)
+    try:
+        yield psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def service(dsn: str, logs: Path, name: str, *extra: str) -> tuple[Any, str]:
+    port = free_port()
+    env = {
+        "DATABASE_URL": dsn,
+        "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
+        "ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}",
+        "ENTITLEMENTS_CACHE_MAX_SUBJECTS": "200000",
+    }
+    return process(
+        [str(BIN / "entitlements-service"), "--log-level", "WARNING", *extra], env, name, logs
+    ), f"127.0.0.1:{port}"
+
+
+def ensure_h2load() -> str:
+    found = shutil.which("h2load")
+    if found:
+        return found
+    log("h2load not found: installing Debian's nghttp2-client …")
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nghttp2-client"],
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        capture_output=True,
+    )
+    found = shutil.which("h2load")
+    if not found:
+        raise SystemExit("h2load is needed (apt-get install nghttp2-client)")
+    return found
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(target: str, data_file: Path, workdir: Path, n: int) -> dict[str, float]:
+    """Throughput and latency percentiles of n CanUse calls (h2load's per-request log)."""
+    log_file = workdir / f"h2load-{secrets.token_hex(4)}.tsv"
+    out = subprocess.run(
+        [
+            ensure_h2load(),
+            "-n",
+            str(n),
+            "-c",
+            str(CONNECTIONS),
+            "-m",
+            str(STREAMS),
+            "-t",
+            "1",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+            str(data_file),
+            f"--log-file={log_file}",
+            f"http://{target}{CANUSE_PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    succeeded = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
+    latencies = sorted(
+        int(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line
+    )
+    log_file.unlink()
+    return {
+        "rps": rps,
+        "succeeded": succeeded,
+        "requests": n,
+        "p50_ms": latencies[len(latencies) // 2] / 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1000,
+    }
+
+
+def bench_rpc(target: str, data_file: Path, workdir: Path) -> dict[str, float]:
+    h2load(target, data_file, workdir, max(2000, REQUESTS // 10))  # warm-up
+    return h2load(target, data_file, workdir, REQUESTS)
+
+
+def signed(body: bytes, msg_id: str) -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(now.timestamp())),
+        "svix-signature": Webhook(SIGNING_SECRET).sign(msg_id, now, body.decode()),
+        "content-type": "application/json",
+    }
+
+
+def activation(subject: str) -> bytes:
+    now = int(time.time() * 1000)
+    return json.dumps(
+        {
+            "type": "subscriptionItem.active",
+            "timestamp": now,
+            "object": "event",
+            "data": {
+                "id": f"subi_{subject}",
+                "object": "commerce_subscription_item",
+                "status": "active",
+                "plan_period": "month",
+                "period_start": now,
+                "period_end": now + 30 * 86_400_000,
+                "plan_id": "cplan_pro",
+                "plan": {"id": "cplan_pro", "slug": "pro", "is_default": False},
+                "payer": {"id": "cpayer_x", "user_id": subject},
+                "updated_at": now,
+            },
+        }
+    ).encode()
+
+
+async def bench_ingest(url: str, count: int, concurrency: int) -> dict[str, float]:
+    tag = secrets.token_hex(3)
+    bodies = [(f"msg_ingest_{tag}_{i}", activation(f"user_ingest_{tag}_{i}")) for i in range(count)]
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in bodies:
+        queue.put_nowait(item)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal failures
+        while not queue.empty():
+            msg_id, body = queue.get_nowait()
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=signed(body, msg_id)) as response:
+                await response.read()
+                if response.status != 200:
+                    failures += 1
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "deliveries": count,
+        "failures": failures,
+        "per_second": count / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    }
+
+
+async def bench_freshness(url: str, target_b: str, rounds: int) -> dict[str, float]:
+    tag = secrets.token_hex(3)
+    delays: list[float] = []
+    async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(target_b) as channel:
+        stub = pb_grpc.EntitlementServiceStub(channel)
+        for i in range(rounds):
+            subject = f"user_fresh_{tag}_{i}"
+            request = pb.CanUseRequest(subject=subject, feature="dataExport")
+            assert not (await stub.CanUse(request)).allowed  # B caches "free"
+            body = activation(subject)
+            async with session.post(
+                url, data=body, headers=signed(body, f"msg_fresh_{tag}_{i}")
+            ) as r:
+                await r.read()
+                assert r.status == 200
+            acked = time.perf_counter()
+            while not (await stub.CanUse(request)).allowed:
+                if time.perf_counter() - acked > 5:
+                    raise RuntimeError("replica B never saw the change")
+            delays.append(time.perf_counter() - acked)
+    delays.sort()
+    return {
+        "rounds": rounds,
+        "p50_ms": delays[len(delays) // 2] * 1000,
+        "p99_ms": delays[int(len(delays) * 0.99)] * 1000,
+        "max_ms": delays[-1] * 1000,
+    }
+
+
+def bench_local_client(target: str) -> dict[str, float]:
+    with EntitlementsClient(target, local_cache=True) as client:
+        assert client.wait_synced()
+        assert client.can_use(SUBJECT, "dataExport")
+        can_use = client.can_use
+        n = 2_000_000
+        started = time.perf_counter()
+        for _ in range(n):
+            can_use(SUBJECT, "dataExport")
+        elapsed = time.perf_counter() - started
+        samples = []
+        clock = time.perf_counter_ns
+        for _ in range(100_000):
+            t0 = clock()
+            can_use(SUBJECT, "dataExport")
+            samples.append(clock() - t0)
+        samples.sort()
+    return {
+        "checks": n,
+        "per_second": n / elapsed,
+        "p50_us": samples[len(samples) // 2] / 1000,
+        "p99_us": samples[int(len(samples) * 0.99)] / 1000,
+    }
+
+
+def bench_memory(proc: psutil.Process, target: str, subjects: int) -> dict[str, float]:
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.EntitlementServiceStub(channel)
+        stub.BatchCanUse(
+            pb.BatchCanUseRequest(
+                checks=[pb.CanUseRequest(subject="user_warm", feature="aiInsights")]
+            )
+        )
+        before = proc.memory_info().rss
+        for start in range(0, subjects, 1000):
+            checks = [
+                pb.CanUseRequest(subject=f"user_mem_{i}", feature="aiInsights")
+                for i in range(start, min(subjects, start + 1000))
+            ]
+            stub.BatchCanUse(pb.BatchCanUseRequest(checks=checks), timeout=60)
+        after = proc.memory_info().rss
+    return {"subjects": subjects, "rss_growth_mib": (after - before) / 2**20}
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    admin = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"ent_bench_{secrets.token_hex(4)}"
+
+    async def admin_sql(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError):
+        import pgserver
+
+        with tempfile.TemporaryDirectory(prefix="ent-bench-pg-") as tmp:
+            server = pgserver.get_server(Path(tmp), cleanup_mode="stop")
+            try:
+                yield server.get_uri()
+            finally:
+                server.cleanup()
+        return
+    head, _, _ = admin.partition("?")[0].rpartition("/")
+    try:
+        yield f"{head}/{name}"
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rpc = results["canuse"]
+    names = ["no-op floor", "CanUse cached", "CanUse cache off"]
+    keys = ["floor", "cached", "cache_off"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    axes[0].bar(names, [rpc[k]["rps"] for k in keys], color=["#999", "#2a7", "#c52"])
+    axes[0].set_title("CanUse throughput (req/s, h2load)")
+    x = range(len(keys))
+    axes[1].bar([i - 0.2 for i in x], [rpc[k]["p50_ms"] for k in keys], width=0.4, label="p50")
+    axes[1].bar([i + 0.2 for i in x], [rpc[k]["p99_ms"] for k in keys], width=0.4, label="p99")
+    axes[1].set_xticks(list(x), names)
+    axes[1].set_title("CanUse latency (ms)")
+    axes[1].legend()
+    other = {
+        "local check\n(M checks/s)": results["client_local"]["per_second"] / 1e6,
+        "ingest\n(100 deliveries/s)": results["ingest"]["per_second"] / 100,
+        "freshness p99\n(10 ms)": results["freshness"]["p99_ms"] / 10,
+    }
+    axes[2].bar(list(other), list(other.values()), color="#57a")
+    axes[2].set_title("client, ingest, freshness (scaled units)")
+    fig.suptitle(
+        f"{results['machine']['cpu']} · {results['machine']['cores']} cores · {results['when']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ensure_h2load()
+    work = Path(tempfile.mkdtemp(prefix="ent-bench-"))
+    data_file = work / "canuse.bin"
+    data_file.write_bytes(
+        grpc_frame(pb.CanUseRequest(subject=SUBJECT, feature="dataExport").SerializeToString())
+    )
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        },
+        "load": {
+            "requests": REQUESTS,
+            "connections": CONNECTIONS,
+            "streams_per_connection": STREAMS,
+        },
+    }
+    cpu_model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
+        if Path("/proc/cpuinfo").exists()
+        else None
+    )
+    if cpu_model:
+        results["machine"]["cpu"] = cpu_model
+    with database() as dsn, ExitStack() as stack:
+        floor_port = free_port()
+        stack.enter_context(
+            process(
+                [sys.executable, str(ROOT / "bench" / "noop_server.py"), f"127.0.0.1:{floor_port}"],
+                {},
+                "floor",
+                work,
+            )
+        )
+        svc_proc_cm, target_a = service(dsn, work, "service-a")
+        proc_a = stack.enter_context(svc_proc_cm)
+        off_cm, target_off = service(dsn, work, "service-nocache", "--no-cache")
+        stack.enter_context(off_cm)
+        b_cm, target_b = service(dsn, work, "service-b")
+        stack.enter_context(b_cm)
+        for target in (f"127.0.0.1:{floor_port}", target_a, target_off, target_b):
+            wait_serving(target)
+        gw_port = free_port()
+        stack.enter_context(
+            process(
+                [str(BIN / "entitlements-gateway"), "--log-level", "WARNING"],
+                {
+                    "ENTITLEMENTS_TARGET": target_a,
+                    "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
+                    "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
+                    "GATEWAY_LISTEN": f"127.0.0.1:{gw_port}",
+                },
+                "gateway",
+                work,
+            )
+        )
+        url = f"http://127.0.0.1:{gw_port}/api/webhooks/clerk-billing"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", gw_port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        # The benchmark subject is on pro, so every path resolves a real item.
+        asyncio.run(bench_ingest_one(url, SUBJECT))
+        for target in (target_a, target_off):
+            with grpc.insecure_channel(target) as ch:
+                r = pb_grpc.EntitlementServiceStub(ch).CanUse(
+                    pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
+                )
+                assert r.allowed and r.plan == "pro", r
+
+        log("CanUse: no-op floor …")
+        floor = bench_rpc(f"127.0.0.1:{floor_port}", data_file, work)
+        log(f"  {floor}")
+        log("CanUse: cached …")
+        cached = bench_rpc(target_a, data_file, work)
+        log(f"  {cached}")
+        log("CanUse: cache off (a PostgreSQL query per call) …")
+        cache_off = bench_rpc(target_off, data_file, work)
+        log(f"  {cache_off}")
+        results["canuse"] = {"floor": floor, "cached": cached, "cache_off": cache_off}
+        log("client library, local check …")
+        results["client_local"] = bench_local_client(target_a)
+        log(f"  {results['client_local']}")
+        log("ingest through the gateway …")
+        results["ingest"] = asyncio.run(bench_ingest(url, 3000, 32))
+        log(f"  {results['ingest']}")
+        log("freshness across replicas …")
+        results["freshness"] = asyncio.run(bench_freshness(url, target_b, 200))
+        log(f"  {results['freshness']}")
+        log("memory per 100k cached subjects …")
+        results["memory"] = bench_memory(proc_a, target_a, 100_000)
+        log(f"  {results['memory']}")
+
+    c, f, o = (
+        results["canuse"]["cached"],
+        results["canuse"]["floor"],
+        results["canuse"]["cache_off"],
+    )
+    results["targets"] = {
+        "cached_vs_floor_throughput": {"value": c["rps"] / f["rps"], "target": ">= 0.9"},
+        "cached_vs_floor_p99": {"value": c["p99_ms"] / f["p99_ms"], "target": "<= 1.3"},
+        "cached_vs_cache_off_throughput": {"value": c["rps"] / o["rps"], "target": ">= 3"},
+        "client_local_checks_per_second": {
+            "value": results["client_local"]["per_second"],
+            "target": ">= 1000000",
+        },
+        "freshness_p99_ms": {"value": results["freshness"]["p99_ms"], "target": "<= 100"},
+        "ingest_per_second": {"value": results["ingest"]["per_second"], "target": ">= 300"},
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, RESULTS / "latest.png")
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results["targets"], indent=2))
+    print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
+    return 0
+
+
+async def bench_ingest_one(url: str, subject: str) -> None:
+    body = activation(subject)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=body, headers=signed(body, "msg_bench_setup_" + secrets.token_hex(4))
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
