@@ -418,37 +418,21 @@ def main() -> int:
     if cpu_model:
         results["machine"]["cpu"] = cpu_model
     with database() as dsn, ExitStack() as stack:
-        floor_port = free_port()
-        stack.enter_context(
-            process(
-                [sys.executable, str(ROOT / "bench" / "noop_server.py"), f"127.0.0.1:{floor_port}"],
-                {},
-                "floor",
-                work,
-            )
-        )
         svc_proc_cm, target_a = service(dsn, work, "service-a")
         proc_a = stack.enter_context(svc_proc_cm)
-        off_cm, target_off = service(dsn, work, "service-nocache", "--no-cache")
-        stack.enter_context(off_cm)
         b_cm, target_b = service(dsn, work, "service-b")
         stack.enter_context(b_cm)
-        for target in (f"127.0.0.1:{floor_port}", target_a, target_off, target_b):
-            wait_serving(target)
         gw_port = free_port()
-        stack.enter_context(
-            process(
-                [str(BIN / "entitlements-gateway"), "--log-level", "WARNING"],
-                {
-                    "ENTITLEMENTS_TARGET": target_a,
-                    "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
-                    "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
-                    "GATEWAY_LISTEN": f"127.0.0.1:{gw_port}",
-                },
-                "gateway",
-                work,
-            )
-        )
+        gateway_env = {
+            "ENTITLEMENTS_TARGET": target_a,
+            "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
+            "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
+            "GATEWAY_LISTEN": f"127.0.0.1:{gw_port}",
+        }
+        gateway_cmd = [str(BIN / "entitlements-gateway"), "--log-level", "WARNING"]
+        stack.enter_context(process(gateway_cmd, gateway_env, "gateway", work))
+        for target in (target_a, target_b):
+            wait_serving(target)
         url = f"http://127.0.0.1:{gw_port}/api/webhooks/clerk-billing"
         deadline = time.monotonic() + 30
         while True:
@@ -461,22 +445,35 @@ def main() -> int:
                 time.sleep(0.1)
         # The benchmark subject is on pro, so every path resolves a real item.
         asyncio.run(bench_ingest_one(url, SUBJECT))
-        for target in (target_a, target_off):
-            with grpc.insecure_channel(target) as ch:
-                r = pb_grpc.EntitlementServiceStub(ch).CanUse(
-                    pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
-                )
-                assert r.allowed and r.plan == "pro", r
 
-        log("CanUse: no-op floor …")
-        floor = bench_rpc(f"127.0.0.1:{floor_port}", data_file, work)
-        log(f"  {floor}")
-        log("CanUse: cached …")
-        cached = bench_rpc(target_a, data_file, work)
-        log(f"  {cached}")
-        log("CanUse: cache off (a PostgreSQL query per call) …")
-        cache_off = bench_rpc(target_off, data_file, work)
-        log(f"  {cache_off}")
+        # Only what each measurement needs runs while it runs.
+        with ExitStack() as rpc_stack:
+            floor_port = free_port()
+            floor_cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "noop_server.py"),
+                f"127.0.0.1:{floor_port}",
+            ]
+            rpc_stack.enter_context(process(floor_cmd, {}, "floor", work))
+            off_cm, target_off = service(dsn, work, "service-nocache", "--no-cache")
+            rpc_stack.enter_context(off_cm)
+            for target in (f"127.0.0.1:{floor_port}", target_off):
+                wait_serving(target)
+            for target in (target_a, target_off):
+                with grpc.insecure_channel(target) as ch:
+                    r = pb_grpc.EntitlementServiceStub(ch).CanUse(
+                        pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
+                    )
+                    assert r.allowed and r.plan == "pro", r
+            log("CanUse: no-op floor …")
+            floor = bench_rpc(f"127.0.0.1:{floor_port}", data_file, work)
+            log(f"  {floor}")
+            log("CanUse: cached …")
+            cached = bench_rpc(target_a, data_file, work)
+            log(f"  {cached}")
+            log("CanUse: cache off (a PostgreSQL query per call) …")
+            cache_off = bench_rpc(target_off, data_file, work)
+            log(f"  {cache_off}")
         results["canuse"] = {"floor": floor, "cached": cached, "cache_off": cache_off}
         log("client library, local check …")
         results["client_local"] = bench_local_client(target_a)

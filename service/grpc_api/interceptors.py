@@ -74,7 +74,14 @@ def _wrap(
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps exceptions to status codes and logs each call's outcome at debug level."""
+    """Maps exceptions to status codes; logs each call's duration at debug level.
+
+    The wrapped handler of each registered method is built once and reused: CanUse sits on
+    every caller's hot path, so nothing per call is allocated here that need not be.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[Handler, Handler] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -82,42 +89,51 @@ class ErrorInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = _with_error_mapping(handler, handler_call_details.method)
+            if not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
+                # Read-side handlers are the registered ones; write-side ones may be per-call
+                # denials from the auth interceptor, which must not pile up here.
+                self._wrapped[handler] = wrapped
+        return wrapped
 
-        async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
-            mapped = _status_for(exc)
-            if mapped is None:
-                log.exception("Error processing %s", method)
-                mapped = (grpc.StatusCode.INTERNAL, "internal error")
-            elif mapped[0] is grpc.StatusCode.UNAVAILABLE:
-                log.warning("%s: %s (%s)", method, mapped[1], exc)
-            await context.abort(*mapped)
 
-        inner_unary: Any = handler.unary_unary
-        inner_stream: Any = handler.unary_stream
+def _with_error_mapping(handler: Handler, method: str) -> Handler:
+    async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
+        mapped = _status_for(exc)
+        if mapped is None:
+            log.exception("Error processing %s", method)
+            mapped = (grpc.StatusCode.INTERNAL, "internal error")
+        elif mapped[0] is grpc.StatusCode.UNAVAILABLE:
+            log.warning("%s: %s (%s)", method, mapped[1], exc)
+        await context.abort(*mapped)
 
-        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            start = time.perf_counter()
-            try:
-                return await inner_unary(request, context)
-            except aio.AbortError:
-                raise
-            except Exception as exc:
-                await fail(exc, context)
-            finally:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s %.2f ms", method, (time.perf_counter() - start) * 1000)
+    inner_unary: Any = handler.unary_unary
+    inner_stream: Any = handler.unary_stream
 
-        async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                async for response in inner_stream(request, context):
-                    yield response
-            except aio.AbortError:
-                raise
-            except Exception as exc:
-                await fail(exc, context)
+    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        start = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
+        try:
+            return await inner_unary(request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await fail(exc, context)
+        finally:
+            if start:
+                log.debug("%s %.2f ms", method, (time.perf_counter() - start) * 1000)
 
-        return _wrap(handler, unary, streaming)
+    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for response in inner_stream(request, context):
+                yield response
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await fail(exc, context)
+
+    return _wrap(handler, unary, streaming)
 
 
 class BillingAuthInterceptor(aio.ServerInterceptor):
