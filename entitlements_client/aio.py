@@ -53,11 +53,7 @@ class AsyncEntitlementsClient:
             if snap is None and cache.synced:
                 snap = await self.snapshot(subject)  # one RPC; cached for the next check
             if snap is not None:
-                if feature in snap.features:
-                    return True
-                if feature in cache.features:
-                    return False
-                raise ValueError(f"unknown feature {feature!r}")
+                return cache.decide(snap, feature)
         return (await self.check(subject, feature)).allowed
 
     async def check(self, subject: str, feature: str) -> Decision:

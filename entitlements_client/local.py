@@ -98,6 +98,14 @@ class LocalCache:
             return None
         return snap
 
+    def decide(self, snap: Snapshot, feature: str) -> bool:
+        """The local answer for `feature`; an unknown feature is an error, as on the server."""
+        if feature in snap.features:
+            return True
+        if feature in self.features:
+            return False
+        raise ValueError(f"unknown feature {feature!r}")
+
     def put_from_rpc(self, snap: Snapshot, generation: int) -> None:
         """Cache an RPC answer unless a watched change arrived since it was asked for."""
         if self.synced and generation == self.generation:

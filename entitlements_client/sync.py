@@ -60,11 +60,7 @@ class EntitlementsClient:
             if snap is None and cache.synced:
                 snap = self.snapshot(subject)  # one RPC; cached for the next check
             if snap is not None:
-                if feature in snap.features:
-                    return True
-                if feature in cache.features:
-                    return False
-                raise ValueError(f"unknown feature {feature!r}")
+                return cache.decide(snap, feature)
         return self.check(subject, feature).allowed
 
     def check(self, subject: str, feature: str) -> Decision:
