@@ -25,6 +25,7 @@ from svix.webhooks import Webhook
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/api/webhooks/clerk-billing"
@@ -44,7 +45,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
     target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
-    return pb_grpc.EntitlementServiceStub(grpc.insecure_channel(str(target)))
+    return pb_grpc.EntitlementServiceStub(sync_channel(str(target), ClientTls.from_env(os.environ)))
 
 
 def _print(message: Any, as_json: bool) -> None:

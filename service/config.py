@@ -7,8 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 MIN_SECRET_LENGTH = 32
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -31,9 +35,12 @@ class ServiceSettings:
     cache_max_subjects: int = 100_000
     change_log_retention_seconds: float = 7 * 24 * 3600.0
     workers: int = 1
+    tls: ServerTls | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        from service.tls import ServerTls
+
         env = os.environ if env is None else env
         secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
         check_sync_secret(secret)
@@ -55,6 +62,7 @@ class ServiceSettings:
                 _positive_int(env, "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * 24 * 3600)
             ),
             workers=_positive_int(env, "ENTITLEMENTS_WORKERS", 1),
+            tls=ServerTls.from_env(env),
         )
 
 

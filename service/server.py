@@ -120,7 +120,10 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    if settings.tls is not None:
+        port = server.add_secure_port(settings.listen, settings.tls.credentials())
+    else:
+        port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
     await server.start()

@@ -191,7 +191,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         forwarder = Forwarder(
-            settings.target, settings.sync_secret, settings.forward_timeout_seconds
+            settings.target, settings.sync_secret, settings.forward_timeout_seconds, settings.tls
         )
         app[FORWARDER] = forwarder
         yield

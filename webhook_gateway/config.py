@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from svix.webhooks import Webhook
 
 from service.config import ConfigError, check_sync_secret
+from service.tls import ClientTls
 
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -31,6 +32,7 @@ class GatewaySettings:
     retry_after_seconds: int = 5
     max_body_bytes: int = 1024 * 1024
     body_timeout_seconds: float = 10.0
+    tls: ClientTls | None = None
 
     @property
     def configured(self) -> bool:
@@ -62,6 +64,7 @@ class GatewaySettings:
             signing_secrets=signing_secrets_from_env(env),
             sync_secret=sync_secret,
             forward_timeout_seconds=timeout,
+            tls=ClientTls.from_env(env),
         )
 
 

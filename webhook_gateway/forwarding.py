@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+from service.tls import ClientTls, aio_channel
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,17 @@ class ForwardResult:
 
 
 class Forwarder:
-    def __init__(self, target: str, sync_secret: str | None, timeout_seconds: float) -> None:
-        self._channel = aio.insecure_channel(
+    def __init__(
+        self,
+        target: str,
+        sync_secret: str | None,
+        timeout_seconds: float,
+        tls: ClientTls | None = None,
+    ) -> None:
+        self._channel = aio_channel(
             target,
-            options=[
+            tls,
+            [
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2_000),
