@@ -35,6 +35,7 @@ class ServiceSettings:
     cache_max_subjects: int = 100_000
     change_log_retention_seconds: float = 7 * 24 * 3600.0
     workers: int = 1
+    payload_retention_seconds: float = 90 * 24 * 3600.0
     tls: ServerTls | None = None
 
     @classmethod
@@ -62,6 +63,9 @@ class ServiceSettings:
                 _positive_int(env, "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * 24 * 3600)
             ),
             workers=_positive_int(env, "ENTITLEMENTS_WORKERS", 1),
+            payload_retention_seconds=float(
+                _positive_int(env, "ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * 24 * 3600)
+            ),
             tls=ServerTls.from_env(env),
         )
 

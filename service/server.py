@@ -89,14 +89,18 @@ async def _watch_database(running: RunningServer, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _prune_change_log(store: Store, retention_seconds: float) -> None:
-    """Keep the change log bounded; a watcher resuming from before it gets OUT_OF_RANGE."""
+async def _housekeeping(store: Store, settings: ServiceSettings) -> None:
+    """Keep the change log bounded (a watcher resuming from before it gets OUT_OF_RANGE) and
+    scrub personal data from payloads older than their retention."""
     while True:
         with contextlib.suppress(StoreUnavailable):
-            removed = await store.prune_change_log(retention_seconds)
+            removed = await store.prune_change_log(settings.change_log_retention_seconds)
             if removed:
-                log.info("pruned %d change-log rows older than %.0f s", removed, retention_seconds)
-        await asyncio.sleep(min(60.0, max(1.0, retention_seconds / 10)))
+                log.info("pruned %d change-log rows", removed)
+            scrubbed = await store.scrub_older_than(settings.payload_retention_seconds)
+            if scrubbed:
+                log.info("scrubbed personal data from %d stored payloads", scrubbed)
+        await asyncio.sleep(60.0)
 
 
 async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
@@ -133,7 +137,7 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
-        asyncio.create_task(_prune_change_log(store, settings.change_log_retention_seconds)),
+        asyncio.create_task(_housekeeping(store, settings)),
     ]
     return running
 

@@ -20,6 +20,7 @@ import asyncpg
 
 from service.domain.catalog import Catalog
 from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedEvent
+from service.domain.privacy import scrub_payload
 from service.domain.resolution import (
     Entitlements,
     ItemState,
@@ -339,6 +340,27 @@ class Store:
 
         return await self._run(work)
 
+    async def scrub_older_than(self, retention_seconds: float, batch: int = 500) -> int:
+        """Scrub personal data from payloads stored longer than the retention."""
+        total = 0
+        while True:
+
+            async def work(conn: Conn) -> int:
+                async with conn.transaction():
+                    return await _scrub_deliveries(
+                        conn,
+                        """WHERE scrubbed_at IS NULL
+                             AND recorded_at < now() - make_interval(secs => $1)
+                           ORDER BY recorded_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                        retention_seconds,
+                        batch,
+                    )
+
+            done = await self._run(work)
+            total += done
+            if done < batch:
+                return total
+
     # ---- writes ------------------------------------------------------------------------
 
     async def apply(
@@ -447,6 +469,11 @@ class Store:
         # The subject row is locked (see _apply_in_tx): concurrent deliveries for one subject
         # serialise there, so this read sees every earlier change.
         state = (await _load_states(conn, [subject]))[subject]
+        if state.deleted_at_ms is not None or event.kind is EventKind.SUBJECT_DELETED:
+            # A deleted subject's stored payloads keep no personal data (late arrivals too).
+            await _scrub_deliveries(
+                conn, "WHERE subject = $1 AND scrubbed_at IS NULL FOR UPDATE", subject
+            )
         now = self.now_ms()
         before = resolve(state, self.catalog, now)
 
@@ -516,6 +543,16 @@ class Store:
         return ApplyResult(
             Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, recorded=True
         )
+
+
+async def _scrub_deliveries(conn: Conn, where: str, *args: Any) -> int:
+    rows = await conn.fetch(f"SELECT event_id, payload FROM deliveries {where}", *args)
+    if rows:
+        await conn.executemany(
+            "UPDATE deliveries SET payload = $2, scrubbed_at = now() WHERE event_id = $1",
+            [(r["event_id"], scrub_payload(r["payload"])) for r in rows],
+        )
+    return len(rows)
 
 
 def _visible(ent: Entitlements) -> tuple[str, str, int | None]:

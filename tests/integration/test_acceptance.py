@@ -347,3 +347,33 @@ async def test_version_grows_with_each_change_and_history_is_newest_first(
     assert changes == [("pro", "free"), ("free", "pro")]
     deliveries = [e.type for e in hist.entries if e.kind == sync_pb.HISTORY_KIND_DELIVERY]
     assert deliveries == ["subscriptionItem.ended", "subscriptionItem.active"]
+
+
+async def test_user_deleted_scrubs_personal_data_from_stored_payloads(harness: Harness) -> None:
+    t = now_ms()
+    who = subject("scrub")
+    await apply(harness, event("item_active_pro_month", at_ms=t - DAY, subject=who))
+    await apply(harness, event("user_deleted", at_ms=t, subject=who, timestamp_ms=t))
+    late = event("item_canceled_pro", at_ms=t - DAY, subject=who, timestamp_ms=t - 5)
+    await apply(harness, late)  # a late, older event for the deleted subject
+    async with harness.store._pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT payload, scrubbed_at FROM deliveries WHERE subject = $1", who
+        )
+    assert len(rows) == 3
+    for row in rows:
+        assert b"ada@example.com" not in row["payload"] and b"Lovelace" not in row["payload"]
+        assert row["scrubbed_at"] is not None
+    assert await plan_of(harness, who) == "free"
+
+
+async def test_payloads_past_retention_are_scrubbed(harness: Harness) -> None:
+    who = subject("retention")
+    await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=who))
+    assert await harness.store.scrub_older_than(3600) == 0  # younger than the retention
+    await asyncio.sleep(0.01)
+    assert await harness.store.scrub_older_than(0) >= 1
+    async with harness.store._pool.acquire() as conn:
+        payload = await conn.fetchval("SELECT payload FROM deliveries WHERE subject = $1", who)
+    assert b"ada@example.com" not in payload
+    assert await plan_of(harness, who) == "pro"  # state is untouched
