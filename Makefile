@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
+.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ bench: $(STAMP)
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not chaos"
+
+## PostgreSQL, the service and the gateway killed -9 at random under a Svix-like sender.
+test-chaos: $(STAMP)
+	$(PY) -m pytest -m chaos -s tests/chaos
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
