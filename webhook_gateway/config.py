@@ -57,6 +57,13 @@ class GatewaySettings:
                 "GATEWAY_FORWARD_TIMEOUT_SECONDS must be a number of seconds between 0 and 15 "
                 "(Svix gives up after 15 s)"
             )
+        body_timeout_raw = env.get("GATEWAY_BODY_TIMEOUT_SECONDS") or "10"
+        try:
+            body_timeout = float(body_timeout_raw)
+        except ValueError:
+            body_timeout = -1.0
+        if not 0 < body_timeout <= 60:
+            raise ConfigError("GATEWAY_BODY_TIMEOUT_SECONDS must be a number of seconds in (0, 60]")
         return cls(
             host=host,
             port=int(port),
@@ -64,6 +71,7 @@ class GatewaySettings:
             signing_secrets=signing_secrets_from_env(env),
             sync_secret=sync_secret,
             forward_timeout_seconds=timeout,
+            body_timeout_seconds=body_timeout,
             tls=ClientTls.from_env(env),
         )
 

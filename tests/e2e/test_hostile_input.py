@@ -207,3 +207,41 @@ def test_the_valid_delivery_the_cases_derive_from_is_accepted(stack: Stack) -> N
     answer = post(stack.gateway_port, body, headers)
     assert answer.status == 200 and answer.json() == {"outcome": "APPLIED"}
     assert db_state(stack.database_url)[0] == before[0] + 1
+
+
+def test_slow_loris_body_times_out(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A client trickling its body is cut off (408) instead of holding a connection forever."""
+    import socket
+
+    with running_stack(
+        database_url, tmp_path_factory.mktemp("slow"), GATEWAY_BODY_TIMEOUT_SECONDS="1"
+    ) as s:
+        before = db_state(s.database_url)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", s.gateway_port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/webhooks/clerk-billing HTTP/1.1\r\nHost: x\r\n"
+                b"svix-id: msg_slow\r\nsvix-timestamp: 1\r\nsvix-signature: v1,AAAA\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            received = b""
+            for _ in range(40):
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    break
+                sock.settimeout(0.25)
+                try:
+                    chunk = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+                if b"\r\n\r\n" in received:
+                    break
+        assert received.startswith(b"HTTP/1.1 408"), received[:100]
+        assert time.monotonic() - started < 8
+        assert db_state(s.database_url) == before
