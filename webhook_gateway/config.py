@@ -32,6 +32,9 @@ class GatewaySettings:
     retry_after_seconds: int = 5
     max_body_bytes: int = 1024 * 1024
     body_timeout_seconds: float = 10.0
+    # aiohttp's keep-alive timer also runs from the moment a connection opens: a client that
+    # has not completed its request headers by then (slow-loris) is disconnected.
+    idle_timeout_seconds: float = 15.0
     tls: ClientTls | None = None
 
     @property
@@ -57,13 +60,8 @@ class GatewaySettings:
                 "GATEWAY_FORWARD_TIMEOUT_SECONDS must be a number of seconds between 0 and 15 "
                 "(Svix gives up after 15 s)"
             )
-        body_timeout_raw = env.get("GATEWAY_BODY_TIMEOUT_SECONDS") or "10"
-        try:
-            body_timeout = float(body_timeout_raw)
-        except ValueError:
-            body_timeout = -1.0
-        if not 0 < body_timeout <= 60:
-            raise ConfigError("GATEWAY_BODY_TIMEOUT_SECONDS must be a number of seconds in (0, 60]")
+        body_timeout = _seconds(env, "GATEWAY_BODY_TIMEOUT_SECONDS", 10.0)
+        idle_timeout = _seconds(env, "GATEWAY_IDLE_TIMEOUT_SECONDS", 15.0)
         return cls(
             host=host,
             port=int(port),
@@ -72,8 +70,22 @@ class GatewaySettings:
             sync_secret=sync_secret,
             forward_timeout_seconds=timeout,
             body_timeout_seconds=body_timeout,
+            idle_timeout_seconds=idle_timeout,
             tls=ClientTls.from_env(env),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 300:
+        raise ConfigError(f"{name} must be a number of seconds in (0, 300], got {raw!r}")
+    return value
 
 
 def signing_secrets_from_env(env: Mapping[str, str]) -> tuple[str, ...]:

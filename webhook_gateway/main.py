@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=10,
+        keepalive_timeout=settings.idle_timeout_seconds,
         print=None,
         access_log=None,
     )

@@ -245,3 +245,31 @@ def test_slow_loris_body_times_out(
         assert received.startswith(b"HTTP/1.1 408"), received[:100]
         assert time.monotonic() - started < 8
         assert db_state(s.database_url) == before
+
+
+def test_slow_loris_headers_are_cut_off(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A client trickling its request headers is disconnected after the idle timeout."""
+    import socket
+
+    with running_stack(
+        database_url, tmp_path_factory.mktemp("slowh"), GATEWAY_IDLE_TIMEOUT_SECONDS="1"
+    ) as s:
+        started = time.monotonic()
+        closed = False
+        with socket.create_connection(("127.0.0.1", s.gateway_port), timeout=10) as sock:
+            sock.sendall(b"POST /api/webhooks/clerk-billing HTTP/1.1\r\nHost: x\r\n")
+            sock.settimeout(0.2)
+            for _ in range(50):  # up to 10 s of one header byte every 0.2 s
+                try:
+                    sock.sendall(b"X")
+                    if sock.recv(4096) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+        assert closed and time.monotonic() - started < 5
