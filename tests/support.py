@@ -179,3 +179,16 @@ def db_state(dsn: str) -> tuple[int, list[Any], list[Any]]:
     items = [tuple(r) for r in db_query(dsn, "SELECT * FROM items ORDER BY item_id")]
     subjects = [tuple(r) for r in db_query(dsn, "SELECT * FROM subjects ORDER BY subject")]
     return deliveries, items, subjects
+
+
+def kill_postgres(server: Any) -> None:
+    """Crash a pgserver instance: SIGKILL its postmaster and every backend (no clean shutdown)."""
+    import signal
+
+    import psutil
+
+    postmaster = psutil.Process(server.get_pid())
+    family = [postmaster, *postmaster.children(recursive=True)]
+    for proc in family:
+        os.kill(proc.pid, signal.SIGKILL)
+    psutil.wait_procs(family, timeout=10)

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.config import load_catalog
 from tests.e2e.service_process import SCRIPTS, free_port, wait_serving
-from tests.support import SYNC_SECRET, db_query, now_ms
+from tests.support import SYNC_SECRET, db_query, kill_postgres, now_ms
 from tests.tools.oracle import expected_states
 from tests.tools.svix_sender import Message, SvixLikeSender
 
@@ -109,14 +108,6 @@ def wait_http(url: str, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(url)
-
-
-def kill_postgres(server: Any) -> None:
-    postmaster = psutil.Process(server.get_pid())
-    family = [postmaster, *postmaster.children(recursive=True)]
-    for proc in family:
-        os.kill(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(family, timeout=10)
 
 
 def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:

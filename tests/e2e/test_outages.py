@@ -4,7 +4,6 @@ up → the retried delivery applies exactly once. A gateway killed mid-stream lo
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import tempfile
@@ -14,12 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.e2e.service_process import free_port, service_process
 from tests.e2e.stack import HttpAnswer, gateway_process, new_signing_secret, post, signed_headers
-from tests.support import SYNC_SECRET, db_query, event, now_ms
+from tests.support import SYNC_SECRET, db_query, event, kill_postgres, now_ms
 
 pytestmark = pytest.mark.e2e
 
@@ -110,14 +108,6 @@ def own_postgres() -> Iterator[Any]:
             yield server
         finally:
             server.cleanup()
-
-
-def kill_postgres(server: Any) -> None:
-    postmaster = psutil.Process(server.get_pid())
-    family = [postmaster, *postmaster.children(recursive=True)]
-    for proc in family:
-        os.kill(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(family, timeout=10)
 
 
 def test_postgres_killed_is_503_then_retry_applies_once(own_postgres: Any, tmp_path: Path) -> None:
