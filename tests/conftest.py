@@ -19,7 +19,7 @@ from service.server import RunningServer, start_server
 from service.store.postgres import Store
 from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_database
 
-_TABLES = "subjects, items, deliveries, plan_changes, change_log"
+_TABLES = "subjects, items, deliveries, plan_changes, change_log, grants"
 
 
 @pytest.fixture(scope="session")

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*entitlements/v1/billing_sync_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x18\x41pplyBillingEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x19\x41pplyBillingEventResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\r\n\x05notes\x18\x06 \x03(\t\">\n\x18GetSubjectHistoryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\x99\x02\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.entitlements.v1.HistoryKind\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrom_plan\x18\x07 \x01(\t\x12\x0f\n\x07to_plan\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\"\\\n\x19GetSubjectHistoryResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry*g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\t\n\x05STALE\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x0f\n\x0bUNPARSEABLE\x10\x05*d\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15HISTORY_KIND_DELIVERY\x10\x01\x12\x1c\n\x18HISTORY_KIND_PLAN_CHANGE\x10\x02\x32\xec\x01\n\x12\x42illingSyncService\x12j\n\x11\x41pplyBillingEvent\x12).entitlements.v1.ApplyBillingEventRequest\x1a*.entitlements.v1.ApplyBillingEventResponse\x12j\n\x11GetSubjectHistory\x12).entitlements.v1.GetSubjectHistoryRequest\x1a*.entitlements.v1.GetSubjectHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*entitlements/v1/billing_sync_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x18\x41pplyBillingEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x19\x41pplyBillingEventResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\r\n\x05notes\x18\x06 \x03(\t\">\n\x18GetSubjectHistoryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\x99\x02\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.entitlements.v1.HistoryKind\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrom_plan\x18\x07 \x01(\t\x12\x0f\n\x07to_plan\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\"\\\n\x19GetSubjectHistoryResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry\"q\n\x10GrantPlanRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"l\n\x11GrantPlanResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\"6\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\x13RevokeGrantResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03*g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\t\n\x05STALE\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x0f\n\x0bUNPARSEABLE\x10\x05*|\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15HISTORY_KIND_DELIVERY\x10\x01\x12\x1c\n\x18HISTORY_KIND_PLAN_CHANGE\x10\x02\x12\x16\n\x12HISTORY_KIND_GRANT\x10\x03\x32\x9a\x03\n\x12\x42illingSyncService\x12j\n\x11\x41pplyBillingEvent\x12).entitlements.v1.ApplyBillingEventRequest\x1a*.entitlements.v1.ApplyBillingEventResponse\x12j\n\x11GetSubjectHistory\x12).entitlements.v1.GetSubjectHistoryRequest\x1a*.entitlements.v1.GetSubjectHistoryResponse\x12R\n\tGrantPlan\x12!.entitlements.v1.GrantPlanRequest\x1a\".entitlements.v1.GrantPlanResponse\x12X\n\x0bRevokeGrant\x12#.entitlements.v1.RevokeGrantRequest\x1a$.entitlements.v1.RevokeGrantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.billing_sync_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=871
-  _globals['_OUTCOME']._serialized_end=974
-  _globals['_HISTORYKIND']._serialized_start=976
-  _globals['_HISTORYKIND']._serialized_end=1076
+  _globals['_OUTCOME']._serialized_start=1264
+  _globals['_OUTCOME']._serialized_end=1367
+  _globals['_HISTORYKIND']._serialized_start=1369
+  _globals['_HISTORYKIND']._serialized_end=1493
   _globals['_APPLYBILLINGEVENTREQUEST']._serialized_start=97
   _globals['_APPLYBILLINGEVENTREQUEST']._serialized_end=268
   _globals['_APPLYBILLINGEVENTRESPONSE']._serialized_start=271
@@ -46,6 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYENTRY']._serialized_end=775
   _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_start=777
   _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_end=869
-  _globals['_BILLINGSYNCSERVICE']._serialized_start=1079
-  _globals['_BILLINGSYNCSERVICE']._serialized_end=1315
+  _globals['_GRANTPLANREQUEST']._serialized_start=871
+  _globals['_GRANTPLANREQUEST']._serialized_end=984
+  _globals['_GRANTPLANRESPONSE']._serialized_start=986
+  _globals['_GRANTPLANRESPONSE']._serialized_end=1094
+  _globals['_REVOKEGRANTREQUEST']._serialized_start=1096
+  _globals['_REVOKEGRANTREQUEST']._serialized_end=1150
+  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1152
+  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1262
+  _globals['_BILLINGSYNCSERVICE']._serialized_start=1496
+  _globals['_BILLINGSYNCSERVICE']._serialized_end=1906
 # @@protoc_insertion_point(module_scope)

@@ -53,12 +53,14 @@ class _HistoryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HistoryKi
     HISTORY_KIND_UNSPECIFIED: _HistoryKind.ValueType  # 0
     HISTORY_KIND_DELIVERY: _HistoryKind.ValueType  # 1
     HISTORY_KIND_PLAN_CHANGE: _HistoryKind.ValueType  # 2
+    HISTORY_KIND_GRANT: _HistoryKind.ValueType  # 3
 
 class HistoryKind(_HistoryKind, metaclass=_HistoryKindEnumTypeWrapper): ...
 
 HISTORY_KIND_UNSPECIFIED: HistoryKind.ValueType  # 0
 HISTORY_KIND_DELIVERY: HistoryKind.ValueType  # 1
 HISTORY_KIND_PLAN_CHANGE: HistoryKind.ValueType  # 2
+HISTORY_KIND_GRANT: HistoryKind.ValueType  # 3
 Global___HistoryKind: _TypeAlias = HistoryKind  # noqa: Y015
 
 @_typing.final
@@ -229,3 +231,120 @@ class GetSubjectHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSubjectHistoryResponse: _TypeAlias = GetSubjectHistoryResponse  # noqa: Y015
+
+@_typing.final
+class GrantPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    plan: _builtins.str
+    """A plan name of the catalog (e.g. "pro", "lifetime")."""
+    reason: _builtins.str
+    """Why (shown in history); required."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: until revoked."""
+
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "plan", b"plan", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantPlanRequest: _TypeAlias = GrantPlanRequest  # noqa: Y015
+
+@_typing.final
+class GrantPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PLAN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    subject: _builtins.str
+    plan: _builtins.str
+    previous_plan: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        previous_plan: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "plan", b"plan", "previous_plan", b"previous_plan", "subject", b"subject", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantPlanResponse: _TypeAlias = GrantPlanResponse  # noqa: Y015
+
+@_typing.final
+class RevokeGrantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantRequest: _TypeAlias = RevokeGrantRequest  # noqa: Y015
+
+@_typing.final
+class RevokeGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PLAN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    subject: _builtins.str
+    plan: _builtins.str
+    previous_plan: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        previous_plan: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "plan", b"plan", "previous_plan", b"previous_plan", "subject", b"subject", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015

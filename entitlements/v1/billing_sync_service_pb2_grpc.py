@@ -46,6 +46,16 @@ class BillingSyncServiceStub:
                 request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryResponse.FromString,
                 _registered_method=True)
+        self.GrantPlan = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/GrantPlan',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanResponse.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/RevokeGrant',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
+                _registered_method=True)
 
 
 class BillingSyncServiceServicer:
@@ -61,7 +71,21 @@ class BillingSyncServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSubjectHistory(self, request, context):
-        """Stored deliveries and plan changes of one subject, newest first.
+        """Stored deliveries, grants and plan changes of one subject, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantPlan(self, request, context):
+        """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """Ends a grant before its expiry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +103,16 @@ def add_BillingSyncServiceServicer_to_server(servicer, server):
                     servicer.GetSubjectHistory,
                     request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryResponse.SerializeToString,
+            ),
+            'GrantPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantPlan,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanResponse.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +171,60 @@ class BillingSyncService:
             '/entitlements.v1.BillingSyncService/GetSubjectHistory',
             entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryRequest.SerializeToString,
             entitlements_dot_v1_dot_billing__sync__service__pb2.GetSubjectHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/GrantPlan',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.GrantPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/RevokeGrant',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

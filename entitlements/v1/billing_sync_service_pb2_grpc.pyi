@@ -38,7 +38,11 @@ class BillingSyncServiceStub:
     ApplyBillingEvent: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.ApplyBillingEventRequest, _billing_sync_service_pb2.ApplyBillingEventResponse]
     """Stores one verified delivery and applies it in one transaction; returns after commit."""
     GetSubjectHistory: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GetSubjectHistoryRequest, _billing_sync_service_pb2.GetSubjectHistoryResponse]
-    """Stored deliveries and plan changes of one subject, newest first."""
+    """Stored deliveries, grants and plan changes of one subject, newest first."""
+    GrantPlan: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GrantPlanRequest, _billing_sync_service_pb2.GrantPlanResponse]
+    """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
+    RevokeGrant: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]
+    """Ends a grant before its expiry."""
 
 @_typing.type_check_only
 class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
@@ -50,7 +54,11 @@ class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
     ApplyBillingEvent: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.ApplyBillingEventRequest, _billing_sync_service_pb2.ApplyBillingEventResponse]  # type: ignore[assignment]
     """Stores one verified delivery and applies it in one transaction; returns after commit."""
     GetSubjectHistory: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GetSubjectHistoryRequest, _billing_sync_service_pb2.GetSubjectHistoryResponse]  # type: ignore[assignment]
-    """Stored deliveries and plan changes of one subject, newest first."""
+    """Stored deliveries, grants and plan changes of one subject, newest first."""
+    GrantPlan: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GrantPlanRequest, _billing_sync_service_pb2.GrantPlanResponse]  # type: ignore[assignment]
+    """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
+    RevokeGrant: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]  # type: ignore[assignment]
+    """Ends a grant before its expiry."""
 
 class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingSyncService is the write side, called by the webhook gateway and operators.
@@ -71,6 +79,22 @@ class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_sync_service_pb2.GetSubjectHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_sync_service_pb2.GetSubjectHistoryResponse, _abc.Awaitable[_billing_sync_service_pb2.GetSubjectHistoryResponse]]:
-        """Stored deliveries and plan changes of one subject, newest first."""
+        """Stored deliveries, grants and plan changes of one subject, newest first."""
+
+    @_abc_1.abstractmethod
+    def GrantPlan(
+        self,
+        request: _billing_sync_service_pb2.GrantPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.GrantPlanResponse, _abc.Awaitable[_billing_sync_service_pb2.GrantPlanResponse]]:
+        """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
+
+    @_abc_1.abstractmethod
+    def RevokeGrant(
+        self,
+        request: _billing_sync_service_pb2.RevokeGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.RevokeGrantResponse, _abc.Awaitable[_billing_sync_service_pb2.RevokeGrantResponse]]:
+        """Ends a grant before its expiry."""
 
 def add_BillingSyncServiceServicer_to_server(servicer: BillingSyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -37,9 +37,9 @@ from service.domain.resolution import (
     limit_decision,
 )
 from service.domain.subjects import InvalidArgument, require_subject
-from service.grpc_api.interceptors import OutOfRange
+from service.grpc_api.interceptors import NotFound, OutOfRange
 from service.reader import EntitlementReader
-from service.store.postgres import Store
+from service.store.postgres import ApplyResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,14 @@ _OUTCOMES: Mapping[str, int] = {
 }
 
 
+_HISTORY_KINDS: Mapping[str, int] = {
+    "delivery": sync_pb.HISTORY_KIND_DELIVERY,
+    "plan_change": sync_pb.HISTORY_KIND_PLAN_CHANGE,
+    "grant": sync_pb.HISTORY_KIND_GRANT,
+}
+MAX_REASON_CHARS = 500
+
+
 def _ms_of(ts: Timestamp, default: int) -> int:
     return ts.ToMilliseconds() if ts.seconds or ts.nanos else default
 
@@ -375,11 +383,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             recorded.FromDatetime(row.recorded_at)
             entries.append(
                 sync_pb.HistoryEntry(
-                    kind=(
-                        sync_pb.HISTORY_KIND_DELIVERY
-                        if row.kind == "delivery"
-                        else sync_pb.HISTORY_KIND_PLAN_CHANGE
-                    ),
+                    kind=_HISTORY_KINDS[row.kind],  # type: ignore[arg-type]
                     recorded_at=recorded,
                     event_id=row.event_id or "",
                     type=row.type or "",
@@ -391,3 +395,49 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                 )
             )
         return sync_pb.GetSubjectHistoryResponse(subject=subject, entries=entries)
+
+    async def GrantPlan(
+        self, request: sync_pb.GrantPlanRequest, context: Context
+    ) -> sync_pb.GrantPlanResponse:
+        subject = require_subject(request.subject)
+        if request.plan not in self._store.catalog.plans:
+            raise InvalidArgument(f"unknown plan {request.plan!r}")
+        reason = request.reason.strip()
+        if not reason or len(reason) > MAX_REASON_CHARS:
+            raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
+        expires_at_ms = (
+            request.expires_at.ToMilliseconds() if request.HasField("expires_at") else None
+        )
+        if expires_at_ms is not None and expires_at_ms <= self._store.now_ms():
+            raise InvalidArgument("expires_at must be in the future")
+        grant_id, result = await self._store.grant(subject, request.plan, expires_at_ms, reason)
+        self._changed(result)
+        log.info("grant %s: %s for %s", grant_id, request.plan, subject)
+        return sync_pb.GrantPlanResponse(
+            grant_id=grant_id,
+            subject=subject,
+            plan=result.plan or "",
+            previous_plan=result.previous_plan or "",
+            version=result.version,
+        )
+
+    async def RevokeGrant(
+        self, request: sync_pb.RevokeGrantRequest, context: Context
+    ) -> sync_pb.RevokeGrantResponse:
+        if not request.grant_id:
+            raise InvalidArgument("grant_id is required")
+        result = await self._store.revoke_grant(request.grant_id, request.reason.strip())
+        if result is None:
+            raise NotFound(f"no active grant {request.grant_id!r}")
+        self._changed(result)
+        return sync_pb.RevokeGrantResponse(
+            grant_id=request.grant_id,
+            subject=result.subject or "",
+            plan=result.plan or "",
+            previous_plan=result.previous_plan or "",
+            version=result.version,
+        )
+
+    def _changed(self, result: ApplyResult) -> None:
+        if self._hub is not None and result.subject and result.version:
+            self._hub.on_change(result.version, result.subject)

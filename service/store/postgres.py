@@ -8,8 +8,10 @@ is locked first, so concurrent deliveries for one subject serialise.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -23,6 +25,7 @@ from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedE
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import (
     Entitlements,
+    Grant,
     ItemState,
     SubjectState,
     resolve,
@@ -143,6 +146,8 @@ WITH v AS (SELECT nextval('entitlement_version_seq') AS version),
         UPDATE deliveries SET outcome = $7, notes = $8, subject = $1 WHERE event_id = $5)
 SELECT version, pg_notify($3, version || ':' || $1) FROM log
 """
+_LOCK_SUBJECT = """INSERT INTO subjects (subject) VALUES ($1)
+   ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject"""
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
@@ -264,6 +269,14 @@ class Store:
                         from_plan, to_plan, 'version ' || version
                    FROM plan_changes WHERE subject = $1
                    ORDER BY changed_at DESC LIMIT $2)
+                UNION ALL
+                (SELECT 'grant', created_at, grant_id, 'grant', NULL, granted_at_ms,
+                        NULL, plan,
+                        reason || COALESCE(' (expires ' || to_timestamp(expires_at_ms / 1000.0)
+                                           || ')', '')
+                               || COALESCE('; revoked: ' || revoke_reason, '')
+                   FROM grants WHERE subject = $1
+                   ORDER BY created_at DESC LIMIT $2)
                 ORDER BY recorded_at DESC, kind DESC LIMIT $2
                 """,
                 subject,
@@ -362,6 +375,87 @@ class Store:
                 return total
 
     # ---- writes ------------------------------------------------------------------------
+
+    async def grant(
+        self, subject: str, plan: str, expires_at_ms: int | None, reason: str
+    ) -> tuple[str, ApplyResult]:
+        """Record a manual grant and apply it, in one transaction; returns its id too."""
+        grant_id = "grant_" + uuid.uuid4().hex
+
+        async def work(conn: Conn) -> ApplyResult:
+            async with conn.transaction():
+                await conn.execute(_LOCK_SUBJECT, subject)
+                now = self.now_ms()
+                state = (await _load_states(conn, [subject]))[subject]
+                await conn.execute(
+                    """INSERT INTO grants (grant_id, subject, plan, reason, granted_at_ms,
+                                           expires_at_ms)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    grant_id,
+                    subject,
+                    plan,
+                    reason,
+                    now,
+                    expires_at_ms,
+                )
+                after = replace(state, grants=(*state.grants, Grant(plan, now, expires_at_ms)))
+                return await self._commit_manual(conn, subject, state, after, grant_id, "grant")
+
+        return grant_id, await self._run(work)
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> ApplyResult | None:
+        """End a grant; None when there is no such active grant."""
+
+        async def work(conn: Conn) -> ApplyResult | None:
+            async with conn.transaction():
+                subject = await conn.fetchval(
+                    "SELECT subject FROM grants WHERE grant_id = $1 AND revoked_at_ms IS NULL",
+                    grant_id,
+                )
+                if subject is None:
+                    return None
+                await conn.execute(_LOCK_SUBJECT, subject)
+                state = (await _load_states(conn, [subject]))[subject]
+                revoked = await conn.fetchval(
+                    """UPDATE grants SET revoked_at_ms = $2, revoke_reason = $3
+                        WHERE grant_id = $1 AND revoked_at_ms IS NULL RETURNING true""",
+                    grant_id,
+                    self.now_ms(),
+                    reason,
+                )
+                if not revoked:
+                    return None  # revoked concurrently
+                after = (await _load_states(conn, [subject]))[subject]
+                return await self._commit_manual(conn, subject, state, after, grant_id, "revoke")
+
+        return await self._run(work)
+
+    async def _commit_manual(
+        self,
+        conn: Conn,
+        subject: str,
+        before_state: SubjectState,
+        after_state: SubjectState,
+        cause_id: str,
+        cause_type: str,
+    ) -> ApplyResult:
+        now = self.now_ms()
+        before = resolve(before_state, self.catalog, now)
+        after = resolve(after_state, self.catalog, now)
+        version = int(
+            await conn.fetchval(
+                _COMMIT_CHANGE,
+                subject,
+                after.plan.name,
+                CHANGES_CHANNEL,
+                before.plan.name,
+                cause_id,
+                cause_type,
+                Outcome.APPLIED,
+                [],
+            )
+        )
+        return ApplyResult(Outcome.APPLIED, subject, after.plan.name, before.plan.name, version)
 
     async def apply(
         self,
@@ -594,7 +688,10 @@ def _item_state(row: Any) -> ItemState:
 
 async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectState]:
     rows = await conn.fetch(
-        f"""SELECT q.subject, s.version, s.deleted_at_ms, {_ITEM_COLUMNS}
+        f"""SELECT q.subject, s.version, s.deleted_at_ms, {_ITEM_COLUMNS},
+                   (SELECT json_agg(json_build_array(g.plan, g.granted_at_ms, g.expires_at_ms))
+                      FROM grants g
+                     WHERE g.subject = q.subject AND g.revoked_at_ms IS NULL) AS grants
               FROM unnest($1::text[]) AS q(subject)
               LEFT JOIN subjects s ON s.subject = q.subject
               LEFT JOIN items i ON i.subject = q.subject""",
@@ -602,15 +699,19 @@ async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectStat
     )
     items: dict[str, list[ItemState]] = {s: [] for s in subjects}
     meta: dict[str, tuple[int, int | None]] = {}
+    grants: dict[str, tuple[Grant, ...]] = {}
     for row in rows:
         subject = row["subject"]
         meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
         if row["item_id"] is not None:
             items[subject].append(_item_state(row))
+        if row["grants"] is not None and subject not in grants:
+            grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
     return {
         s: SubjectState(
             subject=s,
             items=tuple(items[s]),
+            grants=grants.get(s, ()),
             deleted_at_ms=meta.get(s, (0, None))[1],
             version=meta.get(s, (0, None))[0],
         )
