@@ -23,11 +23,19 @@ import grpc
 from google.protobuf import json_format
 from svix.webhooks import Webhook
 
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
+
+
+class UsageError(Exception):
+    """Bad arguments or missing configuration (exit code 2)."""
+
+
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/api/webhooks/clerk-billing"
 
 
@@ -100,6 +108,58 @@ def cmd_plans(args: argparse.Namespace) -> int:
         print(f"{plan.name}{default}  rank {plan.rank}  slugs: {', '.join(plan.clerk_slugs)}")
         print(f"    features: {', '.join(plan.features)}")
         print(f"    limits: {limits}")
+    return 0
+
+
+def _sync_stub(args: argparse.Namespace) -> tuple[sync_grpc.BillingSyncServiceStub, Any]:
+    secret = _env("BILLING_WEBHOOK_SYNC_SECRET")
+    if not secret:
+        raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
+    target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
+    channel = sync_channel(str(target), ClientTls.from_env(os.environ))
+    return sync_grpc.BillingSyncServiceStub(channel), (("authorization", f"Bearer {secret}"),)
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    stub, auth = _sync_stub(args)
+    request = sync_pb.GrantPlanRequest(subject=args.subject, plan=args.plan, reason=args.reason)
+    if args.expires:
+        try:
+            when = datetime.fromisoformat(args.expires)
+        except ValueError:
+            raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
+        request.expires_at.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
+    _print(stub.GrantPlan(request, metadata=auth, timeout=10), args.json)
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    stub, auth = _sync_stub(args)
+    request = sync_pb.RevokeGrantRequest(grant_id=args.grant_id, reason=args.reason or "")
+    _print(stub.RevokeGrant(request, metadata=auth, timeout=10), args.json)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    stub, auth = _sync_stub(args)
+    r = stub.GetSubjectHistory(
+        sync_pb.GetSubjectHistoryRequest(subject=args.subject, page_size=args.limit),
+        metadata=auth,
+        timeout=10,
+    )
+    if args.json:
+        _print(r, True)
+        return 0
+    for e in r.entries:
+        when = e.recorded_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        kind = sync_pb.HistoryKind.Name(e.kind).removeprefix("HISTORY_KIND_").lower()
+        if e.kind == sync_pb.HISTORY_KIND_PLAN_CHANGE:
+            detail = f"{e.from_plan} → {e.to_plan}  ({e.type} {e.event_id})"
+        elif e.kind == sync_pb.HISTORY_KIND_GRANT:
+            detail = f"{e.to_plan}  {e.event_id}  {e.note}"
+        else:
+            detail = f"{e.type}  {sync_pb.Outcome.Name(e.outcome)}  {e.event_id}  {e.note}"
+        print(f"{when}  {kind:<11} {detail}".rstrip())
     return 0
 
 
@@ -178,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("subject")
         p.set_defaults(func=func)
     sub.add_parser("plans", help="the plan catalog").set_defaults(func=cmd_plans)
+    p = sub.add_parser("grant", help="give SUBJECT a plan (needs the sync secret)")
+    p.add_argument("subject")
+    p.add_argument("plan")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--expires", help="ISO 8601 time (default: until revoked)")
+    p.set_defaults(func=cmd_grant)
+    p = sub.add_parser("revoke", help="end a grant (needs the sync secret)")
+    p.add_argument("grant_id")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_revoke)
+    p = sub.add_parser("history", help="SUBJECT's deliveries, grants and plan changes")
+    p.add_argument("subject")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_history)
     p = sub.add_parser("demo-webhook", help="send a signed sample pro activation to the gateway")
     p.add_argument("--subject", default="user_demo")
     p.add_argument("--url", help=f"webhook URL (default GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
@@ -189,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
     except grpc.RpcError as exc:
         status = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""

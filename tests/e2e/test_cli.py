@@ -75,3 +75,43 @@ def test_demo_webhook_without_secret_is_exit_2(stack: Stack, tmp_path: Path) -> 
     env = {"CLERK_WEBHOOK_SIGNING_SECRET": "", "CLERK_WEBHOOK_SECRET": ""}
     r = cli(stack, "demo-webhook", env=env, cwd=tmp_path)
     assert r.returncode == 2 and "CLERK_WEBHOOK_SIGNING_SECRET" in r.stderr
+
+
+def test_grant_history_revoke(stack: Stack) -> None:
+    from tests.support import SYNC_SECRET
+
+    subject = f"user_cligrant_{secrets.token_hex(4)}"
+    env = {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
+    granted = cli(
+        stack,
+        "--json",
+        "grant",
+        subject,
+        "pro",
+        "--reason",
+        "comp for an outage",
+        "--expires",
+        "2999-01-01T00:00:00+00:00",
+        env=env,
+    )
+    assert granted.returncode == 0, granted.stderr
+    grant_id = json.loads(granted.stdout)["grantId"]
+    assert cli(stack, "check", subject, "dataExport").returncode == 0
+    history = cli(stack, "history", subject, env=env)
+    assert history.returncode == 0 and "comp for an outage" in history.stdout
+    assert "free → pro" in history.stdout
+    assert cli(stack, "revoke", grant_id, "--reason", "done", env=env).returncode == 0
+    assert cli(stack, "check", subject, "dataExport").returncode == 1
+    again = cli(stack, "revoke", grant_id, env=env)
+    assert again.returncode == 3 and "NOT_FOUND" in again.stderr
+    missing = cli(
+        stack,
+        "grant",
+        subject,
+        "pro",
+        "--reason",
+        "x",
+        env={"BILLING_WEBHOOK_SYNC_SECRET": ""},
+        cwd=Path("/"),
+    )
+    assert missing.returncode == 2 and "BILLING_WEBHOOK_SYNC_SECRET" in missing.stderr
