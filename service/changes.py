@@ -11,12 +11,10 @@ class ChangeHub:
     def __init__(self, cache: EntitlementCache | None) -> None:
         self._cache = cache
         self._waiters: set[asyncio.Event] = set()
-        self.head_version = 0
 
     def on_change(self, version: int, subject: str) -> None:
         if self._cache is not None:
             self._cache.invalidate(subject)
-        self.head_version = max(self.head_version, version)
         self._wake()
 
     def on_live(self, live: bool) -> None:

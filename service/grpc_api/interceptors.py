@@ -31,10 +31,6 @@ class NotFound(Exception):
     """Something the caller named does not exist (maps to NOT_FOUND)."""
 
 
-class Unimplemented(Exception):
-    """The RPC is declared but not built yet (maps to UNIMPLEMENTED)."""
-
-
 class OutOfRange(Exception):
     """A resume point the server no longer has (maps to OUT_OF_RANGE)."""
 
@@ -44,8 +40,6 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, Unimplemented):
-        return grpc.StatusCode.UNIMPLEMENTED, str(exc)
     if isinstance(exc, OutOfRange):
         return grpc.StatusCode.OUT_OF_RANGE, str(exc)
     if isinstance(exc, StoreUnavailable):

@@ -125,8 +125,8 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         if feature not in self._features:
             raise InvalidArgument(f"unknown feature {feature!r}")
         entry = self._reader.cached(request.subject, self._store.now_ms())
-        if entry is None:
-            entry = await self._reader.get(request.subject)
+        if entry is None:  # not `get`: it would look in the cache a second time
+            entry = (await self._reader.load([request.subject]))[request.subject]
         return self._can_use(entry, feature)
 
     async def BatchCanUse(
@@ -336,14 +336,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             datetime.fromtimestamp(received_ms / 1000, UTC),
             event,
         )
-        if (
-            self._hub is not None
-            and result.subject
-            and result.version
-            and result.outcome == "APPLIED"
-        ):
-            # Read-your-writes on this replica; other replicas hear the NOTIFY.
-            self._hub.on_change(result.version, result.subject)
+        self._changed(result)
         for note in result.notes:
             if note.startswith("unknown plan slug"):
                 log.warning("event %s for %s: %s", event_id, result.subject, note)
@@ -439,5 +432,11 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         )
 
     def _changed(self, result: ApplyResult) -> None:
-        if self._hub is not None and result.subject and result.version:
+        """Read-your-writes on this replica; other replicas hear the NOTIFY."""
+        if (
+            self._hub is not None
+            and result.subject
+            and result.version
+            and result.outcome == "APPLIED"
+        ):
             self._hub.on_change(result.version, result.subject)

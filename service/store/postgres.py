@@ -442,19 +442,7 @@ class Store:
         now = self.now_ms()
         before = resolve(before_state, self.catalog, now)
         after = resolve(after_state, self.catalog, now)
-        version = int(
-            await conn.fetchval(
-                _COMMIT_CHANGE,
-                subject,
-                after.plan.name,
-                CHANGES_CHANNEL,
-                before.plan.name,
-                cause_id,
-                cause_type,
-                Outcome.APPLIED,
-                [],
-            )
-        )
+        version = await _commit_change(conn, subject, before, after, cause_id, cause_type, [])
         return ApplyResult(Outcome.APPLIED, subject, after.plan.name, before.plan.name, version)
 
     async def apply(
@@ -496,7 +484,7 @@ class Store:
                    INSERT INTO subjects (subject) SELECT $8 FROM d WHERE $8::text IS NOT NULL
                    ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
                    RETURNING subject)
-               SELECT (SELECT count(*) FROM d) + 0 * (SELECT count(*) FROM s)""",
+               SELECT count(*) FROM d""",
             event_id,
             event_type,
             payload,
@@ -612,7 +600,6 @@ class Store:
                 subject,
                 event.event_ms,
             )
-            changed = False
             return ApplyResult(
                 Outcome.APPLIED, subject, before.plan.name, before.plan.name, state.version
             )
@@ -621,22 +608,36 @@ class Store:
             outcome = Outcome.STALE if event.kind is not EventKind.RECORD_ONLY else Outcome.APPLIED
             return ApplyResult(outcome, subject, before.plan.name, before.plan.name, state.version)
         after = resolve(after_state, self.catalog, now)
-        version = int(
-            await conn.fetchval(
-                _COMMIT_CHANGE,
-                subject,
-                after.plan.name,
-                CHANGES_CHANNEL,
-                before.plan.name,
-                event_id,
-                event.type,
-                Outcome.APPLIED,
-                notes,
-            )
-        )
+        version = await _commit_change(conn, subject, before, after, event_id, event.type, notes)
         return ApplyResult(
             Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, recorded=True
         )
+
+
+async def _commit_change(
+    conn: Conn,
+    subject: str,
+    before: Entitlements,
+    after: Entitlements,
+    cause_id: str,
+    cause_type: str,
+    notes: list[str],
+) -> int:
+    """Bump the subject's version, log and announce the change, record a plan change and the
+    causing delivery's outcome (if any): one round trip. Returns the new version."""
+    return int(
+        await conn.fetchval(
+            _COMMIT_CHANGE,
+            subject,
+            after.plan.name,
+            CHANGES_CHANNEL,
+            before.plan.name,
+            cause_id,
+            cause_type,
+            Outcome.APPLIED,
+            notes,
+        )
+    )
 
 
 async def _scrub_deliveries(conn: Conn, where: str, *args: Any) -> int:
