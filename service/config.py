@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from service.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ class ServiceSettings:
     workers: int = 1
     payload_retention_seconds: float = 90 * 24 * 3600.0
     tls: ServerTls | None = None
+    # Reconciliation with Clerk's Backend API: off (None) without CLERK_SECRET_KEY.
+    clerk: ClerkApiSettings | None = None
+    reconcile_interval_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -67,7 +72,36 @@ class ServiceSettings:
                 _positive_int(env, "ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * 24 * 3600)
             ),
             tls=ServerTls.from_env(env),
+            clerk=clerk_api_settings(env),
+            reconcile_interval_seconds=float(
+                _non_negative_int(env, "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS", 3600)
+            ),
         )
+
+
+def clerk_api_settings(env: Mapping[str, str]) -> ClerkApiSettings | None:
+    """CLERK_SECRET_KEY (unset: no reconciliation) and CLERK_API_URL (a fake one in tests)."""
+    key = (env.get("CLERK_SECRET_KEY") or "").strip()
+    if not key:
+        return None
+    if any(c.isspace() for c in key) or not key.isprintable():
+        raise ConfigError(
+            "CLERK_SECRET_KEY must be one token without spaces (sk_live_… / sk_test_…)"
+        )
+    url = (env.get("CLERK_API_URL") or DEFAULT_API_URL).strip()
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"CLERK_API_URL must be an http(s) URL, got {url!r}")
+    return ClerkApiSettings(secret_key=key, base_url=url)
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.strip().isdigit():
+        raise ConfigError(f"{name} must be a whole number of seconds (0: off), got {raw!r}")
+    return int(raw)
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -30,6 +30,7 @@ from service.domain.catalog import Catalog, CatalogError
 from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from service.grpc_api.interceptors import BillingAuthInterceptor, ErrorInterceptor
 from service.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.operations import Reconciler, run_reconcile_schedule
 from service.reader import EntitlementReader
 from service.store.listener import ChangeListener
 from service.store.postgres import Store, StoreUnavailable
@@ -118,7 +119,8 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     pb_grpc.add_EntitlementServiceServicer_to_server(
         EntitlementServicer(reader, catalog, store, hub), server
     )
-    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(store, hub), server)
+    sync_servicer = BillingSyncServicer(store, hub, settings.clerk)
+    sync_grpc.add_BillingSyncServiceServicer_to_server(sync_servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -139,6 +141,16 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
         asyncio.create_task(listener.run()),
         asyncio.create_task(_housekeeping(store, settings)),
     ]
+    if settings.clerk is not None and settings.reconcile_interval_seconds > 0:
+        reconciler = Reconciler(store, settings.clerk, sync_servicer.changed)
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        running._tasks.append(
+            asyncio.create_task(
+                run_reconcile_schedule(
+                    store, reconciler, settings.reconcile_interval_seconds, owner
+                )
+            )
+        )
     return running
 
 
@@ -163,6 +175,14 @@ async def serve(settings: ServiceSettings) -> None:
             if settings.sync_secret
             else "; BillingSyncService disabled: no BILLING_WEBHOOK_SYNC_SECRET",
         )
+        if settings.clerk is None:
+            log.info("reconciliation with Clerk off: no CLERK_SECRET_KEY")
+        elif settings.reconcile_interval_seconds > 0:
+            log.info(
+                "reconciling with Clerk every %.0f s (%s)",
+                settings.reconcile_interval_seconds,
+                settings.clerk.base_url,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

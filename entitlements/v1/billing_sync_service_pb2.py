@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*entitlements/v1/billing_sync_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x18\x41pplyBillingEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x19\x41pplyBillingEventResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\r\n\x05notes\x18\x06 \x03(\t\">\n\x18GetSubjectHistoryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\x99\x02\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.entitlements.v1.HistoryKind\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrom_plan\x18\x07 \x01(\t\x12\x0f\n\x07to_plan\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\"\\\n\x19GetSubjectHistoryResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry\"q\n\x10GrantPlanRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"l\n\x11GrantPlanResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\"6\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\x13RevokeGrantResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03*g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\t\n\x05STALE\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x0f\n\x0bUNPARSEABLE\x10\x05*|\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15HISTORY_KIND_DELIVERY\x10\x01\x12\x1c\n\x18HISTORY_KIND_PLAN_CHANGE\x10\x02\x12\x16\n\x12HISTORY_KIND_GRANT\x10\x03\x32\x9a\x03\n\x12\x42illingSyncService\x12j\n\x11\x41pplyBillingEvent\x12).entitlements.v1.ApplyBillingEventRequest\x1a*.entitlements.v1.ApplyBillingEventResponse\x12j\n\x11GetSubjectHistory\x12).entitlements.v1.GetSubjectHistoryRequest\x1a*.entitlements.v1.GetSubjectHistoryResponse\x12R\n\tGrantPlan\x12!.entitlements.v1.GrantPlanRequest\x1a\".entitlements.v1.GrantPlanResponse\x12X\n\x0bRevokeGrant\x12#.entitlements.v1.RevokeGrantRequest\x1a$.entitlements.v1.RevokeGrantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*entitlements/v1/billing_sync_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x18\x41pplyBillingEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x19\x41pplyBillingEventResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\r\n\x05notes\x18\x06 \x03(\t\">\n\x18GetSubjectHistoryRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\xa9\x02\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.entitlements.v1.HistoryKind\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrom_plan\x18\x07 \x01(\t\x12\x0f\n\x07to_plan\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\x12\x0e\n\x06source\x18\n \x01(\t\"\\\n\x19GetSubjectHistoryResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry\"q\n\x10GrantPlanRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"l\n\x11GrantPlanResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\"6\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\x13RevokeGrantResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\"1\n\x10ReconcileRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\xb6\x01\n\x15SubjectReconciliation\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .entitlements.v1.ReconcileStatus\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x15\n\rprevious_plan\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64ifferences\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"i\n\x11ReconcileResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x37\n\x07results\x18\x03 \x03(\x0b\x32&.entitlements.v1.SubjectReconciliation\"L\n\x17ReplayDeliveriesRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x0bunparseable\x18\x03 \x01(\x08\"\xe6\x01\n\x10ReplayedDelivery\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x32\n\x10previous_outcome\x18\x04 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.entitlements.v1.Outcome\x12\x0f\n\x07\x63hanged\x18\x06 \x01(\x08\x12\x0c\n\x04plan\x18\x07 \x01(\t\x12\x15\n\rprevious_plan\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\"k\n\x18ReplayDeliveriesResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x32\n\x07results\x18\x03 \x03(\x0b\x32!.entitlements.v1.ReplayedDelivery\"\x14\n\x12VerifyStateRequest\"7\n\x0fStateDifference\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x95\x01\n\x13VerifyStateResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x18\n\x10subjects_checked\x18\x04 \x01(\x05\x12\x35\n\x0b\x64ifferences\x18\x05 \x03(\x0b\x32 .entitlements.v1.StateDifference\"\x15\n\x13\x43heckCatalogRequest\"3\n\tClerkPlan\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x84\x01\n\x14\x43heckCatalogResponse\x12\x38\n\x14unmapped_clerk_plans\x18\x01 \x03(\x0b\x32\x1a.entitlements.v1.ClerkPlan\x12\x1d\n\x15unknown_catalog_slugs\x18\x02 \x03(\t\x12\x13\n\x0b\x63lerk_plans\x18\x03 \x01(\x05*g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\t\n\x05STALE\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x0f\n\x0bUNPARSEABLE\x10\x05*|\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15HISTORY_KIND_DELIVERY\x10\x01\x12\x1c\n\x18HISTORY_KIND_PLAN_CHANGE\x10\x02\x12\x16\n\x12HISTORY_KIND_GRANT\x10\x03*\xf0\x01\n\x0fReconcileStatus\x12 \n\x1cRECONCILE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RECONCILE_STATUS_IN_SYNC\x10\x01\x12\x1d\n\x19RECONCILE_STATUS_REPAIRED\x10\x02\x12#\n\x1fRECONCILE_STATUS_SNAPSHOT_OLDER\x10\x03\x12\x1e\n\x1aRECONCILE_STATUS_NOT_FOUND\x10\x04\x12\x1c\n\x18RECONCILE_STATUS_SKIPPED\x10\x05\x12\x1b\n\x17RECONCILE_STATUS_FAILED\x10\x06\x32\x94\x06\n\x12\x42illingSyncService\x12j\n\x11\x41pplyBillingEvent\x12).entitlements.v1.ApplyBillingEventRequest\x1a*.entitlements.v1.ApplyBillingEventResponse\x12j\n\x11GetSubjectHistory\x12).entitlements.v1.GetSubjectHistoryRequest\x1a*.entitlements.v1.GetSubjectHistoryResponse\x12R\n\tGrantPlan\x12!.entitlements.v1.GrantPlanRequest\x1a\".entitlements.v1.GrantPlanResponse\x12X\n\x0bRevokeGrant\x12#.entitlements.v1.RevokeGrantRequest\x1a$.entitlements.v1.RevokeGrantResponse\x12T\n\tReconcile\x12!.entitlements.v1.ReconcileRequest\x1a\".entitlements.v1.ReconcileResponse0\x01\x12i\n\x10ReplayDeliveries\x12(.entitlements.v1.ReplayDeliveriesRequest\x1a).entitlements.v1.ReplayDeliveriesResponse0\x01\x12Z\n\x0bVerifyState\x12#.entitlements.v1.VerifyStateRequest\x1a$.entitlements.v1.VerifyStateResponse0\x01\x12[\n\x0c\x43heckCatalog\x12$.entitlements.v1.CheckCatalogRequest\x1a%.entitlements.v1.CheckCatalogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.billing_sync_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1264
-  _globals['_OUTCOME']._serialized_end=1367
-  _globals['_HISTORYKIND']._serialized_start=1369
-  _globals['_HISTORYKIND']._serialized_end=1493
+  _globals['_OUTCOME']._serialized_start=2485
+  _globals['_OUTCOME']._serialized_end=2588
+  _globals['_HISTORYKIND']._serialized_start=2590
+  _globals['_HISTORYKIND']._serialized_end=2714
+  _globals['_RECONCILESTATUS']._serialized_start=2717
+  _globals['_RECONCILESTATUS']._serialized_end=2957
   _globals['_APPLYBILLINGEVENTREQUEST']._serialized_start=97
   _globals['_APPLYBILLINGEVENTREQUEST']._serialized_end=268
   _globals['_APPLYBILLINGEVENTRESPONSE']._serialized_start=271
@@ -43,17 +45,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSUBJECTHISTORYREQUEST']._serialized_start=429
   _globals['_GETSUBJECTHISTORYREQUEST']._serialized_end=491
   _globals['_HISTORYENTRY']._serialized_start=494
-  _globals['_HISTORYENTRY']._serialized_end=775
-  _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_start=777
-  _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_end=869
-  _globals['_GRANTPLANREQUEST']._serialized_start=871
-  _globals['_GRANTPLANREQUEST']._serialized_end=984
-  _globals['_GRANTPLANRESPONSE']._serialized_start=986
-  _globals['_GRANTPLANRESPONSE']._serialized_end=1094
-  _globals['_REVOKEGRANTREQUEST']._serialized_start=1096
-  _globals['_REVOKEGRANTREQUEST']._serialized_end=1150
-  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1152
-  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1262
-  _globals['_BILLINGSYNCSERVICE']._serialized_start=1496
-  _globals['_BILLINGSYNCSERVICE']._serialized_end=1906
+  _globals['_HISTORYENTRY']._serialized_end=791
+  _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_start=793
+  _globals['_GETSUBJECTHISTORYRESPONSE']._serialized_end=885
+  _globals['_GRANTPLANREQUEST']._serialized_start=887
+  _globals['_GRANTPLANREQUEST']._serialized_end=1000
+  _globals['_GRANTPLANRESPONSE']._serialized_start=1002
+  _globals['_GRANTPLANRESPONSE']._serialized_end=1110
+  _globals['_REVOKEGRANTREQUEST']._serialized_start=1112
+  _globals['_REVOKEGRANTREQUEST']._serialized_end=1166
+  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1168
+  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1278
+  _globals['_RECONCILEREQUEST']._serialized_start=1280
+  _globals['_RECONCILEREQUEST']._serialized_end=1329
+  _globals['_SUBJECTRECONCILIATION']._serialized_start=1332
+  _globals['_SUBJECTRECONCILIATION']._serialized_end=1514
+  _globals['_RECONCILERESPONSE']._serialized_start=1516
+  _globals['_RECONCILERESPONSE']._serialized_end=1621
+  _globals['_REPLAYDELIVERIESREQUEST']._serialized_start=1623
+  _globals['_REPLAYDELIVERIESREQUEST']._serialized_end=1699
+  _globals['_REPLAYEDDELIVERY']._serialized_start=1702
+  _globals['_REPLAYEDDELIVERY']._serialized_end=1932
+  _globals['_REPLAYDELIVERIESRESPONSE']._serialized_start=1934
+  _globals['_REPLAYDELIVERIESRESPONSE']._serialized_end=2041
+  _globals['_VERIFYSTATEREQUEST']._serialized_start=2043
+  _globals['_VERIFYSTATEREQUEST']._serialized_end=2063
+  _globals['_STATEDIFFERENCE']._serialized_start=2065
+  _globals['_STATEDIFFERENCE']._serialized_end=2120
+  _globals['_VERIFYSTATERESPONSE']._serialized_start=2123
+  _globals['_VERIFYSTATERESPONSE']._serialized_end=2272
+  _globals['_CHECKCATALOGREQUEST']._serialized_start=2274
+  _globals['_CHECKCATALOGREQUEST']._serialized_end=2295
+  _globals['_CLERKPLAN']._serialized_start=2297
+  _globals['_CLERKPLAN']._serialized_end=2348
+  _globals['_CHECKCATALOGRESPONSE']._serialized_start=2351
+  _globals['_CHECKCATALOGRESPONSE']._serialized_end=2483
+  _globals['_BILLINGSYNCSERVICE']._serialized_start=2960
+  _globals['_BILLINGSYNCSERVICE']._serialized_end=3748
 # @@protoc_insertion_point(module_scope)

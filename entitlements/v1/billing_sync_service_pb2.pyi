@@ -63,6 +63,43 @@ HISTORY_KIND_PLAN_CHANGE: HistoryKind.ValueType  # 2
 HISTORY_KIND_GRANT: HistoryKind.ValueType  # 3
 Global___HistoryKind: _TypeAlias = HistoryKind  # noqa: Y015
 
+class _ReconcileStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconcileStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconcileStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILE_STATUS_UNSPECIFIED: _ReconcileStatus.ValueType  # 0
+    RECONCILE_STATUS_IN_SYNC: _ReconcileStatus.ValueType  # 1
+    """Stored state matches Clerk."""
+    RECONCILE_STATUS_REPAIRED: _ReconcileStatus.ValueType  # 2
+    """A difference was found and repaired by a synthetic event."""
+    RECONCILE_STATUS_SNAPSHOT_OLDER: _ReconcileStatus.ValueType  # 3
+    """Clerk's snapshot differs but is older than the stored state: the newer webhook stands."""
+    RECONCILE_STATUS_NOT_FOUND: _ReconcileStatus.ValueType  # 4
+    """Clerk has no subscription for the subject; nothing changed."""
+    RECONCILE_STATUS_SKIPPED: _ReconcileStatus.ValueType  # 5
+    """Not a Clerk user or organization id (e.g. a grant-only subject); nothing asked."""
+    RECONCILE_STATUS_FAILED: _ReconcileStatus.ValueType  # 6
+    """The API did not answer (after retries) or answered something unusable; nothing changed."""
+
+class ReconcileStatus(_ReconcileStatus, metaclass=_ReconcileStatusEnumTypeWrapper): ...
+
+RECONCILE_STATUS_UNSPECIFIED: ReconcileStatus.ValueType  # 0
+RECONCILE_STATUS_IN_SYNC: ReconcileStatus.ValueType  # 1
+"""Stored state matches Clerk."""
+RECONCILE_STATUS_REPAIRED: ReconcileStatus.ValueType  # 2
+"""A difference was found and repaired by a synthetic event."""
+RECONCILE_STATUS_SNAPSHOT_OLDER: ReconcileStatus.ValueType  # 3
+"""Clerk's snapshot differs but is older than the stored state: the newer webhook stands."""
+RECONCILE_STATUS_NOT_FOUND: ReconcileStatus.ValueType  # 4
+"""Clerk has no subscription for the subject; nothing changed."""
+RECONCILE_STATUS_SKIPPED: ReconcileStatus.ValueType  # 5
+"""Not a Clerk user or organization id (e.g. a grant-only subject); nothing asked."""
+RECONCILE_STATUS_FAILED: ReconcileStatus.ValueType  # 6
+"""The API did not answer (after retries) or answered something unusable; nothing changed."""
+Global___ReconcileStatus: _TypeAlias = ReconcileStatus  # noqa: Y015
+
 @_typing.final
 class ApplyBillingEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -174,6 +211,7 @@ class HistoryEntry(_message.Message):
     FROM_PLAN_FIELD_NUMBER: _builtins.int
     TO_PLAN_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     kind: Global___HistoryKind.ValueType
     event_id: _builtins.str
     """Deliveries."""
@@ -184,6 +222,8 @@ class HistoryEntry(_message.Message):
     to_plan: _builtins.str
     note: _builtins.str
     """The cause (event id / type) or notes."""
+    source: _builtins.str
+    """Deliveries: "webhook", or "reconcile" for a synthetic event built from Clerk's Backend API."""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -200,10 +240,11 @@ class HistoryEntry(_message.Message):
         from_plan: _builtins.str = ...,
         to_plan: _builtins.str = ...,
         note: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "from_plan", b"from_plan", "kind", b"kind", "note", b"note", "occurred_at", b"occurred_at", "outcome", b"outcome", "recorded_at", b"recorded_at", "to_plan", b"to_plan", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "from_plan", b"from_plan", "kind", b"kind", "note", b"note", "occurred_at", b"occurred_at", "outcome", b"outcome", "recorded_at", b"recorded_at", "source", b"source", "to_plan", b"to_plan", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,3 +389,335 @@ class RevokeGrantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subjects to reconcile; empty with `all` set: every known subject that is not deleted."""
+
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
+
+@_typing.final
+class SubjectReconciliation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PLAN_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    status: Global___ReconcileStatus.ValueType
+    plan: _builtins.str
+    previous_plan: _builtins.str
+    event_id: _builtins.str
+    """The synthetic event's id (REPAIRED / SNAPSHOT_OLDER), as shown in history."""
+    detail: _builtins.str
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What differed, one line per subscription item."""
+
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        status: Global___ReconcileStatus.ValueType = ...,
+        plan: _builtins.str = ...,
+        previous_plan: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        differences: _abc.Iterable[_builtins.str] | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "differences", b"differences", "event_id", b"event_id", "plan", b"plan", "previous_plan", b"previous_plan", "status", b"status", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectReconciliation: _TypeAlias = SubjectReconciliation  # noqa: Y015
+
+@_typing.final
+class ReconcileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    """Subjects finished so far, of `total`."""
+    total: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectReconciliation]: ...
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        results: _abc.Iterable[Global___SubjectReconciliation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "results", b"results", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class ReplayDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    UNPARSEABLE_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Exactly one selector: every stored delivery, one subject's, or those stored UNPARSEABLE."""
+    subject: _builtins.str
+    unparseable: _builtins.bool
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+        subject: _builtins.str = ...,
+        unparseable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "subject", b"subject", "unparseable", b"unparseable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeliveriesRequest: _TypeAlias = ReplayDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ReplayedDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_OUTCOME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PLAN_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    type: _builtins.str
+    subject: _builtins.str
+    previous_outcome: Global___Outcome.ValueType
+    outcome: Global___Outcome.ValueType
+    changed: _builtins.bool
+    """True when this replay changed stored state (a new version)."""
+    plan: _builtins.str
+    previous_plan: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        previous_outcome: Global___Outcome.ValueType = ...,
+        outcome: Global___Outcome.ValueType = ...,
+        changed: _builtins.bool = ...,
+        plan: _builtins.str = ...,
+        previous_plan: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "event_id", b"event_id", "note", b"note", "outcome", b"outcome", "plan", b"plan", "previous_outcome", b"previous_outcome", "previous_plan", b"previous_plan", "subject", b"subject", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayedDelivery: _TypeAlias = ReplayedDelivery  # noqa: Y015
+
+@_typing.final
+class ReplayDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    total: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplayedDelivery]: ...
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        results: _abc.Iterable[Global___ReplayedDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "results", b"results", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeliveriesResponse: _TypeAlias = ReplayDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class VerifyStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyStateRequest: _TypeAlias = VerifyStateRequest  # noqa: Y015
+
+@_typing.final
+class StateDifference(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    description: _builtins.str
+    """What differs, e.g. "item subi_1: live status=active, rebuilt status=ended"."""
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDifference: _TypeAlias = StateDifference  # noqa: Y015
+
+@_typing.final
+class VerifyStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    SUBJECTS_CHECKED_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    """Stored deliveries replayed into the scratch schema so far, of `total`."""
+    total: _builtins.int
+    finished: _builtins.bool
+    """Set on the last message only."""
+    subjects_checked: _builtins.int
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateDifference]: ...
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        finished: _builtins.bool = ...,
+        subjects_checked: _builtins.int = ...,
+        differences: _abc.Iterable[Global___StateDifference] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "done", b"done", "finished", b"finished", "subjects_checked", b"subjects_checked", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyStateResponse: _TypeAlias = VerifyStateResponse  # noqa: Y015
+
+@_typing.final
+class CheckCatalogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckCatalogRequest: _TypeAlias = CheckCatalogRequest  # noqa: Y015
+
+@_typing.final
+class ClerkPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    slug: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        slug: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClerkPlan: _TypeAlias = ClerkPlan  # noqa: Y015
+
+@_typing.final
+class CheckCatalogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNMAPPED_CLERK_PLANS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_CATALOG_SLUGS_FIELD_NUMBER: _builtins.int
+    CLERK_PLANS_FIELD_NUMBER: _builtins.int
+    clerk_plans: _builtins.int
+    @_builtins.property
+    def unmapped_clerk_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClerkPlan]:
+        """Plans at Clerk whose slug and id the catalog does not map (they would resolve to the default plan)."""
+
+    @_builtins.property
+    def unknown_catalog_slugs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Slugs the catalog maps that Clerk does not have."""
+
+    def __init__(
+        self,
+        *,
+        unmapped_clerk_plans: _abc.Iterable[Global___ClerkPlan] | None = ...,
+        unknown_catalog_slugs: _abc.Iterable[_builtins.str] | None = ...,
+        clerk_plans: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clerk_plans", b"clerk_plans", "unknown_catalog_slugs", b"unknown_catalog_slugs", "unmapped_clerk_plans", b"unmapped_clerk_plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckCatalogResponse: _TypeAlias = CheckCatalogResponse  # noqa: Y015

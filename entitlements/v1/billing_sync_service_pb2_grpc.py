@@ -56,6 +56,26 @@ class BillingSyncServiceStub:
                 request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_stream(
+                '/entitlements.v1.BillingSyncService/Reconcile',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeliveries = channel.unary_stream(
+                '/entitlements.v1.BillingSyncService/ReplayDeliveries',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.VerifyState = channel.unary_stream(
+                '/entitlements.v1.BillingSyncService/VerifyState',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateResponse.FromString,
+                _registered_method=True)
+        self.CheckCatalog = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/CheckCatalog',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.FromString,
+                _registered_method=True)
 
 
 class BillingSyncServiceServicer:
@@ -91,6 +111,38 @@ class BillingSyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
+        (source "reconcile"). Streams progress: each message carries the subjects finished since
+        the previous one. Needs CLERK_SECRET_KEY on the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeliveries(self, request, context):
+        """Re-applies stored deliveries with the current parser (after a parser fix). Idempotent:
+        a delivery whose effect is already stored changes nothing. Streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyState(self, request, context):
+        """Rebuilds every subject's state from the stored deliveries and grants in a scratch schema
+        and reports where the live state differs. Streams progress; the last message has the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckCatalog(self, request, context):
+        """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingSyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +165,26 @@ def add_BillingSyncServiceServicer_to_server(servicer, server):
                     servicer.RevokeGrant,
                     request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ReplayDeliveries': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplayDeliveries,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesResponse.SerializeToString,
+            ),
+            'VerifyState': grpc.unary_stream_rpc_method_handler(
+                    servicer.VerifyState,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateResponse.SerializeToString,
+            ),
+            'CheckCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckCatalog,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +297,114 @@ class BillingSyncService:
             '/entitlements.v1.BillingSyncService/RevokeGrant',
             entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
             entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/Reconcile',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/ReplayDeliveries',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.ReplayDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/VerifyState',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.VerifyStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/CheckCatalog',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,

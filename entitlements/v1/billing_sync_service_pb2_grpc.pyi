@@ -43,6 +43,21 @@ class BillingSyncServiceStub:
     """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
     RevokeGrant: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]
     """Ends a grant before its expiry."""
+    Reconcile: _grpc.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReconcileRequest, _billing_sync_service_pb2.ReconcileResponse]
+    """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
+    (source "reconcile"). Streams progress: each message carries the subjects finished since
+    the previous one. Needs CLERK_SECRET_KEY on the server.
+    """
+    ReplayDeliveries: _grpc.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReplayDeliveriesRequest, _billing_sync_service_pb2.ReplayDeliveriesResponse]
+    """Re-applies stored deliveries with the current parser (after a parser fix). Idempotent:
+    a delivery whose effect is already stored changes nothing. Streams progress.
+    """
+    VerifyState: _grpc.UnaryStreamMultiCallable[_billing_sync_service_pb2.VerifyStateRequest, _billing_sync_service_pb2.VerifyStateResponse]
+    """Rebuilds every subject's state from the stored deliveries and grants in a scratch schema
+    and reports where the live state differs. Streams progress; the last message has the result.
+    """
+    CheckCatalog: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.CheckCatalogRequest, _billing_sync_service_pb2.CheckCatalogResponse]
+    """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
 
 @_typing.type_check_only
 class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
@@ -59,6 +74,21 @@ class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
     """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
     RevokeGrant: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]  # type: ignore[assignment]
     """Ends a grant before its expiry."""
+    Reconcile: _aio.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReconcileRequest, _billing_sync_service_pb2.ReconcileResponse]  # type: ignore[assignment]
+    """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
+    (source "reconcile"). Streams progress: each message carries the subjects finished since
+    the previous one. Needs CLERK_SECRET_KEY on the server.
+    """
+    ReplayDeliveries: _aio.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReplayDeliveriesRequest, _billing_sync_service_pb2.ReplayDeliveriesResponse]  # type: ignore[assignment]
+    """Re-applies stored deliveries with the current parser (after a parser fix). Idempotent:
+    a delivery whose effect is already stored changes nothing. Streams progress.
+    """
+    VerifyState: _aio.UnaryStreamMultiCallable[_billing_sync_service_pb2.VerifyStateRequest, _billing_sync_service_pb2.VerifyStateResponse]  # type: ignore[assignment]
+    """Rebuilds every subject's state from the stored deliveries and grants in a scratch schema
+    and reports where the live state differs. Streams progress; the last message has the result.
+    """
+    CheckCatalog: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.CheckCatalogRequest, _billing_sync_service_pb2.CheckCatalogResponse]  # type: ignore[assignment]
+    """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
 
 class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingSyncService is the write side, called by the webhook gateway and operators.
@@ -96,5 +126,44 @@ class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_sync_service_pb2.RevokeGrantResponse, _abc.Awaitable[_billing_sync_service_pb2.RevokeGrantResponse]]:
         """Ends a grant before its expiry."""
+
+    @_abc_1.abstractmethod
+    def Reconcile(
+        self,
+        request: _billing_sync_service_pb2.ReconcileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_sync_service_pb2.ReconcileResponse], _abc.AsyncIterator[_billing_sync_service_pb2.ReconcileResponse]]:
+        """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
+        (source "reconcile"). Streams progress: each message carries the subjects finished since
+        the previous one. Needs CLERK_SECRET_KEY on the server.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayDeliveries(
+        self,
+        request: _billing_sync_service_pb2.ReplayDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_sync_service_pb2.ReplayDeliveriesResponse], _abc.AsyncIterator[_billing_sync_service_pb2.ReplayDeliveriesResponse]]:
+        """Re-applies stored deliveries with the current parser (after a parser fix). Idempotent:
+        a delivery whose effect is already stored changes nothing. Streams progress.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyState(
+        self,
+        request: _billing_sync_service_pb2.VerifyStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_sync_service_pb2.VerifyStateResponse], _abc.AsyncIterator[_billing_sync_service_pb2.VerifyStateResponse]]:
+        """Rebuilds every subject's state from the stored deliveries and grants in a scratch schema
+        and reports where the live state differs. Streams progress; the last message has the result.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckCatalog(
+        self,
+        request: _billing_sync_service_pb2.CheckCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.CheckCatalogResponse, _abc.Awaitable[_billing_sync_service_pb2.CheckCatalogResponse]]:
+        """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
 
 def add_BillingSyncServiceServicer_to_server(servicer: BillingSyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

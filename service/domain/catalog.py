@@ -178,3 +178,36 @@ def parse_catalog_text(text: str, source: str = "catalog") -> Catalog:
         return parse_catalog(data)
     except CatalogError as exc:
         raise CatalogError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClerkPlanRef:
+    id: str
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogCheck:
+    """How Clerk's plan list and the catalog's mapping disagree."""
+
+    unmapped: tuple[ClerkPlanRef, ...]
+    unknown_slugs: tuple[str, ...]
+    clerk_plans: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.unmapped and not self.unknown_slugs
+
+
+def check_catalog(catalog: Catalog, clerk_plans: list[Mapping[str, Any]]) -> CatalogCheck:
+    """Clerk plans the catalog does not map (by slug or id), and catalog slugs Clerk lacks."""
+    refs = [
+        ClerkPlanRef(str(p.get("id") or ""), str(p.get("slug") or ""), str(p.get("name") or ""))
+        for p in clerk_plans
+    ]
+    unmapped = tuple(r for r in refs if not catalog.match(r.slug or None, r.id or None).known)
+    at_clerk = {r.slug for r in refs}
+    mapped = sorted({slug for plan in catalog.plans.values() for slug in plan.clerk_slugs})
+    unknown = tuple(slug for slug in mapped if slug not in at_clerk)
+    return CatalogCheck(unmapped, unknown, len(refs))

@@ -116,7 +116,7 @@ class _Unparseable(Exception):
     pass
 
 
-def _ms(raw: object) -> int | None:
+def parse_ms(raw: object) -> int | None:
     """A millisecond timestamp, accepting ints, integral floats and numeric strings."""
     if isinstance(raw, bool):
         return None
@@ -187,8 +187,8 @@ def _item_update(
     if plan_slug is None and plan_id is None:
         raise _Unparseable(f"subscription item {item_id}: no plan slug or plan id")
     is_default = plan_obj.get("is_default") is True
-    period_end_ms = _ms(raw.get("period_end"))
-    past_due_at_ms = _ms(raw.get("past_due_at"))
+    period_end_ms = parse_ms(raw.get("period_end"))
+    past_due_at_ms = parse_ms(raw.get("past_due_at"))
     content = json.dumps(
         [subject, status.value, plan_slug, plan_id, period_end_ms, past_due_at_ms, is_default],
         separators=(",", ":"),
@@ -209,7 +209,7 @@ def _item_update(
 
 def _event_time(envelope: Mapping[str, Any], data: Mapping[str, Any], fallback_ms: int) -> int:
     """Envelope `timestamp`, else `data.updated_at`, else the delivery's signing time."""
-    return _ms(envelope.get("timestamp")) or _ms(data.get("updated_at")) or fallback_ms
+    return parse_ms(envelope.get("timestamp")) or parse_ms(data.get("updated_at")) or fallback_ms
 
 
 def normalize_event(payload: bytes, type_hint: str, fallback_ms: int) -> NormalizedEvent:

@@ -35,6 +35,14 @@ class OutOfRange(Exception):
     """A resume point the server no longer has (maps to OUT_OF_RANGE)."""
 
 
+class FailedPrecondition(Exception):
+    """The server is not configured for this call (maps to FAILED_PRECONDITION)."""
+
+
+class DependencyUnavailable(Exception):
+    """An outside dependency (Clerk's API) did not answer; retry later (UNAVAILABLE)."""
+
+
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -42,6 +50,10 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, OutOfRange):
         return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, DependencyUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreUnavailable):
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
     return None

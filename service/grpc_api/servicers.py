@@ -27,7 +27,8 @@ from entitlements.v1 import (
 )
 from service.cache import CacheEntry
 from service.changes import ChangeHub
-from service.domain.catalog import Catalog, LimitValue
+from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.domain.catalog import Catalog, LimitValue, check_catalog
 from service.domain.events import normalize_event
 from service.domain.resolution import (
     Entitlements,
@@ -37,9 +38,22 @@ from service.domain.resolution import (
     limit_decision,
 )
 from service.domain.subjects import InvalidArgument, require_subject
-from service.grpc_api.interceptors import NotFound, OutOfRange
+from service.grpc_api.interceptors import (
+    DependencyUnavailable,
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+)
+from service.operations import (
+    Progress,
+    Reconciler,
+    ReconcileStatus,
+    replay,
+    replay_changed,
+    verify,
+)
 from service.reader import EntitlementReader
-from service.store.postgres import ApplyResult, Store
+from service.store.postgres import ApplyResult, DeliverySelector, Store
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +314,14 @@ _HISTORY_KINDS: Mapping[str, int] = {
     "grant": sync_pb.HISTORY_KIND_GRANT,
 }
 MAX_REASON_CHARS = 500
+_RECONCILE_STATUSES: Mapping[ReconcileStatus, int] = {
+    ReconcileStatus.IN_SYNC: sync_pb.RECONCILE_STATUS_IN_SYNC,
+    ReconcileStatus.REPAIRED: sync_pb.RECONCILE_STATUS_REPAIRED,
+    ReconcileStatus.SNAPSHOT_OLDER: sync_pb.RECONCILE_STATUS_SNAPSHOT_OLDER,
+    ReconcileStatus.NOT_FOUND: sync_pb.RECONCILE_STATUS_NOT_FOUND,
+    ReconcileStatus.SKIPPED: sync_pb.RECONCILE_STATUS_SKIPPED,
+    ReconcileStatus.FAILED: sync_pb.RECONCILE_STATUS_FAILED,
+}
 
 
 def _ms_of(ts: Timestamp, default: int) -> int:
@@ -309,9 +331,15 @@ def _ms_of(ts: Timestamp, default: int) -> int:
 class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     """The write side, behind the bearer-secret interceptor."""
 
-    def __init__(self, store: Store, hub: ChangeHub | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: ChangeHub | None = None,
+        clerk: ClerkApiSettings | None = None,
+    ) -> None:
         self._store = store
         self._hub = hub
+        self._clerk = clerk
 
     async def ApplyBillingEvent(
         self, request: sync_pb.ApplyBillingEventRequest, context: Context
@@ -335,8 +363,9 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             request.payload,
             datetime.fromtimestamp(received_ms / 1000, UTC),
             event,
+            signed_at_ms=fallback_ms,
         )
-        self._changed(result)
+        self.changed(result)
         for note in result.notes:
             if note.startswith("unknown plan slug"):
                 log.warning("event %s for %s: %s", event_id, result.subject, note)
@@ -385,6 +414,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                     from_plan=row.from_plan or "",
                     to_plan=row.to_plan or "",
                     note=row.note or "",
+                    source=row.source or "",
                 )
             )
         return sync_pb.GetSubjectHistoryResponse(subject=subject, entries=entries)
@@ -404,7 +434,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         if expires_at_ms is not None and expires_at_ms <= self._store.now_ms():
             raise InvalidArgument("expires_at must be in the future")
         grant_id, result = await self._store.grant(subject, request.plan, expires_at_ms, reason)
-        self._changed(result)
+        self.changed(result)
         log.info("grant %s: %s for %s", grant_id, request.plan, subject)
         return sync_pb.GrantPlanResponse(
             grant_id=grant_id,
@@ -422,7 +452,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         result = await self._store.revoke_grant(request.grant_id, request.reason.strip())
         if result is None:
             raise NotFound(f"no active grant {request.grant_id!r}")
-        self._changed(result)
+        self.changed(result)
         return sync_pb.RevokeGrantResponse(
             grant_id=request.grant_id,
             subject=result.subject or "",
@@ -431,7 +461,121 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             version=result.version,
         )
 
-    def _changed(self, result: ApplyResult) -> None:
+    def _reconciler(self) -> Reconciler:
+        if self._clerk is None:
+            raise FailedPrecondition("reconciliation needs CLERK_SECRET_KEY on the server")
+        return Reconciler(self._store, self._clerk, self.changed)
+
+    async def Reconcile(
+        self, request: sync_pb.ReconcileRequest, context: Context
+    ) -> AsyncIterator[sync_pb.ReconcileResponse]:
+        if request.all == bool(request.subjects):
+            raise InvalidArgument("give either subjects or all (not both)")
+        subjects = [require_subject(s) for s in request.subjects] if request.subjects else None
+        if subjects is not None and len(subjects) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} subjects per call (or all)")
+        async for progress in self._reconciler().run(subjects):
+            yield sync_pb.ReconcileResponse(
+                done=progress.done,
+                total=progress.total,
+                results=[
+                    sync_pb.SubjectReconciliation(
+                        subject=r.subject,
+                        status=_RECONCILE_STATUSES[r.status],  # type: ignore[arg-type]
+                        plan=r.plan,
+                        previous_plan=r.previous_plan,
+                        event_id=r.event_id,
+                        differences=list(r.differences),
+                        detail=r.detail,
+                    )
+                    for r in progress.batch
+                ],
+            )
+
+    async def ReplayDeliveries(
+        self, request: sync_pb.ReplayDeliveriesRequest, context: Context
+    ) -> AsyncIterator[sync_pb.ReplayDeliveriesResponse]:
+        chosen = sum((request.all, bool(request.subject), request.unparseable))
+        if chosen != 1:
+            raise InvalidArgument("choose exactly one of all, subject or unparseable")
+        selector = DeliverySelector(
+            subject=require_subject(request.subject) if request.subject else None,
+            unparseable=request.unparseable,
+        )
+        async for progress in replay(self._store, selector, self.changed):
+            results = []
+            for r in progress.batch:
+                changed = replay_changed(r)
+                if changed or r.delivery.outcome != r.result.outcome:
+                    log.info(
+                        "replayed %s (%s): %s -> %s%s",
+                        r.delivery.event_id,
+                        r.delivery.type,
+                        r.delivery.outcome,
+                        r.result.outcome,
+                        f", plan of {r.result.subject}: {r.result.previous_plan} -> {r.result.plan}"
+                        if changed
+                        else "",
+                    )
+                results.append(
+                    sync_pb.ReplayedDelivery(
+                        event_id=r.delivery.event_id,
+                        type=r.delivery.type,
+                        subject=r.result.subject or "",
+                        previous_outcome=_OUTCOMES.get(r.delivery.outcome, 0),  # type: ignore[arg-type]
+                        outcome=_OUTCOMES[r.result.outcome],  # type: ignore[arg-type]
+                        changed=changed,
+                        plan=r.result.plan or "",
+                        previous_plan=r.result.previous_plan or "",
+                        note=r.event.error or "; ".join(r.result.notes),
+                    )
+                )
+            yield sync_pb.ReplayDeliveriesResponse(
+                done=progress.done, total=progress.total, results=results
+            )
+
+    async def VerifyState(
+        self, request: sync_pb.VerifyStateRequest, context: Context
+    ) -> AsyncIterator[sync_pb.VerifyStateResponse]:
+        last = Progress(0, 0)
+        async for step in verify(self._store, self._store.catalog):
+            if isinstance(step, Progress):
+                last = step
+                yield sync_pb.VerifyStateResponse(done=step.done, total=step.total)
+                continue
+            if step.differences:
+                log.warning("verify: %d differences from the stored log", len(step.differences))
+            yield sync_pb.VerifyStateResponse(
+                done=last.done,
+                total=last.total,
+                finished=True,
+                subjects_checked=step.subjects_checked,
+                differences=[
+                    sync_pb.StateDifference(subject=subject, description=text)
+                    for subject, text in step.differences
+                ],
+            )
+
+    async def CheckCatalog(
+        self, request: sync_pb.CheckCatalogRequest, context: Context
+    ) -> sync_pb.CheckCatalogResponse:
+        if self._clerk is None:
+            raise FailedPrecondition("catalog check needs CLERK_SECRET_KEY on the server")
+        try:
+            async with ClerkApi(self._clerk) as api:
+                plans = await api.plans()
+        except ClerkApiError as exc:
+            raise DependencyUnavailable(f"Clerk API: {exc}") from exc
+        check = check_catalog(self._store.catalog, plans)
+        return sync_pb.CheckCatalogResponse(
+            unmapped_clerk_plans=[
+                sync_pb.ClerkPlan(id=p.id, slug=p.slug, name=p.name) for p in check.unmapped
+            ],
+            unknown_catalog_slugs=list(check.unknown_slugs),
+            clerk_plans=check.clerk_plans,
+        )
+
+    def changed(self, result: ApplyResult) -> None:
         """Read-your-writes on this replica; other replicas hear the NOTIFY."""
         if (
             self._hub is not None

@@ -77,6 +77,76 @@ class HistoryRow:
     from_plan: str | None
     to_plan: str | None
     note: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """A delivery as stored: enough to normalise and apply it again."""
+
+    event_id: str
+    type: str
+    payload: bytes
+    outcome: str
+    received_at: datetime
+    signed_at_ms: int | None
+    source: str
+
+    @property
+    def fallback_ms(self) -> int:
+        """The event time used when the payload carries none (as on first delivery)."""
+        if self.signed_at_ms is not None:
+            return self.signed_at_ms
+        return int(self.received_at.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class DeliverySelector:
+    """Which stored deliveries a replay or verification walks."""
+
+    subject: str | None = None
+    unparseable: bool = False
+
+    def where(self, first_arg: int) -> str:
+        if self.subject is not None:
+            return f"subject = ${first_arg}"
+        if self.unparseable:
+            return "outcome = 'UNPARSEABLE'"
+        return "true"
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.subject,) if self.subject is not None else ()
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    delivery: StoredDelivery
+    event: NormalizedEvent
+    result: ApplyResult
+
+
+# The item columns that are state (not bookkeeping such as which delivery last wrote the row).
+VERIFIED_ITEM_COLUMNS = (
+    "item_id",
+    "subject",
+    "status",
+    "plan_slug",
+    "plan_id",
+    "period_end_ms",
+    "past_due_at_ms",
+    "is_default",
+    "ever_active",
+    "event_ms",
+    "lifecycle_rank",
+    "digest",
+)
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum() or not name.isascii():
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return f'"{name}"'
 
 
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -174,11 +244,13 @@ class Store:
         catalog: Catalog,
         clock: Callable[[], int] = _now_ms,
         dsn: str = "",
+        channel: str = CHANGES_CHANNEL,
     ) -> None:
         self._pool = pool
         self.dsn = dsn
         self.catalog = catalog
         self._clock = clock
+        self._channel = channel
 
     @classmethod
     async def open(
@@ -189,7 +261,10 @@ class Store:
         min_size: int = 2,
         max_size: int = 10,
         clock: Callable[[], int] = _now_ms,
+        schema: str | None = None,
     ) -> Store:
+        """Connect and migrate. `schema` (verification's scratch copy) puts every table in
+        that schema and announces changes on a channel no replica listens to."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -198,6 +273,7 @@ class Store:
                 command_timeout=10,
                 timeout=5,
                 reset=_no_reset,
+                server_settings={"search_path": schema} if schema else None,
             )
         except _UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
@@ -208,7 +284,8 @@ class Store:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, catalog, clock, dsn)
+        channel = f"{CHANGES_CHANNEL}_{schema}" if schema else CHANGES_CHANNEL
+        return cls(pool, catalog, clock, dsn, channel)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -261,12 +338,12 @@ class Store:
                 """
                 (SELECT 'delivery' AS kind, recorded_at, event_id, type, outcome, event_ms,
                         NULL::text AS from_plan, NULL::text AS to_plan,
-                        array_to_string(notes, '; ') AS note
+                        array_to_string(notes, '; ') AS note, source
                    FROM deliveries WHERE subject = $1
                    ORDER BY recorded_at DESC LIMIT $2)
                 UNION ALL
                 (SELECT 'plan_change', changed_at, cause_event_id, cause_type, NULL, NULL,
-                        from_plan, to_plan, 'version ' || version
+                        from_plan, to_plan, 'version ' || version, NULL
                    FROM plan_changes WHERE subject = $1
                    ORDER BY changed_at DESC LIMIT $2)
                 UNION ALL
@@ -274,7 +351,7 @@ class Store:
                         NULL, plan,
                         reason || COALESCE(' (expires ' || to_timestamp(expires_at_ms / 1000.0)
                                            || ')', '')
-                               || COALESCE('; revoked: ' || revoke_reason, '')
+                               || COALESCE('; revoked: ' || revoke_reason, ''), NULL
                    FROM grants WHERE subject = $1
                    ORDER BY created_at DESC LIMIT $2)
                 ORDER BY recorded_at DESC, kind DESC LIMIT $2
@@ -374,6 +451,155 @@ class Store:
             if done < batch:
                 return total
 
+    # ---- operations: reconcile, replay, verify -----------------------------------------
+
+    async def known_subjects(self, after: str, limit: int) -> list[str]:
+        """Subjects not deleted, in id order after `after` (keyset paging)."""
+
+        async def work(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                """SELECT subject FROM subjects WHERE deleted_at_ms IS NULL AND subject > $1
+                    ORDER BY subject LIMIT $2""",
+                after,
+                limit,
+            )
+            return [r["subject"] for r in rows]
+
+        return await self._run(work)
+
+    async def count_known_subjects(self) -> int:
+        async def work(conn: Conn) -> int:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM subjects WHERE deleted_at_ms IS NULL")
+            )
+
+        return await self._run(work)
+
+    async def claim_reconcile_run(self, interval_seconds: float, owner: str) -> bool:
+        """True for exactly one replica per interval: the one that moves the schedule on."""
+
+        async def work(conn: Conn) -> bool:
+            return bool(
+                await conn.fetchval(
+                    """UPDATE reconcile_schedule
+                          SET next_run_at = now() + make_interval(secs => $1), last_run_by = $2
+                        WHERE next_run_at <= now() RETURNING true""",
+                    interval_seconds,
+                    owner,
+                )
+            )
+
+        return await self._run(work)
+
+    async def deliveries_page(
+        self, selector: DeliverySelector, after: str, limit: int
+    ) -> list[StoredDelivery]:
+        """Stored deliveries matching `selector`, in event-id order after `after`."""
+
+        async def work(conn: Conn) -> list[StoredDelivery]:
+            rows = await conn.fetch(
+                f"""SELECT event_id, type, payload, outcome, received_at, signed_at_ms, source
+                      FROM deliveries WHERE event_id > $1 AND {selector.where(3)}
+                     ORDER BY event_id LIMIT $2""",
+                after,
+                limit,
+                *selector.args,
+            )
+            return [StoredDelivery(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    async def count_deliveries(self, selector: DeliverySelector) -> int:
+        async def work(conn: Conn) -> int:
+            return int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM deliveries WHERE {selector.where(1)}", *selector.args
+                )
+            )
+
+        return await self._run(work)
+
+    async def replay(
+        self, event_id: str, normalize: Callable[[StoredDelivery], NormalizedEvent]
+    ) -> ReplayResult | None:
+        """Re-apply one stored delivery as `normalize` now reads it; None if it is gone.
+
+        The delivery row is locked first, so concurrent replays of it serialise, and the
+        store's ordering guard makes a second replay change nothing: exactly once.
+        """
+
+        async def work(conn: Conn) -> ReplayResult | None:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    """SELECT event_id, type, payload, outcome, received_at, signed_at_ms, source
+                         FROM deliveries WHERE event_id = $1 FOR UPDATE""",
+                    event_id,
+                )
+                if row is None:
+                    return None
+                stored = StoredDelivery(**dict(row))
+                event = normalize(stored)
+                if event.subject is not None and event.kind in _SUBJECT_KINDS:
+                    await conn.execute(_LOCK_SUBJECT, event.subject)
+                result = await self._apply_recorded(conn, event_id, event, stored.outcome)
+                await conn.execute(
+                    """UPDATE deliveries SET event_ms = $2
+                        WHERE event_id = $1 AND event_ms IS DISTINCT FROM $2""",
+                    event_id,
+                    event.event_ms,
+                )
+                return ReplayResult(stored, event, result)
+
+        return await self._run(work)
+
+    async def snapshot_for_verification(
+        self,
+    ) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
+        """Every item row (without bookkeeping columns) and every subject's deletion time."""
+
+        async def work(conn: Conn) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
+            items = await conn.fetch(f"SELECT {', '.join(VERIFIED_ITEM_COLUMNS)} FROM items")
+            subjects = await conn.fetch("SELECT subject, deleted_at_ms FROM subjects")
+            return (
+                {r["item_id"]: tuple(r) for r in items},
+                {r["subject"]: r["deleted_at_ms"] for r in subjects},
+            )
+
+        return await self._run(work)
+
+    async def create_schema(self, schema: str) -> None:
+        async def work(conn: Conn) -> None:
+            await conn.execute(f"CREATE SCHEMA {_identifier(schema)}")
+
+        await self._run(work)
+
+    async def drop_schema(self, schema: str) -> None:
+        async def work(conn: Conn) -> None:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {_identifier(schema)} CASCADE")
+
+        await self._run(work)
+
+    async def copy_grants_to(self, schema: str) -> int:
+        """Grants are their own log: the scratch schema gets them as stored."""
+
+        async def work(conn: Conn) -> int:
+            target = _identifier(schema)
+            async with conn.transaction():
+                await conn.execute(
+                    f"""INSERT INTO {target}.subjects (subject)
+                        SELECT DISTINCT subject FROM grants ON CONFLICT DO NOTHING"""
+                )
+                status = await conn.execute(
+                    f"""INSERT INTO {target}.grants
+                          (grant_id, subject, plan, reason, granted_at_ms, expires_at_ms,
+                           revoked_at_ms, revoke_reason, created_at)
+                        SELECT grant_id, subject, plan, reason, granted_at_ms, expires_at_ms,
+                               revoked_at_ms, revoke_reason, created_at FROM grants"""
+                )
+                return int(status.split()[-1])
+
+        return await self._run(work)
+
     # ---- writes ------------------------------------------------------------------------
 
     async def grant(
@@ -442,7 +668,9 @@ class Store:
         now = self.now_ms()
         before = resolve(before_state, self.catalog, now)
         after = resolve(after_state, self.catalog, now)
-        version = await _commit_change(conn, subject, before, after, cause_id, cause_type, [])
+        version = await _commit_change(
+            conn, self._channel, subject, before, after, cause_id, cause_type, []
+        )
         return ApplyResult(Outcome.APPLIED, subject, after.plan.name, before.plan.name, version)
 
     async def apply(
@@ -452,13 +680,20 @@ class Store:
         payload: bytes,
         received_at: datetime,
         event: NormalizedEvent,
+        *,
+        source: str = "webhook",
+        signed_at_ms: int | None = None,
     ) -> ApplyResult:
-        """Record the delivery and apply it, in one transaction; returns after commit."""
+        """Record the delivery and apply it, in one transaction; returns after commit.
+
+        `source` says where it came from ("webhook", or "reconcile" for a synthetic event);
+        `signed_at_ms` is the fallback event time it was normalised with (kept for replay).
+        """
 
         async def work(conn: Conn) -> ApplyResult:
             async with conn.transaction():
                 return await self._apply_in_tx(
-                    conn, event_id, event_type, payload, received_at, event
+                    conn, event_id, event_type, payload, received_at, event, source, signed_at_ms
                 )
 
         return await self._run(work)
@@ -471,14 +706,16 @@ class Store:
         payload: bytes,
         received_at: datetime,
         event: NormalizedEvent,
+        source: str,
+        signed_at_ms: int | None,
     ) -> ApplyResult:
         # Record the delivery (the idempotency key) and, for a subject's event, lock the
         # subject row, in one round trip. A duplicate inserts nothing and locks nothing.
         inserted = await conn.fetchval(
             """WITH d AS (
                    INSERT INTO deliveries (event_id, type, payload, subject, outcome, event_ms,
-                                           received_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                           received_at, source, signed_at_ms)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)
                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id),
                s AS (
                    INSERT INTO subjects (subject) SELECT $8 FROM d WHERE $8::text IS NOT NULL
@@ -493,10 +730,18 @@ class Store:
             event.event_ms,
             received_at,
             event.subject if event.kind in _SUBJECT_KINDS else None,
+            source,
+            signed_at_ms,
         )
         if not inserted:
             return await self._duplicate(conn, event_id)
+        return await self._apply_recorded(conn, event_id, event)
 
+    async def _apply_recorded(
+        self, conn: Conn, event_id: str, event: NormalizedEvent, previous_outcome: str | None = None
+    ) -> ApplyResult:
+        """Apply a delivery whose row exists (and whose subject row is locked) and record the
+        outcome. A replay that finds its effect already stored keeps the APPLIED outcome."""
         notes = list(event.notes)
         if event.error:
             notes.append(event.error)
@@ -517,6 +762,8 @@ class Store:
             result = ApplyResult(Outcome.APPLIED, None, None, None, 0)
         else:
             result = await self._apply_to_subject(conn, event_id, event, notes)
+        if previous_outcome == Outcome.APPLIED and result.outcome == Outcome.STALE:
+            result = replace(result, outcome=Outcome.APPLIED)
         if not result.recorded:
             await conn.execute(
                 "UPDATE deliveries SET outcome = $2, notes = $3, subject = $4 WHERE event_id = $1",
@@ -532,6 +779,7 @@ class Store:
             result.previous_plan,
             result.version,
             tuple(notes),
+            recorded=result.recorded,
         )
 
     async def _duplicate(self, conn: Conn, event_id: str) -> ApplyResult:
@@ -608,7 +856,9 @@ class Store:
             outcome = Outcome.STALE if event.kind is not EventKind.RECORD_ONLY else Outcome.APPLIED
             return ApplyResult(outcome, subject, before.plan.name, before.plan.name, state.version)
         after = resolve(after_state, self.catalog, now)
-        version = await _commit_change(conn, subject, before, after, event_id, event.type, notes)
+        version = await _commit_change(
+            conn, self._channel, subject, before, after, event_id, event.type, notes
+        )
         return ApplyResult(
             Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, recorded=True
         )
@@ -616,6 +866,7 @@ class Store:
 
 async def _commit_change(
     conn: Conn,
+    channel: str,
     subject: str,
     before: Entitlements,
     after: Entitlements,
@@ -630,7 +881,7 @@ async def _commit_change(
             _COMMIT_CHANGE,
             subject,
             after.plan.name,
-            CHANGES_CHANNEL,
+            channel,
             before.plan.name,
             cause_id,
             cause_type,

@@ -1,0 +1,310 @@
+"""Operator jobs over the store: reconcile with Clerk, replay stored deliveries, verify state.
+
+Each job is an async generator of progress batches, so the gRPC servicer can stream them to the
+CLI's progress bar and the scheduler can run the same code without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.domain.catalog import Catalog
+from service.domain.events import NormalizedEvent, normalize_event
+from service.domain.reconcile import RECONCILE_EVENT_TYPE, clerk_kind, plan_reconciliation
+from service.domain.resolution import resolve
+from service.store.postgres import (
+    VERIFIED_ITEM_COLUMNS,
+    ApplyResult,
+    DeliverySelector,
+    Outcome,
+    ReplayResult,
+    Store,
+    StoredDelivery,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE = 100
+RECONCILE_SOURCE = "reconcile"
+OnChange = Callable[[ApplyResult], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """`done` of `total` finished; `batch` holds the results since the previous report."""
+
+    done: int
+    total: int
+    batch: list[Any] = field(default_factory=list)
+
+
+# ---- reconciliation -----------------------------------------------------------------------
+
+
+class ReconcileStatus(Enum):
+    IN_SYNC = "in_sync"
+    REPAIRED = "repaired"
+    SNAPSHOT_OLDER = "snapshot_older"
+    NOT_FOUND = "not_found"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    subject: str
+    status: ReconcileStatus
+    plan: str = ""
+    previous_plan: str = ""
+    event_id: str = ""
+    differences: tuple[str, ...] = ()
+    detail: str = ""
+
+
+class Reconciler:
+    """Compares subjects with Clerk's Backend API and repairs differences."""
+
+    def __init__(self, store: Store, settings: ClerkApiSettings, on_change: OnChange) -> None:
+        self._store = store
+        self._settings = settings
+        self._on_change = on_change
+
+    async def run(
+        self, subjects: Sequence[str] | None
+    ) -> AsyncIterator[Progress]:  # None: every known subject
+        total = len(subjects) if subjects is not None else await self._store.count_known_subjects()
+        done = 0
+        async with ClerkApi(self._settings) as api:
+            async for page in self._pages(subjects):
+                results = await asyncio.gather(*(self.reconcile(api, s) for s in page))
+                done += len(results)
+                yield Progress(done, max(total, done), list(results))
+
+    async def _pages(self, subjects: Sequence[str] | None) -> AsyncIterator[list[str]]:
+        if subjects is not None:
+            for start in range(0, len(subjects), PAGE):
+                yield list(subjects[start : start + PAGE])
+            return
+        after = ""
+        while page := await self._store.known_subjects(after, PAGE):
+            yield page
+            after = page[-1]
+
+    async def reconcile(self, api: ClerkApi, subject: str) -> Reconciliation:
+        if clerk_kind(subject) is None:
+            return Reconciliation(
+                subject, ReconcileStatus.SKIPPED, detail="not a Clerk user or organization id"
+            )
+        stored = (await self._store.load_states([subject]))[subject]
+        fetched_at_ms = self._store.now_ms()
+        try:
+            subscription = await api.subscription(subject)
+        except ClerkApiError as exc:
+            log.warning("reconcile %s: %s", subject, exc)
+            return Reconciliation(subject, ReconcileStatus.FAILED, detail=str(exc))
+        current = resolve(stored, self._store.catalog, fetched_at_ms).plan.name
+        if subscription is None:
+            return Reconciliation(
+                subject,
+                ReconcileStatus.NOT_FOUND,
+                current,
+                current,
+                detail="Clerk has no subscription for this subject",
+            )
+        plan = plan_reconciliation(subject, subscription, stored.items, fetched_at_ms)
+        if plan.error is not None:
+            return Reconciliation(
+                subject, ReconcileStatus.FAILED, current, current, detail=plan.error
+            )
+        if plan.payload is None:
+            return Reconciliation(subject, ReconcileStatus.IN_SYNC, current, current)
+        event_id = f"rcn_{uuid.uuid4().hex}"
+        event = normalize_event(plan.payload, RECONCILE_EVENT_TYPE, plan.snapshot_ms)
+        result = await self._store.apply(
+            event_id,
+            RECONCILE_EVENT_TYPE,
+            plan.payload,
+            datetime.fromtimestamp(fetched_at_ms / 1000, UTC),
+            event,
+            source=RECONCILE_SOURCE,
+            signed_at_ms=plan.snapshot_ms,
+        )
+        self._on_change(result)
+        if result.outcome == Outcome.APPLIED and result.version:
+            log.info(
+                "reconcile %s repaired (%s): %s -> %s",
+                subject,
+                event_id,
+                result.previous_plan,
+                result.plan,
+            )
+            status = ReconcileStatus.REPAIRED
+            detail = ""
+        else:
+            status = ReconcileStatus.SNAPSHOT_OLDER
+            detail = "Clerk's snapshot is older than the stored state; the newer webhook stands"
+        return Reconciliation(
+            subject,
+            status,
+            result.plan or current,
+            result.previous_plan or current,
+            event_id,
+            plan.differences,
+            detail,
+        )
+
+
+async def run_reconcile_schedule(
+    store: Store, reconciler: Reconciler, interval_seconds: float, owner: str
+) -> None:
+    """Reconcile every known subject once per interval, on one replica at a time."""
+    while True:
+        try:
+            if await store.claim_reconcile_run(interval_seconds, owner):
+                counts: dict[str, int] = {}
+                async for progress in reconciler.run(None):
+                    for r in progress.batch:
+                        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+                log.info("scheduled reconciliation finished: %s", counts or "no subjects")
+        except Exception:  # the schedule must outlive any one failed pass
+            log.exception("scheduled reconciliation failed; next attempt in %.0f s", 30.0)
+        await asyncio.sleep(min(interval_seconds, 30.0))
+
+
+# ---- replay -------------------------------------------------------------------------------
+
+
+def normalize_stored(delivery: StoredDelivery) -> NormalizedEvent:
+    return normalize_event(delivery.payload, delivery.type, delivery.fallback_ms)
+
+
+async def replay(
+    store: Store,
+    selector: DeliverySelector,
+    on_change: OnChange,
+    normalize: Callable[[StoredDelivery], NormalizedEvent] = normalize_stored,
+) -> AsyncIterator[Progress]:
+    """Re-apply the selected deliveries in event-id order with the current parser."""
+    total = await store.count_deliveries(selector)
+    done = 0
+    after = ""
+    while page := await store.deliveries_page(selector, after, PAGE):
+        after = page[-1].event_id
+        batch: list[ReplayResult] = []
+        for delivery in page:
+            replayed = await store.replay(delivery.event_id, normalize)
+            if replayed is None:
+                continue
+            on_change(replayed.result)
+            batch.append(replayed)
+        done += len(page)
+        yield Progress(done, max(total, done), batch)
+
+
+def replay_changed(replayed: ReplayResult) -> bool:
+    """Whether this replay changed stored state (rather than finding its effect there)."""
+    return replayed.result.recorded
+
+
+# ---- verification -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    subjects_checked: int
+    differences: list[tuple[str, str]]
+
+
+async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | VerifyReport]:
+    """Rebuild all state from the stored deliveries and grants in a scratch schema and compare
+    it with the live state; yields progress, then the report. The scratch schema is dropped
+    whatever happens."""
+    schema = f"verify_{uuid.uuid4().hex[:16]}"
+    await store.create_schema(schema)
+    try:
+        scratch = await Store.open(
+            store.dsn, catalog, min_size=1, max_size=4, clock=store.now_ms, schema=schema
+        )
+        try:
+            await store.copy_grants_to(schema)
+            everything = DeliverySelector()
+            total = await store.count_deliveries(everything)
+            done = 0
+            after = ""
+            slots = asyncio.Semaphore(4)
+
+            async def rebuild(delivery: StoredDelivery) -> None:
+                async with slots:
+                    await scratch.apply(
+                        delivery.event_id,
+                        delivery.type,
+                        delivery.payload,
+                        delivery.received_at,
+                        normalize_stored(delivery),
+                        source=delivery.source,
+                        signed_at_ms=delivery.signed_at_ms,
+                    )
+
+            while page := await store.deliveries_page(everything, after, PAGE * 5):
+                after = page[-1].event_id
+                await asyncio.gather(*(rebuild(d) for d in page))
+                done += len(page)
+                yield Progress(done, max(total, done))
+            yield await _compare(store, scratch, catalog)
+        finally:
+            await scratch.close()
+    finally:
+        await store.drop_schema(schema)
+
+
+async def _compare(live: Store, rebuilt: Store, catalog: Catalog) -> VerifyReport:
+    live_items, live_subjects = await live.snapshot_for_verification()
+    new_items, new_subjects = await rebuilt.snapshot_for_verification()
+    differences: list[tuple[str, str]] = []
+    subject_at = VERIFIED_ITEM_COLUMNS.index("subject")
+    for item_id in sorted(live_items.keys() | new_items.keys()):
+        old, new = live_items.get(item_id), new_items.get(item_id)
+        if old == new:
+            continue
+        subject = str((old or new or ("",) * 2)[subject_at])
+        differences.append((subject, f"item {item_id}: {_item_diff(old, new)}"))
+    subjects = sorted(live_subjects.keys() | new_subjects.keys())
+    for subject in subjects:
+        if live_subjects.get(subject) != new_subjects.get(subject):
+            differences.append(
+                (
+                    subject,
+                    f"deleted_at_ms: live {live_subjects.get(subject)}, "
+                    f"rebuilt {new_subjects.get(subject)}",
+                )
+            )
+    now = live.now_ms()
+    live_states = await live.load_states(subjects)
+    new_states = await rebuilt.load_states(subjects)
+    for subject in subjects:
+        old_plan = resolve(live_states[subject], catalog, now).plan.name
+        new_plan = resolve(new_states[subject], catalog, now).plan.name
+        if old_plan != new_plan:
+            differences.append((subject, f"plan: live {old_plan}, rebuilt {new_plan}"))
+    return VerifyReport(len(subjects), differences)
+
+
+def _item_diff(old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> str:
+    if old is None:
+        return "missing from the live state"
+    if new is None:
+        return "in the live state but no stored delivery produces it"
+    parts = [
+        f"{name} live {a!r}, rebuilt {b!r}"
+        for name, a, b in zip(VERIFIED_ITEM_COLUMNS, old, new, strict=True)
+        if a != b
+    ]
+    return "; ".join(parts)
