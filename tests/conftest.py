@@ -14,6 +14,7 @@ from grpc import aio
 
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.clerk_api import ClerkApiSettings
 from service.config import ServiceSettings, load_catalog
 from service.server import RunningServer, start_server
 from service.store.postgres import Store
@@ -77,7 +78,11 @@ async def _truncate(dsn: str) -> None:
 
 
 async def start_harness(
-    dsn: str, clock: Clock, secret: str | None = SYNC_SECRET
+    dsn: str,
+    clock: Clock,
+    secret: str | None = SYNC_SECRET,
+    clerk: ClerkApiSettings | None = None,
+    reconcile_interval_seconds: float = 0.0,
 ) -> AsyncIterator[Harness]:
     catalog = load_catalog(None)
     store = await Store.open(dsn, catalog, clock=clock)
@@ -89,6 +94,8 @@ async def start_harness(
         data_dir=Path(".data"),
         grace_seconds=0.5,
         health_interval_seconds=0.1,
+        clerk=clerk,
+        reconcile_interval_seconds=reconcile_interval_seconds,
     )
     running = await start_server(settings, catalog, store)
     target = f"127.0.0.1:{running.port}"
