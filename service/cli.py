@@ -1,7 +1,8 @@
 """`entitlements`: the operator CLI (talks gRPC to ENTITLEMENTS_TARGET).
 
-Exit codes: 0 success, 1 the answer was "no" (check: not allowed), 2 usage or configuration
-error, 3 the service could not be reached or refused the call.
+Exit codes: 0 success; 1 the answer was "no" (check: not allowed, verify: differences found,
+catalog check: mismatches); 2 usage or configuration error; 3 the service (or, for reconcile,
+Clerk's API) could not be reached or refused the call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from svix.webhooks import Webhook
+from tqdm import tqdm
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
@@ -163,6 +165,129 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace, what: str) -> tqdm[Any]:
+    """A progress bar on stderr: on a terminal, or always with --progress."""
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    return tqdm(desc=what, unit="", file=sys.stderr, disable=not show, dynamic_ncols=True)
+
+
+def _stream(
+    args: argparse.Namespace, what: str, messages: Iterable[Any], field: str = "results"
+) -> tuple[list[Any], Any]:
+    """Drain a streaming call, driving the progress bar; (all results, last message)."""
+    results: list[Any] = []
+    last: Any = None
+    with _progress(args, what) as bar:
+        for message in messages:
+            if message.total and bar.total != message.total:
+                bar.total = message.total
+            bar.update(message.done - bar.n)
+            results.extend(getattr(message, field, []))
+            last = message
+    return results, last
+
+
+def _status_name(value: int) -> str:
+    return sync_pb.ReconcileStatus.Name(value).removeprefix("RECONCILE_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def _dump_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _as_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    if bool(args.subjects) == args.all:
+        raise UsageError("give SUBJECT... or --all")
+    stub, auth = _sync_stub(args)
+    request = sync_pb.ReconcileRequest(subjects=args.subjects, all=args.all)
+    results, _ = _stream(args, "reconcile", stub.Reconcile(request, metadata=auth))
+    failed = [r for r in results if r.status == sync_pb.RECONCILE_STATUS_FAILED]
+    if args.json:
+        _dump_json({"results": _as_dicts(results), "failed": len(failed)})
+    else:
+        counts: dict[str, int] = {}
+        for r in results:
+            status = _status_name(r.status)
+            counts[status] = counts.get(status, 0) + 1
+            if r.status == sync_pb.RECONCILE_STATUS_IN_SYNC and args.all:
+                continue
+            plans = f"{r.previous_plan} → {r.plan}" if r.previous_plan != r.plan else r.plan
+            print(f"{r.subject:<32} {status:<15} {plans:<16} {r.event_id}".rstrip())
+            for line in [*r.differences, *([r.detail] if r.detail else [])]:
+                print(f"    {line}")
+        print("summary: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"))
+    return 3 if failed else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if sum((args.all, args.subject is not None, args.unparseable)) != 1:
+        raise UsageError("choose one of --all, --subject SUBJECT or --unparseable")
+    stub, auth = _sync_stub(args)
+    request = sync_pb.ReplayDeliveriesRequest(
+        all=args.all, subject=args.subject or "", unparseable=args.unparseable
+    )
+    results, _ = _stream(args, "replay", stub.ReplayDeliveries(request, metadata=auth))
+    changed = [r for r in results if r.changed]
+    if args.json:
+        _dump_json(
+            {"results": _as_dicts(results), "replayed": len(results), "changed": len(changed)}
+        )
+        return 0
+    for r in results:
+        before, after = sync_pb.Outcome.Name(r.previous_outcome), sync_pb.Outcome.Name(r.outcome)
+        if not r.changed and before == after:
+            continue
+        plans = f"  {r.previous_plan} → {r.plan}" if r.changed else ""
+        print(f"{r.event_id}  {r.type}  {r.subject}  {before} → {after}{plans}  {r.note}".rstrip())
+    print(f"replayed {len(results)} deliveries; {len(changed)} changed stored state")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    stub, auth = _sync_stub(args)
+    call = stub.VerifyState(sync_pb.VerifyStateRequest(), metadata=auth)
+    differences, last = _stream(args, "verify", call, field="differences")
+    if last is None or not last.finished:
+        print("error: verification ended without a result", file=sys.stderr)
+        return 3
+    if args.json:
+        _dump_json(
+            {
+                "subjects_checked": last.subjects_checked,
+                "deliveries_replayed": last.done,
+                "differences": _as_dicts(differences),
+            }
+        )
+    else:
+        for d in differences:
+            print(f"{d.subject:<32} {d.description}")
+        print(
+            f"rebuilt {last.subjects_checked} subjects from {last.done} stored deliveries: "
+            + (f"{len(differences)} differences" if differences else "no differences")
+        )
+    return 1 if differences else 0
+
+
+def cmd_catalog_check(args: argparse.Namespace) -> int:
+    stub, auth = _sync_stub(args)
+    r = stub.CheckCatalog(sync_pb.CheckCatalogRequest(), metadata=auth, timeout=120)
+    if args.json:
+        _print(r, True)
+    else:
+        print(f"{r.clerk_plans} plans at Clerk")
+        for p in r.unmapped_clerk_plans:
+            print(f"not in the catalog (resolves to the default plan): {p.slug} ({p.id}, {p.name})")
+        for slug in r.unknown_catalog_slugs:
+            print(f"in the catalog but not at Clerk: {slug}")
+        if not r.unmapped_clerk_plans and not r.unknown_catalog_slugs:
+            print("catalog and Clerk agree")
+    return 1 if r.unmapped_clerk_plans or r.unknown_catalog_slugs else 0
+
+
 def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
     """A realistic `subscriptionItem.active` for the pro plan (monthly)."""
     return {
@@ -225,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entitlements", description=__doc__)
     parser.add_argument("--target", help="service host:port (default ENTITLEMENTS_TARGET)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on long runs (default: when stderr is a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="may SUBJECT use FEATURE? (exit 1 when not)")
     p.add_argument("subject")
@@ -252,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_history)
+    p = sub.add_parser("reconcile", help="compare with Clerk's Backend API and repair")
+    p.add_argument("subjects", nargs="*", metavar="SUBJECT")
+    p.add_argument("--all", action="store_true", help="every known subject")
+    p.set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("replay", help="re-apply stored deliveries with the current parser")
+    p.add_argument("--all", action="store_true", help="every stored delivery")
+    p.add_argument("--subject", help="one subject's deliveries")
+    p.add_argument("--unparseable", action="store_true", help="those stored UNPARSEABLE")
+    p.set_defaults(func=cmd_replay)
+    sub.add_parser(
+        "verify", help="rebuild state from the stored log and compare (exit 1 on differences)"
+    ).set_defaults(func=cmd_verify)
+    p = sub.add_parser("catalog", help="catalog commands")
+    catalog = p.add_subparsers(dest="catalog_command", required=True)
+    catalog.add_parser(
+        "check", help="Clerk plans the catalog does not map, and catalog slugs Clerk lacks"
+    ).set_defaults(func=cmd_catalog_check)
     p = sub.add_parser("demo-webhook", help="send a signed sample pro activation to the gateway")
     p.add_argument("--subject", default="user_demo")
     p.add_argument("--url", help=f"webhook URL (default GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
@@ -271,5 +419,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         details = exc.details() if hasattr(exc, "details") else ""
         name = status.name if status is not None else "ERROR"
         print(f"error: {name}: {details}", file=sys.stderr)
-        code = 2 if status is grpc.StatusCode.INVALID_ARGUMENT else 3
+        usage = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+        code = 2 if status in usage else 3
     sys.exit(code)

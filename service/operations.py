@@ -87,6 +87,8 @@ class Reconciler:
                 results = await asyncio.gather(*(self.reconcile(api, s) for s in page))
                 done += len(results)
                 yield Progress(done, max(total, done), list(results))
+        if done == 0:
+            yield Progress(0, 0)  # a caller always hears how it ended
 
     async def _pages(self, subjects: Sequence[str] | None) -> AsyncIterator[list[str]]:
         if subjects is not None:
@@ -207,6 +209,8 @@ async def replay(
             batch.append(replayed)
         done += len(page)
         yield Progress(done, max(total, done), batch)
+    if done == 0:
+        yield Progress(0, 0)
 
 
 def replay_changed(replayed: ReplayResult) -> bool:

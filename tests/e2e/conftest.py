@@ -7,8 +7,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import SYNC_SECRET
+from tests.tools.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
 
-FORBIDDEN = (SYNC_SECRET, "whsec_", "ada@example.com", "Lovelace", "chaos@example.com")
+FORBIDDEN = (
+    SYNC_SECRET,
+    CLERK_SECRET_KEY,
+    "whsec_",
+    "ada@example.com",
+    "Lovelace",
+    "chaos@example.com",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -170,9 +170,18 @@ class Stack:
 
 
 @contextmanager
-def running_stack(database_url: str, log_dir: Path, **gateway_env: str) -> Iterator[Stack]:
+def running_stack(
+    database_url: str,
+    log_dir: Path,
+    service_extra: dict[str, str] | None = None,
+    **gateway_env: str,
+) -> Iterator[Stack]:
     signing_secret = new_signing_secret()
-    service_env = {"DATABASE_URL": database_url, "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
+    service_env = {
+        "DATABASE_URL": database_url,
+        "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
+        **(service_extra or {}),
+    }
     with service_process(service_env, log_dir / "service.log") as (_, target):
         env = {
             "ENTITLEMENTS_TARGET": target,

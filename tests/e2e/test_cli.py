@@ -13,13 +13,29 @@ import pytest
 
 from tests.e2e.service_process import SCRIPTS
 from tests.e2e.stack import WEBHOOK_PATH, Stack, running_stack
+from tests.support import SYNC_SECRET, db_query, event, now_ms
+from tests.tools.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
+from tests.tools.fake_clerk import FakeClerk, plan, serving_in_thread
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(database_url, tmp_path_factory.mktemp("cli")) as s:
+def fake_clerk() -> Iterator[FakeClerk]:
+    with serving_in_thread(FakeClerk()) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def stack(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, fake_clerk: FakeClerk
+) -> Iterator[Stack]:
+    clerk = {
+        "CLERK_SECRET_KEY": CLERK_SECRET_KEY,
+        "CLERK_API_URL": fake_clerk.url,
+        "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS": "0",  # on demand only: tests count requests
+    }
+    with running_stack(database_url, tmp_path_factory.mktemp("cli"), clerk) as s:
         yield s
 
 
@@ -78,8 +94,6 @@ def test_demo_webhook_without_secret_is_exit_2(stack: Stack, tmp_path: Path) -> 
 
 
 def test_grant_history_revoke(stack: Stack) -> None:
-    from tests.support import SYNC_SECRET
-
     subject = f"user_cligrant_{secrets.token_hex(4)}"
     env = {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
     granted = cli(
@@ -115,3 +129,104 @@ def test_grant_history_revoke(stack: Stack) -> None:
         cwd=Path("/"),
     )
     assert missing.returncode == 2 and "BILLING_WEBHOOK_SYNC_SECRET" in missing.stderr
+
+
+OPERATOR = {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
+
+
+def test_reconcile_repairs_a_lost_webhook(stack: Stack, fake_clerk: FakeClerk) -> None:
+    subject = f"user_clirec_{secrets.token_hex(4)}"
+    t0 = now_ms() - 600_000
+    created = event("subscription_created_free", at_ms=t0, subject=subject)
+    assert stack.send(created).status == 200
+    # The pro activation webhook was lost; Clerk's API has it.
+    pro = event("item_active_pro_month", at_ms=t0 + 60_000, subject=subject)["data"]
+    free = dict(created["data"]["items"][0], status="ended")
+    fake_clerk.subscription_for(subject, [free, pro], updated_at=t0 + 60_000)
+    r = cli(stack, "reconcile", subject, env=OPERATOR)
+    assert r.returncode == 0, r.stderr
+    assert "repaired" in r.stdout and "free → pro" in r.stdout and "rcn_" in r.stdout
+    assert cli(stack, "check", subject, "dataExport").returncode == 0
+    history = cli(stack, "history", subject, env=OPERATOR)
+    assert "subscription.reconciled" in history.stdout
+
+    # --all with a progress bar and JSON; the repaired subject is now in sync.
+    every = cli(stack, "--json", "--progress", "reconcile", "--all", env=OPERATOR)
+    assert every.returncode == 0, every.stderr
+    mine = [x for x in json.loads(every.stdout)["results"] if x["subject"] == subject]
+    assert mine[0]["status"] == "RECONCILE_STATUS_IN_SYNC"
+    assert "reconcile" in every.stderr and "100%" in every.stderr
+
+    # Clerk down (after retries): exit 3, nothing changed.
+    fake_clerk.scripted = [(503, {})] * 5
+    down = cli(stack, "reconcile", subject, env=OPERATOR)
+    assert down.returncode == 3 and "failed" in down.stdout
+    assert cli(stack, "check", subject, "dataExport").returncode == 0
+
+
+def test_replay_after_a_parser_fix(stack: Stack) -> None:
+    subject = f"user_clireplay_{secrets.token_hex(4)}"
+    payload = event("item_active_pro_month", at_ms=now_ms() - 60_000, subject=subject)
+    event_id = f"msg_{secrets.token_hex(8)}"
+    # What a release with a parser bug stored: the delivery, marked UNPARSEABLE, no state.
+    db_query(
+        stack.database_url,
+        """INSERT INTO deliveries (event_id, type, payload, outcome, received_at)
+           VALUES ($1, 'subscriptionItem.active', $2, 'UNPARSEABLE', now())""",
+        event_id,
+        json.dumps(payload).encode(),
+    )
+    assert cli(stack, "check", subject, "dataExport").returncode == 1
+    r = cli(stack, "replay", "--unparseable", env=OPERATOR)
+    assert r.returncode == 0, r.stderr
+    assert event_id in r.stdout and "UNPARSEABLE → APPLIED  free → pro" in r.stdout
+    assert cli(stack, "check", subject, "dataExport").returncode == 0
+    again = cli(stack, "--json", "replay", "--subject", subject, env=OPERATOR)
+    assert json.loads(again.stdout)["changed"] == 0 and json.loads(again.stdout)["replayed"] == 1
+    bad = cli(stack, "replay", env=OPERATOR)
+    assert bad.returncode == 2 and "--unparseable" in bad.stderr
+
+
+def test_verify_clean_then_corrupted(stack: Stack) -> None:
+    subject = f"user_cliverify_{secrets.token_hex(4)}"
+    t = now_ms() - 600_000
+    stack.send(event("item_active_pro_month", at_ms=t, subject=subject))
+    stack.send(event("item_canceled_pro", at_ms=t + 60_000, subject=subject))
+    clean = cli(stack, "verify", env=OPERATOR)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no differences" in clean.stdout
+    item_of = "SELECT item_id FROM items WHERE subject = $1"
+    item_id = db_query(stack.database_url, item_of, subject)[0]["item_id"]
+    corrupt = "UPDATE items SET status = $2, lifecycle_rank = $3 WHERE item_id = $1"
+    db_query(stack.database_url, corrupt, item_id, "ended", 4)
+    try:
+        found = cli(stack, "--json", "verify", env=OPERATOR)
+        assert found.returncode == 1
+        report = json.loads(found.stdout)
+        assert [d["subject"] for d in report["differences"]] == [subject, subject]
+        assert report["subjects_checked"] >= 1 and report["deliveries_replayed"] >= 2
+    finally:
+        db_query(stack.database_url, corrupt, item_id, "canceled", 3)
+    assert cli(stack, "verify", env=OPERATOR).returncode == 0
+
+
+def test_catalog_check(stack: Stack, fake_clerk: FakeClerk) -> None:
+    fake_clerk.plans = [plan("free_user", "cplan_f", "Free"), plan("team", "cplan_t", "Team")]
+    r = cli(stack, "catalog", "check", env=OPERATOR)
+    assert r.returncode == 1
+    assert "not in the catalog (resolves to the default plan): team" in r.stdout
+    assert "in the catalog but not at Clerk: lifetime" in r.stdout
+    fake_clerk.plans = [
+        plan(slug, f"cplan_{slug}", slug)
+        for slug in (
+            "free_user",
+            "free_org",
+            "free",
+            "pro",
+            "pro_monthly",
+            "pro_yearly",
+            "lifetime",
+        )
+    ]
+    ok = cli(stack, "catalog", "check", env=OPERATOR)
+    assert ok.returncode == 0 and "catalog and Clerk agree" in ok.stdout
