@@ -29,6 +29,7 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from service.config import sync_secrets
 from service.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
@@ -114,7 +115,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 
 def _sync_stub(args: argparse.Namespace) -> tuple[sync_grpc.BillingSyncServiceStub, Any]:
-    secret = _env("BILLING_WEBHOOK_SYNC_SECRET")
+    secret = next(iter(sync_secrets(_env("BILLING_WEBHOOK_SYNC_SECRET"))), None)
     if not secret:
         raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
     target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")

@@ -113,12 +113,24 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def sync_secrets(secret: str | None) -> list[str]:
+    """BILLING_WEBHOOK_SYNC_SECRET may list several secrets (spaces or commas) during a
+    rotation: the service accepts any of them, callers send the first."""
+    return (secret or "").replace(",", " ").split()
+
+
 def check_sync_secret(secret: str | None) -> None:
-    if secret is not None and len(secret) < MIN_SECRET_LENGTH:
-        raise ConfigError(
-            f"BILLING_WEBHOOK_SYNC_SECRET must be at least {MIN_SECRET_LENGTH} characters "
-            f"(got {len(secret)})"
-        )
+    if secret is None:
+        return
+    tokens = sync_secrets(secret)
+    if not tokens:
+        raise ConfigError("BILLING_WEBHOOK_SYNC_SECRET is blank")
+    for token in tokens:
+        if len(token) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"BILLING_WEBHOOK_SYNC_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+                f"per secret (got {len(token)})"
+            )
 
 
 def load_catalog(path: str | Path | None) -> Catalog:

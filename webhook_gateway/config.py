@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from svix.webhooks import Webhook
 
-from service.config import ConfigError, check_sync_secret
+from service.config import ConfigError, check_sync_secret, sync_secrets
 from service.tls import ClientTls
 
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
@@ -50,6 +50,8 @@ class GatewaySettings:
             raise ConfigError(f"GATEWAY_LISTEN must be host:port, got {listen!r}")
         sync_secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
         check_sync_secret(sync_secret)
+        if sync_secret is not None:
+            sync_secret = sync_secrets(sync_secret)[0]  # during a rotation: the first is sent
         timeout_raw = env.get("GATEWAY_FORWARD_TIMEOUT_SECONDS") or "10"
         try:
             timeout = float(timeout_raw)

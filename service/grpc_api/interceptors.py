@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from service.config import sync_secrets
 from service.domain.subjects import InvalidArgument
 from service.store.postgres import StoreUnavailable
 
@@ -146,7 +147,8 @@ class BillingAuthInterceptor(aio.ServerInterceptor):
     """Guards BillingSyncService with `authorization: Bearer <secret>` (constant-time compare)."""
 
     def __init__(self, secret: str | None) -> None:
-        self._expected = f"Bearer {secret}".encode() if secret else None
+        # Several secrets (space/comma separated) are accepted during a rotation.
+        self._accepted = [f"Bearer {s}".encode() for s in sync_secrets(secret)]
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -154,13 +156,15 @@ class BillingAuthInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
             return handler
-        if self._expected is None:
+        if not self._accepted:
             return _deny(handler, grpc.StatusCode.FAILED_PRECONDITION, CONFIG_ERROR_MESSAGE)
         presented = b""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 presented = value.encode() if isinstance(value, str) else value
-        if not hmac.compare_digest(presented, self._expected):
+        # Compare with every accepted secret (no early exit): time says nothing about which.
+        matches = [hmac.compare_digest(presented, expected) for expected in self._accepted]
+        if not any(matches):
             log.warning("rejected %s: missing or wrong bearer token", handler_call_details.method)
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
         return handler

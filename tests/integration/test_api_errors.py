@@ -71,6 +71,26 @@ async def test_service_without_secret_answers_config_error(database_url: str, cl
         assert await plan_of(h, "user_nosecret") == "free"
 
 
+async def test_sync_secret_rotation_accepts_each_listed_secret(
+    database_url: str, clock: Clock
+) -> None:
+    new = "n" * 40
+    async for h in start_harness(database_url, clock, secret=f"{new}, {SYNC_SECRET}"):
+        for secret in (new, SYNC_SECRET):
+            r = await h.sync.ApplyBillingEvent(
+                apply_request("user_rotation_" + new_event_id()[4:12]),
+                metadata=(("authorization", f"Bearer {secret}"),),
+            )
+            assert r.outcome == sync_pb.APPLIED
+        for wrong in ("o" * 40, f"{new} {SYNC_SECRET}", f"{new}, {SYNC_SECRET}"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await h.sync.ApplyBillingEvent(
+                    apply_request("user_rotation_x"),
+                    metadata=(("authorization", f"Bearer {wrong}"),),
+                )
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 @pytest.mark.parametrize(
     ("subject", "problem"),
     [

@@ -40,3 +40,41 @@ def test_values_are_read() -> None:
         "c.toml",
         "s" * 32,
     )
+
+
+def test_reconciliation_is_off_without_clerk_secret_key() -> None:
+    s = ServiceSettings.from_env({"CLERK_API_URL": "http://127.0.0.1:9/v1"})
+    assert s.clerk is None and s.reconcile_interval_seconds == 3600
+
+
+def test_clerk_settings_are_read_and_checked() -> None:
+    s = ServiceSettings.from_env(
+        {
+            "CLERK_SECRET_KEY": "sk_test_abc",
+            "CLERK_API_URL": "http://127.0.0.1:9/v1",
+            "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS": "0",
+        }
+    )
+    assert s.clerk is not None and s.clerk.base_url == "http://127.0.0.1:9/v1"
+    assert s.reconcile_interval_seconds == 0
+    assert ServiceSettings.from_env({"CLERK_SECRET_KEY": "sk_x"}).clerk.base_url.startswith(  # type: ignore[union-attr]
+        "https://api.clerk.com"
+    )
+    for env, name in (
+        ({"CLERK_SECRET_KEY": "sk_a", "CLERK_API_URL": "ftp://x"}, "CLERK_API_URL"),
+        ({"CLERK_SECRET_KEY": "sk a"}, "CLERK_SECRET_KEY"),
+        ({"ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS": "-5"}, "RECONCILE_INTERVAL"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            ServiceSettings.from_env(env)
+
+
+def test_sync_secret_may_list_several_during_rotation() -> None:
+    from webhook_gateway.config import GatewaySettings
+
+    both = f"{'a' * 32}, {'b' * 32}"
+    assert ServiceSettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": both}).sync_secret == both
+    gateway = GatewaySettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": both})
+    assert gateway.sync_secret == "a" * 32  # callers send the first
+    with pytest.raises(ConfigError, match="per secret"):
+        ServiceSettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": f"{'a' * 32} short"})
