@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.config import load_catalog
@@ -195,18 +197,25 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
                     want.limits,
                 ):
                     mismatches.append((subject, got.plan, want.plan))
+            # The live state must also be what the stored log rebuilds to (in event-id order,
+            # not the shuffled arrival order).
+            sync = sync_grpc.BillingSyncServiceStub(channel)
+            auth = (("authorization", f"Bearer {SYNC_SECRET}"),)
+            verified = list(sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=auth))[-1]
         print(
             f"\nchaos: {len(messages)} events over {len(expected)} subjects in {elapsed:.1f} s; "
             f"faults injected {faults}; attempts {stats.attempts}, retries {stats.retries}, "
             f"duplicates sent {stats.duplicates_sent}, "
             f"statuses {dict(sorted(stats.statuses.items()))}; "
-            f"stored {len(ids)} ({len(set(ids))} distinct); final mismatches {len(mismatches)}"
+            f"stored {len(ids)} ({len(set(ids))} distinct); final mismatches {len(mismatches)}; "
+            f"verify: {verified.subjects_checked} subjects, {len(verified.differences)} differences"
         )
         assert not stats.failed, f"{len(stats.failed)} deliveries never got a 2xx"
         assert sum(faults.values()) >= 3, "too few faults injected to mean anything"
         assert len(ids) == len(set(ids)) == len(messages)  # every delivery stored exactly once
         assert all(r["outcome"] != "PENDING" for r in stored)
         assert mismatches == [], mismatches[:10]
+        assert verified.finished and list(verified.differences) == []
         for log in (tmp_path / "service.log", tmp_path / "gateway.log"):
             text = log.read_text(errors="replace")
             assert SYNC_SECRET not in text and "chaos@example.com" not in text
