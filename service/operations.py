@@ -28,6 +28,7 @@ from service.store.postgres import (
     ReplayResult,
     Store,
     StoredDelivery,
+    StoreSnapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,11 @@ class VerifyReport:
 
 async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | VerifyReport]:
     """Rebuild all state from the stored deliveries and grants in a scratch schema and compare
-    it with the live state; yields progress, then the report. The scratch schema is dropped
-    whatever happens."""
+    it with the live state; yields progress, then the report.
+
+    Both sides come from one repeatable-read snapshot, so writes during the run cannot show up
+    as differences. The scratch schema is dropped whatever happens.
+    """
     schema = f"verify_{uuid.uuid4().hex[:16]}"
     await store.create_schema(schema)
     try:
@@ -238,40 +242,41 @@ async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | Ver
             store.dsn, catalog, min_size=1, max_size=4, clock=store.now_ms, schema=schema
         )
         try:
-            await store.copy_grants_to(schema)
-            everything = DeliverySelector()
-            total = await store.count_deliveries(everything)
-            done = 0
-            after = ""
-            slots = asyncio.Semaphore(4)
+            async with store.snapshot() as snapshot:
+                await scratch.insert_grants(await snapshot.grants())
+                everything = DeliverySelector()
+                total = await snapshot.count_deliveries(everything)
+                done = 0
+                after = ""
+                slots = asyncio.Semaphore(4)
 
-            async def rebuild(delivery: StoredDelivery) -> None:
-                async with slots:
-                    await scratch.apply(
-                        delivery.event_id,
-                        delivery.type,
-                        delivery.payload,
-                        delivery.received_at,
-                        normalize_stored(delivery),
-                        source=delivery.source,
-                        signed_at_ms=delivery.signed_at_ms,
-                    )
+                async def rebuild(delivery: StoredDelivery) -> None:
+                    async with slots:
+                        await scratch.apply(
+                            delivery.event_id,
+                            delivery.type,
+                            delivery.payload,
+                            delivery.received_at,
+                            normalize_stored(delivery),
+                            source=delivery.source,
+                            signed_at_ms=delivery.signed_at_ms,
+                        )
 
-            while page := await store.deliveries_page(everything, after, PAGE * 5):
-                after = page[-1].event_id
-                await asyncio.gather(*(rebuild(d) for d in page))
-                done += len(page)
-                yield Progress(done, max(total, done))
-            yield await _compare(store, scratch, catalog)
+                while page := await snapshot.deliveries_page(everything, after, PAGE * 5):
+                    after = page[-1].event_id
+                    await asyncio.gather(*(rebuild(d) for d in page))
+                    done += len(page)
+                    yield Progress(done, max(total, done))
+                yield await _compare(snapshot, scratch, catalog, store.now_ms())
         finally:
             await scratch.close()
     finally:
         await store.drop_schema(schema)
 
 
-async def _compare(live: Store, rebuilt: Store, catalog: Catalog) -> VerifyReport:
-    live_items, live_subjects = await live.snapshot_for_verification()
-    new_items, new_subjects = await rebuilt.snapshot_for_verification()
+async def _compare(live: StoreSnapshot, rebuilt: Store, catalog: Catalog, now: int) -> VerifyReport:
+    live_items, live_subjects = await live.verification_rows()
+    new_items, new_subjects = await rebuilt.verification_rows()
     differences: list[tuple[str, str]] = []
     subject_at = VERIFIED_ITEM_COLUMNS.index("subject")
     for item_id in sorted(live_items.keys() | new_items.keys()):
@@ -290,7 +295,6 @@ async def _compare(live: Store, rebuilt: Store, catalog: Catalog) -> VerifyRepor
                     f"rebuilt {new_subjects.get(subject)}",
                 )
             )
-    now = live.now_ms()
     live_states = await live.load_states(subjects)
     new_states = await rebuilt.load_states(subjects)
     for subject in subjects:

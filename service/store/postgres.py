@@ -497,25 +497,13 @@ class Store:
         """Stored deliveries matching `selector`, in event-id order after `after`."""
 
         async def work(conn: Conn) -> list[StoredDelivery]:
-            rows = await conn.fetch(
-                f"""SELECT event_id, type, payload, outcome, received_at, signed_at_ms, source
-                      FROM deliveries WHERE event_id > $1 AND {selector.where(3)}
-                     ORDER BY event_id LIMIT $2""",
-                after,
-                limit,
-                *selector.args,
-            )
-            return [StoredDelivery(**dict(r)) for r in rows]
+            return await _deliveries_page(conn, selector, after, limit)
 
         return await self._run(work)
 
     async def count_deliveries(self, selector: DeliverySelector) -> int:
         async def work(conn: Conn) -> int:
-            return int(
-                await conn.fetchval(
-                    f"SELECT count(*) FROM deliveries WHERE {selector.where(1)}", *selector.args
-                )
-            )
+            return await _count_deliveries(conn, selector)
 
         return await self._run(work)
 
@@ -531,8 +519,7 @@ class Store:
         async def work(conn: Conn) -> ReplayResult | None:
             async with conn.transaction():
                 row = await conn.fetchrow(
-                    """SELECT event_id, type, payload, outcome, received_at, signed_at_ms, source
-                         FROM deliveries WHERE event_id = $1 FOR UPDATE""",
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 FOR UPDATE",
                     event_id,
                 )
                 if row is None:
@@ -552,20 +539,42 @@ class Store:
 
         return await self._run(work)
 
-    async def snapshot_for_verification(
-        self,
-    ) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
-        """Every item row (without bookkeeping columns) and every subject's deletion time."""
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[StoreSnapshot]:
+        """A read-only repeatable-read view of everything. A delivery commits in one
+        transaction with its effects, so the view holds each delivery with exactly its
+        effects, whatever is written meanwhile."""
+        try:
+            async with (
+                self._pool.acquire(timeout=5) as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield StoreSnapshot(conn)
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
 
-        async def work(conn: Conn) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
-            items = await conn.fetch(f"SELECT {', '.join(VERIFIED_ITEM_COLUMNS)} FROM items")
-            subjects = await conn.fetch("SELECT subject, deleted_at_ms FROM subjects")
-            return (
-                {r["item_id"]: tuple(r) for r in items},
-                {r["subject"]: r["deleted_at_ms"] for r in subjects},
-            )
+    async def verification_rows(self) -> VerificationRows:
+        async def work(conn: Conn) -> VerificationRows:
+            return await _verification_rows(conn)
 
         return await self._run(work)
+
+    async def insert_grants(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Grants as stored elsewhere (verification's scratch schema: grants are their own log)."""
+
+        async def work(conn: Conn) -> None:
+            async with conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING",
+                    [(subject,) for subject in sorted({row[1] for row in rows})],
+                )
+                await conn.executemany(
+                    f"INSERT INTO grants ({_GRANT_COLUMNS}) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    rows,
+                )
+
+        await self._run(work)
 
     async def create_schema(self, schema: str) -> None:
         async def work(conn: Conn) -> None:
@@ -578,27 +587,6 @@ class Store:
             await conn.execute(f"DROP SCHEMA IF EXISTS {_identifier(schema)} CASCADE")
 
         await self._run(work)
-
-    async def copy_grants_to(self, schema: str) -> int:
-        """Grants are their own log: the scratch schema gets them as stored."""
-
-        async def work(conn: Conn) -> int:
-            target = _identifier(schema)
-            async with conn.transaction():
-                await conn.execute(
-                    f"""INSERT INTO {target}.subjects (subject)
-                        SELECT DISTINCT subject FROM grants ON CONFLICT DO NOTHING"""
-                )
-                status = await conn.execute(
-                    f"""INSERT INTO {target}.grants
-                          (grant_id, subject, plan, reason, granted_at_ms, expires_at_ms,
-                           revoked_at_ms, revoke_reason, created_at)
-                        SELECT grant_id, subject, plan, reason, granted_at_ms, expires_at_ms,
-                               revoked_at_ms, revoke_reason, created_at FROM grants"""
-                )
-                return int(status.split()[-1])
-
-        return await self._run(work)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -969,3 +957,67 @@ async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectStat
         )
         for s in subjects
     }
+
+
+_GRANT_COLUMNS = (
+    "grant_id, subject, plan, reason, granted_at_ms, expires_at_ms, revoked_at_ms, "
+    "revoke_reason, created_at"
+)
+_DELIVERY_COLUMNS = "event_id, type, payload, outcome, received_at, signed_at_ms, source"
+VerificationRows = tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]
+
+
+async def _deliveries_page(
+    conn: Conn, selector: DeliverySelector, after: str, limit: int
+) -> list[StoredDelivery]:
+    rows = await conn.fetch(
+        f"""SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id > $1 AND {selector.where(3)}
+             ORDER BY event_id LIMIT $2""",
+        after,
+        limit,
+        *selector.args,
+    )
+    return [StoredDelivery(**dict(r)) for r in rows]
+
+
+async def _count_deliveries(conn: Conn, selector: DeliverySelector) -> int:
+    return int(
+        await conn.fetchval(
+            f"SELECT count(*) FROM deliveries WHERE {selector.where(1)}", *selector.args
+        )
+    )
+
+
+async def _verification_rows(conn: Conn) -> VerificationRows:
+    """Every item row (state columns only) and every subject's deletion time."""
+    items = await conn.fetch(f"SELECT {', '.join(VERIFIED_ITEM_COLUMNS)} FROM items")
+    subjects = await conn.fetch("SELECT subject, deleted_at_ms FROM subjects")
+    return (
+        {r["item_id"]: tuple(r) for r in items},
+        {r["subject"]: r["deleted_at_ms"] for r in subjects},
+    )
+
+
+class StoreSnapshot:
+    """Reads inside one repeatable-read transaction (see `Store.snapshot`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def count_deliveries(self, selector: DeliverySelector) -> int:
+        return await _count_deliveries(self._conn, selector)
+
+    async def deliveries_page(
+        self, selector: DeliverySelector, after: str, limit: int
+    ) -> list[StoredDelivery]:
+        return await _deliveries_page(self._conn, selector, after, limit)
+
+    async def grants(self) -> list[tuple[Any, ...]]:
+        rows = await self._conn.fetch(f"SELECT {_GRANT_COLUMNS} FROM grants")
+        return [tuple(r) for r in rows]
+
+    async def verification_rows(self) -> VerificationRows:
+        return await _verification_rows(self._conn)
+
+    async def load_states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
+        return await _load_states(self._conn, list(dict.fromkeys(subjects)))

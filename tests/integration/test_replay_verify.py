@@ -3,6 +3,7 @@ state against a rebuild from the stored log in a scratch schema."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
@@ -136,3 +137,27 @@ async def test_verify_is_clean_then_finds_a_corrupted_row(
     mine = [d.description for d in found.differences if d.subject == canceled]
     assert mine and "status live 'active', rebuilt 'canceled'" in mine[0]
     assert {d.subject for d in found.differences} == {canceled}
+
+
+async def test_verify_ignores_writes_made_while_it_runs(harness: Harness) -> None:
+    at = now_ms() - 30 * MINUTE
+    for n in range(150):
+        await apply(harness, event("item_active_pro_month", at_ms=at, subject=f"user_base_{n}"))
+    stop = asyncio.Event()
+
+    async def keep_writing() -> int:
+        n = 0
+        while not stop.is_set():
+            who = subject(f"busy{n}")
+            await apply(harness, event("item_active_pro_month", at_ms=at, subject=who))
+            await apply(harness, event("item_canceled_pro", at_ms=at + MINUTE, subject=who))
+            n += 1
+        return n
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        report = await verify(harness)
+    finally:
+        stop.set()
+        written = await writer
+    assert written > 0 and list(report.differences) == []
