@@ -161,7 +161,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         elif e.kind == sync_pb.HISTORY_KIND_GRANT:
             detail = f"{e.to_plan}  {e.event_id}  {e.note}"
         else:
-            detail = f"{e.type}  {sync_pb.Outcome.Name(e.outcome)}  {e.event_id}  {e.note}"
+            source = f"  [{e.source}]" if e.source and e.source != "webhook" else ""
+            detail = f"{e.type}  {sync_pb.Outcome.Name(e.outcome)}  {e.event_id}{source}  {e.note}"
         print(f"{when}  {kind:<11} {detail}".rstrip())
     return 0
 

@@ -201,14 +201,17 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
             # not the shuffled arrival order).
             sync = sync_grpc.BillingSyncServiceStub(channel)
             auth = (("authorization", f"Bearer {SYNC_SECRET}"),)
+            verify_started = time.monotonic()
             verified = list(sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=auth))[-1]
+            verify_seconds = time.monotonic() - verify_started
         print(
             f"\nchaos: {len(messages)} events over {len(expected)} subjects in {elapsed:.1f} s; "
             f"faults injected {faults}; attempts {stats.attempts}, retries {stats.retries}, "
             f"duplicates sent {stats.duplicates_sent}, "
             f"statuses {dict(sorted(stats.statuses.items()))}; "
             f"stored {len(ids)} ({len(set(ids))} distinct); final mismatches {len(mismatches)}; "
-            f"verify: {verified.subjects_checked} subjects, {len(verified.differences)} differences"
+            f"verify: {verified.subjects_checked} subjects, "
+            f"{len(verified.differences)} differences in {verify_seconds:.1f} s"
         )
         assert not stats.failed, f"{len(stats.failed)} deliveries never got a 2xx"
         assert sum(faults.values()) >= 3, "too few faults injected to mean anything"

@@ -148,7 +148,7 @@ def test_reconcile_repairs_a_lost_webhook(stack: Stack, fake_clerk: FakeClerk) -
     assert "repaired" in r.stdout and "free → pro" in r.stdout and "rcn_" in r.stdout
     assert cli(stack, "check", subject, "dataExport").returncode == 0
     history = cli(stack, "history", subject, env=OPERATOR)
-    assert "subscription.reconciled" in history.stdout
+    assert "subscription.reconciled  APPLIED" in history.stdout and "[reconcile]" in history.stdout
 
     # --all with a progress bar and JSON; the repaired subject is now in sync.
     every = cli(stack, "--json", "--progress", "reconcile", "--all", env=OPERATOR)
