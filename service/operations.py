@@ -262,7 +262,7 @@ async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | Ver
                             signed_at_ms=delivery.signed_at_ms,
                         )
 
-                while page := await snapshot.deliveries_page(everything, after, PAGE * 5):
+                while page := await snapshot.deliveries_page(everything, after, PAGE):
                     after = page[-1].event_id
                     await asyncio.gather(*(rebuild(d) for d in page))
                     done += len(page)

@@ -471,7 +471,11 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     ) -> AsyncIterator[sync_pb.ReconcileResponse]:
         if request.all == bool(request.subjects):
             raise InvalidArgument("give either subjects or all (not both)")
-        subjects = [require_subject(s) for s in request.subjects] if request.subjects else None
+        subjects = (
+            list(dict.fromkeys(require_subject(s) for s in request.subjects))
+            if request.subjects
+            else None
+        )
         if subjects is not None and len(subjects) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} subjects per call (or all)")
         async for progress in self._reconciler().run(subjects):

@@ -526,6 +526,11 @@ class Store:
                     return None
                 stored = StoredDelivery(**dict(row))
                 event = normalize(stored)
+                if event.kind is EventKind.UNPARSEABLE and stored.outcome != Outcome.UNPARSEABLE:
+                    # The parser now fails on what it once read: keep the stored outcome and
+                    # state rather than let a regression erase them.
+                    kept = ApplyResult(stored.outcome, None, None, None, 0, (event.error or "",))
+                    return ReplayResult(stored, event, kept)
                 if event.subject is not None and event.kind in _SUBJECT_KINDS:
                     await conn.execute(_LOCK_SUBJECT, event.subject)
                 result = await self._apply_recorded(conn, event_id, event, stored.outcome)

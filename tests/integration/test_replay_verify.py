@@ -12,6 +12,8 @@ import pytest
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from service.domain.events import EventKind, NormalizedEvent
+from service.operations import replay as replay_job
+from service.store.postgres import DeliverySelector, StoredDelivery
 from tests.conftest import Harness
 from tests.integration.helpers import apply, entitlements, plan_of
 from tests.support import body, event, new_event_id, now_ms
@@ -161,3 +163,30 @@ async def test_verify_ignores_writes_made_while_it_runs(harness: Harness) -> Non
         stop.set()
         written = await writer
     assert written > 0 and list(report.differences) == []
+
+
+async def test_replay_with_a_parser_that_regressed_keeps_what_is_stored(harness: Harness) -> None:
+    who = subject("regress")
+    applied = await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=who))
+    version = applied.version
+
+    def broken(delivery: StoredDelivery) -> NormalizedEvent:
+        return NormalizedEvent(EventKind.UNPARSEABLE, delivery.type, error="new parser bug")
+
+    results = [
+        r
+        async for progress in replay_job(
+            harness.store, DeliverySelector(subject=who), lambda _: None, broken
+        )
+        for r in progress.batch
+    ]
+    assert [(r.result.outcome, r.result.notes) for r in results] == [
+        ("APPLIED", ("new parser bug",))
+    ]
+    ent = await entitlements(harness, who)
+    assert (ent.plan, ent.version) == ("pro", version)
+    history = await harness.sync.GetSubjectHistory(
+        sync_pb.GetSubjectHistoryRequest(subject=who), metadata=harness.auth
+    )
+    deliveries = [e for e in history.entries if e.kind == sync_pb.HISTORY_KIND_DELIVERY]
+    assert [e.outcome for e in deliveries] == [sync_pb.APPLIED]
