@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -89,7 +90,7 @@ class ClerkApi:
                 f"{subject!r} is not a Clerk user or organization id", retryable=False
             )
         collection = "organizations" if kind is SubjectKind.ORGANIZATION else "users"
-        return await self._get(f"/{collection}/{subject}/billing/subscription", {})
+        return await self._get(f"/{collection}/{quote(subject, safe='')}/billing/subscription", {})
 
     async def plans(self) -> list[Mapping[str, Any]]:
         """Every billing plan of the instance (paged)."""

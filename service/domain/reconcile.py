@@ -9,6 +9,7 @@ put in the synthetic event, so an in-sync subject changes nothing and gets no ne
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -33,13 +34,16 @@ class SubjectKind(Enum):
     ORGANIZATION = "organizations"
 
 
+_CLERK_ID = re.compile(r"^(user|org)_[A-Za-z0-9_]+$")
+
+
 def clerk_kind(subject: str) -> SubjectKind | None:
-    """Which Backend API collection a subject lives in; None when it is not a Clerk id."""
-    if subject.startswith("org_"):
-        return SubjectKind.ORGANIZATION
-    if subject.startswith("user_"):
-        return SubjectKind.USER
-    return None
+    """Which Backend API collection a subject lives in; None when it is not a Clerk id
+    (only such ids ever reach a URL path)."""
+    match = _CLERK_ID.match(subject)
+    if match is None:
+        return None
+    return SubjectKind.ORGANIZATION if match.group(1) == "org" else SubjectKind.USER
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ def test_unusable_snapshot_is_an_error_not_a_change() -> None:
 def test_clerk_kind_by_prefix() -> None:
     assert clerk_kind("org_1") is not None and clerk_kind("user_1") is not None
     assert clerk_kind("acct_1") is None
+    for hostile in ("user_x/../../billing/plans", "org_a?x=1", "user_", "user_é"):
+        assert clerk_kind(hostile) is None
 
 
 def test_retry_after_forms() -> None:
