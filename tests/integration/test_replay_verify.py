@@ -190,3 +190,18 @@ async def test_replay_with_a_parser_that_regressed_keeps_what_is_stored(harness:
     )
     deliveries = [e for e in history.entries if e.kind == sync_pb.HISTORY_KIND_DELIVERY]
     assert [e.outcome for e in deliveries] == [sync_pb.APPLIED]
+
+
+async def test_concurrent_replays_apply_each_delivery_once(harness: Harness) -> None:
+    at = now_ms() - MINUTE
+    people = [subject(f"conc{n}") for n in range(20)]
+    for who in people:
+        await store_as_an_older_parser_did(
+            harness, event("item_active_pro_month", at_ms=at, subject=who)
+        )
+    runs = await asyncio.gather(*(replay(harness, unparseable=True) for _ in range(3)))
+    changed = [r.event_id for run in runs for r in run if r.changed]
+    assert len(changed) == len(set(changed)) == len(people)  # each applied by one run only
+    for who in people:
+        assert await plan_of(harness, who) == "pro"
+        assert await plan_change_count(harness, who) == 1
