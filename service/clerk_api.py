@@ -44,6 +44,10 @@ class ClerkApiSettings:
     max_attempts: int = 5
     concurrency: int = 4
     backoff_seconds: float = 0.5
+    # After this many failed requests in a row (5xx, connection errors, timeouts) or one
+    # refused key, the client stops asking for the rest of its life: a reconciliation pass
+    # does not hammer an API that is down, and the remaining subjects are reported FAILED.
+    give_up_after: int = 20
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -70,6 +74,8 @@ class ClerkApi:
         self._paused_until = 0.0
         self.requests = 0
         self.rate_limited = 0
+        self._failures_in_a_row = 0
+        self._last_failure = ""
 
     async def __aenter__(self) -> ClerkApi:
         self._session = aiohttp.ClientSession(
@@ -114,10 +120,13 @@ class ClerkApi:
         for attempt in range(1, self._settings.max_attempts + 1):
             async with self._slots:
                 await self._wait_out_pause()
+                self._check_not_given_up()
                 self.requests += 1
                 try:
                     async with self._session.get(url, params=dict(params)) as response:
                         status = response.status
+                        if status in (200, 404):
+                            self._failures_in_a_row = 0
                         if status == 200:
                             body = await response.json(content_type=None)
                             if not isinstance(body, dict):
@@ -132,19 +141,33 @@ class ClerkApi:
                             problem = "rate limited (429)"
                             continue
                         if status in (401, 403):
+                            self._failed(f"HTTP {status}", refused=True)
                             raise ClerkApiError(
-                                f"{path}: {status}: check CLERK_SECRET_KEY", retryable=False
+                                f"{path}: {status}: check CLERK_SECRET_KEY",
+                                retryable=False,
                             )
                         if status < 500:
                             raise ClerkApiError(f"{path}: HTTP {status}", retryable=False)
                         problem = f"HTTP {status}"
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     problem = type(exc).__name__
+                self._failed(problem)
             if attempt < self._settings.max_attempts:
                 await asyncio.sleep(self._backoff(attempt))
         raise ClerkApiError(
             f"{path}: {problem} after {self._settings.max_attempts} attempts", retryable=True
         )
+
+    def _failed(self, problem: str, *, refused: bool = False) -> None:
+        self._failures_in_a_row += self._settings.give_up_after if refused else 1
+        self._last_failure = problem
+
+    def _check_not_given_up(self) -> None:
+        if self._failures_in_a_row >= self._settings.give_up_after:
+            raise ClerkApiError(
+                f"not asked: Clerk's API keeps failing (last: {self._last_failure})",
+                retryable=True,
+            )
 
     def _backoff(self, attempt: int) -> float:
         base = self._settings.backoff_seconds * 2 ** (attempt - 1)

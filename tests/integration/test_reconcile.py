@@ -228,3 +228,18 @@ async def test_catalog_check_lists_both_directions(rh: Harness, fake: FakeClerk)
     assert r.clerk_plans == 153
     assert "team" in [p.slug for p in r.unmapped_clerk_plans] and len(r.unmapped_clerk_plans) == 151
     assert "lifetime" in r.unknown_catalog_slugs and "pro" not in r.unknown_catalog_slugs
+
+
+async def test_a_pass_stops_asking_an_api_that_keeps_failing(rh: Harness, fake: FakeClerk) -> None:
+    t = now_ms() - MINUTE
+    people = [subject(f"outage{n}") for n in range(12)]
+    for who in people:
+        await apply(rh, event("item_active_pro_month", at_ms=t, subject=who))
+    fake.scripted = [(500, {})] * 1000
+    by_subject = results(await reconcile(rh, *people))
+    assert all(r.status == sync_pb.RECONCILE_STATUS_FAILED for r in by_subject.values())
+    # At most four requests are in flight when the 20th failure in a row lands; then no more.
+    assert 20 <= len(fake.seen) <= 20 + 4
+    assert any("not asked" in r.detail for r in by_subject.values())
+    for who in people:
+        assert await plan_of(rh, who) == "pro"
