@@ -29,7 +29,7 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from service.config import sync_secrets
+from service.config import split_secrets
 from service.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
@@ -61,9 +61,13 @@ def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
 
 def _print(message: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+        _dump_json(json_format.MessageToDict(message))
         return
     print(_human(message))
+
+
+def _dump_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _human(message: Any) -> str:
@@ -115,7 +119,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 
 def _sync_stub(args: argparse.Namespace) -> tuple[sync_grpc.BillingSyncServiceStub, Any]:
-    secret = next(iter(sync_secrets(_env("BILLING_WEBHOOK_SYNC_SECRET"))), None)
+    secret = next(iter(split_secrets(_env("BILLING_WEBHOOK_SYNC_SECRET"))), None)
     if not secret:
         raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
     target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
@@ -191,10 +195,6 @@ def _stream(
 
 def _status_name(value: int) -> str:
     return sync_pb.ReconcileStatus.Name(value).removeprefix("RECONCILE_STATUS_").lower()  # type: ignore[arg-type]
-
-
-def _dump_json(data: dict[str, Any]) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _as_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -319,7 +319,7 @@ def cmd_demo_webhook(args: argparse.Namespace) -> int:
     if not secret_list:
         print("CLERK_WEBHOOK_SIGNING_SECRET is not set (and no .data/dev.env)", file=sys.stderr)
         return 2
-    secret = secret_list.replace(",", " ").split()[0]
+    secret = split_secrets(secret_list)[0]
     url = args.url or _env("GATEWAY_URL", DEFAULT_GATEWAY_URL)
     body = json.dumps(demo_payload(args.subject, int(time.time() * 1000)))
     msg_id = "msg_demo_" + secrets.token_hex(8)

@@ -113,16 +113,16 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def sync_secrets(secret: str | None) -> list[str]:
-    """BILLING_WEBHOOK_SYNC_SECRET may list several secrets (spaces or commas) during a
-    rotation: the service accepts any of them, callers send the first."""
-    return (secret or "").replace(",", " ").split()
+def split_secrets(raw: str | None) -> list[str]:
+    """A secret setting may list several secrets (spaces or commas) during a rotation: the
+    receiving side accepts any of them, the sending side uses the first."""
+    return (raw or "").replace(",", " ").split()
 
 
 def check_sync_secret(secret: str | None) -> None:
     if secret is None:
         return
-    tokens = sync_secrets(secret)
+    tokens = split_secrets(secret)
     if not tokens:
         raise ConfigError("BILLING_WEBHOOK_SYNC_SECRET is blank")
     for token in tokens:

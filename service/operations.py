@@ -214,11 +214,6 @@ async def replay(
         yield Progress(0, 0)
 
 
-def replay_changed(replayed: ReplayResult) -> bool:
-    """Whether this replay changed stored state (rather than finding its effect there)."""
-    return replayed.result.recorded
-
-
 # ---- verification -------------------------------------------------------------------------
 
 

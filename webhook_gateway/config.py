@@ -7,13 +7,12 @@ fails /readyz, so the operator sees it and Svix keeps retrying until it is fixed
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from svix.webhooks import Webhook
 
-from service.config import ConfigError, check_sync_secret, sync_secrets
+from service.config import ConfigError, check_sync_secret, split_secrets
 from service.tls import ClientTls
 
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
@@ -51,7 +50,7 @@ class GatewaySettings:
         sync_secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
         check_sync_secret(sync_secret)
         if sync_secret is not None:
-            sync_secret = sync_secrets(sync_secret)[0]  # during a rotation: the first is sent
+            sync_secret = split_secrets(sync_secret)[0]  # during a rotation: the first is sent
         timeout_raw = env.get("GATEWAY_FORWARD_TIMEOUT_SECONDS") or "10"
         try:
             timeout = float(timeout_raw)
@@ -95,7 +94,7 @@ def signing_secrets_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
     for var in SIGNING_SECRET_VARS:
         raw = env.get(var)
         if raw:
-            secrets = tuple(s for s in re.split(r"[\s,]+", raw) if s)
+            secrets = tuple(split_secrets(raw))
             for i, secret in enumerate(secrets):
                 try:
                     Webhook(secret)

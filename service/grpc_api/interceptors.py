@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from service.config import sync_secrets
+from service.config import split_secrets
 from service.domain.subjects import InvalidArgument
 from service.store.postgres import StoreUnavailable
 
@@ -148,7 +148,7 @@ class BillingAuthInterceptor(aio.ServerInterceptor):
 
     def __init__(self, secret: str | None) -> None:
         # Several secrets (space/comma separated) are accepted during a rotation.
-        self._accepted = [f"Bearer {s}".encode() for s in sync_secrets(secret)]
+        self._accepted = [f"Bearer {s}".encode() for s in split_secrets(secret)]
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails

@@ -49,7 +49,6 @@ from service.operations import (
     Reconciler,
     ReconcileStatus,
     replay,
-    replay_changed,
     verify,
 )
 from service.reader import EntitlementReader
@@ -461,10 +460,10 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             version=result.version,
         )
 
-    def _reconciler(self) -> Reconciler:
+    def _clerk_settings(self, what: str) -> ClerkApiSettings:
         if self._clerk is None:
-            raise FailedPrecondition("reconciliation needs CLERK_SECRET_KEY on the server")
-        return Reconciler(self._store, self._clerk, self.changed)
+            raise FailedPrecondition(f"{what} needs CLERK_SECRET_KEY on the server")
+        return self._clerk
 
     async def Reconcile(
         self, request: sync_pb.ReconcileRequest, context: Context
@@ -478,7 +477,8 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         )
         if subjects is not None and len(subjects) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} subjects per call (or all)")
-        async for progress in self._reconciler().run(subjects):
+        reconciler = Reconciler(self._store, self._clerk_settings("reconciliation"), self.changed)
+        async for progress in reconciler.run(subjects):
             yield sync_pb.ReconcileResponse(
                 done=progress.done,
                 total=progress.total,
@@ -509,7 +509,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         async for progress in replay(self._store, selector, self.changed):
             results = []
             for r in progress.batch:
-                changed = replay_changed(r)
+                changed = r.changed
                 if changed or r.delivery.outcome != r.result.outcome:
                     log.info(
                         "replayed %s (%s): %s -> %s%s",
@@ -531,7 +531,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                         changed=changed,
                         plan=r.result.plan or "",
                         previous_plan=r.result.previous_plan or "",
-                        note=r.event.error or "; ".join(r.result.notes),
+                        note="; ".join(r.result.notes),
                     )
                 )
             yield sync_pb.ReplayDeliveriesResponse(
@@ -563,10 +563,9 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     async def CheckCatalog(
         self, request: sync_pb.CheckCatalogRequest, context: Context
     ) -> sync_pb.CheckCatalogResponse:
-        if self._clerk is None:
-            raise FailedPrecondition("catalog check needs CLERK_SECRET_KEY on the server")
+        settings = self._clerk_settings("catalog check")
         try:
-            async with ClerkApi(self._clerk) as api:
+            async with ClerkApi(settings) as api:
                 plans = await api.plans()
         except ClerkApiError as exc:
             raise DependencyUnavailable(f"Clerk API: {exc}") from exc

@@ -125,6 +125,11 @@ class ReplayResult:
     event: NormalizedEvent
     result: ApplyResult
 
+    @property
+    def changed(self) -> bool:
+        """Whether this replay changed stored state (rather than finding its effect there)."""
+        return self.result.recorded
+
 
 # The item columns that are state (not bookkeeping such as which delivery last wrote the row).
 VERIFIED_ITEM_COLUMNS = (

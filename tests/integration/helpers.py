@@ -10,6 +10,11 @@ from tests.conftest import Harness
 from tests.support import body, new_event_id
 
 
+def subject(tag: str) -> str:
+    """A user id no other test (or earlier run on the same database) uses."""
+    return f"user_{tag}_{new_event_id()[4:12]}"
+
+
 async def apply(
     h: Harness, payload: dict[str, Any], event_id: str | None = None
 ) -> sync_pb.ApplyBillingEventResponse:

@@ -10,7 +10,7 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness
-from tests.integration.helpers import apply, can_use, entitlements, outcome_name, plan_of
+from tests.integration.helpers import apply, can_use, entitlements, outcome_name, plan_of, subject
 from tests.support import event, new_event_id, now_ms
 
 pytestmark = pytest.mark.integration
@@ -25,10 +25,6 @@ PRO_FEATURES = [
     "prioritySupport",
 ]
 DAY = 86_400_000
-
-
-def subject(name: str) -> str:
-    return f"user_{name}_{new_event_id()[4:12]}"
 
 
 async def test_tc01_unknown_and_new_user_is_free(harness: Harness) -> None:

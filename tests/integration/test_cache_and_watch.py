@@ -12,17 +12,13 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness, start_harness
-from tests.integration.helpers import apply, can_use, plan_of
+from tests.integration.helpers import apply, can_use, plan_of, subject
 from tests.integration.test_api_errors import proxied
-from tests.support import Clock, event, new_event_id, now_ms
+from tests.support import Clock, event, now_ms
 
 pytestmark = pytest.mark.integration
 
 DAY = 86_400_000
-
-
-def subject(tag: str) -> str:
-    return f"user_{tag}_{new_event_id()[4:12]}"
 
 
 @contextlib.asynccontextmanager

@@ -9,14 +9,10 @@ import pytest
 
 from entitlements_client import AsyncEntitlementsClient
 from tests.conftest import Harness
-from tests.integration.helpers import apply
-from tests.support import event, new_event_id, now_ms
+from tests.integration.helpers import apply, subject
+from tests.support import event, now_ms
 
 pytestmark = pytest.mark.integration
-
-
-def subject(tag: str) -> str:
-    return f"user_{tag}_{new_event_id()[4:12]}"
 
 
 async def test_async_client_without_cache(harness: Harness) -> None:

@@ -10,16 +10,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness
-from tests.integration.helpers import apply, can_use, entitlements, plan_of
-from tests.support import event, new_event_id, now_ms
+from tests.integration.helpers import apply, can_use, entitlements, plan_of, subject
+from tests.support import event, now_ms
 
 pytestmark = pytest.mark.integration
 
 DAY = 86_400_000
-
-
-def subject(tag: str) -> str:
-    return f"user_{tag}_{new_event_id()[4:12]}"
 
 
 def ts(ms: int) -> Timestamp:

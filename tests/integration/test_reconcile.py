@@ -15,17 +15,13 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
 from tests.conftest import Harness, _truncate, start_harness
-from tests.integration.helpers import apply, plan_of
-from tests.support import Clock, event, new_event_id, now_ms
+from tests.integration.helpers import apply, plan_of, subject
+from tests.support import Clock, event, now_ms
 from tests.tools.fake_clerk import SECRET_KEY, FakeClerk, plan, serving
 
 pytestmark = pytest.mark.integration
 
 MINUTE = 60_000
-
-
-def subject(tag: str) -> str:
-    return f"user_{tag}_{new_event_id()[4:12]}"
 
 
 def item(name: str, who: str, at_ms: int, **overrides: Any) -> dict[str, Any]:

@@ -15,16 +15,12 @@ from service.domain.events import EventKind, NormalizedEvent
 from service.operations import replay as replay_job
 from service.store.postgres import DeliverySelector, StoredDelivery
 from tests.conftest import Harness
-from tests.integration.helpers import apply, entitlements, plan_of
+from tests.integration.helpers import apply, entitlements, plan_of, subject
 from tests.support import body, event, new_event_id, now_ms
 
 pytestmark = pytest.mark.integration
 
 MINUTE = 60_000
-
-
-def subject(tag: str) -> str:
-    return f"user_{tag}_{new_event_id()[4:12]}"
 
 
 async def store_as_an_older_parser_did(h: Harness, payload: dict[str, object]) -> str:
