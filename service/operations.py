@@ -186,7 +186,8 @@ async def run_reconcile_schedule(
 
 
 def normalize_stored(delivery: StoredDelivery) -> NormalizedEvent:
-    return normalize_event(delivery.payload, delivery.type, delivery.fallback_ms)
+    received_ms = int(delivery.received_at.timestamp() * 1000)
+    return normalize_event(delivery.payload, delivery.type, delivery.fallback_ms, received_ms)
 
 
 async def replay(
@@ -231,6 +232,14 @@ async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | Ver
     as differences. The scratch schema is dropped whatever happens.
     """
     schema = f"verify_{uuid.uuid4().hex[:16]}"
+    async with store.scratch_schema_lock(schema):
+        async for step in _verify_in(store, catalog, schema):
+            yield step
+
+
+async def _verify_in(
+    store: Store, catalog: Catalog, schema: str
+) -> AsyncIterator[Progress | VerifyReport]:
     await store.create_schema(schema)
     try:
         scratch = await Store.open(

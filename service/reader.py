@@ -6,13 +6,22 @@ An entry is never used past its `valid_until`: it is then re-resolved from the c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from service.cache import CacheEntry, EntitlementCache
 from service.domain.catalog import Catalog
-from service.domain.resolution import resolve
+from service.domain.resolution import Entitlements, EntitlementStatus, SubjectState, resolve
 from service.domain.subjects import require_subject
+from service.metrics import READ_FAILURES
 from service.store.postgres import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_entitlements(catalog: Catalog, subject: str, version: int = 0) -> Entitlements:
+    """What a subject gets when its stored state cannot be read: the default plan."""
+    return Entitlements(subject, catalog.default_plan, EntitlementStatus.DEFAULT, None, version)
 
 
 class EntitlementReader:
@@ -31,9 +40,18 @@ class EntitlementReader:
             return None
         until = entry.entitlements.valid_until_ms
         if until is not None and now_ms >= until:
-            entry = CacheEntry(entry.state, resolve(entry.state, self._catalog, now_ms))
+            entry = CacheEntry(entry.state, self._resolve(entry.state, now_ms))
             cache.replace(subject, entry)
         return entry
+
+    def _resolve(self, state: SubjectState, now_ms: int) -> Entitlements:
+        """Resolve one subject; a failure is logged, counted and isolated to that subject."""
+        try:
+            return resolve(state, self._catalog, now_ms)
+        except Exception:
+            READ_FAILURES.inc()
+            log.exception("cannot resolve %s; answering the default plan", state.subject)
+            return default_entitlements(self._catalog, state.subject, state.version)
 
     async def get(self, subject: str) -> CacheEntry:
         now = self._store.now_ms()
@@ -65,7 +83,7 @@ class EntitlementReader:
         generation = self.cache.generation if self.cache is not None else 0
         states = await self._store.load_states(subjects)
         now = self._store.now_ms()
-        entries = {s: CacheEntry(st, resolve(st, self._catalog, now)) for s, st in states.items()}
+        entries = {s: CacheEntry(st, self._resolve(st, now)) for s, st in states.items()}
         if self.cache is not None:
             for subject, entry in entries.items():
                 self.cache.put(subject, entry, generation)

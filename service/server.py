@@ -94,14 +94,31 @@ async def _housekeeping(store: Store, settings: ServiceSettings) -> None:
     """Keep the change log bounded (a watcher resuming from before it gets OUT_OF_RANGE) and
     scrub personal data from payloads older than their retention."""
     while True:
-        with contextlib.suppress(StoreUnavailable):
-            removed = await store.prune_change_log(settings.change_log_retention_seconds)
-            if removed:
-                log.info("pruned %d change-log rows", removed)
-            scrubbed = await store.scrub_older_than(settings.payload_retention_seconds)
-            if scrubbed:
-                log.info("scrubbed personal data from %d stored payloads", scrubbed)
+        await _housekeeping_pass(store, settings)
         await asyncio.sleep(60.0)
+
+
+async def _housekeeping_pass(store: Store, settings: ServiceSettings) -> None:
+    """One pass; each job is supervised on its own: an error is logged and the others (and the
+    next pass) still run, so privacy scrubbing and pruning never stop silently."""
+    jobs = (
+        (
+            "prune the change log",
+            lambda: store.prune_change_log(settings.change_log_retention_seconds),
+        ),
+        ("scrub old payloads", lambda: store.scrub_older_than(settings.payload_retention_seconds)),
+        ("drop abandoned verify schemas", store.drop_abandoned_scratch_schemas),
+    )
+    for what, job in jobs:
+        try:
+            done = await job()
+        except StoreUnavailable:
+            continue
+        except Exception:
+            log.exception("housekeeping: could not %s; retrying next pass", what)
+            continue
+        if done:
+            log.info("housekeeping: %s: %s", what, done if isinstance(done, int) else len(done))
 
 
 async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
@@ -135,6 +152,9 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     await server.start()
     running = RunningServer(server, port, store, health_servicer, settings.grace_seconds, cache)
     await running.set_serving(await store.ping())
+    with contextlib.suppress(StoreUnavailable):
+        for schema in await store.drop_abandoned_scratch_schemas():
+            log.info("dropped scratch schema %s left by an interrupted verify", schema)
     listener = ChangeListener(store.dsn, hub.on_change, hub.on_live)
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any
 
+from service.domain.bounds import bounded_time_ms, clamp_future, echo
 from service.domain.subjects import subject_problem
 
 
@@ -77,7 +78,7 @@ class ItemUpdate:
     plan_slug: str | None
     plan_id: str | None
     period_end_ms: int | None
-    past_due_at_ms: int | None
+    past_due_at_ms: int | None  # the item's `past_due_at`, else its subscription's
     is_default: bool
     event_ms: int
     digest: str
@@ -116,17 +117,19 @@ class _Unparseable(Exception):
     pass
 
 
+MAX_ITEM_ID_BYTES = 255
+
+
 def parse_ms(raw: object) -> int | None:
-    """A millisecond timestamp, accepting ints, integral floats and numeric strings."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if isinstance(raw, str) and raw.strip().isdigit():
-        return int(raw.strip())
-    return None
+    """A time value in milliseconds within the plausible window, else None (see bounds)."""
+    return bounded_time_ms(raw).ms
+
+
+def _time(raw: object, what: str, notes: list[str]) -> int | None:
+    parsed = bounded_time_ms(raw, what)
+    if parsed.note is not None:
+        notes.append(parsed.note)
+    return parsed.ms
 
 
 def _str(raw: object) -> str | None:
@@ -165,18 +168,27 @@ def _item_update(
     *,
     event_ms: int,
     subject_fallback: str | None,
+    notes: list[str],
     forced_status: ItemStatus | None = None,
     default_status: ItemStatus | None = None,
     synthetic_id: str | None = None,
+    past_due_fallback_ms: int | None = None,
 ) -> ItemUpdate:
     subject = _checked_subject(_subject_of(raw, subject_fallback), "subscription item")
     item_id = _str(raw.get("id")) or synthetic_id
     if item_id is None:
         raise _Unparseable("subscription item without an id")
+    if len(item_id.encode("utf-8", "replace")) > MAX_ITEM_ID_BYTES or not item_id.isprintable():
+        raise _Unparseable(
+            f"subscription item id must be 1 to {MAX_ITEM_ID_BYTES} bytes of printable "
+            f"characters, got {echo(item_id)}"
+        )
     status = forced_status or parse_status(raw.get("status"))
     if status is None:
         if raw.get("status") is not None:
-            raise _Unparseable(f"subscription item {item_id}: unknown status {raw.get('status')!r}")
+            raise _Unparseable(
+                f"subscription item {item_id}: unknown status {echo(raw.get('status'))}"
+            )
         if default_status is None:
             raise _Unparseable(f"subscription item {item_id}: no status")
         status = default_status
@@ -187,8 +199,10 @@ def _item_update(
     if plan_slug is None and plan_id is None:
         raise _Unparseable(f"subscription item {item_id}: no plan slug or plan id")
     is_default = plan_obj.get("is_default") is True
-    period_end_ms = parse_ms(raw.get("period_end"))
-    past_due_at_ms = parse_ms(raw.get("past_due_at"))
+    period_end_ms = _time(raw.get("period_end"), f"item {item_id} period_end", notes)
+    past_due_at_ms = _time(raw.get("past_due_at"), f"item {item_id} past_due_at", notes)
+    if past_due_at_ms is None:
+        past_due_at_ms = past_due_fallback_ms
     content = json.dumps(
         [subject, status.value, plan_slug, plan_id, period_end_ms, past_due_at_ms, is_default],
         separators=(",", ":"),
@@ -207,21 +221,53 @@ def _item_update(
     )
 
 
-def _event_time(envelope: Mapping[str, Any], data: Mapping[str, Any], fallback_ms: int) -> int:
-    """Envelope `timestamp`, else `data.updated_at`, else the delivery's signing time."""
-    return parse_ms(envelope.get("timestamp")) or parse_ms(data.get("updated_at")) or fallback_ms
+def _event_time(
+    envelope: Mapping[str, Any],
+    data: Mapping[str, Any],
+    fallback_ms: int,
+    received_ms: int | None,
+    notes: list[str],
+) -> int:
+    """Envelope `timestamp`, else `data.updated_at`, else the delivery's signing time; never
+    more than a day after the delivery was received (a time that far ahead would freeze the
+    item: every real event after it would be older)."""
+    event_ms = (
+        _time(envelope.get("timestamp"), "envelope timestamp", notes)
+        or _time(data.get("updated_at"), "data.updated_at", notes)
+        or fallback_ms
+    )
+    event_ms, note = clamp_future(event_ms, received_ms)
+    if note is not None:
+        notes.append(note)
+    return event_ms
 
 
-def normalize_event(payload: bytes, type_hint: str, fallback_ms: int) -> NormalizedEvent:
-    """Turn one delivery's raw JSON body into what it means for plan state.
+def normalize_event(
+    payload: bytes, type_hint: str, fallback_ms: int, received_ms: int | None = None
+) -> NormalizedEvent:
+    """Turn one delivery's raw JSON body into what it means for plan state. Never raises.
 
     `type_hint` is the type the delivery was announced with (used when the body has none);
-    `fallback_ms` is the event time to use when the body carries no timestamp.
+    `fallback_ms` is the event time to use when the body carries no timestamp; `received_ms`,
+    when given, bounds how far in the future the event time may be.
     """
+    try:
+        return _normalize_body(payload, type_hint, fallback_ms, received_ms)
+    except Exception as exc:  # deep nesting, odd types: whatever it is, the delivery is kept
+        return NormalizedEvent(
+            EventKind.UNPARSEABLE, type_hint, error=f"cannot be read ({type(exc).__name__})"
+        )
+
+
+def _normalize_body(
+    payload: bytes, type_hint: str, fallback_ms: int, received_ms: int | None
+) -> NormalizedEvent:
     try:
         envelope = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         return NormalizedEvent(EventKind.UNPARSEABLE, type_hint, error="body is not JSON")
+    except RecursionError:
+        return NormalizedEvent(EventKind.UNPARSEABLE, type_hint, error="body is nested too deep")
     if not isinstance(envelope, dict):
         return NormalizedEvent(EventKind.UNPARSEABLE, type_hint, error="body is not a JSON object")
     event_type = _str(envelope.get("type")) or type_hint
@@ -232,16 +278,42 @@ def normalize_event(payload: bytes, type_hint: str, fallback_ms: int) -> Normali
                 EventKind.UNPARSEABLE, event_type, error="`data` is not an object"
             )
         return NormalizedEvent(EventKind.IGNORED, event_type)
-    event_ms = _event_time(envelope, data, fallback_ms)
+    notes: list[str] = []
+    event_ms = _event_time(envelope, data, fallback_ms, received_ms, notes)
     try:
-        return _normalize(event_type, data, event_ms)
+        event = _normalize(event_type, data, event_ms, notes)
     except _Unparseable as exc:
-        return NormalizedEvent(EventKind.UNPARSEABLE, event_type, event_ms=event_ms, error=str(exc))
+        event = NormalizedEvent(
+            EventKind.UNPARSEABLE, event_type, event_ms=event_ms, error=str(exc)
+        )
+    return replace(event, notes=tuple(notes))
 
 
-def _normalize(event_type: str, data: Mapping[str, Any], event_ms: int) -> NormalizedEvent:
+def _subject_about(event_type: str, data: Mapping[str, Any]) -> str | None:
+    """The user or organization an event of any other type is about, if it names one: so a
+    deletion finds (and scrubs) every stored payload that mentions the subject."""
+    candidates: list[object] = []
+    if event_type.startswith(("user.", "organization.")):
+        candidates.append(data.get("id"))
+    candidates.append(_subject_of(data))
+    for key in ("organization", "public_user_data"):
+        nested = _obj(data.get(key))
+        candidates += [nested.get("id"), nested.get("user_id")]
+    for candidate in candidates:
+        if (
+            isinstance(candidate, str)
+            and candidate.startswith(("user_", "org_"))
+            and subject_problem(candidate) is None
+        ):
+            return candidate
+    return None
+
+
+def _normalize(
+    event_type: str, data: Mapping[str, Any], event_ms: int, notes: list[str]
+) -> NormalizedEvent:
     if event_type.startswith(SUBSCRIPTION_ITEM_PREFIX):
-        item = _item_update(data, event_ms=event_ms, subject_fallback=None)
+        item = _item_update(data, event_ms=event_ms, subject_fallback=None, notes=notes)
         return NormalizedEvent(EventKind.ITEMS, event_type, item.subject, event_ms, (item,))
 
     if event_type.startswith(SUBSCRIPTION_PREFIX):
@@ -253,8 +325,16 @@ def _normalize(event_type: str, data: Mapping[str, Any], event_ms: int) -> Norma
             raw_items = []
         if not isinstance(raw_items, list):
             raise _Unparseable("subscription `items` is not a list")
+        # `subscription.pastDue` carries `past_due_at` on the subscription, not on its items.
+        subscription_past_due = _time(data.get("past_due_at"), "subscription past_due_at", notes)
         items = tuple(
-            _item_update(_obj(raw), event_ms=event_ms, subject_fallback=payer_subject)
+            _item_update(
+                _obj(raw),
+                event_ms=event_ms,
+                subject_fallback=payer_subject,
+                notes=notes,
+                past_due_fallback_ms=subscription_past_due,
+            )
             for raw in raw_items
         )
         if len({item.subject for item in items}) > 1:
@@ -271,6 +351,7 @@ def _normalize(event_type: str, data: Mapping[str, Any], event_ms: int) -> Norma
             data,
             event_ms=event_ms,
             subject_fallback=subject,
+            notes=notes,
             forced_status=ItemStatus.ENDED if event_type == LEGACY_DELETE_TYPE else None,
             default_status=ItemStatus.ACTIVE,
             synthetic_id=f"legacy:{subject}",
@@ -292,4 +373,6 @@ def _normalize(event_type: str, data: Mapping[str, Any], event_ms: int) -> Norma
             subject = None
         return NormalizedEvent(EventKind.RECORD_ONLY, event_type, subject, event_ms)
 
-    return NormalizedEvent(EventKind.IGNORED, event_type, event_ms=event_ms)
+    return NormalizedEvent(
+        EventKind.IGNORED, event_type, _subject_about(event_type, data), event_ms=event_ms
+    )

@@ -35,22 +35,36 @@ PERSONAL_KEYS = frozenset(
 )
 
 
-def _scrub(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: (SCRUBBED if k in PERSONAL_KEYS and v not in (None, "", [], {}) else _scrub(v))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_scrub(v) for v in node]
-    return node
+def _scrub(root: Any) -> Any:
+    """A copy of `root` with personal fields replaced. Iterative: a payload nested thousands
+    deep cannot exhaust the stack (the housekeeping task runs this on every stored payload)."""
+    holder: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(root, holder, 0)]  # (node, parent copy, key in it)
+    while stack:
+        node, parent, key = stack.pop()
+        if isinstance(node, dict):
+            copy: dict[str, Any] = {}
+            parent[key] = copy
+            for k, v in node.items():
+                if k in PERSONAL_KEYS and v not in (None, "", [], {}):
+                    copy[k] = SCRUBBED
+                else:
+                    copy[k] = None
+                    stack.append((v, copy, k))
+        elif isinstance(node, list):
+            items: list[Any] = [None] * len(node)
+            parent[key] = items
+            stack.extend((v, items, i) for i, v in enumerate(node))
+        else:
+            parent[key] = node
+    return holder[0]
 
 
 def scrub_payload(payload: bytes) -> bytes:
-    """The payload with personal fields replaced; a body that is not JSON is dropped whole
-    (it cannot be searched for what it holds)."""
+    """The payload with personal fields replaced; a body that is not JSON, or too deep for the
+    JSON codec, is dropped whole (it cannot be searched for what it holds). Never raises."""
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        return json.dumps(_scrub(data), separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError):
         return b""
-    return json.dumps(_scrub(data), separators=(",", ":")).encode()

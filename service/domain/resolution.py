@@ -8,11 +8,12 @@ plain values.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from service.domain.catalog import Catalog, LimitValue, Plan
 from service.domain.events import ItemStatus, ItemUpdate
+from service.domain.past_due import PastDueTrack
 
 
 class EntitlementStatus(StrEnum):
@@ -45,6 +46,9 @@ class ItemState:
     past_due_at_ms: int | None
     event_ms: int
     ever_active: bool = False
+    # Observations of past-due episodes, whatever their order (see past_due.py); for a
+    # past-due item `past_due_at_ms` is the track's anchor.
+    past_due: PastDueTrack = field(default_factory=PastDueTrack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,30 +225,54 @@ def limit_decision(
     return LimitDecision(limit.allows(current_usage, wanted), limit, remaining)
 
 
-def with_item_updates(
-    state: SubjectState, fresh: Sequence[ItemUpdate], flagged_ever_active: Sequence[str]
-) -> SubjectState:
-    """The state after the store accepted `fresh` updates and marked items ever active.
+def _observed(old: ItemState | None, update: ItemUpdate) -> PastDueTrack:
+    track = old.past_due if old is not None else PastDueTrack()
+    return track.observe(
+        update.event_ms, update.status is ItemStatus.PAST_DUE, update.past_due_at_ms
+    )
 
-    Mirrors the store's upsert, so the new state need not be read back from the database.
-    """
-    if not fresh and not flagged_ever_active:
+
+def item_after_update(old: ItemState | None, update: ItemUpdate) -> ItemState:
+    """The stored item after `update` won the ordering guard (the store writes exactly this)."""
+    track = _observed(old, update)
+    past_due_at = update.past_due_at_ms
+    if update.status is ItemStatus.PAST_DUE:
+        # Grace runs from the first sighting of this past-due episode: re-listing an item
+        # that is already past due never restarts it.
+        past_due_at = track.anchor_ms if track.anchor_ms is not None else update.event_ms
+    return ItemState(
+        item_id=update.item_id,
+        status=update.status,
+        plan_slug=update.plan_slug,
+        plan_id=update.plan_id,
+        period_end_ms=update.period_end_ms,
+        past_due_at_ms=past_due_at,
+        event_ms=update.event_ms,
+        ever_active=(old is not None and old.ever_active) or update.status is ItemStatus.ACTIVE,
+        past_due=track,
+    )
+
+
+def item_after_stale(old: ItemState, update: ItemUpdate) -> ItemState:
+    """The stored item after an older `update` lost the ordering guard: it still counts as an
+    observation (ever active; past-due episodes), so the result is the same in any order."""
+    track = _observed(old, update)
+    past_due_at = old.past_due_at_ms
+    if old.status is ItemStatus.PAST_DUE and track.anchor_ms is not None:
+        past_due_at = track.anchor_ms
+    return replace(
+        old,
+        ever_active=old.ever_active or update.status is ItemStatus.ACTIVE,
+        past_due=track,
+        past_due_at_ms=past_due_at,
+    )
+
+
+def with_items(state: SubjectState, changed: Sequence[ItemState]) -> SubjectState:
+    """The state with `changed` items replacing (or joining) the stored ones."""
+    if not changed:
         return state
     items = {item.item_id: item for item in state.items}
-    for update in fresh:
-        old = items.get(update.item_id)
-        items[update.item_id] = ItemState(
-            item_id=update.item_id,
-            status=update.status,
-            plan_slug=update.plan_slug,
-            plan_id=update.plan_id,
-            period_end_ms=update.period_end_ms,
-            past_due_at_ms=update.past_due_at_ms,
-            event_ms=update.event_ms,
-            ever_active=(old is not None and old.ever_active) or update.status is ItemStatus.ACTIVE,
-        )
-    for item_id in flagged_ever_active:
-        old = items.get(item_id)
-        if old is not None:
-            items[item_id] = replace(old, ever_active=True)
+    for item in changed:
+        items[item.item_id] = item
     return replace(state, items=tuple(items.values()))

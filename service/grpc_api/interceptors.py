@@ -60,21 +60,50 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+# Messages sent to callers are cut to this many characters (values they echo are cut sooner).
+MAX_MESSAGE_CHARS = 500
+UNDECODABLE_MESSAGE = "the request is not a valid message (a string field that is not UTF-8?)"
+
+
+class _Undecodable:
+    """Stands for a request the deserializer refused, so the call can be answered cleanly."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises: grpc would log a traceback and answer UNKNOWN."""
+    if deserializer is None:
+        return None
+    inner = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return inner(data)
+        except Exception:
+            return UNDECODABLE
+
+    return deserialize
+
+
 def _wrap(
     handler: Handler,
     unary: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]] | None = None,
     streaming: Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]] | None = None,
+    deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
+    request_deserializer = deserializer or handler.request_deserializer
     if handler.unary_unary is not None and unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None and streaming is not None:
         return grpc.unary_stream_rpc_method_handler(
             streaming,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
@@ -114,13 +143,18 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
             mapped = (grpc.StatusCode.INTERNAL, "internal error")
         elif mapped[0] is grpc.StatusCode.UNAVAILABLE:
             log.warning("%s: %s (%s)", method, mapped[1], exc)
-        await context.abort(*mapped)
+        code, message = mapped
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "…"
+        await context.abort(code, message)
 
     inner_unary: Any = handler.unary_unary
     inner_stream: Any = handler.unary_stream
 
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         start = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
+        if request is UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
         try:
             return await inner_unary(request, context)
         except aio.AbortError:
@@ -132,6 +166,8 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
                 log.debug("%s %.2f ms", method, (time.perf_counter() - start) * 1000)
 
     async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        if request is UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
         try:
             async for response in inner_stream(request, context):
                 yield response
@@ -140,7 +176,7 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
         except Exception as exc:
             await fail(exc, context)
 
-    return _wrap(handler, unary, streaming)
+    return _wrap(handler, unary, streaming, _tolerant(handler.request_deserializer))
 
 
 class BillingAuthInterceptor(aio.ServerInterceptor):

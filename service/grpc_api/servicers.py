@@ -28,6 +28,7 @@ from entitlements.v1 import (
 from service.cache import CacheEntry
 from service.changes import ChangeHub
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.domain.bounds import echo, storable_text, within_window
 from service.domain.catalog import Catalog, LimitValue, check_catalog
 from service.domain.events import normalize_event
 from service.domain.resolution import (
@@ -44,6 +45,7 @@ from service.grpc_api.interceptors import (
     NotFound,
     OutOfRange,
 )
+from service.metrics import WATCH_MESSAGE_FAILURES
 from service.operations import (
     Progress,
     Reconciler,
@@ -51,7 +53,7 @@ from service.operations import (
     replay,
     verify,
 )
-from service.reader import EntitlementReader
+from service.reader import EntitlementReader, default_entitlements
 from service.store.postgres import ApplyResult, DeliverySelector, Store
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,11 @@ _STATUSES: Mapping[EntitlementStatus, int] = {
 
 
 def _timestamp(ms: int | None) -> Timestamp | None:
-    if ms is None:
+    """A wire timestamp; None for an instant it cannot carry (it never raises on a read)."""
+    if within_window(ms) is None:
         return None
     ts = Timestamp()
-    ts.FromMilliseconds(ms)
+    ts.FromMilliseconds(ms)  # type: ignore[arg-type]  # within_window: not None
     return ts
 
 
@@ -114,7 +117,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
 
     def _require_feature(self, feature: str) -> None:
         if feature not in self._features:
-            raise InvalidArgument(f"unknown feature {feature!r}")
+            raise InvalidArgument(f"unknown feature {echo(feature)}")
 
     @staticmethod
     def _can_use(entry: CacheEntry, feature: str) -> pb.CanUseResponse:
@@ -136,7 +139,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def CanUse(self, request: pb.CanUseRequest, context: Context) -> pb.CanUseResponse:
         feature = request.feature
         if feature not in self._features:
-            raise InvalidArgument(f"unknown feature {feature!r}")
+            raise InvalidArgument(f"unknown feature {echo(feature)}")
         entry = self._reader.cached(request.subject, self._store.now_ms())
         if entry is None:  # not `get`: it would look in the cache a second time
             entry = (await self._reader.load([request.subject]))[request.subject]
@@ -179,7 +182,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.CheckLimitRequest, context: Context
     ) -> pb.CheckLimitResponse:
         if request.limit not in self._catalog.limit_names:
-            raise InvalidArgument(f"unknown limit {request.limit!r}")
+            raise InvalidArgument(f"unknown limit {echo(request.limit)}")
         if request.current_usage < 0 or request.requested < 0:
             raise InvalidArgument("current_usage and requested must not be negative")
         ent = (await self._reader.get(request.subject)).entitlements
@@ -276,10 +279,16 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         messages = []
         for i, (txid, _version, subject) in enumerate(changes):
             last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
+            try:
+                message = entitlements_message(entries[subject].entitlements)
+            except Exception:  # one subject's problem never ends every watcher's stream
+                WATCH_MESSAGE_FAILURES.inc()
+                log.exception("watch: cannot build the message for %s", subject)
+                message = entitlements_message(default_entitlements(self._catalog, subject))
             messages.append(
                 pb.WatchEntitlementsResponse(
                     subject=subject,
-                    entitlements=entitlements_message(entries[subject].entitlements),
+                    entitlements=message,
                     version=txid + 1 if last_of_tx else txid,
                 )
             )
@@ -292,7 +301,7 @@ def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
         plan=ent.plan.name,
         features=sorted(ent.features),
         limits=_limits(ent.limits),
-        status=_STATUSES[ent.status],  # type: ignore[arg-type]
+        status=_STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
         valid_until=_timestamp(ent.valid_until_ms),
         version=ent.version,
     )
@@ -353,9 +362,10 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                 f"event_id must be 1 to {MAX_EVENT_ID_BYTES} bytes of printable characters"
             )
         now_ms = int(time.time() * 1000)
-        received_ms = _ms_of(request.received_at, now_ms)
-        fallback_ms = _ms_of(request.signed_at, received_ms)
-        event = normalize_event(request.payload, request.type, fallback_ms)
+        # Times from the caller are bounded like any other: out of the window, ours are used.
+        received_ms = within_window(_ms_of(request.received_at, now_ms)) or now_ms
+        fallback_ms = within_window(_ms_of(request.signed_at, received_ms)) or received_ms
+        event = normalize_event(request.payload, request.type, fallback_ms, received_ms)
         result = await self._store.apply(
             event_id,
             request.type or event.type,
@@ -387,7 +397,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             plan=result.plan or "",
             previous_plan=result.previous_plan or "",
             version=result.version,
-            notes=list(result.notes),
+            notes=[storable_text(note, 1000) for note in result.notes],
         )
 
     async def GetSubjectHistory(
@@ -423,13 +433,15 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     ) -> sync_pb.GrantPlanResponse:
         subject = require_subject(request.subject)
         if request.plan not in self._store.catalog.plans:
-            raise InvalidArgument(f"unknown plan {request.plan!r}")
+            raise InvalidArgument(f"unknown plan {echo(request.plan)}")
         reason = request.reason.strip()
         if not reason or len(reason) > MAX_REASON_CHARS:
             raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
         expires_at_ms = (
             request.expires_at.ToMilliseconds() if request.HasField("expires_at") else None
         )
+        if expires_at_ms is not None and within_window(expires_at_ms) is None:
+            raise InvalidArgument("expires_at must be between 2000-01-01 and 2200-01-01")
         if expires_at_ms is not None and expires_at_ms <= self._store.now_ms():
             raise InvalidArgument("expires_at must be in the future")
         grant_id, result = await self._store.grant(subject, request.plan, expires_at_ms, reason)
@@ -450,7 +462,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             raise InvalidArgument("grant_id is required")
         result = await self._store.revoke_grant(request.grant_id, request.reason.strip())
         if result is None:
-            raise NotFound(f"no active grant {request.grant_id!r}")
+            raise NotFound(f"no active grant {echo(request.grant_id)}")
         self.changed(result)
         return sync_pb.RevokeGrantResponse(
             grant_id=request.grant_id,

@@ -20,16 +20,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
+from service.domain.bounds import echo, storable_text, within_window
 from service.domain.catalog import Catalog
-from service.domain.events import EventKind, ItemStatus, ItemUpdate, NormalizedEvent
+from service.domain.events import EventKind, ItemStatus, NormalizedEvent
+from service.domain.past_due import PastDueTrack
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import (
     Entitlements,
     Grant,
     ItemState,
     SubjectState,
+    item_after_stale,
+    item_after_update,
     resolve,
-    with_item_updates,
+    with_items,
 )
 from service.store.migrate import migrate
 
@@ -44,6 +48,14 @@ else:
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or did not answer in time; the caller may retry."""
+
+
+class _ItemOwnedElsewhere(Exception):
+    """A delivery would move an item to another subject: it is recorded IGNORED instead."""
+
+
+# Text columns of a delivery recorded without its effects (type, notes) are cut to this.
+MAX_STORED_TEXT = 1000
 
 
 class Outcome:
@@ -174,31 +186,37 @@ _RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
 
 _ITEM_COLUMNS = (
     "i.item_id, i.status, i.plan_slug, i.plan_id, i.period_end_ms, i.past_due_at_ms, "
-    "i.event_ms, i.ever_active"
+    "i.event_ms, i.ever_active, i.last_ok_ms, i.past_due_marks"
 )
 
 # The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
-# (event time, lifecycle rank, digest) is strictly greater than the stored one.
+# (event time, lifecycle rank, digest) is strictly greater than the stored one. An item belongs
+# to the subject that first held it: a row of another subject is never moved.
 _UPSERT_ITEM = """
 INSERT INTO items (item_id, subject, status, plan_slug, plan_id, period_end_ms, past_due_at_ms,
-                   is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                   is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id,
+                   last_ok_ms, past_due_marks)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (item_id) DO UPDATE SET
-    subject = EXCLUDED.subject, status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
+    status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
     plan_id = EXCLUDED.plan_id, period_end_ms = EXCLUDED.period_end_ms,
     past_due_at_ms = EXCLUDED.past_due_at_ms, is_default = EXCLUDED.is_default,
     ever_active = items.ever_active OR EXCLUDED.ever_active,
     event_ms = EXCLUDED.event_ms, lifecycle_rank = EXCLUDED.lifecycle_rank,
-    digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id, updated_at = now()
-WHERE (items.event_ms, items.lifecycle_rank, items.digest)
+    digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id,
+    last_ok_ms = EXCLUDED.last_ok_ms, past_due_marks = EXCLUDED.past_due_marks,
+    updated_at = now()
+WHERE items.subject = EXCLUDED.subject
+  AND (items.event_ms, items.lifecycle_rank, items.digest)
     < (EXCLUDED.event_ms, EXCLUDED.lifecycle_rank, EXCLUDED.digest)
 RETURNING item_id
 """
 
-# `ever_active` only grows, so it may be set by an otherwise stale event: a lifetime item
-# that was ever active stays entitling whatever order its events arrive in.
-_MARK_EVER_ACTIVE = """
-UPDATE items SET ever_active = true WHERE item_id = $1 AND NOT ever_active RETURNING item_id
+# An older event still counts as an observation: `ever_active` only grows (a lifetime item that
+# was ever active stays entitling whatever the order) and past-due episodes are tracked.
+_OBSERVE_STALE = """
+UPDATE items SET ever_active = $3, last_ok_ms = $4, past_due_marks = $5, past_due_at_ms = $6
+ WHERE item_id = $1 AND subject = $2
 """
 
 
@@ -586,6 +604,50 @@ class Store:
 
         await self._run(work)
 
+    @asynccontextmanager
+    async def scratch_schema_lock(self, schema: str) -> AsyncIterator[None]:
+        """Hold an advisory lock naming `schema` for as long as it is in use, on a connection
+        of its own: if this process dies, PostgreSQL drops the lock with the connection and
+        `drop_abandoned_scratch_schemas` (run by every replica) may then drop the schema."""
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+        try:
+            await conn.execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))", _SCRATCH_LOCK_CLASS, schema
+            )
+            yield
+        finally:
+            await conn.close()  # ends the session, and with it the lock
+
+    async def drop_abandoned_scratch_schemas(self) -> list[str]:
+        """Drop verification scratch schemas whose run is gone (killed mid-run): they hold a
+        copy of every payload, personal data included. A running verification holds its lock,
+        so its schema is left alone."""
+
+        async def work(conn: Conn) -> list[str]:
+            names = [
+                r["nspname"]
+                for r in await conn.fetch(
+                    "SELECT nspname FROM pg_namespace WHERE nspname ~ $1", SCRATCH_SCHEMA_PATTERN
+                )
+            ]
+            dropped = []
+            for name in names:
+                async with conn.transaction():
+                    free = await conn.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                        _SCRATCH_LOCK_CLASS,
+                        name,
+                    )
+                    if free:
+                        await conn.execute(f"DROP SCHEMA IF EXISTS {_identifier(name)} CASCADE")
+                        dropped.append(name)
+            return dropped
+
+        return await self._run(work)
+
     async def create_schema(self, schema: str) -> None:
         async def work(conn: Conn) -> None:
             await conn.execute(f"CREATE SCHEMA {_identifier(schema)}")
@@ -694,7 +756,69 @@ class Store:
                     conn, event_id, event_type, payload, received_at, event, source, signed_at_ms
                 )
 
-        return await self._run(work)
+        try:
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
+        except _ItemOwnedElsewhere as exc:
+            outcome, notes = Outcome.IGNORED, [*event.notes, str(exc)]
+        except Exception as exc:
+            # Every verified delivery is stored: whatever made applying it fail (a value the
+            # database refuses, a bug), its raw body is kept UNPARSEABLE for a replay after a fix.
+            log.exception(
+                "event %s (%s) could not be applied; stored as UNPARSEABLE",
+                event_id,
+                storable_text(event.type, 100),
+            )
+            outcome = Outcome.UNPARSEABLE
+            notes = [*event.notes, f"could not be applied ({type(exc).__name__}); kept for replay"]
+        return await self._record_only(
+            event_id, event_type, payload, received_at, event, source, signed_at_ms, outcome, notes
+        )
+
+    async def _record_only(
+        self,
+        event_id: str,
+        event_type: str,
+        payload: bytes,
+        received_at: datetime,
+        event: NormalizedEvent,
+        source: str,
+        signed_at_ms: int | None,
+        outcome: str,
+        notes: list[str],
+    ) -> ApplyResult:
+        """Store a delivery with an outcome and no effect on any state (its own transaction)."""
+        safe_notes = [storable_text(n, MAX_STORED_TEXT) for n in notes]
+
+        async def work(conn: Conn) -> ApplyResult:
+            inserted = await conn.fetchval(
+                """INSERT INTO deliveries (event_id, type, payload, subject, outcome, notes,
+                                           event_ms, received_at, source, signed_at_ms)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ON CONFLICT (event_id) DO NOTHING RETURNING true""",
+                event_id,
+                storable_text(event_type, MAX_STORED_TEXT),
+                payload,
+                event.subject,
+                outcome,
+                safe_notes,
+                within_window(event.event_ms),
+                received_at,
+                source,
+                within_window(signed_at_ms),
+            )
+            if not inserted:
+                return await self._duplicate(conn, event_id)
+            return ApplyResult(outcome, event.subject, None, None, 0, tuple(safe_notes), True)
+
+        try:
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # not even the raw delivery could be stored: let Svix retry
+            log.exception("event %s could not be recorded", event_id)
+            raise StoreUnavailable(f"could not record the delivery ({type(exc).__name__})") from exc
 
     async def _apply_in_tx(
         self,
@@ -755,7 +879,13 @@ class Store:
         if event.kind is EventKind.UNPARSEABLE:
             result = ApplyResult(Outcome.UNPARSEABLE, event.subject, None, None, 0)
         elif event.kind is EventKind.IGNORED:
-            result = ApplyResult(Outcome.IGNORED, None, None, None, 0)
+            # Linked to the subject it is about, so that subject's deletion scrubs it too.
+            if event.subject is not None and await conn.fetchval(
+                "SELECT true FROM subjects WHERE subject = $1 AND deleted_at_ms IS NOT NULL",
+                event.subject,
+            ):
+                await _scrub_deliveries(conn, "WHERE event_id = $1 FOR UPDATE", event_id)
+            result = ApplyResult(Outcome.IGNORED, event.subject, None, None, 0)
         elif event.subject is None:
             result = ApplyResult(Outcome.APPLIED, None, None, None, 0)
         else:
@@ -808,22 +938,49 @@ class Store:
         changed = False
         after_state = state
         if event.kind is EventKind.ITEMS:
-            fresh: list[ItemUpdate] = []
-            flagged: list[str] = []
-            for item in event.items:
+            current = {item.item_id: item for item in state.items}
+            fresh: list[ItemState] = []
+            observed: list[ItemState] = []
+            for update in event.items:
+                old = current.get(update.item_id)
+                new = item_after_update(old, update)
                 # Stored even when older than the subject's deletion, so the stored state is
                 # the same whatever the arrival order; resolution ignores such items.
-                if await _upsert_item(conn, item, event_id):
-                    fresh.append(item)
-                elif item.status is ItemStatus.ACTIVE and await conn.fetchval(
-                    _MARK_EVER_ACTIVE, item.item_id
+                if await _upsert_item(
+                    conn,
+                    new,
+                    subject,
+                    update.lifecycle_rank,
+                    update.digest,
+                    update.is_default,
+                    event_id,
                 ):
-                    flagged.append(item.item_id)
-            after_state = with_item_updates(state, fresh, flagged)
+                    fresh.append(new)
+                    current[new.item_id] = new
+                    continue
+                if old is None:  # the row exists, but not among this subject's items
+                    raise _ItemOwnedElsewhere(
+                        f"item {echo(update.item_id)} belongs to another subject; "
+                        "the delivery changed nothing"
+                    )
+                seen = item_after_stale(old, update)
+                if seen != old:
+                    await conn.execute(
+                        _OBSERVE_STALE,
+                        seen.item_id,
+                        subject,
+                        seen.ever_active,
+                        seen.past_due.last_ok_ms,
+                        seen.past_due.flat(),
+                        seen.past_due_at_ms,
+                    )
+                    observed.append(seen)
+                    current[seen.item_id] = seen
+            after_state = with_items(state, [*fresh, *observed])
             deleted_at = state.deleted_at_ms
             visible = [i for i in fresh if deleted_at is None or i.event_ms > deleted_at]
             changed = bool(visible) or (
-                bool(flagged)
+                bool(observed)
                 and _visible(resolve(after_state, self.catalog, now)) != _visible(before)
             )
         elif event.kind is EventKind.SUBJECT_DELETED:
@@ -903,36 +1060,49 @@ def _visible(ent: Entitlements) -> tuple[str, str, int | None]:
     return (ent.plan.name, ent.status.value, ent.valid_until_ms)
 
 
-async def _upsert_item(conn: Conn, item: ItemUpdate, event_id: str) -> bool:
+async def _upsert_item(
+    conn: Conn,
+    item: ItemState,
+    subject: str,
+    lifecycle_rank: int,
+    digest: str,
+    is_default: bool,
+    event_id: str,
+) -> bool:
     row = await conn.fetchval(
         _UPSERT_ITEM,
         item.item_id,
-        item.subject,
+        subject,
         item.status.value,
         item.plan_slug,
         item.plan_id,
         item.period_end_ms,
         item.past_due_at_ms,
-        item.is_default,
-        item.status is ItemStatus.ACTIVE,
+        is_default,
+        item.ever_active,
         item.event_ms,
-        item.lifecycle_rank,
-        item.digest,
+        lifecycle_rank,
+        digest,
         event_id,
+        item.past_due.last_ok_ms,
+        item.past_due.flat(),
     )
     return row is not None
 
 
 def _item_state(row: Any) -> ItemState:
+    """A stored item; instants outside the plausible window (data stored before the bounds
+    existed) read as missing, so no stored value can break a read."""
     return ItemState(
         item_id=row["item_id"],
         status=ItemStatus(row["status"]),
         plan_slug=row["plan_slug"],
         plan_id=row["plan_id"],
-        period_end_ms=row["period_end_ms"],
-        past_due_at_ms=row["past_due_at_ms"],
+        period_end_ms=within_window(row["period_end_ms"]),
+        past_due_at_ms=within_window(row["past_due_at_ms"]),
         event_ms=row["event_ms"],
         ever_active=row["ever_active"],
+        past_due=PastDueTrack.from_flat(row["last_ok_ms"], row["past_due_marks"] or ()),
     )
 
 
@@ -954,7 +1124,11 @@ async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectStat
         subject = row["subject"]
         meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
         if row["item_id"] is not None:
-            items[subject].append(_item_state(row))
+            try:
+                items[subject].append(_item_state(row))
+            except (ValueError, TypeError, KeyError, IndexError):
+                # One unreadable row must not break its subject's (or a batch's) answer.
+                log.error("item %s of %s cannot be read; left out", row["item_id"], subject)
         if row["grants"] is not None and subject not in grants:
             grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
     return {
@@ -968,6 +1142,10 @@ async def _load_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectStat
         for s in subjects
     }
 
+
+# Verification's scratch schemas: `verify_` and 16 hex digits (see operations.verify).
+SCRATCH_SCHEMA_PATTERN = "^verify_[0-9a-f]{16}$"
+_SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in use"
 
 _GRANT_COLUMNS = (
     "grant_id, subject, plan, reason, granted_at_ms, expires_at_ms, revoked_at_ms, "
