@@ -16,6 +16,8 @@ INT64_MIN = -(2**63)
 # The plausible window for any Clerk time: 2000-01-01T00:00:00Z … 2200-01-01T00:00:00Z (ms).
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 7_258_118_400_000
+# What a protobuf Timestamp can carry: 1970 (as used here) … 9999-12-31T23:59:59.999Z.
+MAX_WIRE_MS = 253_402_300_800_000
 # Below this a timestamp is in seconds (10 digits today), at or above it in milliseconds.
 SECONDS_BELOW = 10**11
 # An event time further ahead of the receive time than this is clamped to the receive time.
@@ -81,6 +83,13 @@ def within_window(ms: int | None) -> int | None:
     """A stored or computed instant, or None when it lies outside the plausible window (data
     written before these bounds existed is read through this, so it can never break a read)."""
     if ms is None or not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        return None
+    return ms
+
+
+def wire_ms(ms: int | None) -> int | None:
+    """An instant a wire Timestamp can carry (0 … year 9999), else None."""
+    if ms is None or not 0 <= ms < MAX_WIRE_MS:
         return None
     return ms
 

@@ -116,7 +116,8 @@ def _same(update: ItemUpdate, stored: ItemState) -> bool:
         and update.plan_slug == stored.plan_slug
         and update.plan_id == stored.plan_id
         and update.period_end_ms == stored.period_end_ms
-        and update.past_due_at_ms == stored.past_due_at_ms
+        # The API's items often carry no `past_due_at`: the stored grace anchor then stands.
+        and update.past_due_at_ms in (None, stored.past_due_at_ms)
     )
 
 

@@ -228,7 +228,10 @@ def limit_decision(
 def _observed(old: ItemState | None, update: ItemUpdate) -> PastDueTrack:
     track = old.past_due if old is not None else PastDueTrack()
     return track.observe(
-        update.event_ms, update.status is ItemStatus.PAST_DUE, update.past_due_at_ms
+        update.event_ms,
+        update.lifecycle_rank,
+        update.status is ItemStatus.PAST_DUE,
+        update.past_due_at_ms,
     )
 
 

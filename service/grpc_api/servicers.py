@@ -28,7 +28,7 @@ from entitlements.v1 import (
 from service.cache import CacheEntry
 from service.changes import ChangeHub
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
-from service.domain.bounds import echo, storable_text, within_window
+from service.domain.bounds import echo, storable_text, wire_ms, within_window
 from service.domain.catalog import Catalog, LimitValue, check_catalog
 from service.domain.events import normalize_event
 from service.domain.resolution import (
@@ -86,10 +86,11 @@ _STATUSES: Mapping[EntitlementStatus, int] = {
 
 def _timestamp(ms: int | None) -> Timestamp | None:
     """A wire timestamp; None for an instant it cannot carry (it never raises on a read)."""
-    if within_window(ms) is None:
+    carried = wire_ms(ms)
+    if carried is None:
         return None
     ts = Timestamp()
-    ts.FromMilliseconds(ms)  # type: ignore[arg-type]  # within_window: not None
+    ts.FromMilliseconds(carried)
     return ts
 
 
@@ -333,7 +334,14 @@ _RECONCILE_STATUSES: Mapping[ReconcileStatus, int] = {
 
 
 def _ms_of(ts: Timestamp, default: int) -> int:
-    return ts.ToMilliseconds() if ts.seconds or ts.nanos else default
+    """Milliseconds of a request timestamp; `default` when unset, -1 when it is not a valid
+    Timestamp (protobuf refuses to convert one past year 9999)."""
+    if not (ts.seconds or ts.nanos):
+        return default
+    try:
+        return ts.ToMilliseconds()
+    except (ValueError, OverflowError):
+        return -1
 
 
 class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
@@ -437,11 +445,9 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         reason = request.reason.strip()
         if not reason or len(reason) > MAX_REASON_CHARS:
             raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
-        expires_at_ms = (
-            request.expires_at.ToMilliseconds() if request.HasField("expires_at") else None
-        )
-        if expires_at_ms is not None and within_window(expires_at_ms) is None:
-            raise InvalidArgument("expires_at must be between 2000-01-01 and 2200-01-01")
+        expires_at_ms = _ms_of(request.expires_at, -1) if request.HasField("expires_at") else None
+        if expires_at_ms is not None and wire_ms(expires_at_ms) is None:
+            raise InvalidArgument("expires_at must be a valid timestamp (before year 10000)")
         if expires_at_ms is not None and expires_at_ms <= self._store.now_ms():
             raise InvalidArgument("expires_at must be in the future")
         grant_id, result = await self._store.grant(subject, request.plan, expires_at_ms, reason)

@@ -186,7 +186,7 @@ _RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
 
 _ITEM_COLUMNS = (
     "i.item_id, i.status, i.plan_slug, i.plan_id, i.period_end_ms, i.past_due_at_ms, "
-    "i.event_ms, i.ever_active, i.last_ok_ms, i.past_due_marks"
+    "i.event_ms, i.ever_active, i.last_ok_ms, i.last_ok_rank, i.past_due_marks"
 )
 
 # The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
@@ -195,8 +195,8 @@ _ITEM_COLUMNS = (
 _UPSERT_ITEM = """
 INSERT INTO items (item_id, subject, status, plan_slug, plan_id, period_end_ms, past_due_at_ms,
                    is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id,
-                   last_ok_ms, past_due_marks)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                   last_ok_ms, last_ok_rank, past_due_marks)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (item_id) DO UPDATE SET
     status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
     plan_id = EXCLUDED.plan_id, period_end_ms = EXCLUDED.period_end_ms,
@@ -204,7 +204,8 @@ ON CONFLICT (item_id) DO UPDATE SET
     ever_active = items.ever_active OR EXCLUDED.ever_active,
     event_ms = EXCLUDED.event_ms, lifecycle_rank = EXCLUDED.lifecycle_rank,
     digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id,
-    last_ok_ms = EXCLUDED.last_ok_ms, past_due_marks = EXCLUDED.past_due_marks,
+    last_ok_ms = EXCLUDED.last_ok_ms, last_ok_rank = EXCLUDED.last_ok_rank,
+    past_due_marks = EXCLUDED.past_due_marks,
     updated_at = now()
 WHERE items.subject = EXCLUDED.subject
   AND (items.event_ms, items.lifecycle_rank, items.digest)
@@ -215,7 +216,8 @@ RETURNING item_id
 # An older event still counts as an observation: `ever_active` only grows (a lifetime item that
 # was ever active stays entitling whatever the order) and past-due episodes are tracked.
 _OBSERVE_STALE = """
-UPDATE items SET ever_active = $3, last_ok_ms = $4, past_due_marks = $5, past_due_at_ms = $6
+UPDATE items SET ever_active = $3, last_ok_ms = $4, last_ok_rank = $5, past_due_marks = $6,
+                 past_due_at_ms = $7
  WHERE item_id = $1 AND subject = $2
 """
 
@@ -970,7 +972,7 @@ class Store:
                         seen.item_id,
                         subject,
                         seen.ever_active,
-                        seen.past_due.last_ok_ms,
+                        *_last_ok(seen.past_due),
                         seen.past_due.flat(),
                         seen.past_due_at_ms,
                     )
@@ -1084,10 +1086,14 @@ async def _upsert_item(
         lifecycle_rank,
         digest,
         event_id,
-        item.past_due.last_ok_ms,
+        *_last_ok(item.past_due),
         item.past_due.flat(),
     )
     return row is not None
+
+
+def _last_ok(track: PastDueTrack) -> tuple[int | None, int | None]:
+    return track.last_ok if track.last_ok is not None else (None, None)
 
 
 def _item_state(row: Any) -> ItemState:
@@ -1102,7 +1108,9 @@ def _item_state(row: Any) -> ItemState:
         past_due_at_ms=within_window(row["past_due_at_ms"]),
         event_ms=row["event_ms"],
         ever_active=row["ever_active"],
-        past_due=PastDueTrack.from_flat(row["last_ok_ms"], row["past_due_marks"] or ()),
+        past_due=PastDueTrack.from_flat(
+            row["last_ok_ms"], row["last_ok_rank"], row["past_due_marks"] or ()
+        ),
     )
 
 

@@ -8,7 +8,14 @@ import pytest
 from service.cache import CacheEntry, EntitlementCache
 from service.config import load_catalog
 from service.domain.events import ItemStatus, ItemUpdate
-from service.domain.resolution import ItemState, SubjectState, resolve, with_item_updates
+from service.domain.resolution import (
+    ItemState,
+    SubjectState,
+    item_after_stale,
+    item_after_update,
+    resolve,
+    with_items,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -58,23 +65,18 @@ def update(item_id: str, status: ItemStatus, slug: str = "pro", ms: int = T) -> 
     return ItemUpdate(item_id, "user_1", status, slug, None, None, None, False, ms, "d")
 
 
-def test_with_item_updates_mirrors_the_store_upsert() -> None:
-    state = SubjectState(
-        "user_1", (ItemState("i1", ItemStatus.ACTIVE, "lifetime", None, None, None, T - 5, True),)
-    )
-    after = with_item_updates(
-        state, [update("i1", ItemStatus.ENDED, "lifetime"), update("i2", ItemStatus.ACTIVE)], []
-    )
+def test_item_transitions_mirror_the_store_upsert() -> None:
+    old = ItemState("i1", ItemStatus.ACTIVE, "lifetime", None, None, None, T - 5, True)
+    state = SubjectState("user_1", (old,))
+    ended = item_after_update(old, update("i1", ItemStatus.ENDED, "lifetime"))
+    fresh = item_after_update(None, update("i2", ItemStatus.ACTIVE))
+    after = with_items(state, [ended, fresh])
     items = {i.item_id: i for i in after.items}
     assert items["i1"].status is ItemStatus.ENDED and items["i1"].ever_active  # only grows
     assert items["i2"].ever_active and items["i2"].status is ItemStatus.ACTIVE
-    flagged = with_item_updates(
-        SubjectState(
-            "user_1", (ItemState("i3", ItemStatus.ENDED, "lifetime", None, None, None, T),)
-        ),
-        [],
-        ["i3"],
-    )
-    assert flagged.items[0].ever_active
+    stored = ItemState("i3", ItemStatus.ENDED, "lifetime", None, None, None, T)
+    seen = item_after_stale(stored, update("i3", ItemStatus.ACTIVE, "lifetime", T - 10))
+    assert seen.ever_active and seen.status is ItemStatus.ENDED and seen.event_ms == T
+    flagged = with_items(SubjectState("user_1", (stored,)), [seen])
     assert resolve(flagged, CATALOG, T).plan.name == "lifetime"
-    assert with_item_updates(state, [], []) is state
+    assert with_items(state, []) is state
