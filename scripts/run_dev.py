@@ -5,11 +5,13 @@ Ctrl-C (or SIGTERM) stops all three cleanly."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,20 @@ from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 
 BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("ENTITLEMENTS_DATA_DIR") or ".data")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, atomically: the secrets are never on disk
+    with wider permissions, and a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
@@ -73,7 +89,8 @@ def main() -> int:
         children.append(subprocess.Popen([str(BIN / "entitlements-gateway")], env=env))
         DATA.mkdir(parents=True, exist_ok=True)
         dev_env = DATA / "dev.env"
-        dev_env.write_text(
+        write_private(
+            dev_env,
             "".join(
                 f"{k}={env[k]}\n"
                 for k in (
@@ -83,9 +100,8 @@ def main() -> int:
                 )
                 if env.get(k)
             )
-            + f"GATEWAY_URL={gateway_url}\n"
+            + f"GATEWAY_URL={gateway_url}\n",
         )
-        dev_env.chmod(0o600)
         print(
             "\n"
             f"  service  grpc://{service_listen}   grpcurl -plaintext {service_listen} list\n"

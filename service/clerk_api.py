@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://api.clerk.com/v1"
 MAX_RETRY_AFTER_SECONDS = 60.0
 PLANS_PAGE = 100
+# A subscription or a page of plans is a few kB; a larger answer is refused, never buffered.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class ClerkApiError(Exception):
@@ -128,16 +131,19 @@ class ClerkApi:
                         if status in (200, 404):
                             self._failures_in_a_row = 0
                         if status == 200:
-                            body = await response.json(content_type=None)
+                            body = await _bounded_json(response, path)
                             if not isinstance(body, dict):
                                 raise ClerkApiError(f"{path}: not a JSON object", retryable=False)
                             return body
                         if status == 404:
                             return None
                         if status == 429:
+                            # Counts toward giving up: an API that only ever answers 429
+                            # must not hold a pass (and its subjects) for ever.
                             self.rate_limited += 1
                             wait = retry_after_seconds(response.headers.get("Retry-After"))
                             self._pause(wait if wait is not None else self._backoff(attempt))
+                            self._failed("rate limited (429)")
                             problem = "rate limited (429)"
                             continue
                         if status in (401, 403):
@@ -159,6 +165,7 @@ class ClerkApi:
         )
 
     def _failed(self, problem: str, *, refused: bool = False) -> None:
+        """Count a failed request toward `give_up_after` (a refused key counts for all)."""
         self._failures_in_a_row += self._settings.give_up_after if refused else 1
         self._last_failure = problem
 
@@ -184,3 +191,20 @@ class ClerkApi:
             if delay <= 0:
                 return
             await asyncio.sleep(delay)
+
+
+async def _bounded_json(response: aiohttp.ClientResponse, path: str) -> Any:
+    """The body as JSON, read up to MAX_BODY_BYTES (a larger answer is an error)."""
+    declared = response.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise ClerkApiError(f"{path}: answer larger than {MAX_BODY_BYTES} bytes", retryable=False)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ClerkApiError(
+                f"{path}: answer larger than {MAX_BODY_BYTES} bytes", retryable=False
+            )
+        chunks.append(chunk)
+    return json.loads(b"".join(chunks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,8 +92,20 @@ def clerk_api_settings(env: Mapping[str, str]) -> ClerkApiSettings | None:
     url = (env.get("CLERK_API_URL") or DEFAULT_API_URL).strip()
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"CLERK_API_URL must be an http(s) URL, got {url!r}")
+        raise ConfigError(f"CLERK_API_URL must be an https URL, got {url!r}")
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
+        # The secret key rides in every request: plain http only to this machine (tests).
+        raise ConfigError(f"CLERK_API_URL must be https (http only for loopback), got {url!r}")
     return ClerkApiSettings(secret_key=key, base_url=url)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:

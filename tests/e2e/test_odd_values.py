@@ -25,7 +25,7 @@ from tests.support import db_query, event, now_ms
 
 pytestmark = pytest.mark.e2e
 
-EXTREME = st.one_of(
+EXTREME: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(
         [
             253402300800000000,  # microseconds past year 9999

@@ -19,7 +19,7 @@ from service.server import _housekeeping_pass
 from tests.conftest import Harness, rpc_code
 from tests.integration.helpers import apply, entitlements, outcome_name, plan_of, subject
 from tests.integration.test_cache_and_watch import replica, wait_live
-from tests.support import SYNC_SECRET, event, load_fixture, new_event_id, now_ms
+from tests.support import SYNC_SECRET, Clock, event, load_fixture, new_event_id, now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,25 @@ async def _sql(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def _log_position(h: Harness) -> int:
+    """The change log's current end, as a resume point (the first "caught up" message)."""
+    async for message in h.entitlements.WatchEntitlements(pb.WatchEntitlementsRequest()):
+        assert not message.subject
+        return int(message.version)
+    raise AssertionError("the watch ended without a message")
+
+
+async def _watched(h: Harness, subjects: list[str], since: int) -> set[str]:
+    """Subjects a fresh Watch from `since` reports before it is caught up."""
+    seen: set[str] = set()
+    request = pb.WatchEntitlementsRequest(subjects=subjects, since_version=since)
+    async for message in h.entitlements.WatchEntitlements(request):
+        if not message.subject:
+            return seen
+        seen.add(message.subject)
+    return seen
+
+
 # ---- 1, 2: values past year 9999 or beyond int64 ------------------------------------------
 
 
@@ -61,6 +80,7 @@ async def test_out_of_range_values_are_applied_bounded_and_reads_still_work(
     harness: Harness, field: str, value: Any
 ) -> None:
     who, other = subject("edge"), subject("bystander")
+    since = await _log_position(harness)
     fixture = "item_past_due_pro" if field == "past_due_at" else "item_canceled_pro"
     payload = event(fixture, at_ms=now_ms(), subject=who)
     if field == "timestamp":
@@ -80,15 +100,7 @@ async def test_out_of_range_values_are_applied_bounded_and_reads_still_work(
         )
     )
     assert [c.allowed for c in batch.results] == [True, True]
-    stream = harness.entitlements.WatchEntitlements(
-        pb.WatchEntitlementsRequest(subjects=[who, other], since_version=0)
-    )
-    seen = set()
-    async for message in stream:
-        if not message.subject:
-            break
-        seen.add(message.subject)
-    assert seen == {who, other}
+    assert await _watched(harness, [who, other], since) == {who, other}
     for row in await _sql(harness.store.dsn, "SELECT * FROM items WHERE subject = $1", who):
         for column in ("period_end_ms", "past_due_at_ms", "event_ms"):
             assert row[column] is None or row[column] < 7_258_118_400_000
@@ -98,6 +110,7 @@ async def test_state_stored_before_the_bounds_never_breaks_a_read(harness: Harne
     """Rows written by an older version (a period end in microseconds) read as missing values:
     no INTERNAL for the subject, its batch neighbours, or a Watch from the start."""
     who, other = subject("legacy"), subject("neighbour")
+    since = await _log_position(harness)
     await apply(harness, event("item_canceled_pro", at_ms=now_ms(), subject=who))
     await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=other))
     await _sql(
@@ -118,15 +131,7 @@ async def test_state_stored_before_the_bounds_never_breaks_a_read(harness: Harne
         )
     )
     assert len(batch.results) == 3
-    messages: list[pb.WatchEntitlementsResponse] = []
-    stream = harness.entitlements.WatchEntitlements(
-        pb.WatchEntitlementsRequest(subjects=[who, other], since_version=0)
-    )
-    async for m in stream:
-        if not m.subject:
-            break
-        messages.append(m)
-    assert {m.subject for m in messages} == {who, other}
+    assert await _watched(harness, [who, other], since) == {who, other}
 
 
 # ---- 4, 11: event times in the future, envelope timestamps in seconds ------------------------
@@ -396,7 +401,7 @@ async def test_housekeeping_scrubs_deep_payloads_and_survives_a_failing_job(
     async def broken(*_: Any) -> int:
         raise RuntimeError("prune failed")
 
-    harness.store.prune_change_log = broken  # type: ignore[method-assign]
+    harness.store.prune_change_log = broken  # type: ignore[method-assign, assignment]
     settings = type(
         "S", (), {"change_log_retention_seconds": 1.0, "payload_retention_seconds": 1.0}
     )
@@ -407,7 +412,7 @@ async def test_housekeeping_scrubs_deep_payloads_and_survives_a_failing_job(
 
 
 async def test_abandoned_verify_schemas_are_dropped_at_start_up(
-    database_url: str, harness: Harness
+    database_url: str, clock: Clock
 ) -> None:
     abandoned, running = "verify_00000000deadbeef", "verify_00000000feedf00d"
     for schema in (abandoned, running):
@@ -416,15 +421,16 @@ async def test_abandoned_verify_schemas_are_dropped_at_start_up(
     holder = await asyncpg.connect(database_url)
     try:
         await holder.execute("SELECT pg_advisory_lock(7305, hashtext($1))", running)
-        async with replica(database_url, harness.clock):
+        async with replica(database_url, clock) as started:
             names = {
                 r["nspname"] for r in await _sql(database_url, "SELECT nspname FROM pg_namespace")
             }
             assert abandoned not in names
             assert running in names  # its verify still holds the lock
+            await holder.close()  # that verify dies
+            assert await started.store.drop_abandoned_scratch_schemas() == [running]
     finally:
         await holder.close()
-    assert await harness.store.drop_abandoned_scratch_schemas() == [running]
 
 
 async def test_verify_takes_and_releases_its_schema_lock(harness: Harness) -> None:

@@ -239,3 +239,45 @@ async def test_a_pass_stops_asking_an_api_that_keeps_failing(rh: Harness, fake: 
     assert any("not asked" in r.detail for r in by_subject.values())
     for who in people:
         assert await plan_of(rh, who) == "pro"
+
+
+async def test_429s_count_toward_giving_up(fake: FakeClerk) -> None:
+    """An API that only answers 429 cannot hold a pass for ever: after `give_up_after` failed
+    requests in a row (429s included) the client stops asking."""
+    first, second = subject("limited_a"), subject("limited_b")
+    for who in (first, second):
+        fake.subscription_for(who, [], updated_at=now_ms())
+    fake.scripted = [(429, {"Retry-After": "0"})] * 50
+    async with ClerkApi(settings(fake, give_up_after=6)) as api:
+        with pytest.raises(ClerkApiError):
+            await api.subscription(first)
+        with pytest.raises(ClerkApiError) as info:
+            await api.subscription(second)
+    assert "not asked" in str(info.value)
+    assert api.requests == 6
+
+
+async def test_an_oversized_answer_is_refused_not_buffered() -> None:
+    from aiohttp import web
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"pad":"' + b"x" * (6 * 1024 * 1024) + b'"}')
+        return response
+
+    app = web.Application()
+    app.router.add_get("/users/{id}/billing/subscription", huge)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        api_settings = ClerkApiSettings(secret_key=SECRET_KEY, base_url=f"http://127.0.0.1:{port}")
+        async with ClerkApi(api_settings) as api:
+            with pytest.raises(ClerkApiError) as info:
+                await api.subscription("user_big")
+        assert "larger than" in str(info.value)
+    finally:
+        await runner.cleanup()

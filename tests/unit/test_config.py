@@ -56,12 +56,17 @@ def test_clerk_settings_are_read_and_checked() -> None:
         }
     )
     assert s.clerk is not None and s.clerk.base_url == "http://127.0.0.1:9/v1"
+    for loopback in ("http://localhost:9/v1", "http://[::1]:9/v1"):
+        local = ServiceSettings.from_env({"CLERK_SECRET_KEY": "sk_a", "CLERK_API_URL": loopback})
+        assert local.clerk is not None and local.clerk.base_url == loopback
     assert s.reconcile_interval_seconds == 0
     assert ServiceSettings.from_env({"CLERK_SECRET_KEY": "sk_x"}).clerk.base_url.startswith(  # type: ignore[union-attr]
         "https://api.clerk.com"
     )
     for env, name in (
         ({"CLERK_SECRET_KEY": "sk_a", "CLERK_API_URL": "ftp://x"}, "CLERK_API_URL"),
+        ({"CLERK_SECRET_KEY": "sk_a", "CLERK_API_URL": "http://api.clerk.com/v1"}, "https"),
+        ({"CLERK_SECRET_KEY": "sk_a", "CLERK_API_URL": "http://10.0.0.8/v1"}, "https"),
         ({"CLERK_SECRET_KEY": "sk a"}, "CLERK_SECRET_KEY"),
         ({"ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS": "-5"}, "RECONCILE_INTERVAL"),
     ):
