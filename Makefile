@@ -4,12 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check protos clean
+.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean
 
-$(STAMP): pyproject.toml
+# Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
+# made by `make lock`); the project itself is installed without resolving anything more.
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +26,7 @@ demo: $(STAMP)
 
 ## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/bench.lock
 	$(PY) -m bench.run
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
@@ -45,7 +47,11 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
 ## Lint, types, and stale generated stubs.
-check: lint typecheck stubs-check
+check: lint typecheck stubs-check lock-check
+
+## Every dependency named in pyproject.toml is pinned in the hashed locks, at the same version.
+lock-check: $(STAMP)
+	$(PY) scripts/check_lock.py pyproject.toml requirements/dev.lock requirements/bench.lock
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -56,6 +62,16 @@ typecheck: $(STAMP)
 
 stubs-check: $(STAMP)
 	PY=$(PY) scripts/check_stubs.sh
+
+## Re-resolve the hashed locks after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet pip-tools==7.6.2
+	for extras in dev dev,bench; do \
+	  out=requirements/$$( [ $$extras = dev ] && echo dev || echo bench ).lock; \
+	  PIP_CONSTRAINT= $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	    --strip-extras --no-emit-index-url --no-emit-find-links \
+	    $$(echo $$extras | sed 's/\([a-z]*\)/--extra \1/g; s/,/ /g') -o $$out pyproject.toml; \
+	done
 
 ## Regenerate the committed stubs after editing protos/.
 protos: $(STAMP)

@@ -31,13 +31,22 @@ def expected_states(
             deleted[event.subject] = max(deleted.get(event.subject, 0), event.event_ms)
         for update in event.items:
             old = per_subject.get(update.item_id)
+            past_due_at = update.past_due_at_ms
+            if update.status is ItemStatus.PAST_DUE:
+                # Grace runs from the first sighting of the episode (SPEC §9): re-listing an
+                # item that is already past due keeps the earlier anchor.
+                seen = past_due_at if past_due_at is not None else update.event_ms
+                if old is not None and old.status is ItemStatus.PAST_DUE:
+                    assert old.past_due_at_ms is not None
+                    seen = min(seen, old.past_due_at_ms)
+                past_due_at = seen
             per_subject[update.item_id] = ItemState(
                 update.item_id,
                 update.status,
                 update.plan_slug,
                 update.plan_id,
                 update.period_end_ms,
-                update.past_due_at_ms,
+                past_due_at,
                 update.event_ms,
                 ever_active=(old is not None and old.ever_active)
                 or update.status is ItemStatus.ACTIVE,
