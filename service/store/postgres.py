@@ -567,6 +567,46 @@ class Store:
                 )
                 return ReplayResult(stored, event, result)
 
+        try:
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            # Applying failed again (rolled back): the delivery keeps its stored outcome, except
+            # that one moving an item to another subject is now known to be IGNORED.
+            owned_elsewhere = isinstance(exc, _ItemOwnedElsewhere)
+            if not owned_elsewhere:
+                log.exception("replay of %s could not apply it; kept as it was", event_id)
+            note = str(exc) if owned_elsewhere else f"could not be applied ({type(exc).__name__})"
+            return await self._keep_after_failed_replay(
+                event_id, normalize, note, Outcome.IGNORED if owned_elsewhere else None
+            )
+
+    async def _keep_after_failed_replay(
+        self,
+        event_id: str,
+        normalize: Callable[[StoredDelivery], NormalizedEvent],
+        note: str,
+        outcome: str | None,
+    ) -> ReplayResult | None:
+        async def work(conn: Conn) -> ReplayResult | None:
+            row = await conn.fetchrow(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1", event_id
+            )
+            if row is None:
+                return None
+            stored = StoredDelivery(**dict(row))
+            if outcome is not None:
+                await conn.execute(
+                    "UPDATE deliveries SET outcome = $2, notes = array_append(notes, $3) "
+                    "WHERE event_id = $1",
+                    event_id,
+                    outcome,
+                    storable_text(note, MAX_STORED_TEXT),
+                )
+            kept = ApplyResult(outcome or stored.outcome, None, None, None, 0, (note,))
+            return ReplayResult(stored, normalize(stored), kept)
+
         return await self._run(work)
 
     @asynccontextmanager

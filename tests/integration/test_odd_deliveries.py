@@ -441,3 +441,76 @@ async def test_verify_takes_and_releases_its_schema_lock(harness: Harness) -> No
     ]
     assert responses[-1].finished and not responses[-1].differences
     assert await harness.store.drop_abandoned_scratch_schemas() == []
+
+
+async def test_replaying_a_delivery_that_still_cannot_be_applied_keeps_it(
+    harness: Harness,
+) -> None:
+    who = subject("nul")
+    event_id = new_event_id()
+    payload = event("item_active_pro_month", at_ms=now_ms(), subject=who, plan_slug="pro\0")
+    r = await apply(harness, payload, event_id)
+    assert outcome_name(r) == "UNPARSEABLE"
+    assert any("could not be applied" in n for n in r.notes)
+    replayed = [
+        result
+        async for message in harness.sync.ReplayDeliveries(
+            sync_pb.ReplayDeliveriesRequest(subject=who), metadata=harness.auth
+        )
+        for result in message.results
+    ]
+    assert [(x.event_id, x.changed) for x in replayed] == [(event_id, False)]
+    assert replayed[0].outcome == sync_pb.UNPARSEABLE
+    assert (await _delivery(harness, event_id))["outcome"] == "UNPARSEABLE"
+    assert await plan_of(harness, who) == "free"
+
+
+async def test_lifecycle_with_clerks_documented_shapes(harness: Harness) -> None:
+    """Purchase, cancel and the end of the period, with payloads shaped as in Clerk's docs:
+    `subscription_item` objects with `csub_item_` ids, `interval`, no `past_due_at`, a user
+    payer with `organization_id: ""`, `payer: null` items inside `subscription.*`, envelope
+    timestamps in seconds."""
+    who = subject("shapes")
+    t = now_ms() - 10 * DAY
+    free_id, paid_id = f"csub_item_free_{who}", f"csub_item_paid_{who}"
+    free_item = {**_clerk_item(free_id, "active", t + 30 * DAY), "plan": {"slug": "free_user"}}
+    free_item["plan_id"] = "cplan_free"
+    created = _clerk_subscription(who, "subscription.created", t // 1000, [free_item])
+    assert outcome_name(await apply(harness, created)) == "APPLIED"
+    assert await plan_of(harness, who) == "free"
+    # Purchase: the free item ends, the paid one becomes active ~50 ms later (Clerk's order).
+    ended_free = {**free_item, "status": "ended"}
+    paid = _clerk_item(paid_id, "active", t + 30 * DAY)
+    purchase_time = t + DAY
+    await apply(
+        harness,
+        {
+            "object": "event",
+            "type": "subscriptionItem.ended",
+            "timestamp": purchase_time // 1000,
+            "data": {**ended_free, "payer": {"user_id": who, "organization_id": ""}},
+        },
+    )
+    r = await apply(
+        harness,
+        _clerk_subscription(who, "subscription.updated", (purchase_time + 50) // 1000 + 1, [paid]),
+    )
+    assert outcome_name(r) == "APPLIED" and r.plan == "pro"
+    # Cancel: the paid item keeps its period end; an upcoming free item is queued.
+    period_end = now_ms() + 2 * DAY
+    canceled = {**_clerk_item(paid_id, "canceled", period_end)}
+    upcoming = {**free_item, "id": f"csub_item_next_{who}", "status": "upcoming"}
+    r = await apply(
+        harness,
+        _clerk_subscription(
+            who, "subscription.updated", (now_ms() - DAY) // 1000, [canceled, upcoming]
+        ),
+    )
+    assert outcome_name(r) == "APPLIED"
+    ent = await entitlements(harness, who)
+    assert ent.plan == "pro" and ent.status == pb.ENTITLEMENT_STATUS_CANCELED
+    assert ent.valid_until.ToMilliseconds() == period_end
+    harness.clock.freeze(period_end)
+    if harness.running.cache is not None:
+        harness.running.cache.clear()
+    assert await plan_of(harness, who) == "free"  # no event needed at period end

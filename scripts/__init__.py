@@ -1,0 +1,1 @@
+"""Development scripts (make run, lock and stub checks); not installed."""
