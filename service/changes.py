@@ -1,35 +1,201 @@
-"""Fan-out of committed changes to this replica's cache and WatchEntitlements streams."""
+"""Fan-out of committed changes: one follower of the change log per replica.
+
+A single task reads the change log (woken by NOTIFY or a local commit, with a short poll as a
+safety net), loads the entitlements of the subjects someone watches once, and hands each batch
+to every WatchEntitlements stream in memory. An idle stream costs no database work: it waits on
+its queue and sends a heartbeat every second.
+
+The follower also keeps the stream's freshness: `lag_ms` is how far behind the stream may be.
+Each poll remembers (when, the transaction-id ceiling then); once the horizon passes a ceiling,
+everything committed before that poll has been read. A database that cannot be reached, or a
+long transaction of this service's own that holds the horizon, shows as a growing lag, which
+every heartbeat carries, so clients stop trusting their local copy instead of going silently
+stale.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from service.cache import EntitlementCache
+from service.domain.resolution import Entitlements
+from service.store.postgres import ChangeBatch
+
+log = logging.getLogger(__name__)
+
+FOLLOW_BATCH = 500
+QUEUE_BATCHES = 256
+
+
+class TooManyStreams(Exception):
+    """Over the configured number of WatchEntitlements streams (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    total: int = 10_000
+    per_peer: int = 2_000
+
+
+@dataclass
+class Batch:
+    """Changes [start, next_position) as (txid, version, subject), with the entitlements of the
+    subjects any stream watches; `memo` holds wire messages built once for all streams."""
+
+    start: int
+    changes: list[tuple[int, int, str]]
+    entitlements: dict[str, Entitlements]
+    next_position: int
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Subscription:
+    subjects: frozenset[str] | None  # None: every subject
+    peer: str
+    queue: asyncio.Queue[Batch] = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
+    overflowed: bool = False
+
+    def wants(self, subject: str) -> bool:
+        return self.subjects is None or subject in self.subjects
+
+
+Follow = Callable[[int, int], Awaitable[ChangeBatch]]
+Horizon = Callable[[], Awaitable[tuple[int, int]]]
+Load = Callable[[Sequence[str]], Awaitable[dict[str, Entitlements]]]
 
 
 class ChangeHub:
-    def __init__(self, cache: EntitlementCache | None) -> None:
+    def __init__(
+        self,
+        cache: EntitlementCache | None,
+        limits: StreamLimits | None = None,
+        poll_seconds: float = 0.5,
+    ) -> None:
         self._cache = cache
-        self._waiters: set[asyncio.Event] = set()
+        self.limits = limits or StreamLimits()
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._subscriptions: set[Subscription] = set()
+        self._per_peer: dict[str, int] = {}
+        self.position: int | None = None  # None until the follower has started
+        self.started = asyncio.Event()
+        self._complete_at_ms: float = time.time() * 1000
+        self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
+        self.reads = 0  # change-log reads by the follower (a test counts them)
+
+    # ---- notifications (NOTIFY listener and local commits) ------------------------------
 
     def on_change(self, version: int, subject: str) -> None:
         if self._cache is not None:
             self._cache.invalidate(subject)
-        self._wake()
+        self._wake.set()
 
     def on_live(self, live: bool) -> None:
         if self._cache is not None:
             self._cache.set_live(live)
-        self._wake()  # streams re-read the log: nothing is missed across a reconnect
+        self._wake.set()  # read the log again: nothing is missed across a reconnect
 
-    def _wake(self) -> None:
-        for event in self._waiters:
-            event.set()
+    # ---- streams -------------------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters.add(event)
-        return event
+    def subscribe(self, subjects: Sequence[str] | None, peer: str) -> Subscription:
+        if len(self._subscriptions) >= self.limits.total:
+            raise TooManyStreams(
+                f"this replica serves at most {self.limits.total} watch streams; retry later"
+            )
+        if self._per_peer.get(peer, 0) >= self.limits.per_peer:
+            raise TooManyStreams(
+                f"at most {self.limits.per_peer} watch streams per client address; retry later"
+            )
+        subscription = Subscription(frozenset(subjects) if subjects else None, peer)
+        self._subscriptions.add(subscription)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        return subscription
 
-    def unsubscribe(self, event: asyncio.Event) -> None:
-        self._waiters.discard(event)
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            left = self._per_peer.get(subscription.peer, 1) - 1
+            if left:
+                self._per_peer[subscription.peer] = left
+            else:
+                self._per_peer.pop(subscription.peer, None)
+
+    @property
+    def streams(self) -> int:
+        return len(self._subscriptions)
+
+    def lag_ms(self) -> int:
+        """How far behind the streams may be: everything committed before now - lag is read."""
+        return max(0, int(time.time() * 1000 - self._complete_at_ms))
+
+    # ---- the follower --------------------------------------------------------------------
+
+    async def follow(self, horizon: Horizon, read: Follow, load: Load) -> None:
+        """Follow the change log until cancelled (one task per replica)."""
+        while self.position is None:
+            try:
+                self.position, _ = await horizon()
+            except Exception as exc:  # database not there yet: the lag grows meanwhile
+                log.warning("change follower cannot start yet (%s)", type(exc).__name__)
+                await asyncio.sleep(self.poll_seconds)
+        self.started.set()
+        while True:
+            self._wake.clear()
+            try:
+                complete = await self._step(read, load)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change follower: %s; retrying", type(exc).__name__)
+                complete = True
+            if complete:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def _step(self, read: Follow, load: Load) -> bool:
+        assert self.position is not None
+        polled_at = time.time() * 1000
+        batch = await read(self.position, FOLLOW_BATCH)
+        self.reads += 1
+        self._ceilings.append((polled_at, batch.xmax))
+        wanted = self._wanted({subject for _, _, subject in batch.changes})
+        entitlements = await load(sorted(wanted)) if wanted else {}
+        start, self.position = self.position, batch.next_position
+        if batch.complete:
+            # Everything that had a transaction id at an earlier poll is now below the
+            # horizon: all it committed has been read.
+            horizon = batch.next_position
+            while self._ceilings and self._ceilings[0][1] <= horizon:
+                self._complete_at_ms = max(self._complete_at_ms, self._ceilings.popleft()[0])
+        if batch.changes:
+            self._publish(Batch(start, batch.changes, entitlements, batch.next_position))
+        return batch.complete
+
+    def _wanted(self, changed: set[str]) -> set[str]:
+        wanted: set[str] = set()
+        for subscription in self._subscriptions:
+            if subscription.subjects is None:
+                return changed
+            wanted |= changed & subscription.subjects
+        return wanted
+
+    def _publish(self, batch: Batch) -> None:
+        for subscription in self._subscriptions:
+            if subscription.overflowed:
+                continue
+            if subscription.subjects is not None and not any(
+                subject in subscription.subjects for _, _, subject in batch.changes
+            ):
+                continue  # nothing for it; its heartbeat reads the hub's position
+            try:
+                subscription.queue.put_nowait(batch)
+            except asyncio.QueueFull:
+                subscription.overflowed = True  # the stream re-reads from the database

@@ -43,6 +43,13 @@ class ServiceSettings:
     # Reconciliation with Clerk's Backend API: off (None) without CLERK_SECRET_KEY.
     clerk: ClerkApiSettings | None = None
     reconcile_interval_seconds: float = 3600.0
+    # WatchEntitlements: streams per replica and per client address (over: RESOURCE_EXHAUSTED).
+    watch_max_streams: int = 10_000
+    watch_max_streams_per_peer: int = 2_000
+    # Connections are closed after this age (clients reconnect and resume, gracefully).
+    max_connection_age_seconds: int = 1800
+    # Bearer tokens required on EntitlementService (none: the read side is open).
+    read_tokens: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -77,6 +84,14 @@ class ServiceSettings:
             reconcile_interval_seconds=float(
                 _non_negative_int(env, "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS", 3600)
             ),
+            watch_max_streams=_positive_int(env, "ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000),
+            watch_max_streams_per_peer=_positive_int(
+                env, "ENTITLEMENTS_WATCH_MAX_STREAMS_PER_PEER", 2_000
+            ),
+            max_connection_age_seconds=_positive_int(
+                env, "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800
+            ),
+            read_tokens=read_tokens(env.get("ENTITLEMENTS_READ_TOKEN")),
         )
 
 
@@ -130,6 +145,22 @@ def split_secrets(raw: str | None) -> list[str]:
     """A secret setting may list several secrets (spaces or commas) during a rotation: the
     receiving side accepts any of them, the sending side uses the first."""
     return (raw or "").replace(",", " ").split()
+
+
+MIN_READ_TOKEN_CHARS = 16
+
+
+def read_tokens(raw: str | None) -> tuple[str, ...]:
+    """ENTITLEMENTS_READ_TOKEN: one or more bearer tokens (spaces/commas; several while
+    rotating); each at least 16 characters."""
+    tokens = tuple(split_secrets(raw))
+    for token in tokens:
+        if len(token) < MIN_READ_TOKEN_CHARS or not token.isprintable():
+            raise ConfigError(
+                f"ENTITLEMENTS_READ_TOKEN: each token must be at least {MIN_READ_TOKEN_CHARS} "
+                "printable characters"
+            )
+    return tokens
 
 
 def check_sync_secret(secret: str | None) -> None:

@@ -24,11 +24,16 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.cache import EntitlementCache
-from service.changes import ChangeHub
+from service.changes import ChangeHub, StreamLimits
 from service.config import ConfigError, ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
+from service.domain.resolution import Entitlements
 from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
-from service.grpc_api.interceptors import BillingAuthInterceptor, ErrorInterceptor
+from service.grpc_api.interceptors import (
+    BillingAuthInterceptor,
+    ErrorInterceptor,
+    ReadAuthInterceptor,
+)
 from service.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
 from service.operations import Reconciler, run_reconcile_schedule
 from service.reader import EntitlementReader
@@ -121,18 +126,49 @@ async def _housekeeping_pass(store: Store, settings: ServiceSettings) -> None:
             log.info("housekeeping: %s: %s", what, done if isinstance(done, int) else len(done))
 
 
+# Keepalive (documented in the README): the server pings an idle connection every 30 s and
+# drops it when no answer comes within 10 s; clients may ping every 10 s even without calls.
+# Connections are closed after `max_connection_age_seconds` (+ 5 min for calls in flight),
+# so clients spread over new replicas; a Watch stream then resumes where it was.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+CONNECTION_AGE_GRACE_MS = 300_000
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.so_reuseport", 1),  # --workers: every worker binds the same port
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_connection_age_ms", settings.max_connection_age_seconds * 1000),
+        ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
+    ]
+
+
 async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
     """Build and start the server on `settings.listen` (port 0 picks a free port)."""
     server = aio.server(
-        interceptors=[ErrorInterceptor(), BillingAuthInterceptor(settings.sync_secret)],
-        options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 1),  # --workers: every worker binds the same port
+        interceptors=[
+            ErrorInterceptor(),
+            BillingAuthInterceptor(settings.sync_secret),
+            ReadAuthInterceptor(list(settings.read_tokens)),
         ],
+        options=server_options(settings),
     )
     cache = EntitlementCache(settings.cache_max_subjects) if settings.cache_enabled else None
-    hub = ChangeHub(cache)
+    hub = ChangeHub(
+        cache, StreamLimits(settings.watch_max_streams, settings.watch_max_streams_per_peer)
+    )
     reader = EntitlementReader(store, catalog, cache)
+
+    async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
+        return {s: e.entitlements for s, e in (await reader.load(subjects)).items()}
+
     pb_grpc.add_EntitlementServiceServicer_to_server(
         EntitlementServicer(reader, catalog, store, hub), server
     )
@@ -159,6 +195,7 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
+        asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
         asyncio.create_task(_housekeeping(store, settings)),
     ]
     if settings.clerk is not None and settings.reconcile_interval_seconds > 0:

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Limit\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"1\n\rCanUseRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"\x89\x01\n\x0e\x43\x61nUseResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.entitlements.v1.Reason\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10GetLimitsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xd9\x01\n\x11GetLimitsResponse\x12\x0c\n\x04plan\x18\x01 \x01(\t\x12>\n\x06limits\x18\x02 \x03(\x0b\x32..entitlements.v1.GetLimitsResponse.LimitsEntry\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"]\n\x11\x43heckLimitRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x15\n\rcurrent_usage\x18\x03 \x01(\x03\x12\x11\n\trequested\x18\x04 \x01(\x03\"\x99\x01\n\x12\x43heckLimitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x11\n\tunlimited\x18\x04 \x01(\x08\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x16GetEntitlementsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xcd\x02\n\x17GetEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x44\n\x06limits\x18\x04 \x03(\x0b\x32\x34.entitlements.v1.GetEntitlementsResponse.LimitsEntry\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".entitlements.v1.EntitlementStatus\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x03\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"D\n\x12\x42\x61tchCanUseRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.entitlements.v1.CanUseRequest\"G\n\x13\x42\x61tchCanUseResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.entitlements.v1.CanUseResponse\"\x12\n\x10ListPlansRequest\"\x81\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08lifetime\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x31\n\x06limits\x18\x06 \x03(\x0b\x32!.entitlements.v1.Plan.LimitsEntry\x12\x13\n\x0b\x63lerk_slugs\x18\x07 \x03(\t\x12\x16\n\x0e\x63lerk_plan_ids\x18\x08 \x03(\t\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"q\n\x11ListPlansResponse\x12$\n\x05plans\x18\x01 \x03(\x0b\x32\x15.entitlements.v1.Plan\x12\x14\n\x0c\x64\x65\x66\x61ult_plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06limits\x18\x04 \x03(\t\"Z\n\x18WatchEntitlementsRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x1a\n\rsince_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_since_version\"}\n\x19WatchEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12>\n\x0c\x65ntitlements\x18\x02 \x01(\x0b\x32(.entitlements.v1.GetEntitlementsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03*\xd5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_FEATURE_IN_PLAN\x10\x01\x12\x1e\n\x1aREASON_FEATURE_NOT_IN_PLAN\x10\x02\x12\x1e\n\x1aREASON_GRANTED_BY_OVERRIDE\x10\x03\x12\x1c\n\x18REASON_IN_PAST_DUE_GRACE\x10\x04\x12$\n REASON_CANCELED_UNTIL_PERIOD_END\x10\x05\x12\x13\n\x0fREASON_LIFETIME\x10\x06*\xf9\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_DEFAULT\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_CANCELED\x10\x03\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_PAST_DUE\x10\x04\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_LIFETIME\x10\x05\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_GRANTED\x10\x06\x32\x8c\x05\n\x12\x45ntitlementService\x12I\n\x06\x43\x61nUse\x12\x1e.entitlements.v1.CanUseRequest\x1a\x1f.entitlements.v1.CanUseResponse\x12R\n\tGetLimits\x12!.entitlements.v1.GetLimitsRequest\x1a\".entitlements.v1.GetLimitsResponse\x12U\n\nCheckLimit\x12\".entitlements.v1.CheckLimitRequest\x1a#.entitlements.v1.CheckLimitResponse\x12\x64\n\x0fGetEntitlements\x12\'.entitlements.v1.GetEntitlementsRequest\x1a(.entitlements.v1.GetEntitlementsResponse\x12X\n\x0b\x42\x61tchCanUse\x12#.entitlements.v1.BatchCanUseRequest\x1a$.entitlements.v1.BatchCanUseResponse\x12R\n\tListPlans\x12!.entitlements.v1.ListPlansRequest\x1a\".entitlements.v1.ListPlansResponse\x12l\n\x11WatchEntitlements\x12).entitlements.v1.WatchEntitlementsRequest\x1a*.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Limit\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"1\n\rCanUseRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"\x89\x01\n\x0e\x43\x61nUseResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.entitlements.v1.Reason\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10GetLimitsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xd9\x01\n\x11GetLimitsResponse\x12\x0c\n\x04plan\x18\x01 \x01(\t\x12>\n\x06limits\x18\x02 \x03(\x0b\x32..entitlements.v1.GetLimitsResponse.LimitsEntry\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"]\n\x11\x43heckLimitRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x15\n\rcurrent_usage\x18\x03 \x01(\x03\x12\x11\n\trequested\x18\x04 \x01(\x03\"\x99\x01\n\x12\x43heckLimitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x11\n\tunlimited\x18\x04 \x01(\x08\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x16GetEntitlementsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xcd\x02\n\x17GetEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x44\n\x06limits\x18\x04 \x03(\x0b\x32\x34.entitlements.v1.GetEntitlementsResponse.LimitsEntry\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".entitlements.v1.EntitlementStatus\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x03\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"D\n\x12\x42\x61tchCanUseRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.entitlements.v1.CanUseRequest\"G\n\x13\x42\x61tchCanUseResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.entitlements.v1.CanUseResponse\"\x12\n\x10ListPlansRequest\"\x81\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08lifetime\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x31\n\x06limits\x18\x06 \x03(\x0b\x32!.entitlements.v1.Plan.LimitsEntry\x12\x13\n\x0b\x63lerk_slugs\x18\x07 \x03(\t\x12\x16\n\x0e\x63lerk_plan_ids\x18\x08 \x03(\t\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"q\n\x11ListPlansResponse\x12$\n\x05plans\x18\x01 \x03(\x0b\x32\x15.entitlements.v1.Plan\x12\x14\n\x0c\x64\x65\x66\x61ult_plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06limits\x18\x04 \x03(\t\"Z\n\x18WatchEntitlementsRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x1a\n\rsince_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_since_version\"\xd6\x01\n\x19WatchEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12>\n\x0c\x65ntitlements\x18\x02 \x01(\x0b\x32(.entitlements.v1.GetEntitlementsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration*\xd5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_FEATURE_IN_PLAN\x10\x01\x12\x1e\n\x1aREASON_FEATURE_NOT_IN_PLAN\x10\x02\x12\x1e\n\x1aREASON_GRANTED_BY_OVERRIDE\x10\x03\x12\x1c\n\x18REASON_IN_PAST_DUE_GRACE\x10\x04\x12$\n REASON_CANCELED_UNTIL_PERIOD_END\x10\x05\x12\x13\n\x0fREASON_LIFETIME\x10\x06*\xf9\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_DEFAULT\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_CANCELED\x10\x03\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_PAST_DUE\x10\x04\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_LIFETIME\x10\x05\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_GRANTED\x10\x06\x32\x8c\x05\n\x12\x45ntitlementService\x12I\n\x06\x43\x61nUse\x12\x1e.entitlements.v1.CanUseRequest\x1a\x1f.entitlements.v1.CanUseResponse\x12R\n\tGetLimits\x12!.entitlements.v1.GetLimitsRequest\x1a\".entitlements.v1.GetLimitsResponse\x12U\n\nCheckLimit\x12\".entitlements.v1.CheckLimitRequest\x1a#.entitlements.v1.CheckLimitResponse\x12\x64\n\x0fGetEntitlements\x12\'.entitlements.v1.GetEntitlementsRequest\x1a(.entitlements.v1.GetEntitlementsResponse\x12X\n\x0b\x42\x61tchCanUse\x12#.entitlements.v1.BatchCanUseRequest\x1a$.entitlements.v1.BatchCanUseResponse\x12R\n\tListPlans\x12!.entitlements.v1.ListPlansRequest\x1a\".entitlements.v1.ListPlansResponse\x12l\n\x11WatchEntitlements\x12).entitlements.v1.WatchEntitlementsRequest\x1a*.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,48 +39,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_options = b'8\001'
   _globals['_PLAN_LIMITSENTRY']._loaded_options = None
   _globals['_PLAN_LIMITSENTRY']._serialized_options = b'8\001'
-  _globals['_REASON']._serialized_start=1974
-  _globals['_REASON']._serialized_end=2187
-  _globals['_ENTITLEMENTSTATUS']._serialized_start=2190
-  _globals['_ENTITLEMENTSTATUS']._serialized_end=2439
-  _globals['_LIMIT']._serialized_start=95
-  _globals['_LIMIT']._serialized_end=136
-  _globals['_CANUSEREQUEST']._serialized_start=138
-  _globals['_CANUSEREQUEST']._serialized_end=187
-  _globals['_CANUSERESPONSE']._serialized_start=190
-  _globals['_CANUSERESPONSE']._serialized_end=327
-  _globals['_GETLIMITSREQUEST']._serialized_start=329
-  _globals['_GETLIMITSREQUEST']._serialized_end=364
-  _globals['_GETLIMITSRESPONSE']._serialized_start=367
-  _globals['_GETLIMITSRESPONSE']._serialized_end=584
-  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_start=515
-  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_end=584
-  _globals['_CHECKLIMITREQUEST']._serialized_start=586
-  _globals['_CHECKLIMITREQUEST']._serialized_end=679
-  _globals['_CHECKLIMITRESPONSE']._serialized_start=682
-  _globals['_CHECKLIMITRESPONSE']._serialized_end=835
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=837
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=878
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=881
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1214
-  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_start=515
-  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_end=584
-  _globals['_BATCHCANUSEREQUEST']._serialized_start=1216
-  _globals['_BATCHCANUSEREQUEST']._serialized_end=1284
-  _globals['_BATCHCANUSERESPONSE']._serialized_start=1286
-  _globals['_BATCHCANUSERESPONSE']._serialized_end=1357
-  _globals['_LISTPLANSREQUEST']._serialized_start=1359
-  _globals['_LISTPLANSREQUEST']._serialized_end=1377
-  _globals['_PLAN']._serialized_start=1380
-  _globals['_PLAN']._serialized_end=1637
-  _globals['_PLAN_LIMITSENTRY']._serialized_start=515
-  _globals['_PLAN_LIMITSENTRY']._serialized_end=584
-  _globals['_LISTPLANSRESPONSE']._serialized_start=1639
-  _globals['_LISTPLANSRESPONSE']._serialized_end=1752
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=1754
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=1844
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=1846
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=1971
-  _globals['_ENTITLEMENTSERVICE']._serialized_start=2442
-  _globals['_ENTITLEMENTSERVICE']._serialized_end=3094
+  _globals['_REASON']._serialized_start=2096
+  _globals['_REASON']._serialized_end=2309
+  _globals['_ENTITLEMENTSTATUS']._serialized_start=2312
+  _globals['_ENTITLEMENTSTATUS']._serialized_end=2561
+  _globals['_LIMIT']._serialized_start=127
+  _globals['_LIMIT']._serialized_end=168
+  _globals['_CANUSEREQUEST']._serialized_start=170
+  _globals['_CANUSEREQUEST']._serialized_end=219
+  _globals['_CANUSERESPONSE']._serialized_start=222
+  _globals['_CANUSERESPONSE']._serialized_end=359
+  _globals['_GETLIMITSREQUEST']._serialized_start=361
+  _globals['_GETLIMITSREQUEST']._serialized_end=396
+  _globals['_GETLIMITSRESPONSE']._serialized_start=399
+  _globals['_GETLIMITSRESPONSE']._serialized_end=616
+  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_start=547
+  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_end=616
+  _globals['_CHECKLIMITREQUEST']._serialized_start=618
+  _globals['_CHECKLIMITREQUEST']._serialized_end=711
+  _globals['_CHECKLIMITRESPONSE']._serialized_start=714
+  _globals['_CHECKLIMITRESPONSE']._serialized_end=867
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=869
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=910
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=913
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1246
+  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_start=547
+  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_end=616
+  _globals['_BATCHCANUSEREQUEST']._serialized_start=1248
+  _globals['_BATCHCANUSEREQUEST']._serialized_end=1316
+  _globals['_BATCHCANUSERESPONSE']._serialized_start=1318
+  _globals['_BATCHCANUSERESPONSE']._serialized_end=1389
+  _globals['_LISTPLANSREQUEST']._serialized_start=1391
+  _globals['_LISTPLANSREQUEST']._serialized_end=1409
+  _globals['_PLAN']._serialized_start=1412
+  _globals['_PLAN']._serialized_end=1669
+  _globals['_PLAN_LIMITSENTRY']._serialized_start=547
+  _globals['_PLAN_LIMITSENTRY']._serialized_end=616
+  _globals['_LISTPLANSRESPONSE']._serialized_start=1671
+  _globals['_LISTPLANSRESPONSE']._serialized_end=1784
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=1786
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=1876
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=1879
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=2093
+  _globals['_ENTITLEMENTSERVICE']._serialized_start=2564
+  _globals['_ENTITLEMENTSERVICE']._serialized_end=3216
 # @@protoc_insertion_point(module_scope)

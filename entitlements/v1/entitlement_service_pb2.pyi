@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -572,7 +573,8 @@ Global___WatchEntitlementsRequest: _TypeAlias = WatchEntitlementsRequest  # noqa
 @_typing.final
 class WatchEntitlementsResponse(_message.Message):
     """One changed subject with its entitlements as now resolved. A message with an empty
-    `subject` marks "caught up"; its `version` is the point to resume from.
+    `subject` marks "caught up" (a heartbeat, sent at least every second); its `version` is the
+    point to resume from.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -580,20 +582,35 @@ class WatchEntitlementsResponse(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     ENTITLEMENTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     version: _builtins.int
     @_builtins.property
     def entitlements(self) -> Global___GetEntitlementsResponse: ...
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """Heartbeats: the server's clock when it was sent."""
+
+    @_builtins.property
+    def lag(self) -> _duration_pb2.Duration:
+        """Heartbeats: how far behind the stream may be at `server_time`: every change committed
+        earlier than `server_time - lag` has been sent. Near zero normally; it grows while the
+        server cannot read the change log (database unreachable, a long transaction of its own).
+        """
+
     def __init__(
         self,
         *,
         subject: _builtins.str = ...,
         entitlements: Global___GetEntitlementsResponse | None = ...,
         version: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+        lag: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "subject", b"subject", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time", "subject", b"subject", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from service.changes import TooManyStreams
 from service.config import split_secrets
 from service.domain.subjects import InvalidArgument
 from service.store.postgres import StoreUnavailable
@@ -55,6 +56,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, DependencyUnavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, TooManyStreams):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, StoreUnavailable):
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
     return None
@@ -179,31 +182,70 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
     return _wrap(handler, unary, streaming, _tolerant(handler.request_deserializer))
 
 
-class BillingAuthInterceptor(aio.ServerInterceptor):
-    """Guards BillingSyncService with `authorization: Bearer <secret>` (constant-time compare)."""
+ENTITLEMENT_PREFIX = "/entitlements.v1.EntitlementService/"
 
-    def __init__(self, secret: str | None) -> None:
-        # Several secrets (space/comma separated) are accepted during a rotation.
-        self._accepted = [f"Bearer {s}".encode() for s in split_secrets(secret)]
+
+class _BearerAuth(aio.ServerInterceptor):
+    """Guards the methods under `prefix` with `authorization: Bearer <token>`, any of several
+    accepted tokens (a rotation), compared in constant time with every one (no early exit)."""
+
+    prefix = ""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._accepted = [f"Bearer {t}".encode() for t in tokens]
+        # One denial handler per registered handler and code, so none is built per call.
+        self._denials: dict[tuple[Handler, grpc.StatusCode], Handler] = {}
+
+    def _denied(self, handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+        denial = self._denials.get((handler, code))
+        if denial is None:
+            denial = self._denials[(handler, code)] = _deny(handler, code, message)
+        return denial
+
+    def _presented_ok(self, details: grpc.HandlerCallDetails) -> bool:
+        presented = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value.encode() if isinstance(value, str) else value
+        matches = [hmac.compare_digest(presented, expected) for expected in self._accepted]
+        return any(matches)
+
+    def _unconfigured(self, handler: Handler) -> Handler:
+        return handler
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
+        if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
         if not self._accepted:
-            return _deny(handler, grpc.StatusCode.FAILED_PRECONDITION, CONFIG_ERROR_MESSAGE)
-        presented = b""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else value
-        # Compare with every accepted secret (no early exit): time says nothing about which.
-        matches = [hmac.compare_digest(presented, expected) for expected in self._accepted]
-        if not any(matches):
+            return self._unconfigured(handler)
+        if not self._presented_ok(handler_call_details):
             log.warning("rejected %s: missing or wrong bearer token", handler_call_details.method)
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+            return self._denied(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
+            )
         return handler
+
+
+class BillingAuthInterceptor(_BearerAuth):
+    """Guards BillingSyncService with `authorization: Bearer <secret>`; without a configured
+    secret every call is FAILED_PRECONDITION "Server config error"."""
+
+    prefix = BILLING_SYNC_PREFIX
+
+    def __init__(self, secret: str | None) -> None:
+        super().__init__(split_secrets(secret))
+
+    def _unconfigured(self, handler: Handler) -> Handler:
+        return self._denied(handler, grpc.StatusCode.FAILED_PRECONDITION, CONFIG_ERROR_MESSAGE)
+
+
+class ReadAuthInterceptor(_BearerAuth):
+    """Guards EntitlementService with ENTITLEMENTS_READ_TOKEN when set (open otherwise)."""
+
+    prefix = ENTITLEMENT_PREFIX
 
 
 def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:

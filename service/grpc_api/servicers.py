@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -45,7 +43,7 @@ from service.grpc_api.interceptors import (
     NotFound,
     OutOfRange,
 )
-from service.metrics import WATCH_MESSAGE_FAILURES
+from service.grpc_api.watch import WatchStreams
 from service.operations import (
     Progress,
     Reconciler,
@@ -53,7 +51,7 @@ from service.operations import (
     replay,
     verify,
 )
-from service.reader import EntitlementReader, default_entitlements
+from service.reader import EntitlementReader
 from service.store.postgres import ApplyResult, DeliverySelector, Store
 
 log = logging.getLogger(__name__)
@@ -107,14 +105,12 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         catalog: Catalog,
         store: Store,
         hub: ChangeHub,
-        watch_poll_seconds: float = 1.0,
     ) -> None:
         self._reader = reader
         self._catalog = catalog
         self._features = catalog.features
         self._store = store
-        self._hub = hub
-        self._watch_poll_seconds = watch_poll_seconds
+        self._watch = WatchStreams(hub, store, reader, catalog, entitlements_message)
 
     def _require_feature(self, feature: str) -> None:
         if feature not in self._features:
@@ -233,67 +229,32 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def WatchEntitlements(
         self, request: pb.WatchEntitlementsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """Replay the change log from `since_version`, then follow it live.
+        """Replay the change log from `since_version`, then follow it live (see watch.py).
 
         `version` in every message is a stream position: resuming from it misses nothing
         (a change may come twice; applying it again is harmless). A message with an empty
-        `subject` marks "caught up".
+        `subject` is a heartbeat: "caught up", sent at least every second.
         """
         subjects = [require_subject(s) for s in request.subjects] or None
-        resume = request.HasField("since_version")
-        if request.since_version < 0:
-            raise InvalidArgument("since_version must not be negative")
-        wake = self._hub.subscribe()
-        try:
-            pruned, horizon, ceiling = await self._store.change_log_bounds()
-            position = request.since_version if resume else horizon
-            if position < pruned or position > ceiling:
+        since: int | None = None
+        if request.HasField("since_version"):
+            if request.since_version < 0:
+                raise InvalidArgument("since_version must not be negative")
+            pruned, ceiling = await self._store.change_log_bounds()
+            since = request.since_version
+            if since < pruned or since > ceiling:
                 raise OutOfRange(
-                    f"since_version {position} is outside the change log "
+                    f"since_version {since} is outside the change log "
                     f"({pruned}..{ceiling}); re-sync and watch without since_version"
                 )
-            caught_up = False
-            while True:
-                wake.clear()
-                changes, next_position = await self._store.changes_from(
-                    position, subjects, WATCH_BATCH
-                )
-                if changes:
-                    for message in await self._watch_messages(changes):
-                        yield message
-                advanced = next_position != position
-                position = next_position
-                if len(changes) == WATCH_BATCH:
-                    continue
-                if not caught_up or advanced:
-                    caught_up = True
-                    yield pb.WatchEntitlementsResponse(subject="", version=position)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self._watch_poll_seconds)
-        finally:
-            self._hub.unsubscribe(wake)
+        async for message in self._watch.stream(subjects, since, _peer_address(context)):
+            yield message
 
-    async def _watch_messages(
-        self, changes: list[tuple[int, int, str]]
-    ) -> list[pb.WatchEntitlementsResponse]:
-        entries = await self._reader.load(list({subject for _, _, subject in changes}))
-        messages = []
-        for i, (txid, _version, subject) in enumerate(changes):
-            last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
-            try:
-                message = entitlements_message(entries[subject].entitlements)
-            except Exception:  # one subject's problem never ends every watcher's stream
-                WATCH_MESSAGE_FAILURES.inc()
-                log.exception("watch: cannot build the message for %s", subject)
-                message = entitlements_message(default_entitlements(self._catalog, subject))
-            messages.append(
-                pb.WatchEntitlementsResponse(
-                    subject=subject,
-                    entitlements=message,
-                    version=txid + 1 if last_of_tx else txid,
-                )
-            )
-        return messages
+
+def _peer_address(context: Context) -> str:
+    """The caller's address without its port ("ipv4:10.0.0.7"), for per-client limits."""
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:

@@ -193,7 +193,7 @@ async def test_watch_streams_changes_and_resumes_without_gaps(harness: Harness) 
 
 async def test_watch_resume_point_outside_the_log_is_out_of_range(harness: Harness) -> None:
     await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=subject("oor")))
-    _, _, ceiling = await harness.store.change_log_bounds()
+    _, ceiling = await harness.store.change_log_bounds()
     ahead = harness.entitlements.WatchEntitlements(
         pb.WatchEntitlementsRequest(since_version=ceiling + 1000)
     )
