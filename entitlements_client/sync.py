@@ -1,4 +1,5 @@
-"""The synchronous client; with `local_cache=True` a daemon thread follows WatchEntitlements."""
+"""The synchronous client; with `local_cache=True` a daemon thread follows WatchEntitlements
+(and a watchdog restarts the stream when it falls silent)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ import grpc
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from entitlements_client.local import (
+from entitlements_client.answers import (
     Decision,
     LimitCheck,
     Limits,
-    LocalCache,
     Snapshot,
     decision_from,
     limit_check,
-    watch_request,
+)
+from entitlements_client.core import (
+    DEFAULT_MAX_STALENESS,
+    LocalCache,
+    Tls,
+    channel_options,
+    metadata,
 )
 
 
@@ -33,27 +39,46 @@ class EntitlementsClient:
         local_cache: bool = False,
         timeout: float = 2.0,
         max_cached_subjects: int = 100_000,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        tls: Tls | None = None,
+        token: str | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(target)
+        options = channel_options()
+        self._channel = (
+            grpc.secure_channel(target, tls.credentials(), options=options)
+            if tls is not None
+            else grpc.insecure_channel(target, options=options)
+        )
         self._stub = pb_grpc.EntitlementServiceStub(self._channel)
         self._timeout = timeout
+        self._metadata = metadata(token)
         self._closed = threading.Event()
         self.cache: LocalCache | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stream: Any = None
         if local_cache:
-            self.cache = LocalCache(max_cached_subjects)
-            plans = self._stub.ListPlans(pb.ListPlansRequest(), timeout=timeout)
-            self.cache.features = frozenset(plans.features)
-            self._thread = threading.Thread(
-                target=self._follow, name="entitlements-watch", daemon=True
+            self.cache = LocalCache(max_cached_subjects, max_staleness)
+            plans = self._stub.ListPlans(
+                pb.ListPlansRequest(), timeout=timeout, metadata=self._metadata
             )
-            self._thread.start()
+            self.cache.features = frozenset(plans.features)
+            for name, target_fn in (("watch", self._follow), ("watchdog", self._watchdog)):
+                thread = threading.Thread(
+                    target=target_fn, name=f"entitlements-{name}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    @property
+    def synced(self) -> bool:
+        """True only while a local answer cannot be older than `max_staleness`."""
+        return self.cache is not None and self.cache.synced
 
     # ---- checks ------------------------------------------------------------------------
 
     def can_use(self, subject: str, feature: str) -> bool:
-        """May `subject` use `feature`? Answered locally when the cache is in sync."""
+        """May `subject` use `feature`? Answered locally while the cache is fresh enough;
+        otherwise by the service (a gRPC error is raised if it cannot answer)."""
         cache = self.cache
         if cache is not None:
             snap = cache.fresh(subject)
@@ -66,7 +91,9 @@ class EntitlementsClient:
     def check(self, subject: str, feature: str) -> Decision:
         """The full CanUse answer (always an RPC, so the reason is the server's)."""
         response = self._stub.CanUse(
-            pb.CanUseRequest(subject=subject, feature=feature), timeout=self._timeout
+            pb.CanUseRequest(subject=subject, feature=feature),
+            timeout=self._timeout,
+            metadata=self._metadata,
         )
         return decision_from(response)
 
@@ -79,7 +106,9 @@ class EntitlementsClient:
                 return snap
             generation = cache.generation
         response = self._stub.GetEntitlements(
-            pb.GetEntitlementsRequest(subject=subject), timeout=self._timeout
+            pb.GetEntitlementsRequest(subject=subject),
+            timeout=self._timeout,
+            metadata=self._metadata,
         )
         snap = Snapshot.from_message(response)
         if cache is not None:
@@ -98,28 +127,41 @@ class EntitlementsClient:
     # ---- the watch -----------------------------------------------------------------------
 
     def _follow(self) -> None:
-        assert self.cache is not None
+        cache = self.cache
+        assert cache is not None
         backoff = 0.05
         while not self._closed.is_set():
             try:
-                stream = self._stub.WatchEntitlements(watch_request(self.cache))
+                stream = self._stub.WatchEntitlements(
+                    cache.watch_request(), metadata=self._metadata
+                )
                 self._stream = stream
+                cache.stream_started()
                 for message in stream:
-                    self.cache.apply(message)
+                    cache.apply(message)
                     backoff = 0.05
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code == grpc.StatusCode.OUT_OF_RANGE:
-                    self.cache.reset()
+                    cache.reset()
                     continue
-            self.cache.lost()
+            cache.lost()
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    def _watchdog(self) -> None:
+        cache = self.cache
+        assert cache is not None
+        while not self._closed.wait(0.25):
+            stream = self._stream
+            if stream is not None and cache.silent_too_long():
+                cache.lost()
+                stream.cancel()  # _follow starts a new one, resuming where it was
 
     def wait_synced(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.cache is not None and self.cache.synced:
+            if self.synced:
                 return True
             time.sleep(0.01)
         return False
@@ -129,8 +171,8 @@ class EntitlementsClient:
         if self._stream is not None:
             self._stream.cancel()
         self._channel.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def __enter__(self) -> EntitlementsClient:
         return self

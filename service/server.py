@@ -58,6 +58,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     grace_seconds: float
     cache: EntitlementCache | None = None
+    hub: ChangeHub | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -186,7 +187,9 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     if port == 0:
         raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
     await server.start()
-    running = RunningServer(server, port, store, health_servicer, settings.grace_seconds, cache)
+    running = RunningServer(
+        server, port, store, health_servicer, settings.grace_seconds, cache, hub
+    )
     await running.set_serving(await store.ping())
     with contextlib.suppress(StoreUnavailable):
         for schema in await store.drop_abandoned_scratch_schemas():

@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -83,6 +84,7 @@ async def start_harness(
     secret: str | None = SYNC_SECRET,
     clerk: ClerkApiSettings | None = None,
     reconcile_interval_seconds: float = 0.0,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
     catalog = load_catalog(None)
     store = await Store.open(dsn, catalog, clock=clock)
@@ -96,6 +98,7 @@ async def start_harness(
         health_interval_seconds=0.1,
         clerk=clerk,
         reconcile_interval_seconds=reconcile_interval_seconds,
+        **overrides,
     )
     running = await start_server(settings, catalog, store)
     target = f"127.0.0.1:{running.port}"

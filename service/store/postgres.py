@@ -256,7 +256,7 @@ ours AS (
      WHERE locktype = 'relation'
        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
        AND relation = ANY(ARRAY['subjects', 'deliveries', 'change_log', 'items',
-                                'grants']::regclass[])),
+                                'grants', 'change_log_state']::regclass[])),
 writers AS (
     SELECT x.transactionid::text::bigint AS xid32
       FROM pg_locks x JOIN ours USING (virtualtransaction)
@@ -300,6 +300,7 @@ class Store:
         self.catalog = catalog
         self._clock = clock
         self._channel = channel
+        self.calls = 0  # units of database work (pooled-connection uses); tests count them
 
     @classmethod
     async def open(
@@ -352,6 +353,7 @@ class Store:
 
     async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `work` on a pooled connection; retry deadlocks/serialisation failures."""
+        self.calls += 1
         for attempt in range(5):
             try:
                 async with self._connection() as conn:

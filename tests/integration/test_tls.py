@@ -155,3 +155,41 @@ def test_incomplete_client_tls_settings_are_refused(tls_files: TlsFiles) -> None
                 "ENTITLEMENTS_TLS_CLIENT_CERT": str(tls_files.client_cert),
             }
         )
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+async def test_both_clients_over_tls_and_mutual_tls(
+    database_url: str, tls_files: TlsFiles, mutual: bool
+) -> None:
+    """The client library speaks TLS and mutual TLS (the CLI's settings); with a local cache
+    its watch stream runs over the same secure channel."""
+    import asyncio
+
+    from entitlements_client import AsyncEntitlementsClient, EntitlementsClient, Tls
+
+    env = {"ENTITLEMENTS_TLS_CA": str(tls_files.ca)}
+    if mutual:
+        env |= {
+            "ENTITLEMENTS_TLS_CLIENT_CERT": str(tls_files.client_cert),
+            "ENTITLEMENTS_TLS_CLIENT_KEY": str(tls_files.client_key),
+        }
+    tls = Tls.from_env(env)
+    assert tls is not None
+    async for server in running(database_url, server_tls(tls_files, mutual=mutual)):
+        target = f"localhost:{server.port}"
+        async with AsyncEntitlementsClient(target, tls=tls, local_cache=True) as client:
+            async with asyncio.timeout(10):
+                await client.wait_synced()
+            assert await client.can_use("user_tls_async", "aiInsights")
+
+        def sync_checks(target: str = target) -> bool:
+            with EntitlementsClient(target, tls=tls, local_cache=True) as client:
+                assert client.wait_synced(10)
+                return client.can_use("user_tls_sync", "aiInsights")
+
+        assert await asyncio.to_thread(sync_checks)
+        if mutual:  # without a client certificate the same client is refused
+            bare = Tls.from_files(tls_files.ca)
+            async with AsyncEntitlementsClient(target, tls=bare) as client:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await client.can_use("user_tls_async", "aiInsights")

@@ -1,0 +1,237 @@
+"""The pure core shared by the sync and async clients (as httpx's `BaseClient`): settings,
+channel options and credentials, and the local cache with its freshness rules. No I/O here:
+the two clients only move bytes, so they cannot drift apart in behaviour.
+
+The freshness contract (SPEC §9): the service sends a heartbeat on the watch stream at least
+every second, carrying how far behind the stream may be (`lag`). A local answer is given only
+while the last heartbeat, aged by the time since it arrived plus that lag, is within
+`max_staleness`; otherwise the client asks the service (and raises if that fails).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements_client.answers import Snapshot
+
+DEFAULT_MAX_STALENESS = 5.0
+# The service beats every second: a bound below two beats would flicker between local and RPC.
+MIN_MAX_STALENESS = 2.0
+# Client keepalive: a ping every 10 s even while idle, the connection dropped when no answer
+# comes within 5 s (the service permits pings every 5 s).
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+
+
+class ClientConfigError(ValueError):
+    """A client setting is unusable; the message names it."""
+
+
+def _read(path: str | Path | None, name: str) -> bytes | None:
+    if path is None or path == "":
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ClientConfigError(f"{name}={path}: cannot be read ({exc.strerror})") from None
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the service: `ca` (PEM) trusts its certificate; `cert` + `key` add a client
+    certificate (mutual TLS). The CLI's settings, by the same environment names."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+    ) -> Tls:
+        if (cert is None) != (key is None):
+            raise ClientConfigError("a client certificate and its key go together")
+        ca_pem = _read(ca, "ca")
+        assert ca_pem is not None
+        return cls(ca_pem, _read(cert, "cert"), _read(key, "key"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Tls | None:
+        """ENTITLEMENTS_TLS_CA, ENTITLEMENTS_TLS_CLIENT_CERT, ENTITLEMENTS_TLS_CLIENT_KEY."""
+        env = os.environ if env is None else env
+        ca = env.get("ENTITLEMENTS_TLS_CA") or None
+        cert = env.get("ENTITLEMENTS_TLS_CLIENT_CERT") or None
+        key = env.get("ENTITLEMENTS_TLS_CLIENT_KEY") or None
+        if ca is None:
+            if cert or key:
+                raise ClientConfigError("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA")
+            return None
+        if (cert is None) != (key is None):
+            raise ClientConfigError(
+                "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY go together"
+            )
+        return cls.from_files(ca, cert, key)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The read token (ENTITLEMENTS_READ_TOKEN on the service), when one is used."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class LocalCache:
+    """Subject → Snapshot, bounded LRU, fed by the watch stream; trusted only while `synced`.
+
+    `clock` is a monotonic clock in seconds (tests pass their own)."""
+
+    def __init__(
+        self,
+        max_subjects: int = 100_000,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_staleness < MIN_MAX_STALENESS:
+            raise ClientConfigError(
+                f"max_staleness must be at least {MIN_MAX_STALENESS} s "
+                "(heartbeats come every second)"
+            )
+        self.max_subjects = max_subjects
+        self.max_staleness = max_staleness
+        self._clock = clock
+        self.entries: OrderedDict[str, Snapshot] = OrderedDict()
+        # The newest entitlements version the stream showed per subject: an RPC answer older
+        # than it (from a replica that has not seen the change yet) is never cached.
+        self._watched: OrderedDict[str, int] = OrderedDict()
+        self.generation = 0
+        self.resume_version: int | None = None
+        self.features: frozenset[str] = frozenset()
+        self._caught_up = False
+        self._beat_at: float | None = None  # monotonic time the last heartbeat arrived
+        self._beat_lag = 0.0  # seconds behind the stream was, by that heartbeat
+        self._heard_at: float | None = None  # monotonic time of the stream's last message
+
+    # ---- freshness -------------------------------------------------------------------------
+
+    def staleness(self) -> float | None:
+        """How old a local answer may be right now (seconds); None before the first beat."""
+        if self._beat_at is None:
+            return None
+        return self._beat_lag + (self._clock() - self._beat_at)
+
+    @property
+    def synced(self) -> bool:
+        """True only while a local answer cannot be older than `max_staleness`."""
+        if not self._caught_up:
+            return False
+        staleness = self.staleness()
+        return staleness is not None and staleness <= self.max_staleness
+
+    # ---- answers ----------------------------------------------------------------------------
+
+    def fresh(self, subject: str) -> Snapshot | None:
+        """The snapshot when it may answer now, else None (then the client asks the service)."""
+        if not self.synced:
+            return None
+        snap = self.entries.get(subject)
+        if snap is None:
+            return None
+        until = snap.valid_until_ms
+        if until is not None and time.time() * 1000 >= until:
+            return None
+        self.entries.move_to_end(subject)
+        return snap
+
+    def decide(self, snap: Snapshot, feature: str) -> bool:
+        """The local answer for `feature`; an unknown feature is an error, as on the server."""
+        if feature in snap.features:
+            return True
+        if feature in self.features:
+            return False
+        raise ValueError(f"unknown feature {feature!r}")
+
+    def put_from_rpc(self, snap: Snapshot, generation: int) -> None:
+        """Cache an RPC answer unless the stream moved on since it was asked for, or showed a
+        newer version of this subject (the RPC may have reached a replica that lags)."""
+        if not self._caught_up or generation != self.generation:
+            return
+        if snap.version < self._watched.get(snap.subject, 0):
+            return
+        self._store(snap)
+
+    # ---- the stream ---------------------------------------------------------------------------
+
+    def apply(self, message: pb.WatchEntitlementsResponse) -> None:
+        """One watch message: a change, or a heartbeat ("caught up", with the lag)."""
+        self.generation += 1
+        self._heard_at = self._clock()
+        if message.subject:
+            snap = Snapshot.from_message(message.entitlements)
+            self._watched[snap.subject] = max(snap.version, self._watched.get(snap.subject, 0))
+            self._watched.move_to_end(snap.subject)
+            if len(self._watched) > 2 * self.max_subjects:
+                self._watched.popitem(last=False)
+            self._store(snap)
+        else:
+            self._caught_up = True
+            self._beat_at = self._clock()
+            self._beat_lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0
+        self.resume_version = message.version
+
+    def _store(self, snap: Snapshot) -> None:
+        self.entries[snap.subject] = snap
+        self.entries.move_to_end(snap.subject)
+        if len(self.entries) > self.max_subjects:
+            self.entries.popitem(last=False)
+
+    def lost(self) -> None:
+        """The stream broke: stop trusting the cache until it has caught up again."""
+        self._caught_up = False
+        self.generation += 1
+
+    def reset(self) -> None:
+        """The resume point is gone (OUT_OF_RANGE): forget everything, watch from now."""
+        self.lost()
+        self.entries.clear()
+        self._watched.clear()
+        self.resume_version = None
+
+    def watch_request(self) -> pb.WatchEntitlementsRequest:
+        request = pb.WatchEntitlementsRequest()
+        if self.resume_version is not None:
+            request.since_version = self.resume_version
+        return request
+
+    def stream_started(self) -> None:
+        self._heard_at = self._clock()
+
+    def silent_too_long(self) -> bool:
+        """Nothing heard on the stream for longer than `max_staleness` (the service sends a
+        heartbeat every second): the path is presumed dead and the stream is restarted."""
+        heard = self._heard_at
+        return heard is not None and self._clock() - heard > self.max_staleness
