@@ -6,6 +6,7 @@ Each test here failed on the code before SPEC §9's bounds (issue "Nothing poiso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncpg
@@ -53,13 +54,18 @@ async def _log_position(h: Harness) -> int:
 
 
 async def _watched(h: Harness, subjects: list[str], since: int) -> set[str]:
-    """Subjects a fresh Watch from `since` reports before it is caught up."""
+    """Subjects a fresh Watch from `since` reports (without an error) within a few seconds."""
     seen: set[str] = set()
     request = pb.WatchEntitlementsRequest(subjects=subjects, since_version=since)
-    async for message in h.entitlements.WatchEntitlements(request):
-        if not message.subject:
-            return seen
-        seen.add(message.subject)
+    stream = h.entitlements.WatchEntitlements(request)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            async for message in stream:
+                if message.subject:
+                    seen.add(message.subject)
+                if seen == set(subjects):
+                    break
+    stream.cancel()
     return seen
 
 
