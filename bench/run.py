@@ -39,6 +39,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svix.webhooks import Webhook
 
+from bench import scale
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_client import EntitlementsClient
@@ -487,6 +488,7 @@ def main() -> int:
         log("memory per 100k cached subjects …")
         results["memory"] = bench_memory(proc_a, target_a, 100_000)
         log(f"  {results['memory']}")
+        results["growth"] = growth(url, proc_a, target_a, target_b, dsn, work)
 
     c, f, o = (
         results["canuse"]["cached"],
@@ -503,6 +505,7 @@ def main() -> int:
         },
         "freshness_p99_ms": {"value": results["freshness"]["p99_ms"], "target": "<= 100"},
         "ingest_per_second": {"value": results["ingest"]["per_second"], "target": ">= 300"},
+        **growth_targets(results["growth"]),
     }
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")
@@ -510,6 +513,65 @@ def main() -> int:
     print(json.dumps(results["targets"], indent=2))
     print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
     return 0
+
+
+def growth(
+    url: str, proc_a: psutil.Process, target_a: str, target_b: str, dsn: str, work: Path
+) -> dict[str, Any]:
+    """Cost as it grows (bench/scale.py): idle watchers, verify, 10 k → 1 M subjects."""
+
+    async def post(session: aiohttp.ClientSession, body: bytes, msg_id: str) -> int:
+        async with session.post(url, data=body, headers=signed(body, msg_id)) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"delivery answered {r.status}")
+            return r.status
+
+    out: dict[str, Any] = {}
+    log("ingest with 0, then 1 000 idle watchers; their CPU …")
+    out["ingest_0_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
+    idle_0 = scale.cpu_cores(proc_a, 5)
+    with scale.idle_watchers(target_a, 1000, work):
+        idle_1000 = scale.cpu_cores(proc_a, 5)
+        out["ingest_1000_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
+    out["idle_watchers_cpu_cores"] = {"0": idle_0, "1000": idle_1000}
+    log(f"  {out}")
+    log("freshness to a local-cache client with 1 000 watchers on its replica …")
+    with scale.idle_watchers(target_b, 1000, work):
+        out["client_freshness_1000_watchers"] = scale.client_freshness(
+            target_b, url, 200, activation, post
+        )
+    log(f"  {out['client_freshness_1000_watchers']}")
+    log("verify …")
+    out["verify"] = scale.verify_speed(target_a, SYNC_SECRET)
+    log(f"  {out['verify']}")
+    pool: list[str] = []
+    for label, total, prefix in (("10k", 10_000, "s10k"), ("1m", 990_000, "s1m")):
+        log(f"seeding subjects (COPY) up to {label} …")
+        seeded = asyncio.run(scale.seed_subjects(dsn, total, prefix))
+        pool += seeded
+        out[f"cache_miss_{label}"] = asyncio.run(scale.cache_miss_latency(target_a, pool, 3000, 4))
+        out[f"ingest_{label}"] = asyncio.run(bench_ingest(url, 1500, 32))
+        log(f"  {out[f'cache_miss_{label}']} {out[f'ingest_{label}']}")
+    return out
+
+
+def growth_targets(g: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ingest_1000_vs_0_watchers": {
+            "value": g["ingest_1000_watchers"]["per_second"] / g["ingest_0_watchers"]["per_second"],
+            "target": ">= 0.9",
+        },
+        "cache_miss_p99_1m_vs_10k": {
+            "value": g["cache_miss_1m"]["p99_ms"] / g["cache_miss_10k"]["p99_ms"],
+            "target": "<= 1.2",
+        },
+        "verify_deliveries_per_second": {"value": g["verify"]["per_second"], "target": ">= 5000"},
+        "client_freshness_p99_ms_1000_watchers": {
+            "value": g["client_freshness_1000_watchers"]["p99_ms"],
+            "target": "<= 100",
+        },
+    }
 
 
 async def bench_ingest_one(url: str, subject: str) -> None:

@@ -18,10 +18,10 @@ from typing import Any
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
 from service.domain.catalog import Catalog
 from service.domain.events import NormalizedEvent, normalize_event
+from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
 from service.domain.reconcile import RECONCILE_EVENT_TYPE, clerk_kind, plan_reconciliation
-from service.domain.resolution import resolve
+from service.domain.resolution import Grant, SubjectState, resolve
 from service.store.postgres import (
-    VERIFIED_ITEM_COLUMNS,
     ApplyResult,
     DeliverySelector,
     Outcome,
@@ -34,6 +34,7 @@ from service.store.postgres import (
 log = logging.getLogger(__name__)
 
 PAGE = 100
+VERIFY_PAGE = 2000
 RECONCILE_SOURCE = "reconcile"
 OnChange = Callable[[ApplyResult], None]
 
@@ -225,64 +226,40 @@ class VerifyReport:
 
 
 async def verify(store: Store, catalog: Catalog) -> AsyncIterator[Progress | VerifyReport]:
-    """Rebuild all state from the stored deliveries and grants in a scratch schema and compare
-    it with the live state; yields progress, then the report.
+    """Rebuild all state from the stored deliveries and grants with the current rules (in
+    memory, service/domain/rebuild.py) and compare it with the live state; yields progress,
+    then the report.
 
-    Both sides come from one repeatable-read snapshot, so writes during the run cannot show up
-    as differences. The scratch schema is dropped whatever happens.
+    Both the log and the live state are read from one repeatable-read snapshot, so writes
+    during the run cannot show up as differences.
     """
-    schema = f"verify_{uuid.uuid4().hex[:16]}"
-    async with store.scratch_schema_lock(schema):
-        async for step in _verify_in(store, catalog, schema):
-            yield step
+    rebuild = Rebuild()
+    async with store.snapshot() as snapshot:
+        for row in await snapshot.grants():
+            _grant_id, subject, plan, _reason, granted_at, expires_at, revoked_at = row[:7]
+            rebuild.add_grant(
+                subject, Grant(plan, granted_at, expires_at) if revoked_at is None else None
+            )
+        everything = DeliverySelector()
+        total = await snapshot.count_deliveries(everything)
+        done = 0
+        after = ""
+        while page := await snapshot.deliveries_page(everything, after, VERIFY_PAGE):
+            after = page[-1].event_id
+            for delivery in page:
+                rebuild.apply(normalize_stored(delivery))
+            done += len(page)
+            yield Progress(done, max(total, done))
+        yield await _compare(snapshot, rebuild, catalog, store.now_ms())
 
 
-async def _verify_in(
-    store: Store, catalog: Catalog, schema: str
-) -> AsyncIterator[Progress | VerifyReport]:
-    await store.create_schema(schema)
-    try:
-        scratch = await Store.open(
-            store.dsn, catalog, min_size=1, max_size=4, clock=store.now_ms, schema=schema
-        )
-        try:
-            async with store.snapshot() as snapshot:
-                await scratch.insert_grants(await snapshot.grants())
-                everything = DeliverySelector()
-                total = await snapshot.count_deliveries(everything)
-                done = 0
-                after = ""
-                slots = asyncio.Semaphore(4)
-
-                async def rebuild(delivery: StoredDelivery) -> None:
-                    async with slots:
-                        await scratch.apply(
-                            delivery.event_id,
-                            delivery.type,
-                            delivery.payload,
-                            delivery.received_at,
-                            normalize_stored(delivery),
-                            source=delivery.source,
-                            signed_at_ms=delivery.signed_at_ms,
-                        )
-
-                while page := await snapshot.deliveries_page(everything, after, PAGE):
-                    after = page[-1].event_id
-                    await asyncio.gather(*(rebuild(d) for d in page))
-                    done += len(page)
-                    yield Progress(done, max(total, done))
-                yield await _compare(snapshot, scratch, catalog, store.now_ms())
-        finally:
-            await scratch.close()
-    finally:
-        await store.drop_schema(schema)
-
-
-async def _compare(live: StoreSnapshot, rebuilt: Store, catalog: Catalog, now: int) -> VerifyReport:
+async def _compare(
+    live: StoreSnapshot, rebuilt: Rebuild, catalog: Catalog, now: int
+) -> VerifyReport:
     live_items, live_subjects = await live.verification_rows()
-    new_items, new_subjects = await rebuilt.verification_rows()
+    new_items, new_subjects = rebuilt.item_rows(), rebuilt.subject_rows()
     differences: list[tuple[str, str]] = []
-    subject_at = VERIFIED_ITEM_COLUMNS.index("subject")
+    subject_at = ITEM_STATE_COLUMNS.index("subject")
     for item_id in sorted(live_items.keys() | new_items.keys()):
         old, new = live_items.get(item_id), new_items.get(item_id)
         if old == new:
@@ -300,10 +277,11 @@ async def _compare(live: StoreSnapshot, rebuilt: Store, catalog: Catalog, now: i
                 )
             )
     live_states = await live.load_states(subjects)
-    new_states = await rebuilt.load_states(subjects)
+    new_states = rebuilt.states()
     for subject in subjects:
         old_plan = resolve(live_states[subject], catalog, now).plan.name
-        new_plan = resolve(new_states[subject], catalog, now).plan.name
+        rebuilt_state = new_states.get(subject, SubjectState(subject))
+        new_plan = resolve(rebuilt_state, catalog, now).plan.name
         if old_plan != new_plan:
             differences.append((subject, f"plan: live {old_plan}, rebuilt {new_plan}"))
     return VerifyReport(len(subjects), differences)
@@ -316,7 +294,7 @@ def _item_diff(old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> str:
         return "in the live state but no stored delivery produces it"
     parts = [
         f"{name} live {a!r}, rebuilt {b!r}"
-        for name, a, b in zip(VERIFIED_ITEM_COLUMNS, old, new, strict=True)
+        for name, a, b in zip(ITEM_STATE_COLUMNS, old, new, strict=True)
         if a != b
     ]
     return "; ".join(parts)

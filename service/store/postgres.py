@@ -25,6 +25,7 @@ from service.domain.catalog import Catalog
 from service.domain.events import EventKind, ItemStatus, NormalizedEvent
 from service.domain.past_due import PastDueTrack
 from service.domain.privacy import scrub_payload
+from service.domain.rebuild import ITEM_STATE_COLUMNS
 from service.domain.resolution import (
     Entitlements,
     Grant,
@@ -141,23 +142,6 @@ class ReplayResult:
     def changed(self) -> bool:
         """Whether this replay changed stored state (rather than finding its effect there)."""
         return self.result.recorded
-
-
-# The item columns that are state (not bookkeeping such as which delivery last wrote the row).
-VERIFIED_ITEM_COLUMNS = (
-    "item_id",
-    "subject",
-    "status",
-    "plan_slug",
-    "plan_id",
-    "period_end_ms",
-    "past_due_at_ms",
-    "is_default",
-    "ever_active",
-    "event_ms",
-    "lifecycle_rank",
-    "digest",
-)
 
 
 def _identifier(name: str) -> str:
@@ -311,10 +295,8 @@ class Store:
         min_size: int = 2,
         max_size: int = 10,
         clock: Callable[[], int] = _now_ms,
-        schema: str | None = None,
     ) -> Store:
-        """Connect and migrate. `schema` (verification's scratch copy) puts every table in
-        that schema and announces changes on a channel no replica listens to."""
+        """Connect and migrate."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -323,7 +305,6 @@ class Store:
                 command_timeout=10,
                 timeout=5,
                 reset=_no_reset,
-                server_settings={"search_path": schema} if schema else None,
             )
         except _UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
@@ -334,8 +315,7 @@ class Store:
         except BaseException:
             await pool.close()
             raise
-        channel = f"{CHANGES_CHANNEL}_{schema}" if schema else CHANGES_CHANNEL
-        return cls(pool, catalog, clock, dsn, channel)
+        return cls(pool, catalog, clock, dsn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -663,50 +643,10 @@ class Store:
         except _UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
 
-    async def verification_rows(self) -> VerificationRows:
-        async def work(conn: Conn) -> VerificationRows:
-            return await _verification_rows(conn)
-
-        return await self._run(work)
-
-    async def insert_grants(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Grants as stored elsewhere (verification's scratch schema: grants are their own log)."""
-
-        async def work(conn: Conn) -> None:
-            async with conn.transaction():
-                await conn.executemany(
-                    "INSERT INTO subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING",
-                    [(subject,) for subject in sorted({row[1] for row in rows})],
-                )
-                await conn.executemany(
-                    f"INSERT INTO grants ({_GRANT_COLUMNS}) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    rows,
-                )
-
-        await self._run(work)
-
-    @asynccontextmanager
-    async def scratch_schema_lock(self, schema: str) -> AsyncIterator[None]:
-        """Hold an advisory lock naming `schema` for as long as it is in use, on a connection
-        of its own: if this process dies, PostgreSQL drops the lock with the connection and
-        `drop_abandoned_scratch_schemas` (run by every replica) may then drop the schema."""
-        try:
-            conn = await asyncpg.connect(self.dsn, timeout=5)
-        except _UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
-        try:
-            await conn.execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))", _SCRATCH_LOCK_CLASS, schema
-            )
-            yield
-        finally:
-            await conn.close()  # ends the session, and with it the lock
-
     async def drop_abandoned_scratch_schemas(self) -> list[str]:
-        """Drop verification scratch schemas whose run is gone (killed mid-run): they hold a
-        copy of every payload, personal data included. A running verification holds its lock,
-        so its schema is left alone."""
+        """Drop verification scratch schemas (earlier versions rebuilt into one) whose run is
+        gone (killed mid-run): they hold a copy of every payload, personal data included. A
+        run still in progress holds its lock, so its schema is left alone."""
 
         async def work(conn: Conn) -> list[str]:
             names = [
@@ -729,18 +669,6 @@ class Store:
             return dropped
 
         return await self._run(work)
-
-    async def create_schema(self, schema: str) -> None:
-        async def work(conn: Conn) -> None:
-            await conn.execute(f"CREATE SCHEMA {_identifier(schema)}")
-
-        await self._run(work)
-
-    async def drop_schema(self, schema: str) -> None:
-        async def work(conn: Conn) -> None:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {_identifier(schema)} CASCADE")
-
-        await self._run(work)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -1294,7 +1222,7 @@ async def _count_deliveries(conn: Conn, selector: DeliverySelector) -> int:
 
 async def _verification_rows(conn: Conn) -> VerificationRows:
     """Every item row (state columns only) and every subject's deletion time."""
-    items = await conn.fetch(f"SELECT {', '.join(VERIFIED_ITEM_COLUMNS)} FROM items")
+    items = await conn.fetch(f"SELECT {', '.join(ITEM_STATE_COLUMNS)} FROM items")
     subjects = await conn.fetch("SELECT subject, deleted_at_ms FROM subjects")
     return (
         {r["item_id"]: tuple(r) for r in items},

@@ -439,7 +439,7 @@ async def test_abandoned_verify_schemas_are_dropped_at_start_up(
         await holder.close()
 
 
-async def test_verify_takes_and_releases_its_schema_lock(harness: Harness) -> None:
+async def test_verify_leaves_no_scratch_schema(harness: Harness) -> None:
     await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=subject("v")))
     responses = [
         r
