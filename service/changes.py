@@ -157,8 +157,11 @@ class ChangeHub:
                 log.warning("change follower: %s; retrying", type(exc).__name__)
                 complete = True
             if complete:
+                # asyncio.timeout, not wait_for: wait_for may swallow a cancellation that
+                # arrives as the wake-up does, and the follower would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
 
     async def _step(self, read: Follow, load: Load) -> bool:
         assert self.position is not None

@@ -88,7 +88,8 @@ class WatchStreams:
         last_beat = time.monotonic()
         while not subscription.overflowed:
             try:
-                batch = await asyncio.wait_for(subscription.queue.get(), self._heartbeat)
+                async with asyncio.timeout(self._heartbeat):  # (wait_for may eat a cancel)
+                    batch = await subscription.queue.get()
             except TimeoutError:
                 if subscription.overflowed:
                     break

@@ -55,8 +55,11 @@ class ChangeListener:
                 self._on_live(True)
                 backoff = 0.1
                 while not lost.is_set():
+                    # asyncio.timeout, not wait_for: wait_for may swallow a cancellation
+                    # that arrives as the wait ends, and the task would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self._keepalive)
+                        async with asyncio.timeout(self._keepalive):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1", timeout=self._keepalive)
             except asyncio.CancelledError:
