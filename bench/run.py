@@ -531,10 +531,16 @@ def growth(
     log("ingest with 0, then 1 000 idle watchers; their CPU …")
     out["ingest_0_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
     idle_0 = scale.cpu_cores(proc_a, 5)
-    with scale.idle_watchers(target_a, 1000, work):
+    with scale.idle_watchers(target_a, 1000, work) as watchers:
+        watchers.cpu_percent()
         idle_1000 = scale.cpu_cores(proc_a, 5)
+        clients = watchers.cpu_percent() / 100
         out["ingest_1000_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
-    out["idle_watchers_cpu_cores"] = {"0": idle_0, "1000": idle_1000}
+    out["idle_watchers_cpu_cores"] = {
+        "service_0": idle_0,
+        "service_1000": idle_1000,
+        "watchers_process_1000": clients,
+    }
     log(f"  {out}")
     log("freshness to a local-cache client with 1 000 watchers on its replica …")
     with scale.idle_watchers(target_b, 1000, work):

@@ -32,16 +32,21 @@ from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_client import EntitlementsClient
 
 ROOT = Path(__file__).resolve().parent.parent
+NICE = ("nice", "-n", "19")
 Post = Callable[[aiohttp.ClientSession, bytes, str], Awaitable[int]]
 
 
 @contextmanager
-def idle_watchers(target: str, n: int, logs: Path) -> Iterator[None]:
-    """`n` idle streams from another process; returns once every one has had a heartbeat."""
+def idle_watchers(target: str, n: int, logs: Path) -> Iterator[psutil.Process]:
+    """`n` idle streams from another process; yields once every one has had a heartbeat.
+
+    That process runs at nice 19: it stands in for clients on other machines, so on these two
+    shared cores it takes only what the service, gateway and PostgreSQL leave; the service's
+    own cost for the watchers is what is measured (its CPU is reported separately)."""
     subject = f"user_quiet_{secrets.token_hex(4)}"
     with open(logs / "watchers.log", "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "watchers.py"), target, str(n), subject],
+            [*NICE, sys.executable, str(ROOT / "bench" / "watchers.py"), target, str(n), subject],
             stdout=subprocess.PIPE,
             stderr=err,
         )
@@ -50,7 +55,7 @@ def idle_watchers(target: str, n: int, logs: Path) -> Iterator[None]:
         line = proc.stdout.readline().decode().strip()
         if line != f"ready {n}":
             raise RuntimeError(f"watchers did not start: {line!r}")
-        yield
+        yield psutil.Process(proc.pid)
     finally:
         proc.terminate()
         try:

@@ -26,12 +26,15 @@ from typing import Any
 
 from service.cache import EntitlementCache
 from service.domain.resolution import Entitlements
+from service.metrics import WATCH_LAG, WATCH_STREAMS
 from service.store.postgres import ChangeBatch
 
 log = logging.getLogger(__name__)
 
 FOLLOW_BATCH = 500
 QUEUE_BATCHES = 256
+# Heartbeats go out a little more often than every second, so none is ever more than 1 s late.
+BEAT_SECONDS = 0.9
 
 
 class TooManyStreams(Exception):
@@ -56,11 +59,22 @@ class Batch:
     memo: dict[Any, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Tick:
+    """A heartbeat for every stream: the follower's position, its lag, the server's clock.
+    One object (and one wire message per position, in `memo`) serves every stream."""
+
+    position: int
+    lag_ms: int
+    server_time_ms: int
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
 @dataclass(eq=False)
 class Subscription:
     subjects: frozenset[str] | None  # None: every subject
     peer: str
-    queue: asyncio.Queue[Batch] = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
+    queue: asyncio.Queue[Batch | Tick] = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
     overflowed: bool = False
 
     def wants(self, subject: str) -> bool:
@@ -90,6 +104,8 @@ class ChangeHub:
         self._complete_at_ms: float = time.time() * 1000
         self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.reads = 0  # change-log reads by the follower (a test counts them)
+        WATCH_LAG.set_function(lambda: self.lag_ms() / 1000)
+        WATCH_STREAMS.set_function(lambda: len(self._subscriptions))
 
     # ---- notifications (NOTIFY listener and local commits) ------------------------------
 
@@ -135,6 +151,28 @@ class ChangeHub:
     def lag_ms(self) -> int:
         """How far behind the streams may be: everything committed before now - lag is read."""
         return max(0, int(time.time() * 1000 - self._complete_at_ms))
+
+    # ---- heartbeats ------------------------------------------------------------------------
+
+    async def beat(self, seconds: float = BEAT_SECONDS) -> None:
+        """Queue a heartbeat for every stream, every `seconds` (one task per replica: no
+        timer per stream, so an idle stream costs one queued object a second)."""
+        await self.started.wait()
+        while True:
+            await asyncio.sleep(seconds)
+            assert self.position is not None
+            tick = Tick(self.position, self.lag_ms(), int(time.time() * 1000))
+            for subscription in self._subscriptions:
+                self._offer(subscription, tick)
+
+    @staticmethod
+    def _offer(subscription: Subscription, item: Batch | Tick) -> None:
+        if subscription.overflowed:
+            return
+        try:
+            subscription.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            subscription.overflowed = True  # the stream re-reads from the database
 
     # ---- the follower --------------------------------------------------------------------
 
@@ -197,8 +235,5 @@ class ChangeHub:
             if subscription.subjects is not None and not any(
                 subject in subscription.subjects for _, _, subject in batch.changes
             ):
-                continue  # nothing for it; its heartbeat reads the hub's position
-            try:
-                subscription.queue.put_nowait(batch)
-            except asyncio.QueueFull:
-                subscription.overflowed = True  # the stream re-reads from the database
+                continue  # nothing for it; the next tick carries the new position
+            self._offer(subscription, batch)

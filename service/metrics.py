@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 READ_FAILURES = Counter(
     "entitlements_read_failures",
@@ -12,3 +12,8 @@ WATCH_MESSAGE_FAILURES = Counter(
     "entitlements_watch_message_failures",
     "Watch messages that could not be built from stored state; sent with the default plan",
 )
+WATCH_LAG = Gauge(
+    "entitlements_watch_lag_seconds",
+    "How far behind the change stream may be: everything committed earlier has been streamed",
+)
+WATCH_STREAMS = Gauge("entitlements_watch_streams", "Open WatchEntitlements streams")

@@ -154,10 +154,11 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
     """Build and start the server on `settings.listen` (port 0 picks a free port)."""
     server = aio.server(
+        # Each interceptor costs every call: the read-token one is there only when configured.
         interceptors=[
             ErrorInterceptor(),
             BillingAuthInterceptor(settings.sync_secret),
-            ReadAuthInterceptor(list(settings.read_tokens)),
+            *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
         ],
         options=server_options(settings),
     )
@@ -199,6 +200,7 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
         asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
+        asyncio.create_task(hub.beat()),
         asyncio.create_task(_housekeeping(store, settings)),
     ]
     if settings.clerk is not None and settings.reconcile_interval_seconds > 0:

@@ -8,7 +8,6 @@ the server's time and the lag, so a client can tell a quiet stream from a stale 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -17,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.changes import Batch, ChangeHub, Subscription
+from service.changes import Batch, ChangeHub, Subscription, Tick
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_MESSAGE_FAILURES
@@ -27,7 +26,6 @@ from service.store.postgres import Store
 log = logging.getLogger(__name__)
 
 CATCH_UP_BATCH = 500
-HEARTBEAT_SECONDS = 1.0
 
 ToMessage = Callable[[Entitlements], pb.GetEntitlementsResponse]
 
@@ -40,14 +38,12 @@ class WatchStreams:
         reader: EntitlementReader,
         catalog: Catalog,
         to_message: ToMessage,
-        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self._hub = hub
         self._store = store
         self._reader = reader
         self._catalog = catalog
         self._to_message = to_message
-        self._heartbeat = heartbeat_seconds
 
     async def stream(
         self, subjects: Sequence[str] | None, since: int | None, peer: str
@@ -60,6 +56,11 @@ class WatchStreams:
                 live = await self._live_position()
                 if position is None:
                     position = live
+                else:
+                    # A resuming stream reads up to the horizon now, not just the follower's
+                    # position: everything committed before it asked comes before its first
+                    # heartbeat (the follower's batches below that are skipped).
+                    live = max(live, (await self._store.change_log_horizon())[0])
                 while position < live:  # what it missed, from the database
                     changes, position = await self._store.changes_between(
                         position, live, subjects, CATCH_UP_BATCH
@@ -82,28 +83,26 @@ class WatchStreams:
     async def _follow(
         self, subscription: Subscription, at: list[int]
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """Messages from the follower's batches, with heartbeats, keeping the resume position
-        in `at[0]`; ends when the stream's queue overflowed (it then re-reads the database)."""
+        """Messages from the follower's batches and heartbeats, keeping the resume position in
+        `at[0]`; ends when the stream's queue overflowed (it then re-reads the database)."""
         position = at[0]
-        last_beat = time.monotonic()
         while not subscription.overflowed:
-            try:
-                async with asyncio.timeout(self._heartbeat):  # (wait_for may eat a cancel)
-                    batch = await subscription.queue.get()
-            except TimeoutError:
-                if subscription.overflowed:
-                    break
-                if subscription.queue.empty():  # everything published up to here is sent
-                    position = at[0] = max(position, self._hub.position or position)
-                yield self._heartbeat_message(position)
-                last_beat = time.monotonic()
-                continue
-            for message in self._batch_messages(batch, subscription, position):
+            item = await subscription.queue.get()
+            if isinstance(item, Tick):
+                # Everything queued before the tick has been sent: its position holds.
+                position = at[0] = max(position, item.position)
+                message = item.memo.get(position)
+                if message is None:
+                    message = item.memo[position] = _heartbeat(
+                        position, item.lag_ms, item.server_time_ms
+                    )
                 yield message
-            position = at[0] = max(position, batch.next_position)
-            if subscription.queue.empty() or time.monotonic() - last_beat >= self._heartbeat:
+                continue
+            for message in self._batch_messages(item, subscription, position):
+                yield message
+            position = at[0] = max(position, item.next_position)
+            if subscription.queue.empty():
                 yield self._heartbeat_message(position)
-                last_beat = time.monotonic()
 
     def _batch_messages(
         self, batch: Batch, subscription: Subscription, position: int
@@ -160,8 +159,12 @@ class WatchStreams:
             return self._to_message(default_entitlements(self._catalog, subject))
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
-        now = Timestamp()
-        now.GetCurrentTime()
-        lag = Duration()
-        lag.FromMilliseconds(self._hub.lag_ms())
-        return pb.WatchEntitlementsResponse(subject="", version=position, server_time=now, lag=lag)
+        return _heartbeat(position, self._hub.lag_ms(), int(time.time() * 1000))
+
+
+def _heartbeat(position: int, lag_ms: int, server_time_ms: int) -> pb.WatchEntitlementsResponse:
+    now = Timestamp()
+    now.FromMilliseconds(server_time_ms)
+    lag = Duration()
+    lag.FromMilliseconds(lag_ms)
+    return pb.WatchEntitlementsResponse(subject="", version=position, server_time=now, lag=lag)

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements_client import AsyncEntitlementsClient, EntitlementsClient
@@ -126,6 +127,8 @@ async def test_a_long_transaction_of_our_own_shows_as_lag_never_as_silent_stalen
             assert client.cache is not None and client.cache.fresh(who) is None
             assert not await client.can_use(who, "dataExport")  # asked the service: free
             assert harness.running.hub is not None and harness.running.hub.lag_ms() >= 1500
+            lag = REGISTRY.get_sample_value("entitlements_watch_lag_seconds")
+            assert lag is not None and lag >= 1.5  # the metric shows it too
         await _eventually(lambda: client.synced, 5)  # the transaction ended: caught up
         assert client.cache.fresh(who).plan == "free"  # type: ignore[union-attr]
 
