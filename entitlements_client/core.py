@@ -101,7 +101,12 @@ def channel_options() -> list[tuple[str, int]]:
 
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The read token (ENTITLEMENTS_READ_TOKEN on the service), when one is used."""
+    """The read token the service requires (its ENTITLEMENTS_READ_TOKEN). Without `token=`,
+    the first token of ENTITLEMENTS_READ_TOKEN in this process's environment, if set."""
+    if token is None:
+        token = next(
+            iter((os.environ.get("ENTITLEMENTS_READ_TOKEN") or "").replace(",", " ").split()), None
+        )
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 

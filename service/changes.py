@@ -98,6 +98,9 @@ class ChangeHub:
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._subscriptions: set[Subscription] = set()
+        # Who wants what, so a batch costs O(changes), not O(streams).
+        self._unfiltered: set[Subscription] = set()
+        self._by_subject: dict[str, set[Subscription]] = {}
         self._per_peer: dict[str, int] = {}
         self.position: int | None = None  # None until the follower has started
         self.started = asyncio.Event()
@@ -132,12 +135,24 @@ class ChangeHub:
             )
         subscription = Subscription(frozenset(subjects) if subjects else None, peer)
         self._subscriptions.add(subscription)
+        if subscription.subjects is None:
+            self._unfiltered.add(subscription)
+        else:
+            for subject in subscription.subjects:
+                self._by_subject.setdefault(subject, set()).add(subscription)
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.discard(subscription)
+            self._unfiltered.discard(subscription)
+            for subject in subscription.subjects or ():
+                watchers = self._by_subject.get(subject)
+                if watchers is not None:
+                    watchers.discard(subscription)
+                    if not watchers:
+                        del self._by_subject[subject]
             left = self._per_peer.get(subscription.peer, 1) - 1
             if left:
                 self._per_peer[subscription.peer] = left
@@ -221,19 +236,13 @@ class ChangeHub:
         return batch.complete
 
     def _wanted(self, changed: set[str]) -> set[str]:
-        wanted: set[str] = set()
-        for subscription in self._subscriptions:
-            if subscription.subjects is None:
-                return changed
-            wanted |= changed & subscription.subjects
-        return wanted
+        if self._unfiltered:
+            return changed
+        return {subject for subject in changed if subject in self._by_subject}
 
     def _publish(self, batch: Batch) -> None:
-        for subscription in self._subscriptions:
-            if subscription.overflowed:
-                continue
-            if subscription.subjects is not None and not any(
-                subject in subscription.subjects for _, _, subject in batch.changes
-            ):
-                continue  # nothing for it; the next tick carries the new position
+        targets = set(self._unfiltered)
+        for _, _, subject in batch.changes:
+            targets.update(self._by_subject.get(subject, ()))
+        for subscription in targets:  # the others learn the new position from the next tick
             self._offer(subscription, batch)

@@ -59,6 +59,12 @@ def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
     return pb_grpc.EntitlementServiceStub(sync_channel(str(target), ClientTls.from_env(os.environ)))
 
 
+def _read_auth() -> tuple[tuple[str, str], ...]:
+    """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
+    tokens = split_secrets(_env("ENTITLEMENTS_READ_TOKEN"))
+    return (("authorization", f"Bearer {tokens[0]}"),) if tokens else ()
+
+
 def _print(message: Any, as_json: bool) -> None:
     if as_json:
         _dump_json(json_format.MessageToDict(message))
@@ -86,24 +92,33 @@ def _human(message: Any) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    r = _stub(args).CanUse(pb.CanUseRequest(subject=args.subject, feature=args.feature), timeout=10)
+    r = _stub(args).CanUse(
+        pb.CanUseRequest(subject=args.subject, feature=args.feature),
+        timeout=10,
+        metadata=_read_auth(),
+    )
     _print(r, args.json)
     return 0 if r.allowed else 1
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    _print(_stub(args).GetLimits(pb.GetLimitsRequest(subject=args.subject), timeout=10), args.json)
+    r = _stub(args).GetLimits(
+        pb.GetLimitsRequest(subject=args.subject), timeout=10, metadata=_read_auth()
+    )
+    _print(r, args.json)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    r = _stub(args).GetEntitlements(pb.GetEntitlementsRequest(subject=args.subject), timeout=10)
+    r = _stub(args).GetEntitlements(
+        pb.GetEntitlementsRequest(subject=args.subject), timeout=10, metadata=_read_auth()
+    )
     _print(r, args.json)
     return 0
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
-    r = _stub(args).ListPlans(pb.ListPlansRequest(), timeout=10)
+    r = _stub(args).ListPlans(pb.ListPlansRequest(), timeout=10, metadata=_read_auth())
     if args.json:
         _print(r, True)
         return 0

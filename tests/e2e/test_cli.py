@@ -230,3 +230,25 @@ def test_catalog_check(stack: Stack, fake_clerk: FakeClerk) -> None:
     ]
     ok = cli(stack, "catalog", "check", env=OPERATOR)
     assert ok.returncode == 0 and "catalog and Clerk agree" in ok.stdout
+
+
+def test_read_token_for_the_cli(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A service with ENTITLEMENTS_READ_TOKEN refuses the CLI's reads without it (exit 2,
+    UNAUTHENTICATED) and answers them with it (the first of a rotating list)."""
+    token = "cli-read-token-" + secrets.token_hex(8)
+    with running_stack(
+        database_url,
+        tmp_path_factory.mktemp("readtoken"),
+        service_extra={"ENTITLEMENTS_READ_TOKEN": f"{token},older-token-{'o' * 16}"},
+    ) as s:
+        refused = cli(
+            s, "check", "user_cli_token", "aiInsights", env={"ENTITLEMENTS_READ_TOKEN": ""}
+        )
+        assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr
+        allowed = cli(
+            s, "check", "user_cli_token", "aiInsights", env={"ENTITLEMENTS_READ_TOKEN": token}
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        assert cli(s, "plans", env={"ENTITLEMENTS_READ_TOKEN": token}).returncode == 0

@@ -264,7 +264,9 @@ async def test_heartbeats_arrive_every_second_with_the_lag(harness: Harness) -> 
     assert max(gaps) <= 1.3, gaps
 
 
-async def test_read_token_guards_the_read_side(database_url: str, clock: Clock) -> None:
+async def test_read_token_guards_the_read_side(
+    database_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await _truncate(database_url)
     async for h in start_harness(database_url, clock, read_tokens=(READ_TOKEN,)):
         request = pb.CanUseRequest(subject="user_token", feature="aiInsights")
@@ -285,4 +287,7 @@ async def test_read_token_guards_the_read_side(database_url: str, clock: Clock) 
         async with AsyncEntitlementsClient(h.target, token=READ_TOKEN, local_cache=True) as client:
             async with asyncio.timeout(10):
                 await client.wait_synced()
+            assert await client.can_use("user_token", "aiInsights")
+        monkeypatch.setenv("ENTITLEMENTS_READ_TOKEN", f"{READ_TOKEN} next-token-{'n' * 16}")
+        async with AsyncEntitlementsClient(h.target) as client:  # the token from the env
             assert await client.can_use("user_token", "aiInsights")
