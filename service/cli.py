@@ -29,8 +29,8 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from service.config import split_secrets
-from service.tls import ClientTls, sync_channel
+from entitlements_common.settings import split_secrets
+from entitlements_common.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
 

@@ -11,18 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
 from service.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 
 if TYPE_CHECKING:
-    from service.tls import ServerTls
+    from entitlements_common.tls import ServerTls
 
-MIN_SECRET_LENGTH = 32
 DEFAULT_LISTEN = "127.0.0.1:50051"
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
-        from service.tls import ServerTls
+        from entitlements_common.tls import ServerTls
 
         env = os.environ if env is None else env
         secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
@@ -141,12 +137,6 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def split_secrets(raw: str | None) -> list[str]:
-    """A secret setting may list several secrets (spaces or commas) during a rotation: the
-    receiving side accepts any of them, the sending side uses the first."""
-    return (raw or "").replace(",", " ").split()
-
-
 MIN_READ_TOKEN_CHARS = 16
 
 
@@ -161,20 +151,6 @@ def read_tokens(raw: str | None) -> tuple[str, ...]:
                 "printable characters"
             )
     return tokens
-
-
-def check_sync_secret(secret: str | None) -> None:
-    if secret is None:
-        return
-    tokens = split_secrets(secret)
-    if not tokens:
-        raise ConfigError("BILLING_WEBHOOK_SYNC_SECRET is blank")
-    for token in tokens:
-        if len(token) < MIN_SECRET_LENGTH:
-            raise ConfigError(
-                f"BILLING_WEBHOOK_SYNC_SECRET must be at least {MIN_SECRET_LENGTH} characters "
-                f"per secret (got {len(token)})"
-            )
 
 
 def load_catalog(path: str | Path | None) -> Catalog:

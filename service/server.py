@@ -23,9 +23,10 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements_common.settings import ConfigError
 from service.cache import EntitlementCache
 from service.changes import ChangeHub, StreamLimits
-from service.config import ConfigError, ServiceSettings, load_catalog
+from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
 from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres

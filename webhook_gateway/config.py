@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from svix.webhooks import Webhook
 
-from service.config import ConfigError, check_sync_secret, split_secrets
-from service.tls import ClientTls
+from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
+from entitlements_common.tls import ClientTls
 
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 DEFAULT_TARGET = "127.0.0.1:50051"

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
-from service.tls import ClientTls, aio_channel
+from entitlements_common.tls import ClientTls, aio_channel
 
 
 @dataclass(frozen=True)

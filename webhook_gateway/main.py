@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from service.config import ConfigError
+from entitlements_common.settings import ConfigError
 from webhook_gateway.app import WEBHOOK_PATH, create_app
 from webhook_gateway.config import GatewaySettings
 

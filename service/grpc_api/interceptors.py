@@ -15,8 +15,8 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from entitlements_common.settings import split_secrets
 from service.changes import TooManyStreams
-from service.config import split_secrets
 from service.domain.subjects import InvalidArgument
 from service.store.postgres import StoreUnavailable
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import ConfigError, ServiceSettings
+from entitlements_common.settings import ConfigError
+from service.config import ServiceSettings
 
 pytestmark = pytest.mark.unit
 

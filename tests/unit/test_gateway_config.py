@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from svix.webhooks import Webhook
 
-from service.config import ConfigError
+from entitlements_common.settings import ConfigError
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.verification import VerificationFailed, Verifier
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-from service.config import ConfigError
+from entitlements_common.settings import ConfigError
 
 
 def _read(env: Mapping[str, str], name: str) -> bytes | None:

@@ -1,0 +1,77 @@
+"""The shape of the code, checked: the internet-facing gateway loads no service code, the
+client library no server dependency, and no package imports itself in a circle."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("service", "webhook_gateway", "entitlements_client", "entitlements_common")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def test_the_gateway_loads_no_service_code() -> None:
+    loaded = _loaded_after("import webhook_gateway.main")
+    assert not [m for m in loaded if m == "service" or m.startswith("service.")]
+
+
+def test_the_client_library_loads_no_server_dependency() -> None:
+    loaded = _loaded_after("import entitlements_client")
+    forbidden = ("service", "webhook_gateway", "asyncpg", "aiohttp", "svix", "pgserver")
+    assert not [m for m in loaded if m.split(".")[0] in forbidden]
+
+
+def _module_imports(path: Path, module: str) -> set[str]:
+    """Modules of ours imported at import time (not under TYPE_CHECKING, not in functions)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in [node] if not isinstance(node, ast.If | ast.Try) else ast.walk(node):
+            if isinstance(sub, ast.Import):
+                found |= {alias.name for alias in sub.names}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                found.add(sub.module)
+                found |= {f"{sub.module}.{alias.name}" for alias in sub.names}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def test_no_import_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            graph[module] = _module_imports(path, module)
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycles.append([*trail[trail.index(dep) :], dep] if dep in trail else [dep])
+            elif dep not in state:
+                visit(dep, [*trail, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
