@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
-$(STAMP): pyproject.toml requirements/dev.lock
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates the committed gRPC stubs (and .pyi) from protos/ into OUT (default: the repo root).
+# Regenerates the committed gRPC stubs (and .pyi) from protos/ into OUT (default: the client
+# distribution, clients/python, where the client and the service both take them from).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=${1:-.}
+OUT=${1:-clients/python}
 mkdir -p "$OUT"
 PATH="$(dirname "$PY"):$PATH" "$PY" -m grpc_tools.protoc -Iprotos \
   --python_out="$OUT" --grpc_python_out="$OUT" \
