@@ -21,7 +21,7 @@ class NoopServicer(pb_grpc.EntitlementServiceServicer):
 
 async def main(listen: str) -> None:
     server = aio.server()
-    pb_grpc.add_EntitlementServiceServicer_to_server(NoopServicer(), server)
+    pb_grpc.add_EntitlementServiceServicer_to_server(NoopServicer(), server)  # type: ignore[abstract]
     server.add_insecure_port(listen)
     await server.start()
     await server.wait_for_termination()

@@ -13,7 +13,6 @@ Writes bench/results/latest.json and bench/results/latest.png.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import platform
@@ -32,14 +31,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from svix.webhooks import Webhook
 
 from bench import scale
+from bench.webhooks import (
+    SIGNING_SECRET,
+    bench_freshness,
+    bench_ingest,
+    bench_ingest_one,
+)
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_client import EntitlementsClient
@@ -48,7 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 SYNC_SECRET = "bench-sync-secret-" + secrets.token_hex(16)
-SIGNING_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 SUBJECT = "user_bench_pro"
 CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
 
@@ -76,7 +78,7 @@ def wait_serving(target: str, timeout: float = 60) -> None:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                     return
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     return  # the no-op floor has no health service: it answers, so it is up
             time.sleep(0.1)
     raise TimeoutError(target)
@@ -177,102 +179,6 @@ def h2load(target: str, data_file: Path, workdir: Path, n: int) -> dict[str, flo
 def bench_rpc(target: str, data_file: Path, workdir: Path) -> dict[str, float]:
     h2load(target, data_file, workdir, max(2000, REQUESTS // 10))  # warm-up
     return h2load(target, data_file, workdir, REQUESTS)
-
-
-def signed(body: bytes, msg_id: str) -> dict[str, str]:
-    now = datetime.now(UTC)
-    return {
-        "svix-id": msg_id,
-        "svix-timestamp": str(int(now.timestamp())),
-        "svix-signature": Webhook(SIGNING_SECRET).sign(msg_id, now, body.decode()),
-        "content-type": "application/json",
-    }
-
-
-def activation(subject: str) -> bytes:
-    now = int(time.time() * 1000)
-    return json.dumps(
-        {
-            "type": "subscriptionItem.active",
-            "timestamp": now,
-            "object": "event",
-            "data": {
-                "id": f"subi_{subject}",
-                "object": "commerce_subscription_item",
-                "status": "active",
-                "plan_period": "month",
-                "period_start": now,
-                "period_end": now + 30 * 86_400_000,
-                "plan_id": "cplan_pro",
-                "plan": {"id": "cplan_pro", "slug": "pro", "is_default": False},
-                "payer": {"id": "cpayer_x", "user_id": subject},
-                "updated_at": now,
-            },
-        }
-    ).encode()
-
-
-async def bench_ingest(url: str, count: int, concurrency: int) -> dict[str, float]:
-    tag = secrets.token_hex(3)
-    bodies = [(f"msg_ingest_{tag}_{i}", activation(f"user_ingest_{tag}_{i}")) for i in range(count)]
-    latencies: list[float] = []
-    failures = 0
-    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-    for item in bodies:
-        queue.put_nowait(item)
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal failures
-        while not queue.empty():
-            msg_id, body = queue.get_nowait()
-            started = time.perf_counter()
-            async with session.post(url, data=body, headers=signed(body, msg_id)) as response:
-                await response.read()
-                if response.status != 200:
-                    failures += 1
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "deliveries": count,
-        "failures": failures,
-        "per_second": count / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-    }
-
-
-async def bench_freshness(url: str, target_b: str, rounds: int) -> dict[str, float]:
-    tag = secrets.token_hex(3)
-    delays: list[float] = []
-    async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(target_b) as channel:
-        stub = pb_grpc.EntitlementServiceStub(channel)
-        for i in range(rounds):
-            subject = f"user_fresh_{tag}_{i}"
-            request = pb.CanUseRequest(subject=subject, feature="dataExport")
-            assert not (await stub.CanUse(request)).allowed  # B caches "free"
-            body = activation(subject)
-            async with session.post(
-                url, data=body, headers=signed(body, f"msg_fresh_{tag}_{i}")
-            ) as r:
-                await r.read()
-                assert r.status == 200
-            acked = time.perf_counter()
-            while not (await stub.CanUse(request)).allowed:
-                if time.perf_counter() - acked > 5:
-                    raise RuntimeError("replica B never saw the change")
-            delays.append(time.perf_counter() - acked)
-    delays.sort()
-    return {
-        "rounds": rounds,
-        "p50_ms": delays[len(delays) // 2] * 1000,
-        "p99_ms": delays[int(len(delays) * 0.99)] * 1000,
-        "max_ms": delays[-1] * 1000,
-    }
 
 
 def bench_local_client(target: str) -> dict[str, float]:
@@ -488,7 +394,7 @@ def main() -> int:
         log("memory per 100k cached subjects …")
         results["memory"] = bench_memory(proc_a, target_a, 100_000)
         log(f"  {results['memory']}")
-        results["growth"] = growth(url, proc_a, target_a, target_b, dsn, work)
+        results["growth"] = scale.growth(url, proc_a, target_a, target_b, dsn, work, SYNC_SECRET)
 
     c, f, o = (
         results["canuse"]["cached"],
@@ -505,7 +411,7 @@ def main() -> int:
         },
         "freshness_p99_ms": {"value": results["freshness"]["p99_ms"], "target": "<= 100"},
         "ingest_per_second": {"value": results["ingest"]["per_second"], "target": ">= 300"},
-        **growth_targets(results["growth"]),
+        **scale.growth_targets(results["growth"]),
     }
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")
@@ -513,82 +419,6 @@ def main() -> int:
     print(json.dumps(results["targets"], indent=2))
     print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
     return 0
-
-
-def growth(
-    url: str, proc_a: psutil.Process, target_a: str, target_b: str, dsn: str, work: Path
-) -> dict[str, Any]:
-    """Cost as it grows (bench/scale.py): idle watchers, verify, 10 k → 1 M subjects."""
-
-    async def post(session: aiohttp.ClientSession, body: bytes, msg_id: str) -> int:
-        async with session.post(url, data=body, headers=signed(body, msg_id)) as r:
-            await r.read()
-            if r.status != 200:
-                raise RuntimeError(f"delivery answered {r.status}")
-            return r.status
-
-    out: dict[str, Any] = {}
-    log("ingest with 0, then 1 000 idle watchers; their CPU …")
-    out["ingest_0_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
-    idle_0 = scale.cpu_cores(proc_a, 5)
-    with scale.idle_watchers(target_a, 1000, work) as watchers:
-        watchers.cpu_percent()
-        idle_1000 = scale.cpu_cores(proc_a, 5)
-        clients = watchers.cpu_percent() / 100
-        out["ingest_1000_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
-    out["idle_watchers_cpu_cores"] = {
-        "service_0": idle_0,
-        "service_1000": idle_1000,
-        "watchers_process_1000": clients,
-    }
-    log(f"  {out}")
-    log("freshness to a local-cache client with 1 000 watchers on its replica …")
-    with scale.idle_watchers(target_b, 1000, work):
-        out["client_freshness_1000_watchers"] = scale.client_freshness(
-            target_b, url, 200, activation, post
-        )
-    log(f"  {out['client_freshness_1000_watchers']}")
-    log("verify …")
-    out["verify"] = scale.verify_speed(target_a, SYNC_SECRET)
-    log(f"  {out['verify']}")
-    pool: list[str] = []
-    for label, total, prefix in (("10k", 10_000, "s10k"), ("1m", 990_000, "s1m")):
-        log(f"seeding subjects (COPY) up to {label} …")
-        seeded = asyncio.run(scale.seed_subjects(dsn, total, prefix))
-        pool += seeded
-        out[f"cache_miss_{label}"] = asyncio.run(scale.cache_miss_latency(target_a, pool, 3000, 4))
-        out[f"ingest_{label}"] = asyncio.run(bench_ingest(url, 1500, 32))
-        log(f"  {out[f'cache_miss_{label}']} {out[f'ingest_{label}']}")
-    return out
-
-
-def growth_targets(g: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "ingest_1000_vs_0_watchers": {
-            "value": g["ingest_1000_watchers"]["per_second"] / g["ingest_0_watchers"]["per_second"],
-            "target": ">= 0.9",
-        },
-        "cache_miss_p99_1m_vs_10k": {
-            "value": g["cache_miss_1m"]["p99_ms"] / g["cache_miss_10k"]["p99_ms"],
-            "target": "<= 1.2",
-        },
-        "verify_deliveries_per_second": {"value": g["verify"]["per_second"], "target": ">= 5000"},
-        "client_freshness_p99_ms_1000_watchers": {
-            "value": g["client_freshness_1000_watchers"]["p99_ms"],
-            "target": "<= 100",
-        },
-    }
-
-
-async def bench_ingest_one(url: str, subject: str) -> None:
-    body = activation(subject)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            url, data=body, headers=signed(body, "msg_bench_setup_" + secrets.token_hex(4))
-        ) as r,
-    ):
-        assert r.status == 200, await r.text()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import asyncpg
 import grpc
 import psutil
 
+from bench.webhooks import activation, bench_ingest, signed
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
@@ -33,6 +34,12 @@ from entitlements_client import EntitlementsClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NICE = ("nice", "-n", "19")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 Post = Callable[[aiohttp.ClientSession, bytes, str], Awaitable[int]]
 
 
@@ -193,4 +200,75 @@ async def cache_miss_latency(
         "calls": calls,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    }
+
+
+def growth(
+    url: str,
+    proc_a: psutil.Process,
+    target_a: str,
+    target_b: str,
+    dsn: str,
+    work: Path,
+    sync_secret: str,
+) -> dict[str, Any]:
+    """Cost as it grows (bench/py): idle watchers, verify, 10 k → 1 M subjects."""
+
+    async def post(session: aiohttp.ClientSession, body: bytes, msg_id: str) -> int:
+        async with session.post(url, data=body, headers=signed(body, msg_id)) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"delivery answered {r.status}")
+            return r.status
+
+    out: dict[str, Any] = {}
+    log("ingest with 0, then 1 000 idle watchers; their CPU …")
+    out["ingest_0_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
+    idle_0 = cpu_cores(proc_a, 5)
+    with idle_watchers(target_a, 1000, work) as watchers:
+        watchers.cpu_percent()
+        idle_1000 = cpu_cores(proc_a, 5)
+        clients = watchers.cpu_percent() / 100
+        out["ingest_1000_watchers"] = asyncio.run(bench_ingest(url, 1500, 32))
+    out["idle_watchers_cpu_cores"] = {
+        "service_0": idle_0,
+        "service_1000": idle_1000,
+        "watchers_process_1000": clients,
+    }
+    log(f"  {out}")
+    log("freshness to a local-cache client with 1 000 watchers on its replica …")
+    with idle_watchers(target_b, 1000, work):
+        out["client_freshness_1000_watchers"] = client_freshness(
+            target_b, url, 200, activation, post
+        )
+    log(f"  {out['client_freshness_1000_watchers']}")
+    log("verify …")
+    out["verify"] = verify_speed(target_a, sync_secret)
+    log(f"  {out['verify']}")
+    pool: list[str] = []
+    for label, total, prefix in (("10k", 10_000, "s10k"), ("1m", 990_000, "s1m")):
+        log(f"seeding subjects (COPY) up to {label} …")
+        seeded = asyncio.run(seed_subjects(dsn, total, prefix))
+        pool += seeded
+        out[f"cache_miss_{label}"] = asyncio.run(cache_miss_latency(target_a, pool, 3000, 4))
+        out[f"ingest_{label}"] = asyncio.run(bench_ingest(url, 1500, 32))
+        log(f"  {out[f'cache_miss_{label}']} {out[f'ingest_{label}']}")
+    return out
+
+
+def growth_targets(g: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ingest_1000_vs_0_watchers": {
+            "value": g["ingest_1000_watchers"]["per_second"] / g["ingest_0_watchers"]["per_second"],
+            "target": ">= 0.9",
+        },
+        "cache_miss_p99_1m_vs_10k": {
+            "value": g["cache_miss_1m"]["p99_ms"] / g["cache_miss_10k"]["p99_ms"],
+            "target": "<= 1.2",
+        },
+        "verify_deliveries_per_second": {"value": g["verify"]["per_second"], "target": ">= 5000"},
+        "client_freshness_p99_ms_1000_watchers": {
+            "value": g["client_freshness_1000_watchers"]["p99_ms"],
+            "target": "<= 100",
+        },
     }
