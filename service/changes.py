@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.cache import EntitlementCache
+from service.domain.errors import ResourceExhausted
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_LAG, WATCH_STREAMS
 from service.store.postgres import ChangeBatch
@@ -37,8 +38,8 @@ QUEUE_BATCHES = 256
 BEAT_SECONDS = 0.9
 
 
-class TooManyStreams(Exception):
-    """Over the configured number of WatchEntitlements streams (RESOURCE_EXHAUSTED)."""
+class TooManyStreams(ResourceExhausted):
+    """Over the configured number of WatchEntitlements streams."""
 
 
 @dataclass(frozen=True)

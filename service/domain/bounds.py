@@ -49,7 +49,9 @@ def _as_int(raw: object) -> int | str | None:
         value = int(raw)
     elif isinstance(raw, str):
         text = raw.strip()
-        if not text or len(text) > 40 or not text.lstrip("-").isdigit():
+        digits = text.removeprefix("-")
+        # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() refuses.
+        if not digits or len(text) > 40 or not (digits.isascii() and digits.isdigit()):
             return None
         value = int(text)
     else:

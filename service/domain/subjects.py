@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from service.domain.errors import InvalidArgument
+
 MAX_SUBJECT_BYTES = 255
 
-
-class InvalidArgument(ValueError):
-    """A caller sent a value the API cannot accept; the message says which and why."""
+__all__ = ["MAX_SUBJECT_BYTES", "InvalidArgument", "require_subject", "subject_problem"]
 
 
 def subject_problem(subject: str) -> str | None:

@@ -16,9 +16,7 @@ import grpc
 from grpc import aio
 
 from entitlements_common.settings import split_secrets
-from service.changes import TooManyStreams
-from service.domain.subjects import InvalidArgument
-from service.store.postgres import StoreUnavailable
+from service.domain.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +27,10 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
-class NotFound(Exception):
-    """Something the caller named does not exist (maps to NOT_FOUND)."""
-
-
-class OutOfRange(Exception):
-    """A resume point the server no longer has (maps to OUT_OF_RANGE)."""
-
-
-class FailedPrecondition(Exception):
-    """The server is not configured for this call (maps to FAILED_PRECONDITION)."""
-
-
-class DependencyUnavailable(Exception):
-    """An outside dependency (Clerk's API) did not answer; retry later (UNAVAILABLE)."""
-
-
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    if isinstance(exc, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, OutOfRange):
-        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
-    if isinstance(exc, FailedPrecondition):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, DependencyUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, TooManyStreams):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, StoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
+    """The one mapping from the service's error tree to status codes (None: a bug)."""
+    if isinstance(exc, ServiceError):
+        return grpc.StatusCode[exc.code], exc.public_message()
     return None
 
 

@@ -28,6 +28,12 @@ from service.changes import ChangeHub
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
 from service.domain.bounds import echo, storable_text, wire_ms, within_window
 from service.domain.catalog import Catalog, LimitValue, check_catalog
+from service.domain.errors import (
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from service.domain.events import normalize_event
 from service.domain.resolution import (
     Entitlements,
@@ -37,12 +43,6 @@ from service.domain.resolution import (
     limit_decision,
 )
 from service.domain.subjects import InvalidArgument, require_subject
-from service.grpc_api.interceptors import (
-    DependencyUnavailable,
-    FailedPrecondition,
-    NotFound,
-    OutOfRange,
-)
 from service.grpc_api.watch import WatchStreams
 from service.operations import (
     Progress,
@@ -52,7 +52,7 @@ from service.operations import (
     verify,
 )
 from service.reader import EntitlementReader
-from service.store.postgres import ApplyResult, DeliverySelector, Store
+from service.store.postgres import ApplyResult, DeliverySelector, Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +270,11 @@ def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
 
 
 _OUTCOMES: Mapping[str, int] = {
-    "APPLIED": sync_pb.APPLIED,
-    "DUPLICATE": sync_pb.DUPLICATE,
-    "STALE": sync_pb.STALE,
-    "IGNORED": sync_pb.IGNORED,
-    "UNPARSEABLE": sync_pb.UNPARSEABLE,
+    Outcome.APPLIED: sync_pb.APPLIED,
+    Outcome.DUPLICATE: sync_pb.DUPLICATE,
+    Outcome.STALE: sync_pb.STALE,
+    Outcome.IGNORED: sync_pb.IGNORED,
+    Outcome.UNPARSEABLE: sync_pb.UNPARSEABLE,
 }
 
 
@@ -347,7 +347,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         for note in result.notes:
             if note.startswith("unknown plan slug"):
                 log.warning("event %s for %s: %s", event_id, result.subject, note)
-        if result.outcome == "UNPARSEABLE":
+        if result.outcome == Outcome.UNPARSEABLE:
             log.warning(
                 "event %s (%s) stored as UNPARSEABLE: %s", event_id, event.type, event.error
             )
@@ -547,7 +547,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             async with ClerkApi(settings) as api:
                 plans = await api.plans()
         except ClerkApiError as exc:
-            raise DependencyUnavailable(f"Clerk API: {exc}") from exc
+            raise Unavailable(f"Clerk API: {exc}") from exc
         check = check_catalog(self._store.catalog, plans)
         return sync_pb.CheckCatalogResponse(
             unmapped_clerk_plans=[
@@ -563,6 +563,6 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             self._hub is not None
             and result.subject
             and result.version
-            and result.outcome == "APPLIED"
+            and result.outcome == Outcome.APPLIED
         ):
             self._hub.on_change(result.version, result.subject)

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from service.domain.bounds import echo, storable_text, within_window
 from service.domain.catalog import Catalog
+from service.domain.errors import Unavailable
 from service.domain.events import EventKind, ItemStatus, NormalizedEvent
 from service.domain.past_due import PastDueTrack
 from service.domain.privacy import scrub_payload
@@ -47,8 +49,11 @@ else:
     Conn = asyncpg.pool.PoolConnectionProxy
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """The database cannot be reached or did not answer in time; the caller may retry."""
+
+    def public_message(self) -> str:
+        return "database unavailable; retry later"
 
 
 class _ItemOwnedElsewhere(Exception):
@@ -59,7 +64,9 @@ class _ItemOwnedElsewhere(Exception):
 MAX_STORED_TEXT = 1000
 
 
-class Outcome:
+class Outcome(StrEnum):
+    """What became of a delivery (stored as its text; the wire enum has the same names)."""
+
     APPLIED = "APPLIED"
     DUPLICATE = "DUPLICATE"
     STALE = "STALE"

@@ -3,6 +3,7 @@ working client (sync and async, local cache included) without any server depende
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,13 @@ print("client works")
 
 
 def test_the_client_installs_alone_and_works(tmp_path: Path, database_url: str) -> None:
+    source = tmp_path / "client"  # a copy: building must not write into the checkout
+    shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(CLIENT_DIR)],
+        [str(python), "-m", "pip", "install", "--quiet", str(source)],
         capture_output=True,
         text=True,
         timeout=600,

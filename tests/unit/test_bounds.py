@@ -53,6 +53,11 @@ def test_a_time_is_in_the_window_or_missing(raw: Any) -> None:
         assert parsed.note  # dropped, and said so
 
 
+@pytest.mark.parametrize("raw", ["²", "٣٤", "1²", "--5", "-", " ", "1e12", "0x10"])
+def test_strings_that_are_not_plain_integers_are_not_timestamps(raw: str) -> None:
+    assert bounded_time_ms(raw).ms is None
+
+
 @given(st.integers(min_value=MIN_TIME_MS // 1000, max_value=MAX_TIME_MS // 1000 - 1))
 def test_ten_digit_values_are_seconds(seconds: int) -> None:
     assert bounded_time_ms(seconds).ms == seconds * 1000
