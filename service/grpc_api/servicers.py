@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from service.cache import CacheEntry
 from service.changes import ChangeHub
 from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
 from service.domain.bounds import echo, storable_text, wire_ms, within_window
-from service.domain.catalog import Catalog, LimitValue, check_catalog
+from service.domain.catalog import Catalog, check_catalog
 from service.domain.errors import (
     FailedPrecondition,
     NotFound,
@@ -36,18 +36,24 @@ from service.domain.errors import (
 )
 from service.domain.events import normalize_event
 from service.domain.resolution import (
-    Entitlements,
-    EntitlementStatus,
-    Reason,
     feature_decision,
     limit_decision,
 )
 from service.domain.subjects import InvalidArgument, require_subject
+from service.grpc_api.mapping import (
+    HISTORY_KINDS,
+    OUTCOMES,
+    REASONS,
+    RECONCILE_STATUSES,
+    entitlements_message,
+    limits,
+    ms_of,
+    timestamp,
+)
 from service.grpc_api.watch import WatchStreams
 from service.operations import (
     Progress,
     Reconciler,
-    ReconcileStatus,
     replay,
     verify,
 )
@@ -63,37 +69,6 @@ DEFAULT_HISTORY_PAGE = 100
 MAX_HISTORY_PAGE = 1000
 
 Context = aio.ServicerContext[Any, Any]
-
-_REASONS: Mapping[Reason, int] = {
-    Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
-    Reason.FEATURE_NOT_IN_PLAN: pb.REASON_FEATURE_NOT_IN_PLAN,
-    Reason.GRANTED_BY_OVERRIDE: pb.REASON_GRANTED_BY_OVERRIDE,
-    Reason.IN_PAST_DUE_GRACE: pb.REASON_IN_PAST_DUE_GRACE,
-    Reason.CANCELED_UNTIL_PERIOD_END: pb.REASON_CANCELED_UNTIL_PERIOD_END,
-    Reason.LIFETIME: pb.REASON_LIFETIME,
-}
-_STATUSES: Mapping[EntitlementStatus, int] = {
-    EntitlementStatus.DEFAULT: pb.ENTITLEMENT_STATUS_DEFAULT,
-    EntitlementStatus.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
-    EntitlementStatus.CANCELED: pb.ENTITLEMENT_STATUS_CANCELED,
-    EntitlementStatus.PAST_DUE: pb.ENTITLEMENT_STATUS_PAST_DUE,
-    EntitlementStatus.LIFETIME: pb.ENTITLEMENT_STATUS_LIFETIME,
-    EntitlementStatus.GRANTED: pb.ENTITLEMENT_STATUS_GRANTED,
-}
-
-
-def _timestamp(ms: int | None) -> Timestamp | None:
-    """A wire timestamp; None for an instant it cannot carry (it never raises on a read)."""
-    carried = wire_ms(ms)
-    if carried is None:
-        return None
-    ts = Timestamp()
-    ts.FromMilliseconds(carried)
-    return ts
-
-
-def _limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
-    return {name: pb.Limit(value=v.value, unlimited=v.unlimited) for name, v in limits.items()}
 
 
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
@@ -127,8 +102,8 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             response = pb.CanUseResponse(
                 allowed=allowed,
                 plan=ent.plan.name,
-                reason=_REASONS[reason],  # type: ignore[arg-type]
-                valid_until=_timestamp(ent.valid_until_ms),
+                reason=REASONS[reason],  # type: ignore[arg-type]
+                valid_until=timestamp(ent.valid_until_ms),
             )
             entry.memo[key] = response
         return response
@@ -169,8 +144,8 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             ent = entry.entitlements
             response = pb.GetLimitsResponse(
                 plan=ent.plan.name,
-                limits=_limits(ent.limits),
-                valid_until=_timestamp(ent.valid_until_ms),
+                limits=limits(ent.limits),
+                valid_until=timestamp(ent.valid_until_ms),
             )
             entry.memo["limits"] = response
         return response
@@ -190,7 +165,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             remaining=decision.remaining,
             unlimited=decision.limit.unlimited,
             plan=ent.plan.name,
-            valid_until=_timestamp(ent.valid_until_ms),
+            valid_until=timestamp(ent.valid_until_ms),
         )
 
     async def GetEntitlements(
@@ -215,7 +190,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
                     lifetime=p.lifetime,
                     is_default=p.name == catalog.default_plan_name,
                     features=sorted(p.features),
-                    limits=_limits(p.limits),
+                    limits=limits(p.limits),
                     clerk_slugs=list(p.clerk_slugs),
                     clerk_plan_ids=list(p.clerk_plan_ids),
                 )
@@ -257,52 +232,7 @@ def _peer_address(context: Context) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
-    return pb.GetEntitlementsResponse(
-        subject=ent.subject,
-        plan=ent.plan.name,
-        features=sorted(ent.features),
-        limits=_limits(ent.limits),
-        status=_STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
-        valid_until=_timestamp(ent.valid_until_ms),
-        version=ent.version,
-    )
-
-
-_OUTCOMES: Mapping[str, int] = {
-    Outcome.APPLIED: sync_pb.APPLIED,
-    Outcome.DUPLICATE: sync_pb.DUPLICATE,
-    Outcome.STALE: sync_pb.STALE,
-    Outcome.IGNORED: sync_pb.IGNORED,
-    Outcome.UNPARSEABLE: sync_pb.UNPARSEABLE,
-}
-
-
-_HISTORY_KINDS: Mapping[str, int] = {
-    "delivery": sync_pb.HISTORY_KIND_DELIVERY,
-    "plan_change": sync_pb.HISTORY_KIND_PLAN_CHANGE,
-    "grant": sync_pb.HISTORY_KIND_GRANT,
-}
 MAX_REASON_CHARS = 500
-_RECONCILE_STATUSES: Mapping[ReconcileStatus, int] = {
-    ReconcileStatus.IN_SYNC: sync_pb.RECONCILE_STATUS_IN_SYNC,
-    ReconcileStatus.REPAIRED: sync_pb.RECONCILE_STATUS_REPAIRED,
-    ReconcileStatus.SNAPSHOT_OLDER: sync_pb.RECONCILE_STATUS_SNAPSHOT_OLDER,
-    ReconcileStatus.NOT_FOUND: sync_pb.RECONCILE_STATUS_NOT_FOUND,
-    ReconcileStatus.SKIPPED: sync_pb.RECONCILE_STATUS_SKIPPED,
-    ReconcileStatus.FAILED: sync_pb.RECONCILE_STATUS_FAILED,
-}
-
-
-def _ms_of(ts: Timestamp, default: int) -> int:
-    """Milliseconds of a request timestamp; `default` when unset, -1 when it is not a valid
-    Timestamp (protobuf refuses to convert one past year 9999)."""
-    if not (ts.seconds or ts.nanos):
-        return default
-    try:
-        return ts.ToMilliseconds()
-    except (ValueError, OverflowError):
-        return -1
 
 
 class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
@@ -332,8 +262,8 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             )
         now_ms = int(time.time() * 1000)
         # Times from the caller are bounded like any other: out of the window, ours are used.
-        received_ms = within_window(_ms_of(request.received_at, now_ms)) or now_ms
-        fallback_ms = within_window(_ms_of(request.signed_at, received_ms)) or received_ms
+        received_ms = within_window(ms_of(request.received_at, now_ms)) or now_ms
+        fallback_ms = within_window(ms_of(request.signed_at, received_ms)) or received_ms
         event = normalize_event(request.payload, request.type, fallback_ms, received_ms)
         result = await self._store.apply(
             event_id,
@@ -361,7 +291,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                 event.type,
             )
         return sync_pb.ApplyBillingEventResponse(
-            outcome=_OUTCOMES[result.outcome],  # type: ignore[arg-type]
+            outcome=OUTCOMES[result.outcome],  # type: ignore[arg-type]
             subject=result.subject or "",
             plan=result.plan or "",
             previous_plan=result.previous_plan or "",
@@ -383,12 +313,12 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             recorded.FromDatetime(row.recorded_at)
             entries.append(
                 sync_pb.HistoryEntry(
-                    kind=_HISTORY_KINDS[row.kind],  # type: ignore[arg-type]
+                    kind=HISTORY_KINDS[row.kind],  # type: ignore[arg-type]
                     recorded_at=recorded,
                     event_id=row.event_id or "",
                     type=row.type or "",
-                    outcome=_OUTCOMES.get(row.outcome or "", 0),  # type: ignore[arg-type]
-                    occurred_at=_timestamp(row.event_ms),
+                    outcome=OUTCOMES.get(row.outcome or "", 0),  # type: ignore[arg-type]
+                    occurred_at=timestamp(row.event_ms),
                     from_plan=row.from_plan or "",
                     to_plan=row.to_plan or "",
                     note=row.note or "",
@@ -406,7 +336,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         reason = request.reason.strip()
         if not reason or len(reason) > MAX_REASON_CHARS:
             raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
-        expires_at_ms = _ms_of(request.expires_at, -1) if request.HasField("expires_at") else None
+        expires_at_ms = ms_of(request.expires_at, -1) if request.HasField("expires_at") else None
         if expires_at_ms is not None and wire_ms(expires_at_ms) is None:
             raise InvalidArgument("expires_at must be a valid timestamp (before year 10000)")
         if expires_at_ms is not None and expires_at_ms <= self._store.now_ms():
@@ -464,7 +394,7 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                 results=[
                     sync_pb.SubjectReconciliation(
                         subject=r.subject,
-                        status=_RECONCILE_STATUSES[r.status],  # type: ignore[arg-type]
+                        status=RECONCILE_STATUSES[r.status],  # type: ignore[arg-type]
                         plan=r.plan,
                         previous_plan=r.previous_plan,
                         event_id=r.event_id,
@@ -505,8 +435,8 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
                         event_id=r.delivery.event_id,
                         type=r.delivery.type,
                         subject=r.result.subject or "",
-                        previous_outcome=_OUTCOMES.get(r.delivery.outcome, 0),  # type: ignore[arg-type]
-                        outcome=_OUTCOMES[r.result.outcome],  # type: ignore[arg-type]
+                        previous_outcome=OUTCOMES.get(r.delivery.outcome, 0),  # type: ignore[arg-type]
+                        outcome=OUTCOMES[r.result.outcome],  # type: ignore[arg-type]
                         changed=changed,
                         plan=r.result.plan or "",
                         previous_plan=r.result.previous_plan or "",

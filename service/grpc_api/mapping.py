@@ -1,0 +1,94 @@
+"""Every domain ↔ wire mapping of the gRPC API in one module: enums, timestamps, limits and the
+entitlements message (the servicers and the Watch streams only call these)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from entitlements.v1 import entitlement_service_pb2 as pb
+from service.domain.bounds import wire_ms
+from service.domain.catalog import LimitValue
+from service.domain.resolution import Entitlements, EntitlementStatus, Reason
+from service.operations import ReconcileStatus
+from service.store.postgres import Outcome
+
+REASONS: Mapping[Reason, int] = {
+    Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
+    Reason.FEATURE_NOT_IN_PLAN: pb.REASON_FEATURE_NOT_IN_PLAN,
+    Reason.GRANTED_BY_OVERRIDE: pb.REASON_GRANTED_BY_OVERRIDE,
+    Reason.IN_PAST_DUE_GRACE: pb.REASON_IN_PAST_DUE_GRACE,
+    Reason.CANCELED_UNTIL_PERIOD_END: pb.REASON_CANCELED_UNTIL_PERIOD_END,
+    Reason.LIFETIME: pb.REASON_LIFETIME,
+}
+STATUSES: Mapping[EntitlementStatus, int] = {
+    EntitlementStatus.DEFAULT: pb.ENTITLEMENT_STATUS_DEFAULT,
+    EntitlementStatus.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
+    EntitlementStatus.CANCELED: pb.ENTITLEMENT_STATUS_CANCELED,
+    EntitlementStatus.PAST_DUE: pb.ENTITLEMENT_STATUS_PAST_DUE,
+    EntitlementStatus.LIFETIME: pb.ENTITLEMENT_STATUS_LIFETIME,
+    EntitlementStatus.GRANTED: pb.ENTITLEMENT_STATUS_GRANTED,
+}
+
+
+def timestamp(ms: int | None) -> Timestamp | None:
+    """A wire timestamp; None for an instant it cannot carry (it never raises on a read)."""
+    carried = wire_ms(ms)
+    if carried is None:
+        return None
+    ts = Timestamp()
+    ts.FromMilliseconds(carried)
+    return ts
+
+
+def limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
+    return {name: pb.Limit(value=v.value, unlimited=v.unlimited) for name, v in limits.items()}
+
+
+def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
+    return pb.GetEntitlementsResponse(
+        subject=ent.subject,
+        plan=ent.plan.name,
+        features=sorted(ent.features),
+        limits=limits(ent.limits),
+        status=STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
+        valid_until=timestamp(ent.valid_until_ms),
+        version=ent.version,
+    )
+
+
+OUTCOMES: Mapping[str, int] = {
+    Outcome.APPLIED: sync_pb.APPLIED,
+    Outcome.DUPLICATE: sync_pb.DUPLICATE,
+    Outcome.STALE: sync_pb.STALE,
+    Outcome.IGNORED: sync_pb.IGNORED,
+    Outcome.UNPARSEABLE: sync_pb.UNPARSEABLE,
+}
+
+
+HISTORY_KINDS: Mapping[str, int] = {
+    "delivery": sync_pb.HISTORY_KIND_DELIVERY,
+    "plan_change": sync_pb.HISTORY_KIND_PLAN_CHANGE,
+    "grant": sync_pb.HISTORY_KIND_GRANT,
+}
+RECONCILE_STATUSES: Mapping[ReconcileStatus, int] = {
+    ReconcileStatus.IN_SYNC: sync_pb.RECONCILE_STATUS_IN_SYNC,
+    ReconcileStatus.REPAIRED: sync_pb.RECONCILE_STATUS_REPAIRED,
+    ReconcileStatus.SNAPSHOT_OLDER: sync_pb.RECONCILE_STATUS_SNAPSHOT_OLDER,
+    ReconcileStatus.NOT_FOUND: sync_pb.RECONCILE_STATUS_NOT_FOUND,
+    ReconcileStatus.SKIPPED: sync_pb.RECONCILE_STATUS_SKIPPED,
+    ReconcileStatus.FAILED: sync_pb.RECONCILE_STATUS_FAILED,
+}
+
+
+def ms_of(ts: Timestamp, default: int) -> int:
+    """Milliseconds of a request timestamp; `default` when unset, -1 when it is not a valid
+    Timestamp (protobuf refuses to convert one past year 9999)."""
+    if not (ts.seconds or ts.nanos):
+        return default
+    try:
+        return ts.ToMilliseconds()
+    except (ValueError, OverflowError):
+        return -1
