@@ -36,6 +36,15 @@ def apply_via(target: str, payload: dict[str, object]) -> None:
         )
 
 
+def _answers(client: EntitlementsClient, subject: str, feature: str) -> bool:
+    """`can_use`, or False while the channel is still reconnecting (the client raises then:
+    it cannot answer, and says so)."""
+    try:
+        return client.can_use(subject, feature)
+    except grpc.RpcError:
+        return False
+
+
 def test_sync_client_local_checks_and_resume_after_restart(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -65,7 +74,7 @@ def test_sync_client_local_checks_and_resume_after_restart(
         assert not client.cache.synced
         with service_process(env, tmp_path / "a.log", port=port_a):
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not client.can_use(who, "dataExport"):
+            while time.monotonic() < deadline and not _answers(client, who, "dataExport"):
                 time.sleep(0.02)
             assert client.wait_synced()
             # Served from the local cache: only a resumed watch can have updated this entry.

@@ -1,0 +1,136 @@
+"""The pool every part of the store runs its work on (see StoreBase)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import asyncpg
+
+from service.domain.catalog import Catalog
+from service.store.migrate import migrate
+from service.store.records import StoreUnavailable
+
+T = TypeVar("T")
+if TYPE_CHECKING:
+    Conn = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = asyncpg.pool.PoolConnectionProxy
+
+CHANGES_CHANNEL = "entitlements_changed"
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+_PING_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, *UNAVAILABLE_ERRORS)
+_RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+async def _no_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Skip asyncpg's per-release reset round trip: this store keeps no session state
+    (no session locks, cursors, LISTEN or SET on pooled connections)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StoreBase:
+    """The connection pool and its rules: unavailability becomes `StoreUnavailable`, deadlocks
+    and serialisation failures are retried. The store's parts build on this."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        catalog: Catalog,
+        clock: Callable[[], int] = _now_ms,
+        dsn: str = "",
+        channel: str = CHANGES_CHANNEL,
+    ) -> None:
+        self._pool = pool
+        self.dsn = dsn
+        self.catalog = catalog
+        self._clock = clock
+        self._channel = channel
+        self.calls = 0  # units of database work (pooled-connection uses); tests count them
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        catalog: Catalog,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        clock: Callable[[], int] = _now_ms,
+    ) -> Self:
+        """Connect and migrate."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=10,
+                timeout=5,
+                reset=_no_reset,
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, catalog, clock, dsn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection; retry deadlocks/serialisation failures."""
+        self.calls += 1
+        for attempt in range(5):
+            try:
+                async with self._connection() as conn:
+                    return await work(conn)
+            except _RETRYABLE_TX_ERRORS:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            return True
+        except _PING_FAILURES:
+            return False

@@ -1,0 +1,137 @@
+"""The change log: its horizon (only this service's writers hold it), what the follower and
+resuming watchers read, and pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.store.base import (
+    Conn,
+    StoreBase,
+)
+from service.store.records import ChangeBatch
+
+# The change log's horizon: no change below it can still commit. Only this service's own
+# writers can hold it back: transactions that hold a lock on one of its tables in this
+# database (a writer locks the table before its first write gives it a transaction id). A
+# transaction of another database, or a session that never touched these tables, cannot
+# stall the stream (it used to: the cluster-wide snapshot xmin). 32-bit xids from pg_locks are
+# widened to xid8 with the epoch of the snapshot's xmax (an in-flight xid is below it).
+_HORIZON = """
+WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
+ours AS (
+    SELECT DISTINCT virtualtransaction FROM pg_locks
+     WHERE locktype = 'relation'
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND relation = ANY(ARRAY['subjects', 'deliveries', 'change_log', 'items',
+                                'grants', 'change_log_state']::regclass[])),
+writers AS (
+    SELECT x.transactionid::text::bigint AS xid32
+      FROM pg_locks x JOIN ours USING (virtualtransaction)
+     WHERE x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock' AND x.granted)
+SELECT snap.xmax,
+       LEAST(snap.xmax, (SELECT min(((snap.xmax >> 32)
+                                     - CASE WHEN w.xid32 > (snap.xmax & 4294967295) THEN 1
+                                            ELSE 0 END) * 4294967296 + w.xid32)
+                           FROM writers w)) AS horizon
+  FROM snap
+"""
+
+
+async def _changes_between(
+    conn: Conn, position: int, upper: int, subjects: Sequence[str] | None, limit: int
+) -> list[tuple[int, int, str]]:
+    rows = await conn.fetch(
+        """SELECT txid::text::bigint AS txid, version, subject FROM change_log
+            WHERE txid >= $1::bigint::text::xid8 AND txid < $2::bigint::text::xid8
+              AND ($3::text[] IS NULL OR subject = ANY($3::text[]))
+            ORDER BY txid, version LIMIT $4""",
+        position,
+        upper,
+        list(subjects) if subjects else None,
+        limit,
+    )
+    return [(int(r["txid"]), int(r["version"]), r["subject"]) for r in rows]
+
+
+class ChangeLogStore(StoreBase):
+    async def change_log_bounds(self) -> tuple[int, int]:
+        """(pruned_below, ceiling) as stream positions (transaction ids): positions below
+        `pruned_below` are gone; no position above `ceiling` exists yet."""
+
+        async def work(conn: Conn) -> tuple[int, int]:
+            row = await conn.fetchrow(
+                """SELECT pruned_below::text::bigint AS pruned,
+                          pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS ceiling
+                     FROM change_log_state"""
+            )
+            assert row is not None
+            return int(row["pruned"]), int(row["ceiling"])
+
+        return await self._run(work)
+
+    async def change_log_horizon(self) -> tuple[int, int]:
+        """(horizon, xmax): every change below `horizon` is final; `xmax` is the next
+        transaction id (everything assigned before this call is below it)."""
+
+        async def work(conn: Conn) -> tuple[int, int]:
+            row = await conn.fetchrow(_HORIZON)
+            assert row is not None
+            return int(row["horizon"]), int(row["xmax"])
+
+        return await self._run(work)
+
+    async def follow_changes(self, position: int, limit: int) -> ChangeBatch:
+        """Final changes at or after `position`, oldest first (the replica's one follower).
+
+        Two statements, in this order: the horizon first, then the rows in a later snapshot,
+        so a writer that ends between the two is seen in the second (never skipped)."""
+
+        async def work(conn: Conn) -> ChangeBatch:
+            row = await conn.fetchrow(_HORIZON)
+            assert row is not None
+            horizon, xmax = int(row["horizon"]), int(row["xmax"])
+            changes = await _changes_between(conn, position, horizon, None, limit)
+            if len(changes) == limit:  # that transaction's rows come again: harmless
+                return ChangeBatch(changes, changes[-1][0], xmax, complete=False)
+            return ChangeBatch(changes, max(position, horizon), xmax, complete=True)
+
+        return await self._run(work)
+
+    async def changes_between(
+        self, position: int, upper: int, subjects: Sequence[str] | None, limit: int
+    ) -> tuple[list[tuple[int, int, str]], int]:
+        """Changes with `position` <= txid < `upper` (already final), oldest first, and the
+        position to continue from (a resuming watcher catching up to the follower)."""
+
+        async def work(conn: Conn) -> tuple[list[tuple[int, int, str]], int]:
+            changes = await _changes_between(conn, position, upper, subjects, limit)
+            if len(changes) == limit:
+                return changes, changes[-1][0]
+            return changes, max(position, upper)
+
+        return await self._run(work)
+
+    async def prune_change_log(self, retention_seconds: float) -> int:
+        """Drop change-log rows older than the retention; returns how many went."""
+
+        async def work(conn: Conn) -> int:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    """WITH gone AS (
+                           DELETE FROM change_log
+                            WHERE changed_at < now() - make_interval(secs => $1)
+                        RETURNING txid)
+                       SELECT count(*) AS n, max(txid)::text::bigint AS top FROM gone""",
+                    retention_seconds,
+                )
+                assert row is not None
+                if row["top"] is not None:
+                    await conn.execute(
+                        """UPDATE change_log_state SET pruned_below =
+                               GREATEST(pruned_below, ($1::bigint + 1)::text::xid8)""",
+                        row["top"],
+                    )
+                return int(row["n"])
+
+        return await self._run(work)

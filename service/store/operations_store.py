@@ -1,0 +1,341 @@
+"""Reads for operators and jobs: history, reconcile schedule, replay, verify's snapshot,
+housekeeping (scrubbing, leftover scratch schemas)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from service.domain.bounds import storable_text
+from service.domain.events import EventKind, NormalizedEvent
+from service.domain.rebuild import ITEM_STATE_COLUMNS
+from service.domain.resolution import (
+    SubjectState,
+)
+from service.store.base import (
+    UNAVAILABLE_ERRORS,
+    Conn,
+)
+from service.store.delivery_store import DeliveryStore
+from service.store.records import (
+    MAX_STORED_TEXT,
+    ApplyResult,
+    DeliverySelector,
+    HistoryRow,
+    ItemOwnedElsewhere,
+    Outcome,
+    ReplayResult,
+    StoredDelivery,
+    StoreUnavailable,
+)
+from service.store.state_sql import (
+    LOCK_SUBJECT,
+    SUBJECT_KINDS,
+    load_subject_states,
+    scrub_deliveries,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum() or not name.isascii():
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return f'"{name}"'
+
+
+# Verification's scratch schemas: `verify_` and 16 hex digits (see operations.verify).
+SCRATCH_SCHEMA_PATTERN = "^verify_[0-9a-f]{16}$"
+_SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in use"
+
+
+_GRANT_COLUMNS = (
+    "grant_id, subject, plan, reason, granted_at_ms, expires_at_ms, revoked_at_ms, "
+    "revoke_reason, created_at"
+)
+_DELIVERY_COLUMNS = "event_id, type, payload, outcome, received_at, signed_at_ms, source"
+VerificationRows = tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]
+
+
+async def _deliveries_page(
+    conn: Conn, selector: DeliverySelector, after: str, limit: int
+) -> list[StoredDelivery]:
+    rows = await conn.fetch(
+        f"""SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id > $1 AND {selector.where(3)}
+             ORDER BY event_id LIMIT $2""",
+        after,
+        limit,
+        *selector.args,
+    )
+    return [StoredDelivery(**dict(r)) for r in rows]
+
+
+async def _count_deliveries(conn: Conn, selector: DeliverySelector) -> int:
+    return int(
+        await conn.fetchval(
+            f"SELECT count(*) FROM deliveries WHERE {selector.where(1)}", *selector.args
+        )
+    )
+
+
+async def _verification_rows(conn: Conn) -> VerificationRows:
+    """Every item row (state columns only) and every subject's deletion time."""
+    items = await conn.fetch(f"SELECT {', '.join(ITEM_STATE_COLUMNS)} FROM items")
+    subjects = await conn.fetch("SELECT subject, deleted_at_ms FROM subjects")
+    return (
+        {r["item_id"]: tuple(r) for r in items},
+        {r["subject"]: r["deleted_at_ms"] for r in subjects},
+    )
+
+
+class StoreSnapshot:
+    """Reads inside one repeatable-read transaction (see `Store.snapshot`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def count_deliveries(self, selector: DeliverySelector) -> int:
+        return await _count_deliveries(self._conn, selector)
+
+    async def deliveries_page(
+        self, selector: DeliverySelector, after: str, limit: int
+    ) -> list[StoredDelivery]:
+        return await _deliveries_page(self._conn, selector, after, limit)
+
+    async def grants(self) -> list[tuple[Any, ...]]:
+        rows = await self._conn.fetch(f"SELECT {_GRANT_COLUMNS} FROM grants")
+        return [tuple(r) for r in rows]
+
+    async def verification_rows(self) -> VerificationRows:
+        return await _verification_rows(self._conn)
+
+    async def load_states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
+        return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))
+
+
+class OperationsStore(DeliveryStore):
+    async def history(self, subject: str, limit: int) -> list[HistoryRow]:
+        async def work(conn: Conn) -> list[HistoryRow]:
+            rows = await conn.fetch(
+                """
+                (SELECT 'delivery' AS kind, recorded_at, event_id, type, outcome, event_ms,
+                        NULL::text AS from_plan, NULL::text AS to_plan,
+                        array_to_string(notes, '; ') AS note, source
+                   FROM deliveries WHERE subject = $1
+                   ORDER BY recorded_at DESC LIMIT $2)
+                UNION ALL
+                (SELECT 'plan_change', changed_at, cause_event_id, cause_type, NULL, NULL,
+                        from_plan, to_plan, 'version ' || version, NULL
+                   FROM plan_changes WHERE subject = $1
+                   ORDER BY changed_at DESC LIMIT $2)
+                UNION ALL
+                (SELECT 'grant', created_at, grant_id, 'grant', NULL, granted_at_ms,
+                        NULL, plan,
+                        reason || COALESCE(' (expires ' || to_timestamp(expires_at_ms / 1000.0)
+                                           || ')', '')
+                               || COALESCE('; revoked: ' || revoke_reason, ''), NULL
+                   FROM grants WHERE subject = $1
+                   ORDER BY created_at DESC LIMIT $2)
+                ORDER BY recorded_at DESC, kind DESC LIMIT $2
+                """,
+                subject,
+                limit,
+            )
+            return [HistoryRow(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    async def scrub_older_than(self, retention_seconds: float, batch: int = 500) -> int:
+        """Scrub personal data from payloads stored longer than the retention."""
+        total = 0
+        while True:
+
+            async def work(conn: Conn) -> int:
+                async with conn.transaction():
+                    return await scrub_deliveries(
+                        conn,
+                        """WHERE scrubbed_at IS NULL
+                             AND recorded_at < now() - make_interval(secs => $1)
+                           ORDER BY recorded_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                        retention_seconds,
+                        batch,
+                    )
+
+            done = await self._run(work)
+            total += done
+            if done < batch:
+                return total
+
+    async def known_subjects(self, after: str, limit: int) -> list[str]:
+        """Subjects not deleted, in id order after `after` (keyset paging)."""
+
+        async def work(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                """SELECT subject FROM subjects WHERE deleted_at_ms IS NULL AND subject > $1
+                    ORDER BY subject LIMIT $2""",
+                after,
+                limit,
+            )
+            return [r["subject"] for r in rows]
+
+        return await self._run(work)
+
+    async def count_known_subjects(self) -> int:
+        async def work(conn: Conn) -> int:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM subjects WHERE deleted_at_ms IS NULL")
+            )
+
+        return await self._run(work)
+
+    async def claim_reconcile_run(self, interval_seconds: float, owner: str) -> bool:
+        """True for exactly one replica per interval: the one that moves the schedule on."""
+
+        async def work(conn: Conn) -> bool:
+            return bool(
+                await conn.fetchval(
+                    """UPDATE reconcile_schedule
+                          SET next_run_at = now() + make_interval(secs => $1), last_run_by = $2
+                        WHERE next_run_at <= now() RETURNING true""",
+                    interval_seconds,
+                    owner,
+                )
+            )
+
+        return await self._run(work)
+
+    async def deliveries_page(
+        self, selector: DeliverySelector, after: str, limit: int
+    ) -> list[StoredDelivery]:
+        """Stored deliveries matching `selector`, in event-id order after `after`."""
+
+        async def work(conn: Conn) -> list[StoredDelivery]:
+            return await _deliveries_page(conn, selector, after, limit)
+
+        return await self._run(work)
+
+    async def count_deliveries(self, selector: DeliverySelector) -> int:
+        async def work(conn: Conn) -> int:
+            return await _count_deliveries(conn, selector)
+
+        return await self._run(work)
+
+    async def replay(
+        self, event_id: str, normalize: Callable[[StoredDelivery], NormalizedEvent]
+    ) -> ReplayResult | None:
+        """Re-apply one stored delivery as `normalize` now reads it; None if it is gone.
+
+        The delivery row is locked first, so concurrent replays of it serialise, and the
+        store's ordering guard makes a second replay change nothing: exactly once.
+        """
+
+        async def work(conn: Conn) -> ReplayResult | None:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 FOR UPDATE",
+                    event_id,
+                )
+                if row is None:
+                    return None
+                stored = StoredDelivery(**dict(row))
+                event = normalize(stored)
+                if event.kind is EventKind.UNPARSEABLE and stored.outcome != Outcome.UNPARSEABLE:
+                    # The parser now fails on what it once read: keep the stored outcome and
+                    # state rather than let a regression erase them.
+                    kept = ApplyResult(stored.outcome, None, None, None, 0, (event.error or "",))
+                    return ReplayResult(stored, event, kept)
+                if event.subject is not None and event.kind in SUBJECT_KINDS:
+                    await conn.execute(LOCK_SUBJECT, event.subject)
+                result = await self._apply_recorded(conn, event_id, event, stored.outcome)
+                await conn.execute(
+                    """UPDATE deliveries SET event_ms = $2
+                        WHERE event_id = $1 AND event_ms IS DISTINCT FROM $2""",
+                    event_id,
+                    event.event_ms,
+                )
+                return ReplayResult(stored, event, result)
+
+        try:
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            # Applying failed again (rolled back): the delivery keeps its stored outcome, except
+            # that one moving an item to another subject is now known to be IGNORED.
+            owned_elsewhere = isinstance(exc, ItemOwnedElsewhere)
+            if not owned_elsewhere:
+                log.exception("replay of %s could not apply it; kept as it was", event_id)
+            note = str(exc) if owned_elsewhere else f"could not be applied ({type(exc).__name__})"
+            return await self._keep_after_failed_replay(
+                event_id, normalize, note, Outcome.IGNORED if owned_elsewhere else None
+            )
+
+    async def _keep_after_failed_replay(
+        self,
+        event_id: str,
+        normalize: Callable[[StoredDelivery], NormalizedEvent],
+        note: str,
+        outcome: str | None,
+    ) -> ReplayResult | None:
+        async def work(conn: Conn) -> ReplayResult | None:
+            row = await conn.fetchrow(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1", event_id
+            )
+            if row is None:
+                return None
+            stored = StoredDelivery(**dict(row))
+            if outcome is not None:
+                await conn.execute(
+                    "UPDATE deliveries SET outcome = $2, notes = array_append(notes, $3) "
+                    "WHERE event_id = $1",
+                    event_id,
+                    outcome,
+                    storable_text(note, MAX_STORED_TEXT),
+                )
+            kept = ApplyResult(outcome or stored.outcome, None, None, None, 0, (note,))
+            return ReplayResult(stored, normalize(stored), kept)
+
+        return await self._run(work)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[StoreSnapshot]:
+        """A read-only repeatable-read view of everything. A delivery commits in one
+        transaction with its effects, so the view holds each delivery with exactly its
+        effects, whatever is written meanwhile."""
+        try:
+            async with (
+                self._pool.acquire(timeout=5) as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield StoreSnapshot(conn)
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+    async def drop_abandoned_scratch_schemas(self) -> list[str]:
+        """Drop verification scratch schemas (earlier versions rebuilt into one) whose run is
+        gone (killed mid-run): they hold a copy of every payload, personal data included. A
+        run still in progress holds its lock, so its schema is left alone."""
+
+        async def work(conn: Conn) -> list[str]:
+            names = [
+                r["nspname"]
+                for r in await conn.fetch(
+                    "SELECT nspname FROM pg_namespace WHERE nspname ~ $1", SCRATCH_SCHEMA_PATTERN
+                )
+            ]
+            dropped = []
+            for name in names:
+                async with conn.transaction():
+                    free = await conn.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                        _SCRATCH_LOCK_CLASS,
+                        name,
+                    )
+                    if free:
+                        await conn.execute(f"DROP SCHEMA IF EXISTS {_identifier(name)} CASCADE")
+                        dropped.append(name)
+            return dropped
+
+        return await self._run(work)

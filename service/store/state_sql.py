@@ -1,0 +1,218 @@
+"""SQL over plan state (subjects, items, the change log) used inside a delivery's transaction:
+the ordering-guarded upsert, the one-round-trip commit of a change, loading subject states."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from service.domain.bounds import within_window
+from service.domain.events import EventKind, ItemStatus
+from service.domain.past_due import PastDueTrack
+from service.domain.privacy import scrub_payload
+from service.domain.resolution import (
+    Entitlements,
+    Grant,
+    ItemState,
+    SubjectState,
+)
+from service.store.base import (
+    Conn,
+)
+from service.store.records import Outcome
+
+log = logging.getLogger(__name__)
+
+ITEM_COLUMNS = (
+    "i.item_id, i.status, i.plan_slug, i.plan_id, i.period_end_ms, i.past_due_at_ms, "
+    "i.event_ms, i.ever_active, i.last_ok_ms, i.last_ok_rank, i.past_due_marks"
+)
+
+# The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
+# (event time, lifecycle rank, digest) is strictly greater than the stored one. An item belongs
+# to the subject that first held it: a row of another subject is never moved.
+UPSERT_ITEM = """
+INSERT INTO items (item_id, subject, status, plan_slug, plan_id, period_end_ms, past_due_at_ms,
+                   is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id,
+                   last_ok_ms, last_ok_rank, past_due_marks)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+ON CONFLICT (item_id) DO UPDATE SET
+    status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
+    plan_id = EXCLUDED.plan_id, period_end_ms = EXCLUDED.period_end_ms,
+    past_due_at_ms = EXCLUDED.past_due_at_ms, is_default = EXCLUDED.is_default,
+    ever_active = items.ever_active OR EXCLUDED.ever_active,
+    event_ms = EXCLUDED.event_ms, lifecycle_rank = EXCLUDED.lifecycle_rank,
+    digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id,
+    last_ok_ms = EXCLUDED.last_ok_ms, last_ok_rank = EXCLUDED.last_ok_rank,
+    past_due_marks = EXCLUDED.past_due_marks,
+    updated_at = now()
+WHERE items.subject = EXCLUDED.subject
+  AND (items.event_ms, items.lifecycle_rank, items.digest)
+    < (EXCLUDED.event_ms, EXCLUDED.lifecycle_rank, EXCLUDED.digest)
+RETURNING item_id
+"""
+
+# An older event still counts as an observation: `ever_active` only grows (a lifetime item that
+# was ever active stays entitling whatever the order) and past-due episodes are tracked.
+OBSERVE_STALE = """
+UPDATE items SET ever_active = $3, last_ok_ms = $4, last_ok_rank = $5, past_due_marks = $6,
+                 past_due_at_ms = $7
+ WHERE item_id = $1 AND subject = $2
+"""
+
+
+# One statement: take the subject's next version, record it, log the change (stream position:
+# this transaction's id) and NOTIFY "<version>:<subject>", delivered to every replica at commit.
+# The plan-change history row and the delivery's outcome ride along, to save round trips.
+COMMIT_CHANGE = """
+WITH v AS (SELECT nextval('entitlement_version_seq') AS version),
+     upd AS (
+        UPDATE subjects SET version = v.version, plan = $2, updated_at = now()
+          FROM v WHERE subject = $1 RETURNING v.version),
+     log AS (INSERT INTO change_log (version, subject)
+             SELECT version, $1 FROM upd RETURNING version),
+     history AS (
+        INSERT INTO plan_changes (subject, from_plan, to_plan, version, cause_event_id, cause_type)
+        SELECT $1, $4, $2, version, $5, $6 FROM log WHERE $4 <> $2),
+     delivery AS (
+        UPDATE deliveries SET outcome = $7, notes = $8, subject = $1 WHERE event_id = $5)
+SELECT version, pg_notify($3, version || ':' || $1) FROM log
+"""
+LOCK_SUBJECT = """INSERT INTO subjects (subject) VALUES ($1)
+   ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject"""
+
+
+SUBJECT_KINDS = frozenset(
+    {EventKind.ITEMS, EventKind.SUBJECT_CREATED, EventKind.SUBJECT_DELETED, EventKind.RECORD_ONLY}
+)
+
+
+async def commit_change(
+    conn: Conn,
+    channel: str,
+    subject: str,
+    before: Entitlements,
+    after: Entitlements,
+    cause_id: str,
+    cause_type: str,
+    notes: list[str],
+) -> int:
+    """Bump the subject's version, log and announce the change, record a plan change and the
+    causing delivery's outcome (if any): one round trip. Returns the new version."""
+    return int(
+        await conn.fetchval(
+            COMMIT_CHANGE,
+            subject,
+            after.plan.name,
+            channel,
+            before.plan.name,
+            cause_id,
+            cause_type,
+            Outcome.APPLIED,
+            notes,
+        )
+    )
+
+
+async def scrub_deliveries(conn: Conn, where: str, *args: Any) -> int:
+    rows = await conn.fetch(f"SELECT event_id, payload FROM deliveries {where}", *args)
+    if rows:
+        await conn.executemany(
+            "UPDATE deliveries SET payload = $2, scrubbed_at = now() WHERE event_id = $1",
+            [(r["event_id"], scrub_payload(r["payload"])) for r in rows],
+        )
+    return len(rows)
+
+
+def visible_answer(ent: Entitlements) -> tuple[str, str, int | None]:
+    return (ent.plan.name, ent.status.value, ent.valid_until_ms)
+
+
+async def upsert_item(
+    conn: Conn,
+    item: ItemState,
+    subject: str,
+    lifecycle_rank: int,
+    digest: str,
+    is_default: bool,
+    event_id: str,
+) -> bool:
+    row = await conn.fetchval(
+        UPSERT_ITEM,
+        item.item_id,
+        subject,
+        item.status.value,
+        item.plan_slug,
+        item.plan_id,
+        item.period_end_ms,
+        item.past_due_at_ms,
+        is_default,
+        item.ever_active,
+        item.event_ms,
+        lifecycle_rank,
+        digest,
+        event_id,
+        *last_ok_columns(item.past_due),
+        item.past_due.flat(),
+    )
+    return row is not None
+
+
+def last_ok_columns(track: PastDueTrack) -> tuple[int | None, int | None]:
+    return track.last_ok if track.last_ok is not None else (None, None)
+
+
+def item_state_from_row(row: Any) -> ItemState:
+    """A stored item; instants outside the plausible window (data stored before the bounds
+    existed) read as missing, so no stored value can break a read."""
+    return ItemState(
+        item_id=row["item_id"],
+        status=ItemStatus(row["status"]),
+        plan_slug=row["plan_slug"],
+        plan_id=row["plan_id"],
+        period_end_ms=within_window(row["period_end_ms"]),
+        past_due_at_ms=within_window(row["past_due_at_ms"]),
+        event_ms=row["event_ms"],
+        ever_active=row["ever_active"],
+        past_due=PastDueTrack.from_flat(
+            row["last_ok_ms"], row["last_ok_rank"], row["past_due_marks"] or ()
+        ),
+    )
+
+
+async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectState]:
+    rows = await conn.fetch(
+        f"""SELECT q.subject, s.version, s.deleted_at_ms, {ITEM_COLUMNS},
+                   (SELECT json_agg(json_build_array(g.plan, g.granted_at_ms, g.expires_at_ms))
+                      FROM grants g
+                     WHERE g.subject = q.subject AND g.revoked_at_ms IS NULL) AS grants
+              FROM unnest($1::text[]) AS q(subject)
+              LEFT JOIN subjects s ON s.subject = q.subject
+              LEFT JOIN items i ON i.subject = q.subject""",
+        subjects,
+    )
+    items: dict[str, list[ItemState]] = {s: [] for s in subjects}
+    meta: dict[str, tuple[int, int | None]] = {}
+    grants: dict[str, tuple[Grant, ...]] = {}
+    for row in rows:
+        subject = row["subject"]
+        meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
+        if row["item_id"] is not None:
+            try:
+                items[subject].append(item_state_from_row(row))
+            except (ValueError, TypeError, KeyError, IndexError):
+                # One unreadable row must not break its subject's (or a batch's) answer.
+                log.error("item %s of %s cannot be read; left out", row["item_id"], subject)
+        if row["grants"] is not None and subject not in grants:
+            grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
+    return {
+        s: SubjectState(
+            subject=s,
+            items=tuple(items[s]),
+            grants=grants.get(s, ()),
+            deleted_at_ms=meta.get(s, (0, None))[1],
+            version=meta.get(s, (0, None))[0],
+        )
+        for s in subjects
+    }
