@@ -29,7 +29,7 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from entitlements_common.settings import split_secrets
+from entitlements_common.settings import bearer, split_secrets
 from entitlements_common.tls import ClientTls, sync_channel
 
 DEV_ENV_FILE = Path(".data/dev.env")
@@ -61,8 +61,7 @@ def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
 
 def _read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
-    tokens = split_secrets(_env("ENTITLEMENTS_READ_TOKEN"))
-    return (("authorization", f"Bearer {tokens[0]}"),) if tokens else ()
+    return bearer(_env("ENTITLEMENTS_READ_TOKEN"))
 
 
 def _print(message: Any, as_json: bool) -> None:
@@ -134,12 +133,12 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 
 def _sync_stub(args: argparse.Namespace) -> tuple[sync_grpc.BillingSyncServiceStub, Any]:
-    secret = next(iter(split_secrets(_env("BILLING_WEBHOOK_SYNC_SECRET"))), None)
-    if not secret:
+    auth = bearer(_env("BILLING_WEBHOOK_SYNC_SECRET"))
+    if not auth:
         raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
     target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
     channel = sync_channel(str(target), ClientTls.from_env(os.environ))
-    return sync_grpc.BillingSyncServiceStub(channel), (("authorization", f"Bearer {secret}"),)
+    return sync_grpc.BillingSyncServiceStub(channel), auth
 
 
 def cmd_grant(args: argparse.Namespace) -> int:

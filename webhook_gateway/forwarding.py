@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+from entitlements_common.settings import bearer
 from entitlements_common.tls import ClientTls, aio_channel
 
 
@@ -42,7 +43,7 @@ class Forwarder:
         )
         self._stub = sync_grpc.BillingSyncServiceStub(self._channel)
         self._health: Any = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {sync_secret}"),) if sync_secret else ()
+        self._metadata = bearer(sync_secret)
         self._timeout = timeout_seconds
 
     async def close(self) -> None:

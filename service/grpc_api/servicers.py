@@ -63,7 +63,6 @@ from service.store.postgres import ApplyResult, DeliverySelector, Outcome, Store
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
-WATCH_BATCH = 500
 MAX_EVENT_ID_BYTES = 255
 DEFAULT_HISTORY_PAGE = 100
 MAX_HISTORY_PAGE = 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -107,56 +107,51 @@ class WatchStreams:
     def _batch_messages(
         self, batch: Batch, subscription: Subscription, position: int
     ) -> list[pb.WatchEntitlementsResponse]:
-        changes = batch.changes
+        """The batch's messages this stream wants, each built once for every stream."""
         messages = []
-        for i, (txid, _version, subject) in enumerate(changes):
+        for txid, subject, version in _resume_points(batch.changes):
             if txid < position or not subscription.wants(subject):
                 continue
-            last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
-            key = (subject, last_of_tx, txid)
-            message = batch.memo.get(key)
+            message = batch.memo.get((subject, version))
             if message is None:
-                entitlements = batch.entitlements.get(subject)
-                message = pb.WatchEntitlementsResponse(
-                    subject=subject,
-                    entitlements=self._safe_message(subject, entitlements),
-                    version=txid + 1 if last_of_tx else txid,
+                message = batch.memo[(subject, version)] = self._message(
+                    subject, batch.entitlements.get(subject), version
                 )
-                batch.memo[key] = message
             messages.append(message)
         return messages
 
     async def _loaded_messages(
         self, changes: list[tuple[int, int, str]]
     ) -> list[pb.WatchEntitlementsResponse]:
+        """Messages for changes read from the database (a resuming stream catching up)."""
         if not changes:
             return []
         entries = await self._reader.load(list({subject for _, _, subject in changes}))
-        messages = []
-        for i, (txid, _version, subject) in enumerate(changes):
-            last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
-            entry = entries.get(subject)
-            messages.append(
-                pb.WatchEntitlementsResponse(
-                    subject=subject,
-                    entitlements=self._safe_message(subject, entry.entitlements if entry else None),
-                    version=txid + 1 if last_of_tx else txid,
-                )
+        return [
+            self._message(
+                subject, entries[subject].entitlements if subject in entries else None, version
             )
-        return messages
+            for _, subject, version in _resume_points(changes)
+        ]
 
-    def _safe_message(
-        self, subject: str, entitlements: Entitlements | None
-    ) -> pb.GetEntitlementsResponse:
-        """One subject's message; its problem never ends every watcher's stream."""
-        try:
-            if entitlements is None:
-                raise LookupError("not loaded")
-            return self._to_message(entitlements)
-        except Exception:
-            WATCH_MESSAGE_FAILURES.inc()
-            log.exception("watch: cannot build the message for %s", subject)
-            return self._to_message(default_entitlements(self._catalog, subject))
+    def _message(
+        self, subject: str, entitlements: Entitlements | None, version: int
+    ) -> pb.WatchEntitlementsResponse:
+        """One change's message; a subject's problem never ends every watcher's stream (it is
+        logged, counted and sent with the default plan)."""
+        if entitlements is not None:
+            try:
+                body = self._to_message(entitlements)
+                return pb.WatchEntitlementsResponse(
+                    subject=subject, entitlements=body, version=version
+                )
+            except Exception:
+                log.exception("watch: cannot build the message for %s", subject)
+        else:
+            log.error("watch: no entitlements loaded for %s", subject)
+        WATCH_MESSAGE_FAILURES.inc()
+        body = self._to_message(default_entitlements(self._catalog, subject))
+        return pb.WatchEntitlementsResponse(subject=subject, entitlements=body, version=version)
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
         return _heartbeat(position, self._hub.lag_ms(), int(time.time() * 1000))
@@ -168,3 +163,11 @@ def _heartbeat(position: int, lag_ms: int, server_time_ms: int) -> pb.WatchEntit
     lag = Duration()
     lag.FromMilliseconds(lag_ms)
     return pb.WatchEntitlementsResponse(subject="", version=position, server_time=now, lag=lag)
+
+
+def _resume_points(changes: list[tuple[int, int, str]]) -> Iterator[tuple[int, str, int]]:
+    """(txid, subject, version) per change; `version` is the point to resume from: the last
+    change of a transaction points past it, the others at it (their siblings come again)."""
+    for i, (txid, _version, subject) in enumerate(changes):
+        last_of_tx = i + 1 == len(changes) or changes[i + 1][0] != txid
+        yield txid, subject, txid + 1 if last_of_tx else txid

@@ -136,32 +136,24 @@ class LocalCache:
         self.generation = 0
         self.resume_version: int | None = None
         self.features: frozenset[str] = frozenset()
-        self._caught_up = False
-        self._beat_at: float | None = None  # monotonic time the last heartbeat arrived
-        self._beat_lag = 0.0  # seconds behind the stream was, by that heartbeat
         self._heard_at: float | None = None  # monotonic time of the stream's last message
-        # Local answers are trusted until this monotonic instant: last beat + bound - lag.
+        # Local answers are trusted until this monotonic instant: last heartbeat + bound - its
+        # lag; -inf while the stream is not caught up.
         self._trust_until = float("-inf")
 
     # ---- freshness -------------------------------------------------------------------------
 
-    def staleness(self) -> float | None:
-        """How old a local answer may be right now (seconds); None before the first beat."""
-        if self._beat_at is None:
-            return None
-        return self._beat_lag + (self._clock() - self._beat_at)
-
     @property
     def synced(self) -> bool:
         """True only while a local answer cannot be older than `max_staleness`."""
-        return self._caught_up and self._clock() <= self._trust_until
+        return self._clock() <= self._trust_until
 
     # ---- answers ----------------------------------------------------------------------------
 
     def fresh(self, subject: str) -> Snapshot | None:
         """The snapshot when it may answer now, else None (then the client asks the service)."""
         # The hot path of every local check: one clock read, one dict lookup.
-        if not self._caught_up or self._clock() > self._trust_until:
+        if self._clock() > self._trust_until:
             return None
         snap = self.entries.get(subject)
         if snap is None:
@@ -182,7 +174,7 @@ class LocalCache:
     def put_from_rpc(self, snap: Snapshot, generation: int) -> None:
         """Cache an RPC answer unless the stream moved on since it was asked for, or showed a
         newer version of this subject (the RPC may have reached a replica that lags)."""
-        if not self._caught_up or generation != self.generation:
+        if self._trust_until == float("-inf") or generation != self.generation:
             return
         if snap.version < self._watched.get(snap.subject, 0):
             return
@@ -202,10 +194,8 @@ class LocalCache:
                 self._watched.popitem(last=False)
             self._store(snap)
         else:
-            self._caught_up = True
-            self._beat_at = self._clock()
-            self._beat_lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0
-            self._trust_until = self._beat_at + self.max_staleness - self._beat_lag
+            lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0.0
+            self._trust_until = self._clock() + self.max_staleness - lag
         self.resume_version = message.version
 
     def _store(self, snap: Snapshot) -> None:
@@ -216,7 +206,6 @@ class LocalCache:
 
     def lost(self) -> None:
         """The stream broke: stop trusting the cache until it has caught up again."""
-        self._caught_up = False
         self._trust_until = float("-inf")
         self.generation += 1
 
