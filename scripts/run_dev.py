@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
+from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
 
 BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("ENTITLEMENTS_DATA_DIR") or ".data")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
-from service.clerk_api import DEFAULT_API_URL, ClerkApiSettings
+from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 
 if TYPE_CHECKING:

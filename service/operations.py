@@ -15,13 +15,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
-from service.domain.catalog import Catalog
-from service.domain.events import NormalizedEvent, normalize_event
-from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
-from service.domain.reconcile import RECONCILE_EVENT_TYPE, clerk_kind, plan_reconciliation
-from service.domain.resolution import Grant, SubjectState, resolve
-from service.store.postgres import (
+from service.adapters.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.adapters.postgres.store import (
     ApplyResult,
     DeliverySelector,
     Outcome,
@@ -30,6 +25,11 @@ from service.store.postgres import (
     StoredDelivery,
     StoreSnapshot,
 )
+from service.domain.catalog import Catalog
+from service.domain.events import NormalizedEvent, normalize_event
+from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
+from service.domain.reconcile import RECONCILE_EVENT_TYPE, clerk_kind, plan_reconciliation
+from service.domain.resolution import Grant, SubjectState, resolve
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from grpc import aio
 
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from service.clerk_api import ClerkApiSettings
+from service.adapters.clerk_api import ClerkApiSettings
+from service.adapters.postgres.store import Store
 from service.config import ServiceSettings, load_catalog
-from service.server import RunningServer, start_server
-from service.store.postgres import Store
+from service.entrypoints.server import RunningServer, start_server
 from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_database
 
 _TABLES = "subjects, items, deliveries, plan_changes, change_log, grants"

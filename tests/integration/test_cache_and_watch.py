@@ -122,9 +122,9 @@ async def test_listener_loss_drops_and_bypasses_the_cache(database_url: str, clo
 async def test_cache_off_answers_the_same(database_url: str, clock: Clock) -> None:
     from pathlib import Path
 
+    from service.adapters.postgres.store import Store
     from service.config import ServiceSettings, load_catalog
-    from service.server import start_server
-    from service.store.postgres import Store
+    from service.entrypoints.server import start_server
 
     catalog = load_catalog(None)
     store = await Store.open(database_url, catalog, clock=clock)

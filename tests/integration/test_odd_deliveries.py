@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.server import _housekeeping_pass
+from service.entrypoints.server import _housekeeping_pass
 from tests.conftest import Harness, rpc_code
 from tests.integration.helpers import apply, entitlements, outcome_name, plan_of, subject
 from tests.integration.test_cache_and_watch import replica, wait_live

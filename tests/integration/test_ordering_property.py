@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.adapters.postgres.store import Store
 from service.config import load_catalog
 from service.domain.events import normalize_event
 from service.domain.resolution import resolve
-from service.store.postgres import Store
 from tests.support import now_ms
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
+from service.adapters.postgres.store import DeliverySelector, StoredDelivery
 from service.domain.events import EventKind, NormalizedEvent
 from service.operations import replay as replay_job
-from service.store.postgres import DeliverySelector, StoredDelivery
 from tests.conftest import Harness
 from tests.integration.helpers import apply, entitlements, plan_of, subject
 from tests.support import body, event, new_event_id, now_ms

@@ -16,9 +16,9 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_common.settings import ConfigError
 from entitlements_common.tls import ClientTls, ServerTls, aio_channel
+from service.adapters.postgres.store import Store
 from service.config import ServiceSettings, load_catalog
-from service.server import RunningServer, start_server
-from service.store.postgres import Store
+from service.entrypoints.server import RunningServer, start_server
 from tests.support import SYNC_SECRET, Clock, event, now_ms
 from tests.tls_material import TlsFiles, make_tls_files
 from webhook_gateway.forwarding import Forwarder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cache import CacheEntry, EntitlementCache
+from service.adapters.cache import CacheEntry, EntitlementCache
 from service.config import load_catalog
 from service.domain.events import ItemStatus, ItemUpdate
 from service.domain.resolution import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.clerk_api import retry_after_seconds
+from service.adapters.clerk_api import retry_after_seconds
 from service.config import load_catalog
 from service.domain.catalog import check_catalog
 from service.domain.events import EventKind, ItemStatus, normalize_event

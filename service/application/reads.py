@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from service.cache import CacheEntry, EntitlementCache
+from service.adapters.cache import CacheEntry, EntitlementCache
+from service.adapters.postgres.store import Store
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements, EntitlementStatus, SubjectState, resolve
 from service.domain.subjects import require_subject
 from service.metrics import READ_FAILURES
-from service.store.postgres import Store
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.store.base import (
+from service.adapters.postgres.base import (
     Conn,
     StoreBase,
 )
-from service.store.records import ChangeBatch
+from service.adapters.postgres.records import ChangeBatch
 
 # The change log's horizon: no change below it can still commit. Only this service's own
 # writers can hold it back: transactions that hold a lock on one of its tables in this

@@ -5,23 +5,23 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from service.adapters.postgres.base import (
+    Conn,
+    StoreBase,
+)
+from service.adapters.postgres.records import (
+    ApplyResult,
+    Outcome,
+)
+from service.adapters.postgres.state_sql import (
+    LOCK_SUBJECT,
+    commit_change,
+    load_subject_states,
+)
 from service.domain.resolution import (
     Grant,
     SubjectState,
     resolve,
-)
-from service.store.base import (
-    Conn,
-    StoreBase,
-)
-from service.store.records import (
-    ApplyResult,
-    Outcome,
-)
-from service.store.state_sql import (
-    LOCK_SUBJECT,
-    commit_change,
-    load_subject_states,
 )
 
 

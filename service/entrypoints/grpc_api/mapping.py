@@ -9,11 +9,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
+from service.adapters.postgres.store import Outcome
 from service.domain.bounds import wire_ms
 from service.domain.catalog import LimitValue
 from service.domain.resolution import Entitlements, EntitlementStatus, Reason
 from service.operations import ReconcileStatus
-from service.store.postgres import Outcome
 
 REASONS: Mapping[Reason, int] = {
     Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,

@@ -8,11 +8,15 @@ What it returns and raises is in records.py.
 
 from __future__ import annotations
 
-from service.store.base import CHANGES_CHANNEL
-from service.store.change_log import ChangeLogStore
-from service.store.grant_store import GrantStore
-from service.store.operations_store import SCRATCH_SCHEMA_PATTERN, OperationsStore, StoreSnapshot
-from service.store.records import (
+from service.adapters.postgres.base import CHANGES_CHANNEL
+from service.adapters.postgres.change_log import ChangeLogStore
+from service.adapters.postgres.grant_store import GrantStore
+from service.adapters.postgres.operations_store import (
+    SCRATCH_SCHEMA_PATTERN,
+    OperationsStore,
+    StoreSnapshot,
+)
+from service.adapters.postgres.records import (
     ApplyResult,
     ChangeBatch,
     DeliverySelector,

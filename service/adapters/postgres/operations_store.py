@@ -8,18 +8,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from service.domain.bounds import storable_text
-from service.domain.events import EventKind, NormalizedEvent
-from service.domain.rebuild import ITEM_STATE_COLUMNS
-from service.domain.resolution import (
-    SubjectState,
-)
-from service.store.base import (
+from service.adapters.postgres.base import (
     UNAVAILABLE_ERRORS,
     Conn,
 )
-from service.store.delivery_store import DeliveryStore
-from service.store.records import (
+from service.adapters.postgres.delivery_store import DeliveryStore
+from service.adapters.postgres.records import (
     MAX_STORED_TEXT,
     ApplyResult,
     DeliverySelector,
@@ -30,11 +24,17 @@ from service.store.records import (
     StoredDelivery,
     StoreUnavailable,
 )
-from service.store.state_sql import (
+from service.adapters.postgres.state_sql import (
     LOCK_SUBJECT,
     SUBJECT_KINDS,
     load_subject_states,
     scrub_deliveries,
+)
+from service.domain.bounds import storable_text
+from service.domain.events import EventKind, NormalizedEvent
+from service.domain.rebuild import ITEM_STATE_COLUMNS
+from service.domain.resolution import (
+    SubjectState,
 )
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import asyncpg
 
+from service.adapters.postgres.migrate import migrate
+from service.adapters.postgres.records import StoreUnavailable
 from service.domain.catalog import Catalog
-from service.store.migrate import migrate
-from service.store.records import StoreUnavailable
 
 T = TypeVar("T")
 if TYPE_CHECKING:

@@ -16,12 +16,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.changes import Batch, ChangeHub, Subscription, Tick
+from service.adapters.postgres.store import Store
+from service.application.change_feed import Batch, ChangeHub, Subscription, Tick
+from service.application.reads import EntitlementReader, default_entitlements
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_MESSAGE_FAILURES
-from service.reader import EntitlementReader, default_entitlements
-from service.store.postgres import Store
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.cache import EntitlementCache
+from service.adapters.cache import EntitlementCache
+from service.adapters.postgres.store import ChangeBatch
 from service.domain.errors import ResourceExhausted
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_LAG, WATCH_STREAMS
-from service.store.postgres import ChangeBatch
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,27 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from service.adapters.postgres.base import (
+    Conn,
+    StoreBase,
+)
+from service.adapters.postgres.records import (
+    MAX_STORED_TEXT,
+    ApplyResult,
+    ItemOwnedElsewhere,
+    Outcome,
+    StoreUnavailable,
+)
+from service.adapters.postgres.state_sql import (
+    OBSERVE_STALE,
+    SUBJECT_KINDS,
+    commit_change,
+    last_ok_columns,
+    load_subject_states,
+    scrub_deliveries,
+    upsert_item,
+    visible_answer,
+)
 from service.domain.bounds import echo, storable_text, within_window
 from service.domain.events import EventKind, NormalizedEvent
 from service.domain.resolution import (
@@ -18,27 +39,6 @@ from service.domain.resolution import (
     item_after_update,
     resolve,
     with_items,
-)
-from service.store.base import (
-    Conn,
-    StoreBase,
-)
-from service.store.records import (
-    MAX_STORED_TEXT,
-    ApplyResult,
-    ItemOwnedElsewhere,
-    Outcome,
-    StoreUnavailable,
-)
-from service.store.state_sql import (
-    OBSERVE_STALE,
-    SUBJECT_KINDS,
-    commit_change,
-    last_ok_columns,
-    load_subject_states,
-    scrub_deliveries,
-    upsert_item,
-    visible_answer,
 )
 
 log = logging.getLogger(__name__)

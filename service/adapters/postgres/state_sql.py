@@ -7,6 +7,10 @@ import json
 import logging
 from typing import Any
 
+from service.adapters.postgres.base import (
+    Conn,
+)
+from service.adapters.postgres.records import Outcome
 from service.domain.bounds import within_window
 from service.domain.events import EventKind, ItemStatus
 from service.domain.past_due import PastDueTrack
@@ -17,10 +21,6 @@ from service.domain.resolution import (
     ItemState,
     SubjectState,
 )
-from service.store.base import (
-    Conn,
-)
-from service.store.records import Outcome
 
 log = logging.getLogger(__name__)
 

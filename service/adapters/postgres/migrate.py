@@ -24,7 +24,7 @@ class Migration:
 
 def bundled_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("service.store").joinpath("migrations").iterdir():
+    for entry in resources.files("service.adapters.postgres").joinpath("migrations").iterdir():
         m = _NAME.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))

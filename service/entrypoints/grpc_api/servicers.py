@@ -23,9 +23,11 @@ from entitlements.v1 import (
 from entitlements.v1 import (
     entitlement_service_pb2_grpc as pb_grpc,
 )
-from service.cache import CacheEntry
-from service.changes import ChangeHub
-from service.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.adapters.cache import CacheEntry
+from service.adapters.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
+from service.adapters.postgres.store import ApplyResult, DeliverySelector, Outcome, Store
+from service.application.change_feed import ChangeHub
+from service.application.reads import EntitlementReader
 from service.domain.bounds import echo, storable_text, wire_ms, within_window
 from service.domain.catalog import Catalog, check_catalog
 from service.domain.errors import (
@@ -40,7 +42,7 @@ from service.domain.resolution import (
     limit_decision,
 )
 from service.domain.subjects import InvalidArgument, require_subject
-from service.grpc_api.mapping import (
+from service.entrypoints.grpc_api.mapping import (
     HISTORY_KINDS,
     OUTCOMES,
     REASONS,
@@ -50,15 +52,13 @@ from service.grpc_api.mapping import (
     ms_of,
     timestamp,
 )
-from service.grpc_api.watch import WatchStreams
+from service.entrypoints.grpc_api.watch import WatchStreams
 from service.operations import (
     Progress,
     Reconciler,
     replay,
     verify,
 )
-from service.reader import EntitlementReader
-from service.store.postgres import ApplyResult, DeliverySelector, Outcome, Store
 
 log = logging.getLogger(__name__)
 

@@ -24,22 +24,22 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_common.settings import ConfigError
-from service.cache import EntitlementCache
-from service.changes import ChangeHub, StreamLimits
+from service.adapters.cache import EntitlementCache
+from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
+from service.adapters.postgres.listener import ChangeListener
+from service.adapters.postgres.store import Store, StoreUnavailable
+from service.application.change_feed import ChangeHub, StreamLimits
+from service.application.reads import EntitlementReader
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
-from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
-from service.grpc_api.interceptors import (
+from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
     ReadAuthInterceptor,
 )
-from service.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
 from service.operations import Reconciler, run_reconcile_schedule
-from service.reader import EntitlementReader
-from service.store.listener import ChangeListener
-from service.store.postgres import Store, StoreUnavailable
 
 log = logging.getLogger("entitlements.service")
 

@@ -1,0 +1,1 @@
+"""Adapters: PostgreSQL (SQL only, split by what it stores), Clerk's Backend API, the cache."""

@@ -1,0 +1,1 @@
+"""The application layer: use cases over small ports (unit of work, repositories, clock)."""

@@ -1,0 +1,1 @@
+"""Entrypoints: they validate and convert, then call a use case."""
