@@ -87,7 +87,7 @@ async def start_harness(
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     catalog = load_catalog(None)
-    store = await Store.open(dsn, catalog, clock=clock)
+    store = await Store.open(dsn)
     settings = ServiceSettings(
         database_url=dsn,
         listen="127.0.0.1:0",
@@ -100,7 +100,7 @@ async def start_harness(
         reconcile_interval_seconds=reconcile_interval_seconds,
         **overrides,
     )
-    running = await start_server(settings, catalog, store)
+    running = await start_server(settings, catalog, store, clock)
     target = f"127.0.0.1:{running.port}"
     channel = aio.insecure_channel(target)
     try:

@@ -7,18 +7,8 @@ invalidation must not put its (possibly stale) result into the cache afterwards.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
 
-from service.domain.resolution import Entitlements, SubjectState
-
-
-@dataclass(slots=True)
-class CacheEntry:
-    state: SubjectState
-    entitlements: Entitlements
-    # Wire messages built from this entry, memoised by the entrypoint (e.g. per feature).
-    memo: dict[Any, Any] = field(default_factory=dict)
+from service.application.records import CacheEntry
 
 
 class EntitlementCache:

@@ -20,7 +20,10 @@ from urllib.parse import quote
 
 import aiohttp
 
+from service.application.ports import ClerkApiError
 from service.domain.reconcile import SubjectKind, clerk_kind
+
+__all__ = ["ClerkApi", "ClerkApiError", "ClerkApiSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +32,6 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 PLANS_PAGE = 100
 # A subscription or a page of plans is a few kB; a larger answer is refused, never buffered.
 MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class ClerkApiError(Exception):
-    """The API did not give an answer; `retryable` says whether a later attempt may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)

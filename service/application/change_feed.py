@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.adapters.cache import EntitlementCache
-from service.adapters.postgres.store import ChangeBatch
+from service.application.ports import Cache
+from service.application.records import ChangeBatch
 from service.domain.errors import ResourceExhausted
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_LAG, WATCH_STREAMS
@@ -90,7 +90,7 @@ Load = Callable[[Sequence[str]], Awaitable[dict[str, Entitlements]]]
 class ChangeHub:
     def __init__(
         self,
-        cache: EntitlementCache | None,
+        cache: Cache | None,
         limits: StreamLimits | None = None,
         poll_seconds: float = 0.5,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The read path: resolved entitlements per subject, from the cache when it may be trusted.
+"""Use case: read a subject's entitlements, from the cache when it may be trusted.
 
 An entry is never used past its `valid_until`: it is then re-resolved from the cached state
 (time passing changes the answer, not the state), which needs no database round trip.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from service.adapters.cache import CacheEntry, EntitlementCache
-from service.adapters.postgres.store import Store
+from service.application.ports import Cache, Clock, StateReader
+from service.application.records import CacheEntry
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements, EntitlementStatus, SubjectState, resolve
 from service.domain.subjects import require_subject
@@ -25,9 +25,16 @@ def default_entitlements(catalog: Catalog, subject: str, version: int = 0) -> En
 
 
 class EntitlementReader:
-    def __init__(self, store: Store, catalog: Catalog, cache: EntitlementCache | None) -> None:
-        self._store = store
+    def __init__(
+        self,
+        states: StateReader,
+        catalog: Catalog,
+        cache: Cache | None,
+        clock: Clock,
+    ) -> None:
+        self._states = states
         self._catalog = catalog
+        self._clock = clock
         self.cache = cache
 
     def cached(self, subject: str, now_ms: int) -> CacheEntry | None:
@@ -54,14 +61,14 @@ class EntitlementReader:
             return default_entitlements(self._catalog, state.subject, state.version)
 
     async def get(self, subject: str) -> CacheEntry:
-        now = self._store.now_ms()
-        entry = self.cached(subject, now)
+        """One subject: the cache is looked in once, PostgreSQL read on a miss."""
+        entry = self.cached(subject, self._clock.now_ms())
         if entry is not None:
             return entry
         return (await self.load([subject]))[subject]
 
     async def get_many(self, subjects: Sequence[str]) -> dict[str, CacheEntry]:
-        now = self._store.now_ms()
+        now = self._clock.now_ms()
         found: dict[str, CacheEntry] = {}
         missing: list[str] = []
         for subject in subjects:
@@ -81,8 +88,8 @@ class EntitlementReader:
         for subject in subjects:
             require_subject(subject)
         generation = self.cache.generation if self.cache is not None else 0
-        states = await self._store.load_states(subjects)
-        now = self._store.now_ms()
+        states = await self._states.load_states(subjects)
+        now = self._clock.now_ms()
         entries = {s: CacheEntry(st, self._resolve(st, now)) for s, st in states.items()}
         if self.cache is not None:
             for subject, entry in entries.items():

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
 from grpc import aio
@@ -25,11 +26,21 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_common.settings import ConfigError
 from service.adapters.cache import EntitlementCache
+from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
 from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.adapters.postgres.listener import ChangeListener
-from service.adapters.postgres.store import Store, StoreUnavailable
+from service.adapters.postgres.store import Store
+from service.application.app import Application, build_application
 from service.application.change_feed import ChangeHub, StreamLimits
-from service.application.reads import EntitlementReader
+from service.application.housekeeping import run_housekeeping
+from service.application.ports import (
+    ClerkConnector,
+    ClerkSubscriptions,
+    Clock,
+    StoreUnavailable,
+    SystemClock,
+)
+from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
@@ -39,7 +50,6 @@ from service.entrypoints.grpc_api.interceptors import (
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
-from service.operations import Reconciler, run_reconcile_schedule
 
 log = logging.getLogger("entitlements.service")
 
@@ -56,10 +66,10 @@ class RunningServer:
     server: aio.Server
     port: int
     store: Store
+    app: Application
     health: health.aio.HealthServicer
     grace_seconds: float
     cache: EntitlementCache | None = None
-    hub: ChangeHub | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -97,37 +107,6 @@ async def _watch_database(running: RunningServer, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _housekeeping(store: Store, settings: ServiceSettings) -> None:
-    """Keep the change log bounded (a watcher resuming from before it gets OUT_OF_RANGE) and
-    scrub personal data from payloads older than their retention."""
-    while True:
-        await _housekeeping_pass(store, settings)
-        await asyncio.sleep(60.0)
-
-
-async def _housekeeping_pass(store: Store, settings: ServiceSettings) -> None:
-    """One pass; each job is supervised on its own: an error is logged and the others (and the
-    next pass) still run, so privacy scrubbing and pruning never stop silently."""
-    jobs = (
-        (
-            "prune the change log",
-            lambda: store.prune_change_log(settings.change_log_retention_seconds),
-        ),
-        ("scrub old payloads", lambda: store.scrub_older_than(settings.payload_retention_seconds)),
-        ("drop abandoned verify schemas", store.drop_abandoned_scratch_schemas),
-    )
-    for what, job in jobs:
-        try:
-            done = await job()
-        except StoreUnavailable:
-            continue
-        except Exception:
-            log.exception("housekeeping: could not %s; retrying next pass", what)
-            continue
-        if done:
-            log.info("housekeeping: %s: %s", what, done if isinstance(done, int) else len(done))
-
-
 # Keepalive (documented in the README): the server pings an idle connection every 30 s and
 # drops it when no answer comes within 10 s; clients may ping every 10 s even without calls.
 # Connections are closed after `max_connection_age_seconds` (+ 5 min for calls in flight),
@@ -152,8 +131,22 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store) -> RunningServer:
-    """Build and start the server on `settings.listen` (port 0 picks a free port)."""
+def clerk_connector(settings: ClerkApiSettings | None) -> ClerkConnector | None:
+    if settings is None:
+        return None
+
+    def connect() -> AbstractAsyncContextManager[ClerkSubscriptions]:
+        return ClerkApi(settings)
+
+    return connect
+
+
+async def start_server(
+    settings: ServiceSettings, catalog: Catalog, store: Store, clock: Clock | None = None
+) -> RunningServer:
+    """Build the application over its adapters (the composition root) and start the server
+    on `settings.listen` (port 0 picks a free port)."""
+    clock = clock or SystemClock()
     server = aio.server(
         # Each interceptor costs every call: the read-token one is there only when configured.
         interceptors=[
@@ -167,16 +160,22 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     hub = ChangeHub(
         cache, StreamLimits(settings.watch_max_streams, settings.watch_max_streams_per_peer)
     )
-    reader = EntitlementReader(store, catalog, cache)
+    app = build_application(
+        catalog=catalog,
+        clock=clock,
+        transactions=store,
+        operations=store,
+        change_log=store,
+        cache=cache,
+        hub=hub,
+        clerk=clerk_connector(settings.clerk),
+    )
 
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
-        return {s: e.entitlements for s, e in (await reader.load(subjects)).items()}
+        return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
 
-    pb_grpc.add_EntitlementServiceServicer_to_server(
-        EntitlementServicer(reader, catalog, store, hub), server
-    )
-    sync_servicer = BillingSyncServicer(store, hub, settings.clerk)
-    sync_grpc.add_BillingSyncServiceServicer_to_server(sync_servicer, server)
+    pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(app), server)
+    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -190,7 +189,7 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
         raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
     await server.start()
     running = RunningServer(
-        server, port, store, health_servicer, settings.grace_seconds, cache, hub
+        server, port, store, app, health_servicer, settings.grace_seconds, cache
     )
     await running.set_serving(await store.ping())
     with contextlib.suppress(StoreUnavailable):
@@ -202,15 +201,18 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
         asyncio.create_task(listener.run()),
         asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
         asyncio.create_task(hub.beat()),
-        asyncio.create_task(_housekeeping(store, settings)),
+        asyncio.create_task(
+            run_housekeeping(
+                store, settings.change_log_retention_seconds, settings.payload_retention_seconds
+            )
+        ),
     ]
-    if settings.clerk is not None and settings.reconcile_interval_seconds > 0:
-        reconciler = Reconciler(store, settings.clerk, sync_servicer.changed)
+    if app.reconciler is not None and settings.reconcile_interval_seconds > 0:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         running._tasks.append(
             asyncio.create_task(
                 run_reconcile_schedule(
-                    store, reconciler, settings.reconcile_interval_seconds, owner
+                    store, app.reconciler, settings.reconcile_interval_seconds, owner
                 )
             )
         )
@@ -225,7 +227,7 @@ async def serve(settings: ServiceSettings) -> None:
         embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
         dsn = embedded.uri
     try:
-        store = await Store.open(dsn, catalog)
+        store = await Store.open(dsn)
         running = await start_server(settings, catalog, store)
         host = settings.listen.rsplit(":", 1)[0]
         log.info(

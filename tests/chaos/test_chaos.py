@@ -27,10 +27,10 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.config import load_catalog
-from tests.e2e.service_process import SCRIPTS, free_port, wait_serving
 from tests.support import SYNC_SECRET, db_query, kill_postgres, now_ms
-from tests.tools.oracle import expected_states
-from tests.tools.svix_sender import Message, SvixLikeSender
+from tests.support.oracle import expected_states
+from tests.support.service_process import SCRIPTS, free_port, wait_serving
+from tests.support.svix_sender import Message, SvixLikeSender
 
 pytestmark = pytest.mark.chaos
 

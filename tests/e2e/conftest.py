@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import SYNC_SECRET
-from tests.tools.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
+from tests.support.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
 
 FORBIDDEN = (
     SYNC_SECRET,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.service_process import SCRIPTS
-from tests.e2e.stack import WEBHOOK_PATH, Stack, running_stack
 from tests.support import SYNC_SECRET, db_query, event, now_ms
-from tests.tools.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
-from tests.tools.fake_clerk import FakeClerk, plan, serving_in_thread
+from tests.support.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
+from tests.support.fake_clerk import FakeClerk, plan, serving_in_thread
+from tests.support.service_process import SCRIPTS
+from tests.support.stack import WEBHOOK_PATH, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.service_process import service_process
 from tests.support import SYNC_SECRET
+from tests.support.service_process import service_process
 
 pytestmark = pytest.mark.e2e
 

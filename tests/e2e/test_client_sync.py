@@ -15,8 +15,8 @@ import pytest
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements_client import EntitlementsClient
-from tests.e2e.service_process import free_port, service_process
 from tests.support import SYNC_SECRET, event, now_ms
+from tests.support.service_process import free_port, service_process
 
 pytestmark = pytest.mark.e2e
 

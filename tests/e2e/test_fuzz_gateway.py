@@ -12,9 +12,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.service_process import free_port
-from tests.e2e.stack import get, new_signing_secret, post
 from tests.support import SYNC_SECRET
+from tests.support.service_process import free_port
+from tests.support.stack import get, new_signing_secret, post
 from webhook_gateway.app import WEBHOOK_PATH, create_app
 from webhook_gateway.config import GatewaySettings
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.stack import (
+from tests.support import db_state, event, now_ms
+from tests.support.stack import (
     HttpAnswer,
     Stack,
     new_signing_secret,
@@ -23,7 +24,6 @@ from tests.e2e.stack import (
     signed_headers,
     stale,
 )
-from tests.support import db_state, event, now_ms
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from tests.e2e.stack import Stack, running_stack
 from tests.support import db_query, event, now_ms
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

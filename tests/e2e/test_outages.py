@@ -15,9 +15,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.service_process import free_port, service_process
-from tests.e2e.stack import HttpAnswer, gateway_process, new_signing_secret, post, signed_headers
 from tests.support import SYNC_SECRET, db_query, event, kill_postgres, now_ms
+from tests.support.service_process import free_port, service_process
+from tests.support.stack import (
+    HttpAnswer,
+    gateway_process,
+    new_signing_secret,
+    post,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.e2e
 

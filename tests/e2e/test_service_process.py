@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.e2e.reflection_client import ReflectionClient
-from tests.e2e.service_process import SCRIPTS, service_process
 from tests.support import SYNC_SECRET, event, new_event_id, now_ms
+from tests.support.reflection_client import ReflectionClient
+from tests.support.service_process import SCRIPTS, service_process
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import (
+from tests.support import SYNC_SECRET, db_query, db_state, event, now_ms
+from tests.support.stack import (
     Stack,
     gateway_process,
     get,
@@ -21,7 +22,6 @@ from tests.e2e.stack import (
     signed_headers,
     stale,
 )
-from tests.support import SYNC_SECRET, db_query, db_state, event, now_ms
 
 pytestmark = pytest.mark.e2e
 

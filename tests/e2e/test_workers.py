@@ -18,8 +18,8 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from tests.e2e.service_process import SCRIPTS, free_port, wait_serving
 from tests.support import SYNC_SECRET, event, now_ms
+from tests.support.service_process import SCRIPTS, free_port, wait_serving
 
 pytestmark = pytest.mark.e2e
 

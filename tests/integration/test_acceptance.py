@@ -10,8 +10,8 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness
-from tests.integration.helpers import apply, can_use, entitlements, outcome_name, plan_of, subject
 from tests.support import event, new_event_id, now_ms
+from tests.support.rpc import apply, can_use, entitlements, outcome_name, plan_of, subject
 
 pytestmark = pytest.mark.integration
 

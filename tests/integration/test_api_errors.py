@@ -15,8 +15,8 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.config import load_catalog
 from tests.conftest import Harness, start_harness
-from tests.integration.helpers import apply, plan_of
 from tests.support import SYNC_SECRET, Clock, body, event, new_event_id, now_ms
+from tests.support.rpc import apply, plan_of
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness, start_harness
-from tests.integration.helpers import apply, can_use, plan_of, subject
 from tests.integration.test_api_errors import proxied
 from tests.support import Clock, event, now_ms
+from tests.support.rpc import apply, can_use, plan_of, subject
 
 pytestmark = pytest.mark.integration
 
@@ -127,11 +127,11 @@ async def test_cache_off_answers_the_same(database_url: str, clock: Clock) -> No
     from service.entrypoints.server import start_server
 
     catalog = load_catalog(None)
-    store = await Store.open(database_url, catalog, clock=clock)
+    store = await Store.open(database_url)
     settings = ServiceSettings(
         database_url, "127.0.0.1:0", None, None, Path(".data"), cache_enabled=False
     )
-    running = await start_server(settings, catalog, store)
+    running = await start_server(settings, catalog, store, clock)
     try:
         assert running.cache is None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -9,8 +9,8 @@ import pytest
 
 from entitlements_client import AsyncEntitlementsClient
 from tests.conftest import Harness
-from tests.integration.helpers import apply, subject
 from tests.support import event, now_ms
+from tests.support.rpc import apply, subject
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from prometheus_client import REGISTRY
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements_client import AsyncEntitlementsClient, EntitlementsClient
 from tests.conftest import Harness, _truncate, rpc_code, start_harness
-from tests.integration.helpers import apply, subject
 from tests.support import Clock, database_dsn, event, now_ms
-from tests.tools.stall_proxy import StallingProxy
+from tests.support.rpc import apply, subject
+from tests.support.stall_proxy import StallingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,7 @@ async def test_a_long_transaction_of_our_own_shows_as_lag_never_as_silent_stalen
             await _eventually(lambda: not client.synced, 4)
             assert client.cache is not None and client.cache.fresh(who) is None
             assert not await client.can_use(who, "dataExport")  # asked the service: free
-            assert harness.running.hub is not None and harness.running.hub.lag_ms() >= 1500
+            assert harness.running.app.hub is not None and harness.running.app.hub.lag_ms() >= 1500
             lag = REGISTRY.get_sample_value("entitlements_watch_lag_seconds")
             assert lag is not None and lag >= 1.5  # the metric shows it too
         await _eventually(lambda: client.synced, 5)  # the transaction ended: caught up
@@ -192,7 +192,7 @@ async def _stall(proxy: StallingProxy) -> None:
 async def test_idle_watchers_cost_no_database_work(harness: Harness) -> None:
     """200 streams watching a subject that never changes, while deliveries are ingested: the
     database work is the same as with no watcher at all (counted, not timed)."""
-    store, hub = harness.store, harness.running.hub
+    store, hub = harness.store, harness.running.app.hub
     assert hub is not None
 
     async def ingest(n: int) -> int:
@@ -238,7 +238,7 @@ async def test_streams_over_the_limit_are_resource_exhausted(
             await third.read()
         assert rpc_code(err.value) is grpc.StatusCode.RESOURCE_EXHAUSTED
         first.cancel()
-        hub = h.running.hub
+        hub = h.running.app.hub
         assert hub is not None
         await _eventually(lambda: hub.streams == 1, 5)  # noqa: B023
         again = h.entitlements.WatchEntitlements(pb.WatchEntitlementsRequest())

@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness
-from tests.integration.helpers import apply, can_use, entitlements, plan_of, subject
 from tests.support import event, now_ms
+from tests.support.rpc import apply, can_use, entitlements, plan_of, subject
 
 pytestmark = pytest.mark.integration
 

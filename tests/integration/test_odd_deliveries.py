@@ -16,11 +16,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.entrypoints.server import _housekeeping_pass
+from service.application.housekeeping import housekeeping_pass
 from tests.conftest import Harness, rpc_code
-from tests.integration.helpers import apply, entitlements, outcome_name, plan_of, subject
 from tests.integration.test_cache_and_watch import replica, wait_live
 from tests.support import SYNC_SECRET, Clock, event, load_fixture, new_event_id, now_ms
+from tests.support.rpc import apply, entitlements, outcome_name, plan_of, subject
 
 pytestmark = pytest.mark.integration
 
@@ -408,10 +408,7 @@ async def test_housekeeping_scrubs_deep_payloads_and_survives_a_failing_job(
         raise RuntimeError("prune failed")
 
     harness.store.prune_change_log = broken  # type: ignore[method-assign, assignment]
-    settings = type(
-        "S", (), {"change_log_retention_seconds": 1.0, "payload_retention_seconds": 1.0}
-    )
-    await _housekeeping_pass(harness.store, settings)  # type: ignore[arg-type]
+    await housekeeping_pass(harness.store, 1.0, 1.0)
     row = await _delivery(harness, event_id)
     assert row["scrubbed_at"] is not None and b"x@example.com" not in row["payload"]
     assert "could not prune the change log" in caplog.text

@@ -7,7 +7,6 @@ import asyncio
 import json
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,10 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.adapters.postgres.store import Store
+from service.application.deliveries import ApplyDelivery, DeliveryRules
+from service.application.ports import SystemClock
 from service.config import load_catalog
-from service.domain.events import normalize_event
+from service.domain.deliveries import Delivery
 from service.domain.resolution import resolve
 from tests.support import now_ms
+from tests.support.fakes import NoChanges
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +78,11 @@ def payload(spec: dict[str, Any], subject: str) -> bytes:
     ).encode()
 
 
+def apply_delivery(store: Store) -> ApplyDelivery:
+    """The apply use case over the real store (no replica around it: nobody to notify)."""
+    return ApplyDelivery(store, DeliveryRules(CATALOG, SystemClock()), NoChanges())
+
+
 async def _apply_all(
     store: Store, subject: str, specs: list[dict[str, Any]], order: list[int], concurrency: int
 ) -> None:
@@ -83,8 +90,7 @@ async def _apply_all(
 
     async def one(i: int) -> None:
         raw = payload(specs[i], subject)
-        event = normalize_event(raw, "", specs[i]["ts"])
-        await store.apply(ids[i], event.type, raw, datetime.now(UTC), event)
+        await apply_delivery(store)(Delivery(ids[i], "", raw, now_ms(), specs[i]["ts"]))
 
     for start in range(0, len(order), concurrency):
         await asyncio.gather(*(one(i) for i in order[start : start + concurrency]))
@@ -117,7 +123,7 @@ async def _check(
 def store_loop(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, Store]]:
     """One loop and one pool for all examples: hypothesis runs many, each must be cheap."""
     loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(Store.open(database_url, CATALOG, min_size=1, max_size=4))
+    store = loop.run_until_complete(Store.open(database_url, min_size=1, max_size=4))
     try:
         yield loop, store
     finally:

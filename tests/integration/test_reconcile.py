@@ -15,9 +15,9 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.adapters.clerk_api import ClerkApi, ClerkApiError, ClerkApiSettings
 from tests.conftest import Harness, _truncate, start_harness
-from tests.integration.helpers import apply, plan_of, subject
 from tests.support import Clock, event, now_ms
-from tests.tools.fake_clerk import SECRET_KEY, FakeClerk, plan, serving
+from tests.support.fake_clerk import SECRET_KEY, FakeClerk, plan, serving
+from tests.support.rpc import apply, plan_of, subject
 
 pytestmark = pytest.mark.integration
 

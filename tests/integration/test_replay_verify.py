@@ -4,19 +4,21 @@ state against a rebuild from the stored log in a scratch schema."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import asyncpg
 import grpc
 import pytest
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
-from service.adapters.postgres.store import DeliverySelector, StoredDelivery
+from service.application.deliveries import ApplyDelivery, DeliveryRules, ReplayDelivery
+from service.application.records import DeliverySelector, StoredDelivery
+from service.application.replay import ReplayDeliveries
+from service.domain.deliveries import Delivery
 from service.domain.events import EventKind, NormalizedEvent
-from service.operations import replay as replay_job
 from tests.conftest import Harness
-from tests.integration.helpers import apply, entitlements, plan_of, subject
 from tests.support import body, event, new_event_id, now_ms
+from tests.support.fakes import NoChanges
+from tests.support.rpc import apply, entitlements, plan_of, subject
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +31,11 @@ async def store_as_an_older_parser_did(h: Harness, payload: dict[str, object]) -
     old_reading = NormalizedEvent(
         EventKind.UNPARSEABLE, str(payload["type"]), error="no plan slug or plan id (old parser)"
     )
-    result = await h.store.apply(
-        event_id, str(payload["type"]), body(payload), datetime.now(UTC), old_reading
+    old_parser = ApplyDelivery(
+        h.store, DeliveryRules(h.running.app.catalog, h.clock), NoChanges(), lambda _: old_reading
+    )
+    result = await old_parser(
+        Delivery(event_id, str(payload["type"]), body(payload), now_ms(), now_ms())
     )
     assert result.outcome == "UNPARSEABLE"
     return event_id
@@ -171,9 +176,15 @@ async def test_replay_with_a_parser_that_regressed_keeps_what_is_stored(harness:
 
     results = [
         r
-        async for progress in replay_job(
-            harness.store, DeliverySelector(subject=who), lambda _: None, broken
-        )
+        async for progress in ReplayDeliveries(
+            harness.store,
+            ReplayDelivery(
+                harness.store,
+                DeliveryRules(harness.running.app.catalog, harness.clock),
+                NoChanges(),
+                broken,
+            ),
+        )(DeliverySelector(subject=who))
         for r in progress.batch
     ]
     assert [(r.result.outcome, r.result.notes) for r in results] == [

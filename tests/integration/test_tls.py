@@ -20,7 +20,7 @@ from service.adapters.postgres.store import Store
 from service.config import ServiceSettings, load_catalog
 from service.entrypoints.server import RunningServer, start_server
 from tests.support import SYNC_SECRET, Clock, event, now_ms
-from tests.tls_material import TlsFiles, make_tls_files
+from tests.support.tls_material import TlsFiles, make_tls_files
 from webhook_gateway.forwarding import Forwarder
 
 pytestmark = pytest.mark.integration
@@ -43,14 +43,14 @@ def server_tls(files: TlsFiles, mutual: bool) -> ServerTls | None:
 
 async def running(database_url: str, tls: ServerTls | None) -> AsyncIterator[RunningServer]:
     catalog = load_catalog(None)
-    store = await Store.open(database_url, catalog, clock=Clock())
+    store = await Store.open(database_url)
     settings = replace(
         ServiceSettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}),
         listen="127.0.0.1:0",
         database_url=database_url,
         tls=tls,
     )
-    server = await start_server(settings, catalog, store)
+    server = await start_server(settings, catalog, store, Clock())
     try:
         yield server
     finally:

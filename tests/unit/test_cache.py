@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.adapters.cache import CacheEntry, EntitlementCache
+from service.adapters.cache import EntitlementCache
+from service.application.records import CacheEntry
 from service.config import load_catalog
 from service.domain.events import ItemStatus, ItemUpdate
 from service.domain.resolution import (

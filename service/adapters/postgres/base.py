@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -11,8 +10,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 import asyncpg
 
 from service.adapters.postgres.migrate import migrate
-from service.adapters.postgres.records import StoreUnavailable
-from service.domain.catalog import Catalog
+from service.application.ports import StoreUnavailable
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -46,39 +44,18 @@ async def _no_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     (no session locks, cursors, LISTEN or SET on pooled connections)."""
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class StoreBase:
     """The connection pool and its rules: unavailability becomes `StoreUnavailable`, deadlocks
     and serialisation failures are retried. The store's parts build on this."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        catalog: Catalog,
-        clock: Callable[[], int] = _now_ms,
-        dsn: str = "",
-        channel: str = CHANGES_CHANNEL,
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str = "", channel: str = CHANGES_CHANNEL) -> None:
         self._pool = pool
         self.dsn = dsn
-        self.catalog = catalog
-        self._clock = clock
         self._channel = channel
         self.calls = 0  # units of database work (pooled-connection uses); tests count them
 
     @classmethod
-    async def open(
-        cls,
-        dsn: str,
-        catalog: Catalog,
-        *,
-        min_size: int = 2,
-        max_size: int = 10,
-        clock: Callable[[], int] = _now_ms,
-    ) -> Self:
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Self:
         """Connect and migrate."""
         try:
             pool = await asyncpg.create_pool(
@@ -98,13 +75,10 @@ class StoreBase:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, catalog, clock, dsn)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
         await self._pool.close()
-
-    def now_ms(self) -> int:
-        return self._clock()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:

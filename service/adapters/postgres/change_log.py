@@ -9,7 +9,7 @@ from service.adapters.postgres.base import (
     Conn,
     StoreBase,
 )
-from service.adapters.postgres.records import ChangeBatch
+from service.application.records import ChangeBatch
 
 # The change log's horizon: no change below it can still commit. Only this service's own
 # writers can hold it back: transactions that hold a lock on one of its tables in this

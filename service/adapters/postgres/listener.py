@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from service.adapters.postgres.store import CHANGES_CHANNEL
+from service.adapters.postgres.base import CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -1,47 +1,20 @@
-"""The PostgreSQL store: plan state, deliveries, grants and the change log.
-
-`Store` is put together from parts split by what they hold: the pool (base.py), applying a
-delivery (delivery_store.py, with the SQL it runs in state_sql.py), grants (grant_store.py),
-the change log (change_log.py) and operators' reads and housekeeping (operations_store.py).
-What it returns and raises is in records.py.
-"""
+"""The PostgreSQL adapter put together: one pool serving the unit of work and state reads
+(unit_of_work.py), the change log (change_log.py) and operators' reads and housekeeping
+(operations.py). Open with `Store.open(dsn)`: it connects and migrates."""
 
 from __future__ import annotations
 
 from service.adapters.postgres.base import CHANGES_CHANNEL
 from service.adapters.postgres.change_log import ChangeLogStore
-from service.adapters.postgres.grant_store import GrantStore
-from service.adapters.postgres.operations_store import (
+from service.adapters.postgres.operations import (
     SCRATCH_SCHEMA_PATTERN,
     OperationsStore,
     StoreSnapshot,
 )
-from service.adapters.postgres.records import (
-    ApplyResult,
-    ChangeBatch,
-    DeliverySelector,
-    HistoryRow,
-    Outcome,
-    ReplayResult,
-    StoredDelivery,
-    StoreUnavailable,
-)
+from service.adapters.postgres.unit_of_work import PgTransactions
 
-__all__ = [
-    "CHANGES_CHANNEL",
-    "SCRATCH_SCHEMA_PATTERN",
-    "ApplyResult",
-    "ChangeBatch",
-    "DeliverySelector",
-    "HistoryRow",
-    "Outcome",
-    "ReplayResult",
-    "Store",
-    "StoreSnapshot",
-    "StoreUnavailable",
-    "StoredDelivery",
-]
+__all__ = ["CHANGES_CHANNEL", "SCRATCH_SCHEMA_PATTERN", "Store", "StoreSnapshot"]
 
 
-class Store(OperationsStore, GrantStore, ChangeLogStore):
-    """Plan state in PostgreSQL. Construct with `Store.open(dsn, catalog)`."""
+class Store(OperationsStore, ChangeLogStore, PgTransactions):
+    """Plan state in PostgreSQL: implements Transactions, StateReader, Operations, ChangeLog."""

@@ -9,11 +9,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.adapters.postgres.store import Outcome
+from service.application.reconcile import ReconcileStatus
 from service.domain.bounds import wire_ms
-from service.domain.catalog import LimitValue
+from service.domain.catalog import Catalog, LimitValue
+from service.domain.deliveries import Outcome
 from service.domain.resolution import Entitlements, EntitlementStatus, Reason
-from service.operations import ReconcileStatus
 
 REASONS: Mapping[Reason, int] = {
     Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
@@ -56,6 +56,27 @@ def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
         status=STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
         valid_until=timestamp(ent.valid_until_ms),
         version=ent.version,
+    )
+
+
+def plans_message(catalog: Catalog) -> pb.ListPlansResponse:
+    return pb.ListPlansResponse(
+        plans=[
+            pb.Plan(
+                name=p.name,
+                rank=p.rank,
+                lifetime=p.lifetime,
+                is_default=p.name == catalog.default_plan_name,
+                features=sorted(p.features),
+                limits=limits(p.limits),
+                clerk_slugs=list(p.clerk_slugs),
+                clerk_plan_ids=list(p.clerk_plan_ids),
+            )
+            for p in catalog.plans_by_rank()
+        ],
+        default_plan=catalog.default_plan_name,
+        features=sorted(catalog.features),
+        limits=list(catalog.limit_names),
     )
 
 

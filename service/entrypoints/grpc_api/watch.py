@@ -1,4 +1,5 @@
-"""WatchEntitlements streams over the replica's one change follower (service/changes.py).
+"""WatchEntitlements streams over the replica's one change follower
+(service/application/change_feed.py).
 
 A stream subscribes first, then (when resuming) reads what it missed from the database up to
 the follower's position, then takes the follower's batches from memory. Every message's
@@ -9,17 +10,15 @@ the server's time and the lag, so a client can tell a quiet stream from a stale 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.adapters.postgres.store import Store
-from service.application.change_feed import Batch, ChangeHub, Subscription, Tick
-from service.application.reads import EntitlementReader, default_entitlements
-from service.domain.catalog import Catalog
+from service.application.app import Application
+from service.application.change_feed import Batch, Subscription, Tick
+from service.application.reads import default_entitlements
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_MESSAGE_FAILURES
 
@@ -31,18 +30,12 @@ ToMessage = Callable[[Entitlements], pb.GetEntitlementsResponse]
 
 
 class WatchStreams:
-    def __init__(
-        self,
-        hub: ChangeHub,
-        store: Store,
-        reader: EntitlementReader,
-        catalog: Catalog,
-        to_message: ToMessage,
-    ) -> None:
-        self._hub = hub
-        self._store = store
-        self._reader = reader
-        self._catalog = catalog
+    def __init__(self, app: Application, to_message: ToMessage) -> None:
+        self._hub = app.hub
+        self._change_log = app.change_log
+        self._reader = app.reads
+        self._catalog = app.catalog
+        self._clock = app.clock
         self._to_message = to_message
 
     async def stream(
@@ -60,9 +53,9 @@ class WatchStreams:
                     # A resuming stream reads up to the horizon now, not just the follower's
                     # position: everything committed before it asked comes before its first
                     # heartbeat (the follower's batches below that are skipped).
-                    live = max(live, (await self._store.change_log_horizon())[0])
+                    live = max(live, (await self._change_log.change_log_horizon())[0])
                 while position < live:  # what it missed, from the database
-                    changes, position = await self._store.changes_between(
+                    changes, position = await self._change_log.changes_between(
                         position, live, subjects, CATCH_UP_BATCH
                     )
                     for message in await self._loaded_messages(changes):
@@ -154,7 +147,7 @@ class WatchStreams:
         return pb.WatchEntitlementsResponse(subject=subject, entitlements=body, version=version)
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
-        return _heartbeat(position, self._hub.lag_ms(), int(time.time() * 1000))
+        return _heartbeat(position, self._hub.lag_ms(), self._clock.now_ms())
 
 
 def _heartbeat(position: int, lag_ms: int, server_time_ms: int) -> pb.WatchEntitlementsResponse:

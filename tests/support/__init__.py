@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 # Fixture timestamps are laid out around this instant (2026-01-01T00:00:00Z, ms).
 FIXTURE_BASE_MS = 1767225600000
 _MS_FIELDS = frozenset(
@@ -153,7 +153,7 @@ class Clock:
     def __init__(self) -> None:
         self.frozen_at: int | None = None
 
-    def __call__(self) -> int:
+    def now_ms(self) -> int:
         return now_ms() if self.frozen_at is None else self.frozen_at
 
     def freeze(self, ms: int) -> None:

@@ -22,8 +22,8 @@ from svix.webhooks import Webhook
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from tests.e2e.service_process import SCRIPTS, free_port, service_process
 from tests.support import SYNC_SECRET
+from tests.support.service_process import SCRIPTS, free_port, service_process
 
 WEBHOOK_PATH = "/api/webhooks/clerk-billing"
 

@@ -1,22 +1,22 @@
-"""SQL over plan state (subjects, items, the change log) used inside a delivery's transaction:
-the ordering-guarded upsert, the one-round-trip commit of a change, loading subject states."""
+"""Plan state per subject (subjects, items, the change log): the ordering-guarded upsert, the
+one-round-trip commit of a change, loading subject states. SQL only: the rules that decide
+what to write are in service/application/deliveries.py."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from service.adapters.postgres.base import (
     Conn,
 )
-from service.adapters.postgres.records import Outcome
 from service.domain.bounds import within_window
-from service.domain.events import EventKind, ItemStatus
+from service.domain.deliveries import Outcome
+from service.domain.events import ItemStatus
 from service.domain.past_due import PastDueTrack
-from service.domain.privacy import scrub_payload
 from service.domain.resolution import (
-    Entitlements,
     Grant,
     ItemState,
     SubjectState,
@@ -83,82 +83,6 @@ LOCK_SUBJECT = """INSERT INTO subjects (subject) VALUES ($1)
    ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject"""
 
 
-SUBJECT_KINDS = frozenset(
-    {EventKind.ITEMS, EventKind.SUBJECT_CREATED, EventKind.SUBJECT_DELETED, EventKind.RECORD_ONLY}
-)
-
-
-async def commit_change(
-    conn: Conn,
-    channel: str,
-    subject: str,
-    before: Entitlements,
-    after: Entitlements,
-    cause_id: str,
-    cause_type: str,
-    notes: list[str],
-) -> int:
-    """Bump the subject's version, log and announce the change, record a plan change and the
-    causing delivery's outcome (if any): one round trip. Returns the new version."""
-    return int(
-        await conn.fetchval(
-            COMMIT_CHANGE,
-            subject,
-            after.plan.name,
-            channel,
-            before.plan.name,
-            cause_id,
-            cause_type,
-            Outcome.APPLIED,
-            notes,
-        )
-    )
-
-
-async def scrub_deliveries(conn: Conn, where: str, *args: Any) -> int:
-    rows = await conn.fetch(f"SELECT event_id, payload FROM deliveries {where}", *args)
-    if rows:
-        await conn.executemany(
-            "UPDATE deliveries SET payload = $2, scrubbed_at = now() WHERE event_id = $1",
-            [(r["event_id"], scrub_payload(r["payload"])) for r in rows],
-        )
-    return len(rows)
-
-
-def visible_answer(ent: Entitlements) -> tuple[str, str, int | None]:
-    return (ent.plan.name, ent.status.value, ent.valid_until_ms)
-
-
-async def upsert_item(
-    conn: Conn,
-    item: ItemState,
-    subject: str,
-    lifecycle_rank: int,
-    digest: str,
-    is_default: bool,
-    event_id: str,
-) -> bool:
-    row = await conn.fetchval(
-        UPSERT_ITEM,
-        item.item_id,
-        subject,
-        item.status.value,
-        item.plan_slug,
-        item.plan_id,
-        item.period_end_ms,
-        item.past_due_at_ms,
-        is_default,
-        item.ever_active,
-        item.event_ms,
-        lifecycle_rank,
-        digest,
-        event_id,
-        *last_ok_columns(item.past_due),
-        item.past_due.flat(),
-    )
-    return row is not None
-
-
 def last_ok_columns(track: PastDueTrack) -> tuple[int | None, int | None]:
     return track.last_ok if track.last_ok is not None else (None, None)
 
@@ -216,3 +140,107 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
         )
         for s in subjects
     }
+
+
+class PgSubjects:
+    """SubjectRepository on one connection inside a unit of work's transaction."""
+
+    def __init__(self, conn: Conn, channel: str) -> None:
+        self._conn = conn
+        self._channel = channel
+
+    async def lock(self, subject: str) -> None:
+        await self._conn.execute(LOCK_SUBJECT, subject)
+
+    async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
+        return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))
+
+    async def is_deleted(self, subject: str) -> bool:
+        return bool(
+            await self._conn.fetchval(
+                "SELECT true FROM subjects WHERE subject = $1 AND deleted_at_ms IS NOT NULL",
+                subject,
+            )
+        )
+
+    async def put_item(
+        self,
+        subject: str,
+        item: ItemState,
+        order: tuple[int, int, str],
+        is_default: bool,
+        event_id: str,
+    ) -> bool:
+        event_ms, rank, digest = order
+        row = await self._conn.fetchval(
+            UPSERT_ITEM,
+            item.item_id,
+            subject,
+            item.status.value,
+            item.plan_slug,
+            item.plan_id,
+            item.period_end_ms,
+            item.past_due_at_ms,
+            is_default,
+            item.ever_active,
+            event_ms,
+            rank,
+            digest,
+            event_id,
+            *last_ok_columns(item.past_due),
+            item.past_due.flat(),
+        )
+        return row is not None
+
+    async def observe(self, subject: str, item: ItemState) -> None:
+        await self._conn.execute(
+            OBSERVE_STALE,
+            item.item_id,
+            subject,
+            item.ever_active,
+            *last_ok_columns(item.past_due),
+            item.past_due.flat(),
+            item.past_due_at_ms,
+        )
+
+    async def mark_deleted(self, subject: str, at_ms: int) -> bool:
+        return bool(
+            await self._conn.fetchval(
+                """UPDATE subjects SET deleted_at_ms = $2, updated_at = now()
+                   WHERE subject = $1 AND (deleted_at_ms IS NULL OR deleted_at_ms < $2)
+                   RETURNING true""",
+                subject,
+                at_ms,
+            )
+        )
+
+    async def note_created(self, subject: str, at_ms: int) -> None:
+        await self._conn.execute(
+            """UPDATE subjects SET created_at_ms = LEAST(COALESCE(created_at_ms, $2), $2)
+               WHERE subject = $1""",
+            subject,
+            at_ms,
+        )
+
+    async def commit_change(
+        self,
+        subject: str,
+        plan: str,
+        previous_plan: str,
+        cause_id: str,
+        cause_type: str,
+        notes: Sequence[str],
+    ) -> int:
+        return int(
+            await self._conn.fetchval(
+                COMMIT_CHANGE,
+                subject,
+                plan,
+                self._channel,
+                previous_plan,
+                cause_id,
+                cause_type,
+                Outcome.APPLIED.value,
+                list(notes),
+            )
+        )

@@ -1,41 +1,24 @@
-"""Reads for operators and jobs: history, reconcile schedule, replay, verify's snapshot,
-housekeeping (scrubbing, leftover scratch schemas)."""
+"""Reads for operators and jobs, and housekeeping: history, the reconcile schedule, stored
+deliveries for replay, verify's snapshot, scrubbing, leftover scratch schemas."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from service.adapters.postgres.base import (
-    UNAVAILABLE_ERRORS,
-    Conn,
-)
-from service.adapters.postgres.delivery_store import DeliveryStore
-from service.adapters.postgres.records import (
-    MAX_STORED_TEXT,
-    ApplyResult,
-    DeliverySelector,
-    HistoryRow,
-    ItemOwnedElsewhere,
-    Outcome,
-    ReplayResult,
-    StoredDelivery,
-    StoreUnavailable,
-)
-from service.adapters.postgres.state_sql import (
-    LOCK_SUBJECT,
-    SUBJECT_KINDS,
-    load_subject_states,
+from service.adapters.postgres.base import UNAVAILABLE_ERRORS, Conn, StoreBase
+from service.adapters.postgres.deliveries import (
+    count_deliveries,
+    deliveries_page,
     scrub_deliveries,
 )
-from service.domain.bounds import storable_text
-from service.domain.events import EventKind, NormalizedEvent
+from service.adapters.postgres.subjects import load_subject_states
+from service.application.ports import StoreUnavailable
+from service.application.records import DeliverySelector, HistoryRow, StoredDelivery
 from service.domain.rebuild import ITEM_STATE_COLUMNS
-from service.domain.resolution import (
-    SubjectState,
-)
+from service.domain.resolution import Grant, SubjectState
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +34,7 @@ SCRATCH_SCHEMA_PATTERN = "^verify_[0-9a-f]{16}$"
 _SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in use"
 
 
-_GRANT_COLUMNS = (
-    "grant_id, subject, plan, reason, granted_at_ms, expires_at_ms, revoked_at_ms, "
-    "revoke_reason, created_at"
-)
-_DELIVERY_COLUMNS = "event_id, type, payload, outcome, received_at, signed_at_ms, source"
 VerificationRows = tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]
-
-
-async def _deliveries_page(
-    conn: Conn, selector: DeliverySelector, after: str, limit: int
-) -> list[StoredDelivery]:
-    rows = await conn.fetch(
-        f"""SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id > $1 AND {selector.where(3)}
-             ORDER BY event_id LIMIT $2""",
-        after,
-        limit,
-        *selector.args,
-    )
-    return [StoredDelivery(**dict(r)) for r in rows]
-
-
-async def _count_deliveries(conn: Conn, selector: DeliverySelector) -> int:
-    return int(
-        await conn.fetchval(
-            f"SELECT count(*) FROM deliveries WHERE {selector.where(1)}", *selector.args
-        )
-    )
 
 
 async def _verification_rows(conn: Conn) -> VerificationRows:
@@ -97,16 +54,26 @@ class StoreSnapshot:
         self._conn = conn
 
     async def count_deliveries(self, selector: DeliverySelector) -> int:
-        return await _count_deliveries(self._conn, selector)
+        return await count_deliveries(self._conn, selector)
 
     async def deliveries_page(
         self, selector: DeliverySelector, after: str, limit: int
     ) -> list[StoredDelivery]:
-        return await _deliveries_page(self._conn, selector, after, limit)
+        return await deliveries_page(self._conn, selector, after, limit)
 
-    async def grants(self) -> list[tuple[Any, ...]]:
-        rows = await self._conn.fetch(f"SELECT {_GRANT_COLUMNS} FROM grants")
-        return [tuple(r) for r in rows]
+    async def grants(self) -> list[tuple[str, Grant | None]]:
+        rows = await self._conn.fetch(
+            "SELECT subject, plan, granted_at_ms, expires_at_ms, revoked_at_ms FROM grants"
+        )
+        return [
+            (
+                r["subject"],
+                Grant(r["plan"], r["granted_at_ms"], r["expires_at_ms"])
+                if r["revoked_at_ms"] is None
+                else None,
+            )
+            for r in rows
+        ]
 
     async def verification_rows(self) -> VerificationRows:
         return await _verification_rows(self._conn)
@@ -115,7 +82,7 @@ class StoreSnapshot:
         return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))
 
 
-class OperationsStore(DeliveryStore):
+class OperationsStore(StoreBase):
     async def history(self, subject: str, limit: int) -> list[HistoryRow]:
         async def work(conn: Conn) -> list[HistoryRow]:
             rows = await conn.fetch(
@@ -212,90 +179,13 @@ class OperationsStore(DeliveryStore):
         """Stored deliveries matching `selector`, in event-id order after `after`."""
 
         async def work(conn: Conn) -> list[StoredDelivery]:
-            return await _deliveries_page(conn, selector, after, limit)
+            return await deliveries_page(conn, selector, after, limit)
 
         return await self._run(work)
 
     async def count_deliveries(self, selector: DeliverySelector) -> int:
         async def work(conn: Conn) -> int:
-            return await _count_deliveries(conn, selector)
-
-        return await self._run(work)
-
-    async def replay(
-        self, event_id: str, normalize: Callable[[StoredDelivery], NormalizedEvent]
-    ) -> ReplayResult | None:
-        """Re-apply one stored delivery as `normalize` now reads it; None if it is gone.
-
-        The delivery row is locked first, so concurrent replays of it serialise, and the
-        store's ordering guard makes a second replay change nothing: exactly once.
-        """
-
-        async def work(conn: Conn) -> ReplayResult | None:
-            async with conn.transaction():
-                row = await conn.fetchrow(
-                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 FOR UPDATE",
-                    event_id,
-                )
-                if row is None:
-                    return None
-                stored = StoredDelivery(**dict(row))
-                event = normalize(stored)
-                if event.kind is EventKind.UNPARSEABLE and stored.outcome != Outcome.UNPARSEABLE:
-                    # The parser now fails on what it once read: keep the stored outcome and
-                    # state rather than let a regression erase them.
-                    kept = ApplyResult(stored.outcome, None, None, None, 0, (event.error or "",))
-                    return ReplayResult(stored, event, kept)
-                if event.subject is not None and event.kind in SUBJECT_KINDS:
-                    await conn.execute(LOCK_SUBJECT, event.subject)
-                result = await self._apply_recorded(conn, event_id, event, stored.outcome)
-                await conn.execute(
-                    """UPDATE deliveries SET event_ms = $2
-                        WHERE event_id = $1 AND event_ms IS DISTINCT FROM $2""",
-                    event_id,
-                    event.event_ms,
-                )
-                return ReplayResult(stored, event, result)
-
-        try:
-            return await self._run(work)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            # Applying failed again (rolled back): the delivery keeps its stored outcome, except
-            # that one moving an item to another subject is now known to be IGNORED.
-            owned_elsewhere = isinstance(exc, ItemOwnedElsewhere)
-            if not owned_elsewhere:
-                log.exception("replay of %s could not apply it; kept as it was", event_id)
-            note = str(exc) if owned_elsewhere else f"could not be applied ({type(exc).__name__})"
-            return await self._keep_after_failed_replay(
-                event_id, normalize, note, Outcome.IGNORED if owned_elsewhere else None
-            )
-
-    async def _keep_after_failed_replay(
-        self,
-        event_id: str,
-        normalize: Callable[[StoredDelivery], NormalizedEvent],
-        note: str,
-        outcome: str | None,
-    ) -> ReplayResult | None:
-        async def work(conn: Conn) -> ReplayResult | None:
-            row = await conn.fetchrow(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1", event_id
-            )
-            if row is None:
-                return None
-            stored = StoredDelivery(**dict(row))
-            if outcome is not None:
-                await conn.execute(
-                    "UPDATE deliveries SET outcome = $2, notes = array_append(notes, $3) "
-                    "WHERE event_id = $1",
-                    event_id,
-                    outcome,
-                    storable_text(note, MAX_STORED_TEXT),
-                )
-            kept = ApplyResult(outcome or stored.outcome, None, None, None, 0, (note,))
-            return ReplayResult(stored, normalize(stored), kept)
+            return await count_deliveries(conn, selector)
 
         return await self._run(work)
 

@@ -1,0 +1,84 @@
+"""The use cases of one replica, built over its ports (see service/entrypoints/server.py, the
+composition root). Entrypoints hold an `Application` and call nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.application.change_feed import ChangeHub
+from service.application.deliveries import ApplyDelivery, DeliveryRules, ReplayDelivery
+from service.application.grants import Grants
+from service.application.ports import (
+    Cache,
+    ChangeLog,
+    ClerkConnector,
+    Clock,
+    Operations,
+    Transactions,
+)
+from service.application.reads import EntitlementReader
+from service.application.reconcile import CheckCatalog, Reconciler
+from service.application.replay import ReplayDeliveries
+from service.application.verify import VerifyState
+from service.domain.catalog import Catalog
+from service.domain.errors import FailedPrecondition
+
+
+@dataclass(frozen=True)
+class Application:
+    catalog: Catalog
+    clock: Clock
+    reads: EntitlementReader
+    hub: ChangeHub
+    apply_delivery: ApplyDelivery
+    replay_delivery: ReplayDelivery
+    replay: ReplayDeliveries
+    grants: Grants
+    verify: VerifyState
+    operations: Operations
+    change_log: ChangeLog
+    reconciler: Reconciler | None = None
+    catalog_check: CheckCatalog | None = None
+
+    def reconcile_or_refuse(self) -> Reconciler:
+        if self.reconciler is None:
+            raise FailedPrecondition("reconciliation needs CLERK_SECRET_KEY on the server")
+        return self.reconciler
+
+    def catalog_check_or_refuse(self) -> CheckCatalog:
+        if self.catalog_check is None:
+            raise FailedPrecondition("catalog check needs CLERK_SECRET_KEY on the server")
+        return self.catalog_check
+
+
+def build_application(
+    *,
+    catalog: Catalog,
+    clock: Clock,
+    transactions: Transactions,
+    operations: Operations,
+    change_log: ChangeLog,
+    cache: Cache | None,
+    hub: ChangeHub,
+    clerk: ClerkConnector | None,
+) -> Application:
+    rules = DeliveryRules(catalog, clock)
+    apply_delivery = ApplyDelivery(transactions, rules, hub)
+    replay_delivery = ReplayDelivery(transactions, rules, hub)
+    return Application(
+        catalog=catalog,
+        clock=clock,
+        reads=EntitlementReader(operations, catalog, cache, clock),
+        hub=hub,
+        apply_delivery=apply_delivery,
+        replay_delivery=replay_delivery,
+        replay=ReplayDeliveries(operations, replay_delivery),
+        grants=Grants(transactions, catalog, clock, hub),
+        verify=VerifyState(operations, catalog, clock),
+        operations=operations,
+        change_log=change_log,
+        reconciler=None
+        if clerk is None
+        else Reconciler(operations, clerk, apply_delivery, catalog, clock),
+        catalog_check=None if clerk is None else CheckCatalog(clerk, catalog),
+    )
