@@ -22,7 +22,7 @@ run: $(STAMP)
 
 ## With `make run` going: send a signed sample webhook and show the plan change.
 demo: $(STAMP)
-	$(VENV)/bin/entitlements demo-webhook
+	$(PY) scripts/send_demo_webhook.py
 
 ## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
 bench: $(STAMP)

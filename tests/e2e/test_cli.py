@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from tests.support.service_process import SCRIPTS
 from tests.support.stack import WEBHOOK_PATH, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,20 @@ def cli(
     )
 
 
+def demo_webhook(
+    stack: Stack, *args: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """`make demo`'s script (a dev script, not a CLI command)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "send_demo_webhook.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ENTITLEMENTS_TARGET": stack.service_target, **env},
+        cwd=cwd,
+    )
+
+
 def test_check_exit_codes(stack: Stack) -> None:
     assert cli(stack, "check", "user_cli_free", "aiInsights").returncode == 0
     denied = cli(stack, "check", "user_cli_free", "dataExport")
@@ -76,7 +93,7 @@ def test_demo_webhook_then_limits_show_and_plans(stack: Stack, tmp_path: Path) -
         "CLERK_WEBHOOK_SIGNING_SECRET": stack.signing_secret,
         "GATEWAY_URL": f"http://127.0.0.1:{stack.gateway_port}{WEBHOOK_PATH}",
     }
-    demo = cli(stack, "demo-webhook", "--subject", subject, env=env, cwd=tmp_path)
+    demo = demo_webhook(stack, "--subject", subject, env=env, cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
     assert '200 {"outcome": "APPLIED"}' in demo.stdout and "allowed=True plan=pro" in demo.stdout
     limits = cli(stack, "limits", subject)
@@ -89,7 +106,7 @@ def test_demo_webhook_then_limits_show_and_plans(stack: Stack, tmp_path: Path) -
 
 def test_demo_webhook_without_secret_is_exit_2(stack: Stack, tmp_path: Path) -> None:
     env = {"CLERK_WEBHOOK_SIGNING_SECRET": "", "CLERK_WEBHOOK_SECRET": ""}
-    r = cli(stack, "demo-webhook", env=env, cwd=tmp_path)
+    r = demo_webhook(stack, env=env, cwd=tmp_path)
     assert r.returncode == 2 and "CLERK_WEBHOOK_SIGNING_SECRET" in r.stderr
 
 

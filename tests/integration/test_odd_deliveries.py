@@ -16,11 +16,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
-from service.application.housekeeping import housekeeping_pass
 from tests.conftest import Harness, rpc_code
 from tests.integration.test_cache_and_watch import replica, wait_live
-from tests.support import SYNC_SECRET, Clock, event, load_fixture, new_event_id, now_ms
-from tests.support.rpc import apply, entitlements, outcome_name, plan_of, subject
+from tests.support import SYNC_SECRET, event, load_fixture, new_event_id, now_ms
+from tests.support.rpc import apply, entitlements, outcome_name, plan_of, sql_rows, subject
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +37,7 @@ async def _delivery(h: Harness, event_id: str) -> asyncpg.Record:
 
 
 async def _sql(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
+    return await sql_rows(dsn, sql, *args)
 
 
 async def _log_position(h: Harness) -> int:
@@ -386,69 +381,6 @@ async def test_item_past_due_without_any_past_due_at_anchors_on_first_sighting(
     ent = await entitlements(harness, who)
     assert ent.status == pb.ENTITLEMENT_STATUS_PAST_DUE
     assert ent.valid_until.ToMilliseconds() == first + 3 * DAY
-
-
-# ---- 5, 7: housekeeping survives odd payloads; abandoned scratch schemas go ---------------
-
-
-async def test_housekeeping_scrubs_deep_payloads_and_survives_a_failing_job(
-    harness: Harness, database_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    deep = b'{"email":"x@example.com","n":' + b"[" * 600 + b"]" * 600 + b"}"
-    event_id = new_event_id()
-    await _sql(
-        database_url,
-        """INSERT INTO deliveries (event_id, type, payload, outcome, received_at, recorded_at)
-           VALUES ($1, 'user.updated', $2, 'IGNORED', now(), now() - interval '400 days')""",
-        event_id,
-        deep,
-    )
-
-    async def broken(*_: Any) -> int:
-        raise RuntimeError("prune failed")
-
-    harness.store.prune_change_log = broken  # type: ignore[method-assign, assignment]
-    await housekeeping_pass(harness.store, 1.0, 1.0)
-    row = await _delivery(harness, event_id)
-    assert row["scrubbed_at"] is not None and b"x@example.com" not in row["payload"]
-    assert "could not prune the change log" in caplog.text
-
-
-async def test_abandoned_verify_schemas_are_dropped_at_start_up(
-    database_url: str, clock: Clock
-) -> None:
-    abandoned, running = "verify_00000000deadbeef", "verify_00000000feedf00d"
-    for schema in (abandoned, running):
-        await _sql(database_url, f"CREATE SCHEMA {schema}")
-        await _sql(database_url, f"CREATE TABLE {schema}.deliveries (x int)")
-    holder = await asyncpg.connect(database_url)
-    try:
-        await holder.execute("SELECT pg_advisory_lock(7305, hashtext($1))", running)
-        async with replica(database_url, clock) as started:
-            names = {
-                r["nspname"] for r in await _sql(database_url, "SELECT nspname FROM pg_namespace")
-            }
-            assert abandoned not in names
-            assert running in names  # its verify still holds the lock
-            await holder.close()  # that verify dies: now it may go (by us, or by any other
-            # replica's housekeeping on this database)
-            await started.store.drop_abandoned_scratch_schemas()
-            names = {
-                r["nspname"] for r in await _sql(database_url, "SELECT nspname FROM pg_namespace")
-            }
-            assert running not in names
-    finally:
-        await holder.close()
-
-
-async def test_verify_leaves_no_scratch_schema(harness: Harness) -> None:
-    await apply(harness, event("item_active_pro_month", at_ms=now_ms(), subject=subject("v")))
-    responses = [
-        r
-        async for r in harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
-    ]
-    assert responses[-1].finished and not responses[-1].differences
-    assert await harness.store.drop_abandoned_scratch_schemas() == []
 
 
 async def test_replaying_a_delivery_that_still_cannot_be_applied_keeps_it(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from tests.conftest import Harness
@@ -49,3 +51,12 @@ async def can_use(h: Harness, subject: str, feature: str) -> pb.CanUseResponse:
 
 def outcome_name(response: sync_pb.ApplyBillingEventResponse) -> str:
     return sync_pb.Outcome.Name(response.outcome)
+
+
+async def sql_rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """One query on a connection of its own (tests that look at stored rows)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()

@@ -13,7 +13,31 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("service", "webhook_gateway", "entitlements_client", "entitlements_common")
+PACKAGES = (
+    "service",
+    "webhook_gateway",
+    "entitlements_client",
+    "entitlements_common",
+    "entitlements_cli",
+)
+# Where each package's sources live (the client is a distribution of its own).
+SOURCES = {"entitlements_client": ROOT / "clients" / "python" / "entitlements_client"}
+
+# What each layer may import, among our packages (prefixes). The domain is pure; the
+# application layer knows the domain and its own ports; adapters know no entrypoint.
+ALLOWED = {
+    "service.domain": ("service.domain",),
+    "service.application": ("service.domain", "service.application", "service.metrics"),
+    "service.adapters": (
+        "service.domain",
+        "service.application",
+        "service.adapters",
+        "service.metrics",
+    ),
+    "webhook_gateway": ("webhook_gateway", "entitlements_common"),
+    "entitlements_cli": ("entitlements_cli", "entitlements_client"),
+    "entitlements_client": ("entitlements_client",),
+}
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -51,13 +75,38 @@ def _module_imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
-def test_no_import_cycles() -> None:
+def _import_graph() -> dict[str, set[str]]:
+    """Every module of ours and the modules of ours it imports."""
     graph: dict[str, set[str]] = {}
     for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+        base = SOURCES.get(package, ROOT / package)
+        for path in base.rglob("*.py"):
+            parts = (package, *path.relative_to(base).with_suffix("").parts)
             module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             graph[module] = _module_imports(path, module)
+    return graph
+
+
+def test_every_package_is_found() -> None:
+    found = {module.split(".")[0] for module in _import_graph()}
+    assert found == set(PACKAGES)
+    assert {"service.application.ports", "service.entrypoints.server"} <= set(_import_graph())
+
+
+def test_layers_import_only_what_they_may() -> None:
+    wrong = []
+    for module, deps in sorted(_import_graph().items()):
+        layer = next((k for k in ALLOWED if module == k or module.startswith(k + ".")), None)
+        if layer is None:
+            continue
+        for dep in sorted(deps):
+            if not any(dep == a or dep.startswith(a + ".") for a in ALLOWED[layer]):
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycles() -> None:
+    graph = _import_graph()
     graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
     cycles: list[list[str]] = []
     state: dict[str, int] = {}

@@ -8,12 +8,14 @@ otherwise they ask the service, and raise if it cannot be reached. TLS and mutua
 a read token, and keepalive are supported.
 """
 
+from entitlements_client.admin import AdminClient
 from entitlements_client.aio import AsyncEntitlementsClient
 from entitlements_client.answers import Decision, LimitCheck, Limits, Snapshot
-from entitlements_client.core import ClientConfigError, Tls
+from entitlements_client.core import ClientConfigError, Tls, connect
 from entitlements_client.sync import EntitlementsClient
 
 __all__ = [
+    "AdminClient",
     "AsyncEntitlementsClient",
     "ClientConfigError",
     "Decision",
@@ -22,4 +24,5 @@ __all__ = [
     "Limits",
     "Snapshot",
     "Tls",
+    "connect",
 ]

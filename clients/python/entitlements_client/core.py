@@ -100,6 +100,15 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
+def connect(target: str, tls: Tls | None = None) -> grpc.Channel:
+    """A blocking channel to the service with this library's keepalive and TLS settings (what
+    `EntitlementsClient` uses; the `entitlements` CLI and `AdminClient` use it too)."""
+    options = channel_options()
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.credentials(), options=options)
+
+
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The read token the service requires (its ENTITLEMENTS_READ_TOKEN). Without `token=`,
     the first token of ENTITLEMENTS_READ_TOKEN in this process's environment, if set."""

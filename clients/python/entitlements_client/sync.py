@@ -24,7 +24,7 @@ from entitlements_client.core import (
     DEFAULT_MAX_STALENESS,
     LocalCache,
     Tls,
-    channel_options,
+    connect,
     metadata,
 )
 
@@ -43,12 +43,7 @@ class EntitlementsClient:
         tls: Tls | None = None,
         token: str | None = None,
     ) -> None:
-        options = channel_options()
-        self._channel = (
-            grpc.secure_channel(target, tls.credentials(), options=options)
-            if tls is not None
-            else grpc.insecure_channel(target, options=options)
-        )
+        self._channel = connect(target, tls)
         self._stub = pb_grpc.EntitlementServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = metadata(token)

@@ -1,4 +1,5 @@
-"""`entitlements`: the operator CLI (talks gRPC to ENTITLEMENTS_TARGET).
+"""`entitlements`: the operator CLI, built on the client library (`entitlements_client`):
+reads through its channel and read token, operators' calls through its `AdminClient`.
 
 Exit codes: 0 success; 1 the answer was "no" (check: not allowed, verify: differences found,
 catalog check: mismatches); 2 usage or configuration error; 3 the service (or, for reconcile,
@@ -10,11 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,15 +19,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from svix.webhooks import Webhook
 from tqdm import tqdm
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
-from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from entitlements_common.settings import bearer, split_secrets
-from entitlements_common.tls import ClientTls, sync_channel
+from entitlements_client import AdminClient, ClientConfigError, Tls, connect
+from entitlements_client.core import metadata
 
 DEV_ENV_FILE = Path(".data/dev.env")
 
@@ -39,10 +34,7 @@ class UsageError(Exception):
     """Bad arguments or missing configuration (exit code 2)."""
 
 
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/api/webhooks/clerk-billing"
-
-
-def _env(name: str, default: str | None = None) -> str | None:
+def setting(name: str, default: str | None = None) -> str | None:
     """From the environment, else from `.data/dev.env` written by `make run`."""
     if os.environ.get(name):
         return os.environ[name]
@@ -54,14 +46,25 @@ def _env(name: str, default: str | None = None) -> str | None:
     return default
 
 
+def _target(args: argparse.Namespace) -> str:
+    return str(args.target or setting("ENTITLEMENTS_TARGET", "127.0.0.1:50051"))
+
+
+def _tls() -> Tls | None:
+    try:
+        return Tls.from_env(os.environ)
+    except ClientConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
-    target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
-    return pb_grpc.EntitlementServiceStub(sync_channel(str(target), ClientTls.from_env(os.environ)))
+    return pb_grpc.EntitlementServiceStub(connect(_target(args), _tls()))
 
 
 def _read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
-    return bearer(_env("ENTITLEMENTS_READ_TOKEN"))
+    token = (setting("ENTITLEMENTS_READ_TOKEN") or "").replace(",", " ").split()
+    return metadata(token[0] if token else "")
 
 
 def _print(message: Any, as_json: bool) -> None:
@@ -132,42 +135,35 @@ def cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync_stub(args: argparse.Namespace) -> tuple[sync_grpc.BillingSyncServiceStub, Any]:
-    auth = bearer(_env("BILLING_WEBHOOK_SYNC_SECRET"))
-    if not auth:
+def _admin(args: argparse.Namespace) -> AdminClient:
+    secrets = (setting("BILLING_WEBHOOK_SYNC_SECRET") or "").replace(",", " ").split()
+    if not secrets:
         raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
-    target = args.target or _env("ENTITLEMENTS_TARGET", "127.0.0.1:50051")
-    channel = sync_channel(str(target), ClientTls.from_env(os.environ))
-    return sync_grpc.BillingSyncServiceStub(channel), auth
+    return AdminClient(_target(args), secret=secrets[0], tls=_tls())
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
-    stub, auth = _sync_stub(args)
-    request = sync_pb.GrantPlanRequest(subject=args.subject, plan=args.plan, reason=args.reason)
+    expires: datetime | None = None
     if args.expires:
         try:
-            when = datetime.fromisoformat(args.expires)
+            expires = datetime.fromisoformat(args.expires)
         except ValueError:
             raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
-        request.expires_at.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
-    _print(stub.GrantPlan(request, metadata=auth, timeout=10), args.json)
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+    with _admin(args) as admin:
+        _print(admin.grant(args.subject, args.plan, args.reason, expires), args.json)
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    stub, auth = _sync_stub(args)
-    request = sync_pb.RevokeGrantRequest(grant_id=args.grant_id, reason=args.reason or "")
-    _print(stub.RevokeGrant(request, metadata=auth, timeout=10), args.json)
+    with _admin(args) as admin:
+        _print(admin.revoke(args.grant_id, args.reason or ""), args.json)
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    stub, auth = _sync_stub(args)
-    r = stub.GetSubjectHistory(
-        sync_pb.GetSubjectHistoryRequest(subject=args.subject, page_size=args.limit),
-        metadata=auth,
-        timeout=10,
-    )
+    with _admin(args) as admin:
+        r = admin.history(args.subject, args.limit)
     if args.json:
         _print(r, True)
         return 0
@@ -218,9 +214,10 @@ def _as_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     if bool(args.subjects) == args.all:
         raise UsageError("give SUBJECT... or --all")
-    stub, auth = _sync_stub(args)
-    request = sync_pb.ReconcileRequest(subjects=args.subjects, all=args.all)
-    results, _ = _stream(args, "reconcile", stub.Reconcile(request, metadata=auth))
+    with _admin(args) as admin:
+        results, _ = _stream(
+            args, "reconcile", admin.reconcile(args.subjects, all_subjects=args.all)
+        )
     failed = [r for r in results if r.status == sync_pb.RECONCILE_STATUS_FAILED]
     if args.json:
         _dump_json({"results": _as_dicts(results), "failed": len(failed)})
@@ -242,11 +239,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     if sum((args.all, args.subject is not None, args.unparseable)) != 1:
         raise UsageError("choose one of --all, --subject SUBJECT or --unparseable")
-    stub, auth = _sync_stub(args)
-    request = sync_pb.ReplayDeliveriesRequest(
-        all=args.all, subject=args.subject or "", unparseable=args.unparseable
-    )
-    results, _ = _stream(args, "replay", stub.ReplayDeliveries(request, metadata=auth))
+    with _admin(args) as admin:
+        calls = admin.replay(
+            all_deliveries=args.all, subject=args.subject or "", unparseable=args.unparseable
+        )
+        results, _ = _stream(args, "replay", calls)
     changed = [r for r in results if r.changed]
     if args.json:
         _dump_json(
@@ -264,9 +261,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    stub, auth = _sync_stub(args)
-    call = stub.VerifyState(sync_pb.VerifyStateRequest(), metadata=auth)
-    differences, last = _stream(args, "verify", call, field="differences")
+    with _admin(args) as admin:
+        differences, last = _stream(args, "verify", admin.verify(), field="differences")
     if last is None or not last.finished:
         print("error: verification ended without a result", file=sys.stderr)
         return 3
@@ -289,8 +285,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_check(args: argparse.Namespace) -> int:
-    stub, auth = _sync_stub(args)
-    r = stub.CheckCatalog(sync_pb.CheckCatalogRequest(), metadata=auth, timeout=120)
+    with _admin(args) as admin:
+        r = admin.check_catalog()
     if args.json:
         _print(r, True)
     else:
@@ -302,64 +298,6 @@ def cmd_catalog_check(args: argparse.Namespace) -> int:
         if not r.unmapped_clerk_plans and not r.unknown_catalog_slugs:
             print("catalog and Clerk agree")
     return 1 if r.unmapped_clerk_plans or r.unknown_catalog_slugs else 0
-
-
-def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
-    """A realistic `subscriptionItem.active` for the pro plan (monthly)."""
-    return {
-        "data": {
-            "id": f"subi_demo_{subject}",
-            "object": "commerce_subscription_item",
-            "status": "active",
-            "plan_period": "month",
-            "period_start": now_ms,
-            "period_end": now_ms + 30 * 86_400_000,
-            "is_free_trial": False,
-            "plan_id": "cplan_demo_pro",
-            "plan": {"id": "cplan_demo_pro", "slug": "pro", "name": "Pro", "is_default": False},
-            "payer": {"id": "cpayer_demo", "object": "commerce_payer", "user_id": subject},
-            "created_at": now_ms,
-            "updated_at": now_ms,
-        },
-        "object": "event",
-        "type": "subscriptionItem.active",
-        "timestamp": now_ms,
-        "instance_id": "ins_demo",
-    }
-
-
-def cmd_demo_webhook(args: argparse.Namespace) -> int:
-    secret_list = _env("CLERK_WEBHOOK_SIGNING_SECRET") or _env("CLERK_WEBHOOK_SECRET")
-    if not secret_list:
-        print("CLERK_WEBHOOK_SIGNING_SECRET is not set (and no .data/dev.env)", file=sys.stderr)
-        return 2
-    secret = split_secrets(secret_list)[0]
-    url = args.url or _env("GATEWAY_URL", DEFAULT_GATEWAY_URL)
-    body = json.dumps(demo_payload(args.subject, int(time.time() * 1000)))
-    msg_id = "msg_demo_" + secrets.token_hex(8)
-    now = datetime.now(UTC)
-    headers = {
-        "svix-id": msg_id,
-        "svix-timestamp": str(int(now.timestamp())),
-        "svix-signature": Webhook(secret).sign(msg_id, now, body),
-        "content-type": "application/json",
-    }
-    request = urllib.request.Request(str(url), data=body.encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            answer = response.read().decode()
-            print(f"POST {url} → {response.status} {answer}")
-    except urllib.error.HTTPError as exc:
-        print(f"POST {url} → {exc.code} {exc.read().decode()}", file=sys.stderr)
-        return 3
-    except urllib.error.URLError as exc:
-        print(f"cannot reach the gateway at {url}: {exc.reason}", file=sys.stderr)
-        return 3
-    r = _stub(args).CanUse(
-        pb.CanUseRequest(subject=args.subject, feature="advancedAnalytics"), timeout=10
-    )
-    print(f"CanUse({args.subject}, advancedAnalytics) → allowed={r.allowed} plan={r.plan}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,10 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_parser(
         "check", help="Clerk plans the catalog does not map, and catalog slugs Clerk lacks"
     ).set_defaults(func=cmd_catalog_check)
-    p = sub.add_parser("demo-webhook", help="send a signed sample pro activation to the gateway")
-    p.add_argument("--subject", default="user_demo")
-    p.add_argument("--url", help=f"webhook URL (default GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
-    p.set_defaults(func=cmd_demo_webhook)
     return parser
 
 

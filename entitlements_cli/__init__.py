@@ -1,0 +1,1 @@
+"""`entitlements`, the operator CLI (see main.py)."""
