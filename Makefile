@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean
+.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean tools buf-check
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Node tools pinned in tools/package-lock.json (buf, protoc-gen-es), from the npm registry.
+NPM   ?= npm
+TOOLS := tools/node_modules/.installed
+BUF   := tools/node_modules/.bin/buf
+$(TOOLS): tools/package.json tools/package-lock.json
+	cd tools && $(NPM) ci --no-audit --no-fund
+	touch $(TOOLS)
+
+tools: $(TOOLS)
 
 ## Start embedded PostgreSQL (unless DATABASE_URL is set), migrations, the service and the gateway.
 run: $(STAMP)
@@ -30,7 +40,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)
 	$(PY) -m pytest -m "not chaos"
 
 ## PostgreSQL, the service and the gateway killed -9 at random under a Svix-like sender.
@@ -43,11 +53,16 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) $(TOOLS)
 	$(PY) -m pytest tests/e2e
 
 ## Lint, types, and stale generated stubs.
-check: lint typecheck stubs-check lock-check
+check: lint typecheck stubs-check lock-check buf-check
+
+## buf lint (buf.yaml) and buf breaking against the previous commit (scripts/buf_breaking.sh).
+buf-check: $(TOOLS)
+	$(BUF) lint
+	BUF=$(BUF) scripts/buf_breaking.sh
 
 ## Every dependency named in pyproject.toml is pinned in the hashed locks, at the same version.
 lock-check: $(STAMP)
@@ -78,4 +93,4 @@ protos: $(STAMP)
 	PY=$(PY) scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache tools/node_modules
