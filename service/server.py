@@ -27,6 +27,7 @@ from entitlements_common.settings import ConfigError
 from service.cache import EntitlementCache
 from service.changes import ChangeHub, StreamLimits
 from service.config import ServiceSettings, load_catalog
+from service.connect_api import HttpServer, start_http
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
 from service.embedded_pg import EmbeddedPostgres, start_embedded_postgres
@@ -60,6 +61,7 @@ class RunningServer:
     grace_seconds: float
     cache: EntitlementCache | None = None
     hub: ChangeHub | None = None
+    http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -78,6 +80,8 @@ class RunningServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.http is not None:
+            await self.http.stop(self.grace_seconds)
         await self.server.stop(self.grace_seconds)
         await self.store.close()
 
@@ -172,9 +176,8 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
         return {s: e.entitlements for s, e in (await reader.load(subjects)).items()}
 
-    pb_grpc.add_EntitlementServiceServicer_to_server(
-        EntitlementServicer(reader, catalog, store, hub), server
-    )
+    entitlement_servicer = EntitlementServicer(reader, catalog, store, hub)
+    pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
     sync_servicer = BillingSyncServicer(store, hub, settings.clerk)
     sync_grpc.add_BillingSyncServiceServicer_to_server(sync_servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -192,6 +195,11 @@ async def start_server(settings: ServiceSettings, catalog: Catalog, store: Store
     running = RunningServer(
         server, port, store, health_servicer, settings.grace_seconds, cache, hub
     )
+    if settings.http_listen is not None:
+        # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
+        running.http = await start_http(
+            settings.http_listen, entitlement_servicer, settings.read_tokens, settings.grace_seconds
+        )
     await running.set_serving(await store.ping())
     with contextlib.suppress(StoreUnavailable):
         for schema in await store.drop_abandoned_scratch_schemas():
@@ -238,6 +246,12 @@ async def serve(settings: ServiceSettings) -> None:
             if settings.sync_secret
             else "; BillingSyncService disabled: no BILLING_WEBHOOK_SYNC_SECRET",
         )
+        if running.http is not None:
+            log.info(
+                "EntitlementService over HTTP (Connect, gRPC-Web) on %s:%d",
+                settings.http_listen.rsplit(":", 1)[0] if settings.http_listen else "",
+                running.http.port,
+            )
         if settings.clerk is None:
             log.info("reconciliation with Clerk off: no CLERK_SECRET_KEY")
         elif settings.reconcile_interval_seconds > 0:
