@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean
+.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -15,6 +15,33 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Node tools pinned in tools/package-lock.json (buf, protoc-gen-es), from the npm registry.
+NPM   ?= npm
+TOOLS := tools/node_modules/.installed
+BUF   := tools/node_modules/.bin/buf
+$(TOOLS): tools/package.json tools/package-lock.json
+	cd tools && $(NPM) ci --no-audit --no-fund
+	touch $(TOOLS)
+
+tools: $(TOOLS)
+
+# The TypeScript client (clients/typescript): its pinned dependencies, by `npm ci`.
+TS       := clients/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && $(NPM) ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+ts-install: $(TS_STAMP)
+
+## Regenerate the TypeScript client's code (clients/typescript/src/gen) after editing protos/.
+ts-gen: $(TOOLS)
+	$(BUF) generate
+
+## The TypeScript client's e2e tests alone (node --test; they start a real service).
+test-ts: $(STAMP) $(TS_STAMP)
+	cd $(TS) && ENTITLEMENTS_PYTHON=$(CURDIR)/$(PY) $(NPM) test
 
 ## Start embedded PostgreSQL (unless DATABASE_URL is set), migrations, the service and the gateway.
 run: $(STAMP)
@@ -30,7 +57,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
-test: $(STAMP)
+test: $(STAMP) $(TOOLS) $(TS_STAMP)
 	$(PY) -m pytest -m "not chaos"
 
 ## PostgreSQL, the service and the gateway killed -9 at random under a Svix-like sender.
@@ -43,11 +70,21 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) $(TOOLS) $(TS_STAMP)
 	$(PY) -m pytest tests/e2e
 
 ## Lint, types, and stale generated stubs.
-check: lint typecheck stubs-check lock-check
+check: lint typecheck stubs-check lock-check buf-check ts-check
+
+## buf lint (buf.yaml) and buf breaking against the previous commit (scripts/buf_breaking.sh).
+buf-check: $(TOOLS)
+	$(BUF) lint
+	BUF=$(BUF) scripts/buf_breaking.sh
+
+## The TypeScript client: generated code not stale, and it type-checks (tsc --noEmit).
+ts-check: $(TOOLS) $(TS_STAMP)
+	BUF=$(BUF) scripts/check_ts_gen.sh
+	cd $(TS) && $(NPM) run --silent typecheck
 
 ## Every dependency named in pyproject.toml is pinned in the hashed locks, at the same version.
 lock-check: $(STAMP)
@@ -78,4 +115,4 @@ protos: $(STAMP)
 	PY=$(PY) scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache tools/node_modules $(TS)/node_modules $(TS)/dist $(TS)/build-test

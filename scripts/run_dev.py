@@ -64,6 +64,8 @@ def main() -> int:
     service_listen = env.setdefault("ENTITLEMENTS_LISTEN", "127.0.0.1:50051")
     env.setdefault("ENTITLEMENTS_TARGET", service_listen)
     gateway_listen = env.setdefault("GATEWAY_LISTEN", "127.0.0.1:8080")
+    # EntitlementService over HTTP (Connect JSON/binary, gRPC-Web): curl and the TS client.
+    http_listen = env.setdefault("ENTITLEMENTS_HTTP_LISTEN", "127.0.0.1:8081")
     gateway_url = f"http://{gateway_listen}/api/webhooks/clerk-billing"
 
     embedded: EmbeddedPostgres | None = None
@@ -105,6 +107,8 @@ def main() -> int:
         print(
             "\n"
             f"  service  grpc://{service_listen}   grpcurl -plaintext {service_listen} list\n"
+            f"  http     http://{http_listen}/entitlements.v1.EntitlementService/CanUse"
+            "   (Connect: curl -H 'content-type: application/json' -d '{...}')\n"
             f"  gateway  {gateway_url}\n"
             f"           http://{gateway_listen}/readyz   http://{gateway_listen}/metrics\n"
             f"  database {'DATABASE_URL' if embedded is None else f'embedded under {DATA}/pg'}\n"

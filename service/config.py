@@ -46,6 +46,8 @@ class ServiceSettings:
     max_connection_age_seconds: int = 1800
     # Bearer tokens required on EntitlementService (none: the read side is open).
     read_tokens: tuple[str, ...] = ()
+    # ENTITLEMENTS_HTTP_LISTEN: EntitlementService over Connect / gRPC-Web (None: off).
+    http_listen: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -60,6 +62,7 @@ class ServiceSettings:
         cache = (env.get("ENTITLEMENTS_CACHE") or "on").lower()
         if cache not in ("on", "off"):
             raise ConfigError(f"ENTITLEMENTS_CACHE must be on or off, got {cache!r}")
+        tls = ServerTls.from_env(env)
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             listen=listen,
@@ -75,7 +78,7 @@ class ServiceSettings:
             payload_retention_seconds=float(
                 _positive_int(env, "ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * 24 * 3600)
             ),
-            tls=ServerTls.from_env(env),
+            tls=tls,
             clerk=clerk_api_settings(env),
             reconcile_interval_seconds=float(
                 _non_negative_int(env, "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS", 3600)
@@ -88,6 +91,7 @@ class ServiceSettings:
                 env, "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800
             ),
             read_tokens=read_tokens(env.get("ENTITLEMENTS_READ_TOKEN")),
+            http_listen=http_listen(env.get("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
         )
 
 
@@ -135,6 +139,23 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.strip().isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def http_listen(raw: str | None, tls: object | None = None) -> str | None:
+    """ENTITLEMENTS_HTTP_LISTEN: host:port of the Connect / gRPC-Web listener; unset: off."""
+    listen = (raw or "").strip()
+    if not listen:
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"ENTITLEMENTS_HTTP_LISTEN must be host:port, got {raw!r}")
+    if tls is not None:
+        # Never plain HTTP beside a TLS-only gRPC port; terminate TLS in front of it instead.
+        raise ConfigError(
+            "ENTITLEMENTS_HTTP_LISTEN does not serve TLS yet: with ENTITLEMENTS_TLS_CERT set, "
+            "leave it unset or put a TLS-terminating proxy in front of it"
+        )
+    return listen
 
 
 MIN_READ_TOKEN_CHARS = 16

@@ -44,6 +44,7 @@ from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
+from service.entrypoints.connect_api import HttpServer, start_http
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
@@ -70,6 +71,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     grace_seconds: float
     cache: EntitlementCache | None = None
+    http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -88,6 +90,8 @@ class RunningServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.http is not None:
+            await self.http.stop(self.grace_seconds)
         await self.server.stop(self.grace_seconds)
         await self.store.close()
 
@@ -174,7 +178,8 @@ async def start_server(
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
         return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
 
-    pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(app), server)
+    entitlement_servicer = EntitlementServicer(app)
+    pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
     sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -191,6 +196,11 @@ async def start_server(
     running = RunningServer(
         server, port, store, app, health_servicer, settings.grace_seconds, cache
     )
+    if settings.http_listen is not None:
+        # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
+        running.http = await start_http(
+            settings.http_listen, entitlement_servicer, settings.read_tokens, settings.grace_seconds
+        )
     await running.set_serving(await store.ping())
     with contextlib.suppress(StoreUnavailable):
         for schema in await store.drop_abandoned_scratch_schemas():
@@ -240,6 +250,12 @@ async def serve(settings: ServiceSettings) -> None:
             if settings.sync_secret
             else "; BillingSyncService disabled: no BILLING_WEBHOOK_SYNC_SECRET",
         )
+        if running.http is not None:
+            log.info(
+                "EntitlementService over HTTP (Connect, gRPC-Web) on %s:%d",
+                settings.http_listen.rsplit(":", 1)[0] if settings.http_listen else "",
+                running.http.port,
+            )
         if settings.clerk is None:
             log.info("reconciliation with Clerk off: no CLERK_SECRET_KEY")
         elif settings.reconcile_interval_seconds > 0:

@@ -1,0 +1,156 @@
+/**
+ * End to end: the wrapper against a real service (started by the test), over the Connect
+ * transport (fetch; JSON and binary) and the gRPC transport (connect-node), with the same
+ * expectations for each.
+ */
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import {
+  Code,
+  ConnectError,
+  type EntitlementsClient,
+  type Transport,
+  connectTransport,
+  createEntitlementsClient,
+} from "../src/index.js";
+import { grpcTransport } from "../src/node.js";
+import { Stack } from "./stack.js";
+
+let stack: Stack;
+
+before(async () => {
+  stack = await Stack.start();
+});
+
+after(async () => {
+  await stack?.stop();
+});
+
+const transports: Record<string, (s: Stack) => Transport> = {
+  "connect (fetch, JSON)": (s) => connectTransport({ baseUrl: s.info.http }),
+  "connect (fetch, binary)": (s) => connectTransport({ baseUrl: s.info.http, binary: true }),
+  "grpc (connect-node)": (s) => grpcTransport({ baseUrl: s.info.grpc }),
+};
+
+async function rejectsWith(promise: Promise<unknown>, code: Code): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof ConnectError, `not a ConnectError: ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    return err;
+  }
+  assert.fail(`expected ${Code[code]}`);
+}
+
+for (const [name, makeTransport] of Object.entries(transports)) {
+  describe(name, () => {
+    let client: EntitlementsClient;
+    before(() => {
+      client = createEntitlementsClient(makeTransport(stack), { token: stack.info.token });
+    });
+
+    test("canUse: a paid subject, with the reason's name and a Date", async () => {
+      const answer = await client.canUse(stack.info.paid, "dataExport");
+      assert.equal(answer.allowed, true);
+      assert.equal(answer.plan, "pro");
+      assert.equal(answer.reason, "REASON_GRANTED_BY_OVERRIDE");
+      assert.ok(answer.validUntil instanceof Date);
+      assert.ok(answer.validUntil.getTime() > Date.now());
+    });
+
+    test("canUse: a subject never seen is on the free plan", async () => {
+      const answer = await client.canUse(stack.info.free, "dataExport");
+      assert.deepEqual(answer, {
+        allowed: false,
+        plan: "free",
+        reason: "REASON_FEATURE_NOT_IN_PLAN",
+        validUntil: null,
+      });
+    });
+
+    test("getLimits: int64 as bigint", async () => {
+      const free = await client.getLimits(stack.info.free);
+      assert.equal(free.plan, "free");
+      assert.deepEqual(free.limits.maxHabits, { value: 10n, unlimited: false });
+      assert.deepEqual(free.limits.maxGoals, { value: 3n, unlimited: false });
+      const paid = await client.getLimits(stack.info.paid);
+      assert.equal(paid.limits.maxHabits?.unlimited, true);
+    });
+
+    test("checkLimit", async () => {
+      const fits = await client.checkLimit(stack.info.free, "maxHabits", 9n, 1n);
+      assert.deepEqual(
+        { allowed: fits.allowed, limit: fits.limit, remaining: fits.remaining },
+        { allowed: true, limit: 10n, remaining: 1n },
+      );
+      const over = await client.checkLimit(stack.info.free, "maxHabits", 10);
+      assert.equal(over.allowed, false);
+      assert.equal(over.remaining, 0n);
+    });
+
+    test("batchCanUse keeps the request order", async () => {
+      const answers = await client.batchCanUse([
+        { subject: stack.info.paid, feature: "advancedAnalytics" },
+        { subject: stack.info.free, feature: "advancedAnalytics" },
+        { subject: stack.info.free, feature: "aiInsights" },
+      ]);
+      assert.deepEqual(
+        answers.map((a) => [a.allowed, a.plan]),
+        [
+          [true, "pro"],
+          [false, "free"],
+          [true, "free"],
+        ],
+      );
+    });
+
+    test("getEntitlements: the status by name, the version as bigint", async () => {
+      const e = await client.getEntitlements(stack.info.paid);
+      assert.equal(e.status, "ENTITLEMENT_STATUS_GRANTED");
+      assert.equal(typeof e.version, "bigint");
+      assert.ok(e.version > 0n);
+      assert.ok(e.features.includes("dataExport"));
+    });
+
+    test("an unknown feature is InvalidArgument, naming it", async () => {
+      const err = await rejectsWith(client.canUse(stack.info.free, "teleport"), Code.InvalidArgument);
+      assert.match(err.rawMessage, /unknown feature 'teleport'/);
+    });
+
+    test("without the read token: Unauthenticated", async () => {
+      const anonymous = createEntitlementsClient(makeTransport(stack));
+      await rejectsWith(anonymous.canUse(stack.info.free, "aiInsights"), Code.Unauthenticated);
+    });
+
+    test("watch: a heartbeat, then the change of a subject granted meanwhile", async () => {
+      const subject = `user_ts_watch_${name.replace(/\W+/g, "_")}`;
+      const abort = new AbortController();
+      const events = client.watch({ subjects: [subject], signal: abort.signal })[
+        Symbol.asyncIterator
+      ]();
+      try {
+        const first = await events.next();
+        assert.equal(first.done, false);
+        assert.equal(first.value.kind, "heartbeat");
+        assert.equal(typeof first.value.version, "bigint");
+        await stack.grant(subject);
+        for (;;) {
+          const next = await events.next();
+          assert.equal(next.done, false);
+          if (next.value.kind === "change") {
+            assert.equal(next.value.subject, subject);
+            assert.equal(next.value.entitlements.plan, "pro");
+            assert.equal(next.value.entitlements.status, "ENTITLEMENT_STATUS_GRANTED");
+            break;
+          }
+        }
+      } finally {
+        abort.abort();
+        await events.return?.(undefined).catch(() => undefined);
+      }
+    });
+  });
+}

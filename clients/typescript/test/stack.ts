@@ -1,0 +1,61 @@
+/**
+ * A real service for the tests: spawns `python -m tests.support.ts_stack` at the repository root
+ * (ENTITLEMENTS_PYTHON, default .venv/bin/python) and reads the JSON line it prints.
+ */
+
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { dirname, join, resolve } from "node:path";
+import { createInterface, type Interface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+export interface StackInfo {
+  grpc: string;
+  grpcTarget: string;
+  http: string;
+  token: string;
+  paid: string;
+  free: string;
+}
+
+// build-test/test/stack.js → the repository root, four levels up.
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
+
+export class Stack {
+  private constructor(
+    readonly info: StackInfo,
+    private readonly proc: ChildProcessWithoutNullStreams,
+    private readonly lines: Interface,
+  ) {}
+
+  static async start(): Promise<Stack> {
+    const python = process.env.ENTITLEMENTS_PYTHON ?? join(REPO, ".venv", "bin", "python");
+    const proc = spawn(python, ["-m", "tests.support.ts_stack"], { cwd: REPO });
+    proc.stderr.on("data", (chunk: Buffer) => {
+      if (process.env.TS_STACK_VERBOSE) process.stderr.write(chunk);
+    });
+    const lines = createInterface({ input: proc.stdout });
+    const first = await new Promise<string>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error("the service did not start in 90 s")), 90_000);
+      lines.once("line", (line) => {
+        clearTimeout(timer);
+        ok(line);
+      });
+      proc.once("exit", (code) => fail(new Error(`ts_stack exited with ${code}`)));
+    });
+    return new Stack(JSON.parse(first) as StackInfo, proc, lines);
+  }
+
+  /** Put `subject` on the pro plan (a grant through the write side). */
+  async grant(subject: string): Promise<void> {
+    const answer = new Promise<string>((ok) => this.lines.once("line", ok));
+    this.proc.stdin.write(`grant ${subject}\n`);
+    const line = await answer;
+    if (line !== "ok") throw new Error(`grant ${subject}: ${line}`);
+  }
+
+  async stop(): Promise<void> {
+    const exited = new Promise((ok) => this.proc.once("exit", ok));
+    this.proc.stdin.end();
+    await exited;
+  }
+}
