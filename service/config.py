@@ -46,6 +46,14 @@ class ServiceSettings:
     max_connection_age_seconds: int = 1800
     # Bearer tokens required on EntitlementService (none: the read side is open).
     read_tokens: tuple[str, ...] = ()
+    # Apply pending migrations at start (false: replicas refuse a schema that lacks one; the
+    # migration runs as `entitlements-service migrate`, e.g. a Kubernetes Job).
+    migrate_on_start: bool = True
+    # The NOTIFY listener's own connection (a session, never a transaction-pooling PgBouncer);
+    # None: DATABASE_URL.
+    listen_database_url: str | None = None
+    # SO_REUSEPORT: only for --workers, whose processes share one port on purpose.
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -88,6 +96,8 @@ class ServiceSettings:
                 env, "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800
             ),
             read_tokens=read_tokens(env.get("ENTITLEMENTS_READ_TOKEN")),
+            migrate_on_start=_boolean(env, "ENTITLEMENTS_MIGRATE_ON_START", True),
+            listen_database_url=env.get("ENTITLEMENTS_LISTEN_DATABASE_URL") or None,
         )
 
 
@@ -135,6 +145,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.strip().isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 MIN_READ_TOKEN_CHARS = 16

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 import asyncpg
 
 from service.domain.catalog import Catalog
-from service.store.migrate import migrate
+from service.store.migrate import migrate, require_migrated
 from service.store.records import StoreUnavailable
 
 T = TypeVar("T")
@@ -78,8 +78,10 @@ class StoreBase:
         min_size: int = 2,
         max_size: int = 10,
         clock: Callable[[], int] = _now_ms,
+        migrate_schema: bool = True,
     ) -> Self:
-        """Connect and migrate."""
+        """Connect and migrate (or, with `migrate_schema=False`, refuse a database that lacks a
+        migration: `SchemaBehind`)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -94,7 +96,10 @@ class StoreBase:
         assert pool is not None
         try:
             async with pool.acquire() as conn:
-                await migrate(conn)
+                if migrate_schema:
+                    await migrate(conn)
+                else:
+                    await require_migrated(conn)
         except BaseException:
             await pool.close()
             raise
