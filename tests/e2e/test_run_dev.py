@@ -3,6 +3,7 @@ per data directory, dev.env never overwritten, the embedded PostgreSQL always st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -166,9 +167,11 @@ def test_embedded_postgres_of_a_killed_run_is_adopted_and_stopped_on_sighup(
     pgdata = (data / "pg").resolve()
     env = run_dev_env(data)
     killed = start_run_dev(env, tmp_path / "killed.console")
+    started: list[psutil.Process] = [psutil.Process(killed.pid)]
     try:
         wait_ready(killed, tmp_path / "killed.console")
         family = psutil.Process(killed.pid).children()
+        started += family
         killed.send_signal(signal.SIGKILL)  # no clean-up at all: its PostgreSQL is orphaned
         killed.wait()
         for child in family:
@@ -178,7 +181,9 @@ def test_embedded_postgres_of_a_killed_run_is_adopted_and_stopped_on_sighup(
 
         env = run_dev_env(data)  # fresh ports: nothing depends on the old ones being free
         hung_up = start_run_dev(env, tmp_path / "hung_up.console")
+        started.append(psutil.Process(hung_up.pid))
         wait_ready(hung_up, tmp_path / "hung_up.console")
+        started += psutil.Process(hung_up.pid).children()
         assert (
             f"stale handle(s) of ended process(es) [{killed.pid}]"
             in (tmp_path / "hung_up.console").read_text()
@@ -186,6 +191,11 @@ def test_embedded_postgres_of_a_killed_run_is_adopted_and_stopped_on_sighup(
         hung_up.send_signal(signal.SIGHUP)
         assert hung_up.wait(timeout=60) == 0
         assert postgres_of(pgdata) == []
-    finally:
-        for proc in postgres_of(pgdata):  # never leave one behind, whatever failed
-            proc.kill()
+    finally:  # never leave a process behind, whatever failed
+        everyone = list(started)
+        for proc in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                everyone += proc.children(recursive=True)
+        for proc in [*everyone, *postgres_of(pgdata)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
