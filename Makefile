@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
+.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -74,7 +74,7 @@ test-e2e: $(STAMP) $(TOOLS) $(TS_STAMP)
 	$(PY) -m pytest tests/e2e
 
 ## Lint, types, and stale generated stubs.
-check: lint typecheck stubs-check lock-check buf-check ts-check
+check: lint typecheck stubs-check lock-check deploy-check buf-check ts-check
 
 ## buf lint (buf.yaml) and buf breaking against the previous commit (scripts/buf_breaking.sh).
 buf-check: $(TOOLS)
@@ -88,7 +88,17 @@ ts-check: $(TOOLS) $(TS_STAMP)
 
 ## Every dependency named in pyproject.toml is pinned in the hashed locks, at the same version.
 lock-check: $(STAMP)
-	$(PY) scripts/check_lock.py pyproject.toml requirements/dev.lock requirements/bench.lock
+	$(PY) scripts/check_lock.py pyproject.toml requirements/dev.lock requirements/bench.lock \
+	  requirements/runtime.lock
+
+## Deploy files: the Dockerfile linted (hadolint, every rule down to info), the Kubernetes
+## manifests against the API schemas kubernetes-validate ships (no network, no cluster),
+## compose.yaml parsed.
+deploy-check: $(STAMP)
+	$(VENV)/bin/hadolint --failure-threshold info --no-color Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.30 \
+	  deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
+	$(PY) -c "import sys, yaml; yaml.safe_load(open(sys.argv[1]))['services']" compose.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -109,6 +119,12 @@ lock: $(STAMP)
 	    --strip-extras --no-emit-index-url --no-emit-find-links \
 	    $$(echo $$extras | sed 's/\([a-z]*\)/--extra \1/g; s/,/ /g') -o $$out pyproject.toml; \
 	done
+	# The image's lock (Dockerfile): the project's own dependencies and its build backend, at
+	# dev.lock's versions (seeded from it, so the image runs what the tests ran).
+	cp requirements/dev.lock requirements/runtime.lock
+	PIP_CONSTRAINT= $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --build-deps-for=wheel \
+	  -o requirements/runtime.lock pyproject.toml
 
 ## Regenerate the committed stubs after editing protos/.
 protos: $(STAMP)

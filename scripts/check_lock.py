@@ -27,13 +27,15 @@ def pins(lock: Path) -> dict[str, str]:
     return found
 
 
-def main(pyproject: str, dev_lock: str, bench_lock: str) -> int:
+def main(pyproject: str, dev_lock: str, bench_lock: str, runtime_lock: str | None = None) -> int:
     project = tomllib.loads(Path(pyproject).read_text())["project"]
     extras = project.get("optional-dependencies", {})
     wanted = {
         dev_lock: [*project["dependencies"], *extras.get("dev", [])],
         bench_lock: [*project["dependencies"], *extras.get("dev", []), *extras.get("bench", [])],
     }
+    if runtime_lock is not None:  # the image's lock (Dockerfile): the project's own dependencies
+        wanted[runtime_lock] = list(project["dependencies"])
     problems = []
     for lock, requirements in wanted.items():
         pinned = pins(Path(lock))

@@ -48,6 +48,14 @@ class ServiceSettings:
     read_tokens: tuple[str, ...] = ()
     # ENTITLEMENTS_HTTP_LISTEN: EntitlementService over Connect / gRPC-Web (None: off).
     http_listen: str | None = None
+    # Apply pending migrations at start (false: replicas refuse a schema that lacks one; the
+    # migration runs as `entitlements-service migrate`, e.g. a Kubernetes Job).
+    migrate_on_start: bool = True
+    # The NOTIFY listener's own connection (a session, never a transaction-pooling PgBouncer);
+    # None: DATABASE_URL.
+    listen_database_url: str | None = None
+    # SO_REUSEPORT: only for --workers, whose processes share one port on purpose.
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -92,6 +100,8 @@ class ServiceSettings:
             ),
             read_tokens=read_tokens(env.get("ENTITLEMENTS_READ_TOKEN")),
             http_listen=http_listen(env.get("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
+            migrate_on_start=_boolean(env, "ENTITLEMENTS_MIGRATE_ON_START", True),
+            listen_database_url=env.get("ENTITLEMENTS_LISTEN_DATABASE_URL") or None,
         )
 
 
@@ -156,6 +166,17 @@ def http_listen(raw: str | None, tls: object | None = None) -> str | None:
             "leave it unset or put a TLS-terminating proxy in front of it"
         )
     return listen
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 MIN_READ_TOKEN_CHARS = 16

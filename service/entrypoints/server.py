@@ -29,6 +29,7 @@ from service.adapters.cache import EntitlementCache
 from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
 from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.adapters.postgres.listener import ChangeListener
+from service.adapters.postgres.migrate import SchemaBehind
 from service.adapters.postgres.store import Store
 from service.application.app import Application, build_application
 from service.application.change_feed import ChangeHub, StreamLimits
@@ -51,6 +52,16 @@ from service.entrypoints.grpc_api.interceptors import (
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.entrypoints.launch import (
+    EXIT_CONFIG,
+    EXIT_DATABASE_UNAVAILABLE,
+    EXIT_PORT_IN_USE,
+    EXIT_SCHEMA_BEHIND,
+    PortInUse,
+    ensure_port_free,
+    migrate_database,
+    port_in_use,
+)
 
 log = logging.getLogger("entitlements.service")
 
@@ -58,6 +69,9 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["EntitlementService"].full_name,
     sync_pb.DESCRIPTOR.services_by_name["BillingSyncService"].full_name,
 )
+# A health name SERVING for as long as the process serves, whatever the database does: the
+# liveness probe's (a database outage must take replicas out of rotation, not restart them).
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -124,7 +138,8 @@ CONNECTION_AGE_GRACE_MS = 300_000
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-        ("grpc.so_reuseport", 1),  # --workers: every worker binds the same port
+        # --workers: every worker binds the same port; a single process never shares its port.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -186,10 +201,15 @@ async def start_server(
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    if settings.tls is not None:
-        port = server.add_secure_port(settings.listen, settings.tls.credentials())
-    else:
-        port = server.add_insecure_port(settings.listen)
+    try:
+        if settings.tls is not None:
+            port = server.add_secure_port(settings.listen, settings.tls.credentials())
+        else:
+            port = server.add_insecure_port(settings.listen)
+    except RuntimeError:  # grpc cannot bind: taken since main() checked, or not an address here
+        if not settings.reuse_port and port_in_use(settings.listen):
+            raise PortInUse(settings.listen) from None
+        port = 0
     if port == 0:
         raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
     await server.start()
@@ -202,10 +222,11 @@ async def start_server(
             settings.http_listen, entitlement_servicer, settings.read_tokens, settings.grace_seconds
         )
     await running.set_serving(await store.ping())
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     with contextlib.suppress(StoreUnavailable):
         for schema in await store.drop_abandoned_scratch_schemas():
             log.info("dropped scratch schema %s left by an interrupted verify", schema)
-    listener = ChangeListener(store.dsn, hub.on_change, hub.on_live)
+    listener = ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
@@ -237,7 +258,7 @@ async def serve(settings: ServiceSettings) -> None:
         embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
         dsn = embedded.uri
     try:
-        store = await Store.open(dsn)
+        store = await Store.open(dsn, migrate_schema=settings.migrate_on_start)
         running = await start_server(settings, catalog, store)
         host = settings.listen.rsplit(":", 1)[0]
         log.info(
@@ -266,7 +287,7 @@ async def serve(settings: ServiceSettings) -> None:
             )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: NOT_SERVING, draining for up to %.0f s", settings.grace_seconds)
@@ -280,7 +301,11 @@ async def serve(settings: ServiceSettings) -> None:
 def _worker(settings: ServiceSettings, log_level: str) -> None:
     configure_logging(log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except SchemaBehind as exc:
+            log.error("refusing to start: %s", exc)
+            sys.exit(EXIT_SCHEMA_BEHIND)
 
 
 def run_workers(settings: ServiceSettings, log_level: str) -> int:
@@ -295,7 +320,7 @@ def run_workers(settings: ServiceSettings, log_level: str) -> int:
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = str(probe.getsockname()[1])
-    settings = replace(settings, listen=f"{host}:{port}", workers=1)
+    settings = replace(settings, listen=f"{host}:{port}", workers=1, reuse_port=True)
     ctx = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
     procs = [ctx.Process(target=_worker, args=(settings, log_level)) for _ in range(workers)]
     stopping = False
@@ -322,7 +347,9 @@ def run_workers(settings: ServiceSettings, log_level: str) -> int:
             proc.join(timeout=settings.grace_seconds + 10)
             if proc.is_alive():
                 proc.kill()
-        return 1 if failed else 0
+        if failed:  # a worker's own exit code when it had one (5: schema behind), else 1
+            return next((p.exitcode for p in procs if p.exitcode and p.exitcode > 0), 1)
+        return 0
     finally:
         if embedded is not None:
             embedded.stop()
@@ -339,6 +366,13 @@ def configure_logging(level: str = "INFO") -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="entitlements-service", description=__doc__)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "migrate"),
+        default="serve",
+        help="serve (default), or migrate: apply pending migrations and exit",
+    )
     parser.add_argument("--listen", help="host:port (overrides ENTITLEMENTS_LISTEN)")
     parser.add_argument("--database-url", help="PostgreSQL DSN (overrides DATABASE_URL)")
     parser.add_argument("--catalog", help="catalog TOML (overrides ENTITLEMENTS_CATALOG)")
@@ -363,18 +397,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if settings.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if args.command == "migrate":
+            sys.exit(run_migrate(settings))
         load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
+        ensure_port_free(settings.listen)  # before any migration: a second instance changes nothing
         if settings.workers > 1:
             sys.exit(run_workers(settings, args.log_level.upper()))
         asyncio.run(serve(settings))
     except (ConfigError, CatalogError) as exc:
         log.error("refusing to start: %s", exc)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     except StoreUnavailable as exc:
         log.error("refusing to start: %s", exc)
-        sys.exit(3)
+        sys.exit(EXIT_DATABASE_UNAVAILABLE)
+    except PortInUse as exc:
+        print(f"entitlements-service: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PORT_IN_USE)
+    except SchemaBehind as exc:
+        log.error("refusing to start: %s", exc)
+        sys.exit(EXIT_SCHEMA_BEHIND)
     except KeyboardInterrupt:
         pass
+
+
+def run_migrate(settings: ServiceSettings) -> int:
+    """`entitlements-service migrate`: apply pending migrations to DATABASE_URL (or the
+    embedded PostgreSQL) and exit 0; 3 when the database cannot be reached."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = start_embedded_postgres(settings.data_dir)
+        dsn = embedded.uri
+    try:
+        applied = asyncio.run(migrate_database(dsn))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    log.info(
+        "migrations: %s",
+        f"applied {', '.join(f'{v:04d}' for v in applied)}" if applied else "already up to date",
+    )
+    return 0
 
 
 if __name__ == "__main__":

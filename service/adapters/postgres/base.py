@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import asyncpg
 
-from service.adapters.postgres.migrate import migrate
+from service.adapters.postgres.migrate import migrate, require_migrated
 from service.application.ports import StoreUnavailable
 
 T = TypeVar("T")
@@ -55,8 +55,11 @@ class StoreBase:
         self.calls = 0  # units of database work (pooled-connection uses); tests count them
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Self:
-        """Connect and migrate."""
+    async def open(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, migrate_schema: bool = True
+    ) -> Self:
+        """Connect and migrate (or, with `migrate_schema=False`, refuse a database that lacks a
+        migration: `SchemaBehind`)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -71,7 +74,10 @@ class StoreBase:
         assert pool is not None
         try:
             async with pool.acquire() as conn:
-                await migrate(conn)
+                if migrate_schema:
+                    await migrate(conn)
+                else:
+                    await require_migrated(conn)
         except BaseException:
             await pool.close()
             raise

@@ -57,3 +57,29 @@ async def migrate(
             applied_now.append(migration.version)
             log.info("applied migration %04d_%s", migration.version, migration.name)
     return applied_now
+
+
+class SchemaBehind(Exception):
+    """The database lacks migrations this version needs (and it was told not to apply them)."""
+
+
+async def require_migrated(
+    conn: asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+) -> None:
+    """Refuse a database without every bundled migration (ENTITLEMENTS_MIGRATE_ON_START=false).
+
+    Versions the database has beyond these are fine: migrations are additive, so the previous
+    release keeps running on a schema a newer one migrated during a rolling upgrade."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = (
+        {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        if exists
+        else set()
+    )
+    missing = [m for m in bundled_migrations() if m.version not in done]
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise SchemaBehind(
+            f"the database lacks migration(s) {names} and ENTITLEMENTS_MIGRATE_ON_START=false: "
+            "run `entitlements-service migrate` first"
+        )
