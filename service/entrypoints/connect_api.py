@@ -196,7 +196,7 @@ class HttpServer:
                 await self._task
 
 
-def listen_socket(listen: str) -> socket.socket:
+def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), or a ConfigError naming
     ENTITLEMENTS_HTTP_LISTEN."""
     host, _, port = listen.rpartition(":")
@@ -207,7 +207,8 @@ def listen_socket(listen: str) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # --workers
+            if reuse_port:  # --workers: every worker binds the same port on purpose
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(1024)
         except OSError:
@@ -222,10 +223,15 @@ def listen_socket(listen: str) -> socket.socket:
 
 
 async def start_http(
-    listen: str, servicer: EntitlementServicer, read_tokens: Sequence[str], grace: float
+    listen: str,
+    servicer: EntitlementServicer,
+    read_tokens: Sequence[str],
+    grace: float,
+    *,
+    reuse_port: bool = False,
 ) -> HttpServer:
     """Serve EntitlementService on `listen` in this event loop, until `stop()`."""
-    with listen_socket(listen) as sock:
+    with listen_socket(listen, reuse_port) as sock:
         port = int(sock.getsockname()[1])
         fd = os.dup(sock.fileno())  # hypercorn owns (and closes) the descriptor it is given
     config = Config()

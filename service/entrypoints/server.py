@@ -219,7 +219,11 @@ async def start_server(
     if settings.http_listen is not None:
         # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
         running.http = await start_http(
-            settings.http_listen, entitlement_servicer, settings.read_tokens, settings.grace_seconds
+            settings.http_listen,
+            entitlement_servicer,
+            settings.read_tokens,
+            settings.grace_seconds,
+            reuse_port=settings.reuse_port,
         )
     await running.set_serving(await store.ping())
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
