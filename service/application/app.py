@@ -31,7 +31,6 @@ class Application:
     reads: EntitlementReader
     hub: ChangeHub
     apply_delivery: ApplyDelivery
-    replay_delivery: ReplayDelivery
     replay: ReplayDeliveries
     grants: Grants
     verify: VerifyState
@@ -71,7 +70,6 @@ def build_application(
         reads=EntitlementReader(operations, catalog, cache, clock),
         hub=hub,
         apply_delivery=apply_delivery,
-        replay_delivery=replay_delivery,
         replay=ReplayDeliveries(operations, replay_delivery),
         grants=Grants(transactions, catalog, clock, hub),
         verify=VerifyState(operations, catalog, clock),

@@ -82,6 +82,12 @@ class Subscription:
         return self.subjects is None or subject in self.subjects
 
 
+def wall_ms() -> float:
+    """The feed's clock: lag and heartbeat times measure real elapsed time (not the
+    application's Clock, which tests may freeze to move plan state through time)."""
+    return time.time() * 1000
+
+
 Follow = Callable[[int, int], Awaitable[ChangeBatch]]
 Horizon = Callable[[], Awaitable[tuple[int, int]]]
 Load = Callable[[Sequence[str]], Awaitable[dict[str, Entitlements]]]
@@ -105,7 +111,7 @@ class ChangeHub:
         self._per_peer: dict[str, int] = {}
         self.position: int | None = None  # None until the follower has started
         self.started = asyncio.Event()
-        self._complete_at_ms: float = time.time() * 1000
+        self._complete_at_ms: float = wall_ms()
         self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.reads = 0  # change-log reads by the follower (a test counts them)
         WATCH_LAG.set_function(lambda: self.lag_ms() / 1000)
@@ -166,7 +172,7 @@ class ChangeHub:
 
     def lag_ms(self) -> int:
         """How far behind the streams may be: everything committed before now - lag is read."""
-        return max(0, int(time.time() * 1000 - self._complete_at_ms))
+        return max(0, int(wall_ms() - self._complete_at_ms))
 
     # ---- heartbeats ------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class ChangeHub:
         while True:
             await asyncio.sleep(seconds)
             assert self.position is not None
-            tick = Tick(self.position, self.lag_ms(), int(time.time() * 1000))
+            tick = Tick(self.position, self.lag_ms(), int(wall_ms()))
             for subscription in self._subscriptions:
                 self._offer(subscription, tick)
 
@@ -219,7 +225,7 @@ class ChangeHub:
 
     async def _step(self, read: Follow, load: Load) -> bool:
         assert self.position is not None
-        polled_at = time.time() * 1000
+        polled_at = wall_ms()
         batch = await read(self.position, FOLLOW_BATCH)
         self.reads += 1
         self._ceilings.append((polled_at, batch.xmax))

@@ -45,8 +45,22 @@ log = logging.getLogger(__name__)
 SUBJECT_KINDS = frozenset(
     {EventKind.ITEMS, EventKind.SUBJECT_CREATED, EventKind.SUBJECT_DELETED, EventKind.RECORD_ONLY}
 )
-# Text of a delivery recorded without its effects (type, notes) is cut to this.
-MAX_STORED_TEXT = 1000
+
+
+def subject_to_lock(event: NormalizedEvent) -> str | None:
+    """The subject whose row a delivery locks while it applies (None: it locks none)."""
+    return event.subject if event.kind in SUBJECT_KINDS else None
+
+
+def announce(changes: ChangePublisher, result: ApplyResult) -> None:
+    """Tell this replica's cache and Watch streams of a committed change (read-your-writes)."""
+    if result.committed and result.subject:
+        changes.on_change(result.version, result.subject)
+
+
+def read_stored(stored: StoredDelivery) -> NormalizedEvent:
+    """A stored delivery as the current parser reads it."""
+    return stored.as_delivery().normalize()
 
 
 def visible_answer(ent: Entitlements) -> tuple[str, str, int | None]:
@@ -208,7 +222,7 @@ class ApplyDelivery:
         event = self._parse(delivery)
 
         async def apply(uow: UnitOfWork) -> ApplyResult:
-            locks = event.subject is not None and event.kind in SUBJECT_KINDS
+            locks = subject_to_lock(event) is not None
             if not await uow.deliveries.add(delivery, event, locks):
                 return await self._rules.duplicate(uow, delivery.event_id)
             return await self._rules.apply_stored(uow, delivery.event_id, event)
@@ -231,8 +245,7 @@ class ApplyDelivery:
             result = await self._record_only(
                 delivery, event, Outcome.UNPARSEABLE, [*event.notes, note]
             )
-        if result.committed and result.subject:
-            self._changes.on_change(result.version, result.subject)
+        announce(self._changes, result)
         _log_result(delivery, event, result)
         return result
 
@@ -240,12 +253,11 @@ class ApplyDelivery:
         self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: list[str]
     ) -> ApplyResult:
         """Store a delivery with an outcome and no effect (its own unit of work)."""
-        safe = [storable_text(n, MAX_STORED_TEXT) for n in notes]
 
         async def record(uow: UnitOfWork) -> ApplyResult:
-            if not await uow.deliveries.record(delivery, event, outcome, safe):
+            if not await uow.deliveries.record(delivery, event, outcome, notes):
                 return await self._rules.duplicate(uow, delivery.event_id)
-            return ApplyResult(outcome, event.subject, None, None, 0, tuple(safe))
+            return ApplyResult(outcome, event.subject, None, None, 0, tuple(notes))
 
         try:
             return await self._tx.run(record)
@@ -290,12 +302,12 @@ class ReplayDelivery:
         transactions: Transactions,
         rules: DeliveryRules,
         changes: ChangePublisher,
-        parse: Callable[[StoredDelivery], NormalizedEvent] | None = None,
+        parse: Callable[[StoredDelivery], NormalizedEvent] = read_stored,
     ) -> None:
         self._tx = transactions
         self._rules = rules
         self._changes = changes
-        self._parse = parse or read_stored
+        self._parse = parse
 
     async def __call__(self, event_id: str) -> ReplayResult | None:
         """None when the delivery is gone."""
@@ -310,8 +322,8 @@ class ReplayDelivery:
                     Outcome(stored.outcome), None, None, None, 0, (event.error or "",)
                 )
                 return ReplayResult(stored, event, kept)
-            if event.subject is not None and event.kind in SUBJECT_KINDS:
-                await uow.subjects.lock(event.subject)
+            if (subject := subject_to_lock(event)) is not None:
+                await uow.subjects.lock(subject)
             result = await self._rules.apply_stored(uow, event_id, event, stored.outcome)
             await uow.deliveries.set_event_ms(event_id, event.event_ms)
             return ReplayResult(stored, event, result)
@@ -331,9 +343,7 @@ class ReplayDelivery:
                 event_id, note, Outcome.IGNORED if owned_elsewhere else None
             )
         if replayed is not None:
-            result = replayed.result
-            if result.committed and result.subject:
-                self._changes.on_change(result.version, result.subject)
+            announce(self._changes, replayed.result)
             _log_replay(replayed)
         return replayed
 
@@ -343,7 +353,7 @@ class ReplayDelivery:
             if stored is None:
                 return None
             if outcome is not None:
-                await uow.deliveries.mark(event_id, outcome, storable_text(note, MAX_STORED_TEXT))
+                await uow.deliveries.mark(event_id, outcome, note)
             kept = ApplyResult(outcome or Outcome(stored.outcome), None, None, None, 0, (note,))
             return ReplayResult(stored, self._parse(stored), kept)
 
@@ -362,8 +372,3 @@ def _log_replay(r: ReplayResult) -> None:
             if r.changed
             else "",
         )
-
-
-def read_stored(stored: StoredDelivery) -> NormalizedEvent:
-    """A stored delivery as the current parser reads it."""
-    return stored.as_delivery().normalize()

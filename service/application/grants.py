@@ -7,6 +7,7 @@ import logging
 import uuid
 from dataclasses import replace
 
+from service.application.deliveries import announce
 from service.application.ports import ChangePublisher, Clock, Transactions, UnitOfWork
 from service.domain.bounds import echo, wire_ms
 from service.domain.catalog import Catalog
@@ -60,7 +61,7 @@ class Grants:
             return await self._commit(uow, state, after, grant_id, "grant")
 
         result = await self._tx.run(work)
-        self._publish(result)
+        announce(self._changes, result)
         log.info("grant %s: %s for %s", grant_id, plan, subject)
         return grant_id, result
 
@@ -82,7 +83,7 @@ class Grants:
         result = await self._tx.run(work)
         if result is None:
             raise NotFound(f"no active grant {echo(grant_id)}")
-        self._publish(result)
+        announce(self._changes, result)
         log.info("grant %s revoked (%s)", grant_id, result.subject)
         return result
 
@@ -104,7 +105,3 @@ class Grants:
         return ApplyResult(
             Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, committed=True
         )
-
-    def _publish(self, result: ApplyResult) -> None:
-        if result.committed and result.subject:
-            self._changes.on_change(result.version, result.subject)

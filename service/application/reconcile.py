@@ -20,7 +20,7 @@ from service.application.ports import (
 )
 from service.application.progress import Progress
 from service.domain.catalog import Catalog, CatalogCheck, check_catalog
-from service.domain.deliveries import RECONCILE, Delivery, Outcome
+from service.domain.deliveries import RECONCILE, Delivery
 from service.domain.errors import Unavailable
 from service.domain.reconcile import RECONCILE_EVENT_TYPE, clerk_kind, plan_reconciliation
 from service.domain.resolution import resolve
@@ -62,7 +62,7 @@ class Reconciler:
         catalog: Catalog,
         clock: Clock,
     ) -> None:
-        self._store = operations
+        self._operations = operations
         self._connect = connect
         self._apply = apply
         self._catalog = catalog
@@ -71,7 +71,9 @@ class Reconciler:
     async def run(
         self, subjects: Sequence[str] | None
     ) -> AsyncIterator[Progress[Reconciliation]]:  # None: every known subject
-        total = len(subjects) if subjects is not None else await self._store.count_known_subjects()
+        total = (
+            len(subjects) if subjects is not None else await self._operations.count_known_subjects()
+        )
         done = 0
         async with self._connect() as api:
             async for page in self._pages(subjects):
@@ -87,7 +89,7 @@ class Reconciler:
                 yield list(subjects[start : start + PAGE])
             return
         after = ""
-        while page := await self._store.known_subjects(after, PAGE):
+        while page := await self._operations.known_subjects(after, PAGE):
             yield page
             after = page[-1]
 
@@ -96,7 +98,7 @@ class Reconciler:
             return Reconciliation(
                 subject, ReconcileStatus.SKIPPED, detail="not a Clerk user or organization id"
             )
-        stored = (await self._store.load_states([subject]))[subject]
+        stored = (await self._operations.load_states([subject]))[subject]
         fetched_at_ms = self._clock.now_ms()
         try:
             subscription = await api.subscription(subject)
@@ -130,7 +132,7 @@ class Reconciler:
                 RECONCILE,
             )
         )
-        if result.outcome is Outcome.APPLIED and result.version:
+        if result.committed:
             log.info(
                 "reconcile %s repaired (%s): %s -> %s",
                 subject,

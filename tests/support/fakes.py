@@ -95,16 +95,8 @@ class FakeDeliveries:
         self._data = data
 
     async def add(self, delivery: Delivery, event: NormalizedEvent, lock_subject: bool) -> bool:
-        if delivery.event_id in self._data.deliveries:
+        if not self._insert(delivery, event, Outcome.PENDING, ()):
             return False
-        self._data.deliveries[delivery.event_id] = StoredRow(
-            delivery,
-            delivery.type or event.type,
-            event.subject,
-            Outcome.PENDING,
-            [],
-            event.event_ms,
-        )
         if lock_subject and event.subject is not None:
             self._data.versions.setdefault(event.subject, 0)
         return True
@@ -112,6 +104,12 @@ class FakeDeliveries:
     async def record(
         self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
     ) -> bool:
+        return self._insert(delivery, event, outcome, notes)
+
+    def _insert(
+        self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
+    ) -> bool:
+        """Store the delivery under its event id; False when that id is already stored."""
         if delivery.event_id in self._data.deliveries:
             return False
         self._data.deliveries[delivery.event_id] = StoredRow(

@@ -4,6 +4,7 @@ entitlements message (the servicers and the Watch streams only call these)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,7 +13,7 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.reconcile import ReconcileStatus
 from service.domain.bounds import wire_ms
 from service.domain.catalog import Catalog, LimitValue
-from service.domain.deliveries import Outcome
+from service.domain.deliveries import ApplyResult, Outcome
 from service.domain.resolution import Entitlements, EntitlementStatus, Reason
 
 REASONS: Mapping[Reason, int] = {
@@ -77,6 +78,23 @@ def plans_message(catalog: Catalog) -> pb.ListPlansResponse:
         default_plan=catalog.default_plan_name,
         features=sorted(catalog.features),
         limits=list(catalog.limit_names),
+    )
+
+
+class ChangeFields(TypedDict):
+    subject: str
+    plan: str
+    previous_plan: str
+    version: int
+
+
+def change_fields(result: ApplyResult) -> ChangeFields:
+    """The fields every response about one subject's change carries (grant, revoke)."""
+    return ChangeFields(
+        subject=result.subject or "",
+        plan=result.plan or "",
+        previous_plan=result.previous_plan or "",
+        version=result.version,
     )
 
 

@@ -27,6 +27,7 @@ from service.entrypoints.grpc_api.mapping import (
     OUTCOMES,
     REASONS,
     RECONCILE_STATUSES,
+    change_fields,
     entitlements_message,
     limits,
     ms_of,
@@ -261,25 +262,13 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
         grant_id, result = await self._app.grants.grant(
             request.subject, request.plan, expires_at_ms, request.reason
         )
-        return sync_pb.GrantPlanResponse(
-            grant_id=grant_id,
-            subject=result.subject or "",
-            plan=result.plan or "",
-            previous_plan=result.previous_plan or "",
-            version=result.version,
-        )
+        return sync_pb.GrantPlanResponse(grant_id=grant_id, **change_fields(result))
 
     async def RevokeGrant(
         self, request: sync_pb.RevokeGrantRequest, context: Context
     ) -> sync_pb.RevokeGrantResponse:
         result = await self._app.grants.revoke(request.grant_id, request.reason)
-        return sync_pb.RevokeGrantResponse(
-            grant_id=request.grant_id,
-            subject=result.subject or "",
-            plan=result.plan or "",
-            previous_plan=result.previous_plan or "",
-            version=result.version,
-        )
+        return sync_pb.RevokeGrantResponse(grant_id=request.grant_id, **change_fields(result))
 
     async def Reconcile(
         self, request: sync_pb.ReconcileRequest, context: Context
