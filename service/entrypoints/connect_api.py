@@ -32,9 +32,8 @@ from entitlements.v1.entitlement_service_connect import EntitlementServiceASGIAp
 from entitlements_common.settings import ConfigError
 from service.entrypoints.grpc_api.interceptors import (
     ENTITLEMENT_PREFIX,
-    MAX_MESSAGE_CHARS,
     ReadAuthInterceptor,
-    _status_for,
+    public_status,
 )
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
 
@@ -52,26 +51,10 @@ Res = TypeVar("Res")
 
 
 def connect_error(exc: Exception, method: str) -> ConnectError:
-    """The Connect error for what a servicer raised: the error interceptor's mapping (a bug is
-    INTERNAL "internal error", logged here; no exception text reaches the caller)."""
-    mapped = _status_for(exc)
-    if mapped is None:
-        log.error("Error processing %s", method, exc_info=exc)
-        return ConnectError(Code.INTERNAL, "internal error")
-    status, message = mapped
-    if status is grpc.StatusCode.UNAVAILABLE:
-        log.warning("%s: %s (%s)", method, message, exc)
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS] + "…"
+    """The Connect error for what a servicer raised: what a gRPC caller is told
+    (interceptors.public_status), in Connect's spelling of the same code."""
+    status, message = public_status(exc, method)
     return ConnectError(CONNECT_CODES.get(status, Code.INTERNAL), message)
-
-
-@dataclass(frozen=True)
-class _CallDetails(grpc.HandlerCallDetails):
-    """What the read-auth interceptor looks at, taken from an HTTP request."""
-
-    method: str
-    invocation_metadata: tuple[tuple[str, str], ...]
 
 
 class _Peer:
@@ -97,11 +80,10 @@ class ConnectEntitlements:
     def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
         if self._auth is None:
             return
-        method = f"{ENTITLEMENT_PREFIX}{ctx.method.name}"
-        presented = ctx.request_headers.get("authorization")
-        details = _CallDetails(method, (("authorization", presented),) if presented else ())
-        if not self._auth._presented_ok(details):
-            log.warning("rejected %s: missing or wrong bearer token", method)
+        if not self._auth.accepts(ctx.request_headers.get("authorization")):
+            log.warning(
+                "rejected %s%s: missing or wrong bearer token", ENTITLEMENT_PREFIX, ctx.method.name
+            )
             raise ConnectError(Code.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
     async def _unary(

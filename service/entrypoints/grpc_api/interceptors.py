@@ -36,6 +36,24 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 # Messages sent to callers are cut to this many characters (values they echo are cut sooner).
 MAX_MESSAGE_CHARS = 500
+
+
+def public_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """What a caller of `method` is told of `exc`, whatever the protocol (gRPC here, Connect in
+    connect_api.py): the error tree's code and message, cut; a bug is logged and answered
+    INTERNAL "internal error", so no exception text reaches a caller."""
+    mapped = _status_for(exc)
+    if mapped is None:
+        log.error("Error processing %s", method, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "internal error"
+    code, message = mapped
+    if code is grpc.StatusCode.UNAVAILABLE:
+        log.warning("%s: %s (%s)", method, message, exc)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
+    return code, message
+
+
 UNDECODABLE_MESSAGE = "the request is not a valid message (a string field that is not UTF-8?)"
 
 
@@ -111,16 +129,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
 def _with_error_mapping(handler: Handler, method: str) -> Handler:
     async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
-        mapped = _status_for(exc)
-        if mapped is None:
-            log.exception("Error processing %s", method)
-            mapped = (grpc.StatusCode.INTERNAL, "internal error")
-        elif mapped[0] is grpc.StatusCode.UNAVAILABLE:
-            log.warning("%s: %s (%s)", method, mapped[1], exc)
-        code, message = mapped
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[:MAX_MESSAGE_CHARS] + "…"
-        await context.abort(code, message)
+        await context.abort(*public_status(exc, method))
 
     inner_unary: Any = handler.unary_unary
     inner_stream: Any = handler.unary_stream
@@ -173,13 +182,19 @@ class _BearerAuth(aio.ServerInterceptor):
             denial = self._denials[(handler, code)] = _deny(handler, code, message)
         return denial
 
+    def accepts(self, authorization: str | bytes | None) -> bool:
+        """Whether an `authorization` header value is one of the accepted ones (any protocol:
+        connect_api.py asks the same question of an HTTP header)."""
+        presented = authorization.encode() if isinstance(authorization, str) else authorization
+        matches = [hmac.compare_digest(presented or b"", expected) for expected in self._accepted]
+        return any(matches)
+
     def _presented_ok(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = b""
+        presented: str | bytes | None = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else value
-        matches = [hmac.compare_digest(presented, expected) for expected in self._accepted]
-        return any(matches)
+                presented = value
+        return self.accepts(presented)
 
     def _unconfigured(self, handler: Handler) -> Handler:
         return handler
