@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.app import Application
-from service.application.change_feed import Batch, Subscription, Tick
+from service.application.change_feed import Batch, Subscription, Tick, wall_ms
 from service.application.reads import default_entitlements
 from service.domain.resolution import Entitlements
 from service.metrics import WATCH_MESSAGE_FAILURES
@@ -35,7 +35,6 @@ class WatchStreams:
         self._change_log = app.change_log
         self._reader = app.reads
         self._catalog = app.catalog
-        self._clock = app.clock
         self._to_message = to_message
 
     async def stream(
@@ -147,7 +146,7 @@ class WatchStreams:
         return pb.WatchEntitlementsResponse(subject=subject, entitlements=body, version=version)
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
-        return _heartbeat(position, self._hub.lag_ms(), self._clock.now_ms())
+        return _heartbeat(position, self._hub.lag_ms(), int(wall_ms()))
 
 
 def _heartbeat(position: int, lag_ms: int, server_time_ms: int) -> pb.WatchEntitlementsResponse:
