@@ -25,7 +25,7 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_client import AdminClient, ClientConfigError, Tls, connect
-from entitlements_client.core import metadata
+from entitlements_client.core import first_secret, metadata
 
 DEV_ENV_FILE = Path(".data/dev.env")
 
@@ -63,8 +63,7 @@ def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
 
 def _read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
-    token = (setting("ENTITLEMENTS_READ_TOKEN") or "").replace(",", " ").split()
-    return metadata(token[0] if token else "")
+    return metadata(first_secret(setting("ENTITLEMENTS_READ_TOKEN")) or "")
 
 
 def _print(message: Any, as_json: bool) -> None:
@@ -136,10 +135,10 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
-    secrets = (setting("BILLING_WEBHOOK_SYNC_SECRET") or "").replace(",", " ").split()
-    if not secrets:
+    secret = first_secret(setting("BILLING_WEBHOOK_SYNC_SECRET"))
+    if secret is None:
         raise UsageError("BILLING_WEBHOOK_SYNC_SECRET is not set (and no .data/dev.env)")
-    return AdminClient(_target(args), secret=secrets[0], tls=_tls())
+    return AdminClient(_target(args), secret=secret, tls=_tls())
 
 
 def cmd_grant(args: argparse.Namespace) -> int:

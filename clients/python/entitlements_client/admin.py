@@ -10,7 +10,7 @@ from types import TracebackType
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
-from entitlements_client.core import ClientConfigError, Tls, connect
+from entitlements_client.core import ClientConfigError, Tls, connect, metadata
 
 
 class AdminClient:
@@ -23,7 +23,7 @@ class AdminClient:
             raise ClientConfigError("the sync secret is required")
         self._channel = connect(target, tls)
         self._stub = sync_grpc.BillingSyncServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {secret}"),)
+        self._metadata = metadata(secret)
         self._timeout = timeout
 
     def grant(

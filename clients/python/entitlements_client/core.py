@@ -109,13 +109,18 @@ def connect(target: str, tls: Tls | None = None) -> grpc.Channel:
     return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
+def first_secret(listed: str | None) -> str | None:
+    """The first of a comma- or space-separated list of secrets (the one to send while the
+    server accepts several, during a rotation); None when there is none."""
+    return next(iter((listed or "").replace(",", " ").split()), None)
+
+
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The read token the service requires (its ENTITLEMENTS_READ_TOKEN). Without `token=`,
-    the first token of ENTITLEMENTS_READ_TOKEN in this process's environment, if set."""
+    """The bearer header for `token` (the read token the service requires, its
+    ENTITLEMENTS_READ_TOKEN). Without `token=`, the first token of ENTITLEMENTS_READ_TOKEN in
+    this process's environment, if set."""
     if token is None:
-        token = next(
-            iter((os.environ.get("ENTITLEMENTS_READ_TOKEN") or "").replace(",", " ").split()), None
-        )
+        token = first_secret(os.environ.get("ENTITLEMENTS_READ_TOKEN"))
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
