@@ -31,22 +31,10 @@ BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("ENTITLEMENTS_DATA_DIR") or ".data")
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `path` readable by its owner only, atomically: the secrets are never on disk
-    with wider permissions, and a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_new_private(path: Path, text: str) -> bool:
-    """Like `write_private`, but never replaces an existing file: False when one is there."""
+    """Write `path` readable by its owner only (the secrets are never on disk with wider
+    permissions, and a reader never sees half a file), but never replace an existing file:
+    False when one is there."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
     try:
         with os.fdopen(fd, "w") as handle:
@@ -131,7 +119,7 @@ def main() -> int:
     # EntitlementService over HTTP (Connect JSON/binary, gRPC-Web): curl and the TS client.
     http_listen = env.setdefault("ENTITLEMENTS_HTTP_LISTEN", "127.0.0.1:8081")
     gateway_url = f"http://{gateway_listen}/api/webhooks/clerk-billing"
-    for listen in (service_listen, gateway_listen):
+    for listen in (service_listen, gateway_listen, http_listen):
         if port_in_use(listen):
             print(f"make run: {listen} is already in use", file=sys.stderr)
             return EXIT_PORT_IN_USE

@@ -404,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "migrate":
             sys.exit(run_migrate(settings))
         load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
-        ensure_port_free(settings.listen)  # before any migration: a second instance changes nothing
+        # Before any migration: a second instance on a held port changes nothing.
+        for listen in (settings.listen, settings.http_listen):
+            if listen is not None:
+                ensure_port_free(listen)
         if settings.workers > 1:
             sys.exit(run_workers(settings, args.log_level.upper()))
         asyncio.run(serve(settings))

@@ -85,14 +85,23 @@ def test_a_replica_that_does_not_migrate_refuses_a_schema_behind_then_serves(
             channel.close()
 
 
-def test_a_held_port_is_refused_with_one_line_before_any_migration(pg_admin_dsn: str) -> None:
+@pytest.mark.parametrize("variable", ["ENTITLEMENTS_LISTEN", "ENTITLEMENTS_HTTP_LISTEN"])
+def test_a_held_port_is_refused_with_one_line_before_any_migration(
+    pg_admin_dsn: str, variable: str
+) -> None:
     with socket.socket() as holder, fresh_database(pg_admin_dsn) as dsn:
         # Held *with* SO_REUSEPORT: a server that set it too would have shared the port.
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         listen = f"127.0.0.1:{holder.getsockname()[1]}"
-        done = run_service(env={"DATABASE_URL": dsn, "ENTITLEMENTS_LISTEN": listen}, timeout=30)
+        env = {
+            "DATABASE_URL": dsn,
+            "ENTITLEMENTS_LISTEN": f"127.0.0.1:{free_port()}",
+            "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+            variable: listen,
+        }
+        done = run_service(env=env, timeout=30)
         assert done.returncode == EXIT_PORT_IN_USE
         assert done.stderr == f"entitlements-service: {listen} is already in use\n"
         assert migrated_versions(dsn) is None
