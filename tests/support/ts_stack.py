@@ -62,17 +62,22 @@ def grant(target: str, subject: str, plan: str = "pro") -> None:
         )
 
 
+def service_env(dsn: str, http_port: int) -> dict[str, str]:
+    """A service with the read token on and HTTP (Connect) on `http_port`."""
+    return {
+        "DATABASE_URL": dsn,
+        "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
+        "ENTITLEMENTS_READ_TOKEN": READ_TOKEN,
+        "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+    }
+
+
 def main() -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ts-stack-")))
         dsn = stack.enter_context(fresh_database(stack.enter_context(admin_dsn(tmp))))
         http_port = free_port()
-        env = {
-            "DATABASE_URL": dsn,
-            "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
-            "ENTITLEMENTS_READ_TOKEN": READ_TOKEN,
-            "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-        }
+        env = service_env(dsn, http_port)
         log = tmp / "service.log"
         try:
             _, target = stack.enter_context(service_process(env, log))
