@@ -48,6 +48,12 @@ def limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
     return {name: pb.Limit(value=v.value, unlimited=v.unlimited) for name, v in limits.items()}
 
 
+def limits_message(ent: Entitlements) -> pb.GetLimitsResponse:
+    return pb.GetLimitsResponse(
+        plan=ent.plan.name, limits=limits(ent.limits), valid_until=timestamp(ent.valid_until_ms)
+    )
+
+
 def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
     return pb.GetEntitlementsResponse(
         subject=ent.subject,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
@@ -20,7 +20,7 @@ from service.application.records import CacheEntry, DeliverySelector
 from service.domain.bounds import echo, storable_text, within_window
 from service.domain.deliveries import Delivery
 from service.domain.errors import InvalidArgument, OutOfRange
-from service.domain.resolution import feature_decision, limit_decision
+from service.domain.resolution import Entitlements, feature_decision, limit_decision
 from service.domain.subjects import require_subject
 from service.entrypoints.grpc_api.mapping import (
     HISTORY_KINDS,
@@ -29,7 +29,7 @@ from service.entrypoints.grpc_api.mapping import (
     RECONCILE_STATUSES,
     change_fields,
     entitlements_message,
-    limits,
+    limits_message,
     ms_of,
     plans_message,
     timestamp,
@@ -44,6 +44,7 @@ DEFAULT_HISTORY_PAGE = 100
 MAX_HISTORY_PAGE = 1000
 
 Context = aio.ServicerContext[Any, Any]
+R = TypeVar("R")
 
 
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
@@ -55,6 +56,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self._catalog = app.catalog
         self._features = app.catalog.features
         self._watch = WatchStreams(app, entitlements_message)
+        self._plans = plans_message(app.catalog)  # the catalog never changes while serving
         # Responses built from a cache entry, memoised per entry (immutable, so is its
         # answer); weak keys: the cache alone decides how long an entry lives.
         self._memo: weakref.WeakKeyDictionary[CacheEntry, dict[Any, Any]] = (
@@ -66,6 +68,14 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         if memo is None:
             memo = self._memo[entry] = {}
         return memo
+
+    def _memoised(self, entry: CacheEntry, key: Any, build: Callable[[Entitlements], R]) -> R:
+        """The response `build` makes of the entry's entitlements, built once per entry."""
+        memo = self._memo_of(entry)
+        response: R | None = memo.get(key)
+        if response is None:
+            response = memo[key] = build(entry.entitlements)
+        return response
 
     def _require_feature(self, feature: str) -> None:
         if feature not in self._features:
@@ -113,16 +123,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.GetLimitsRequest, context: Context
     ) -> pb.GetLimitsResponse:
         entry = await self._reader.get(request.subject)
-        memo = self._memo_of(entry)
-        response: pb.GetLimitsResponse | None = memo.get(GetLimits)
-        if response is None:
-            ent = entry.entitlements
-            response = memo[GetLimits] = pb.GetLimitsResponse(
-                plan=ent.plan.name,
-                limits=limits(ent.limits),
-                valid_until=timestamp(ent.valid_until_ms),
-            )
-        return response
+        return self._memoised(entry, GetLimits, limits_message)
 
     async def CheckLimit(
         self, request: pb.CheckLimitRequest, context: Context
@@ -146,16 +147,12 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.GetEntitlementsRequest, context: Context
     ) -> pb.GetEntitlementsResponse:
         entry = await self._reader.get(request.subject)
-        memo = self._memo_of(entry)
-        response: pb.GetEntitlementsResponse | None = memo.get(GetEntitlements)
-        if response is None:
-            response = memo[GetEntitlements] = entitlements_message(entry.entitlements)
-        return response
+        return self._memoised(entry, GetEntitlements, entitlements_message)
 
     async def ListPlans(
         self, request: pb.ListPlansRequest, context: Context
     ) -> pb.ListPlansResponse:
-        return plans_message(self._catalog)
+        return self._plans
 
     async def WatchEntitlements(
         self, request: pb.WatchEntitlementsRequest, context: Context
