@@ -36,7 +36,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import scale
+from bench import observability, scale
 from bench.webhooks import (
     SIGNING_SECRET,
     bench_freshness,
@@ -100,13 +100,18 @@ def process(
             proc.kill()
 
 
-def service(dsn: str, logs: Path, name: str, *extra: str) -> tuple[Any, str]:
+def service(
+    dsn: str, logs: Path, name: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[Any, str]:
+    """A service as configured by default (metrics on, on a port of its own; tracing off)."""
     port = free_port()
     env = {
         "DATABASE_URL": dsn,
         "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
         "ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}",
         "ENTITLEMENTS_CACHE_MAX_SUBJECTS": "200000",
+        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        **(env or {}),
     }
     return process(
         [str(BIN / "entitlements-service"), "--log-level", "WARNING", *extra], env, name, logs
@@ -134,7 +139,9 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load(target: str, data_file: Path, workdir: Path, n: int) -> dict[str, float]:
+def h2load(
+    target: str, data_file: Path, workdir: Path, n: int, headers: tuple[str, ...] = ()
+) -> dict[str, float]:
     """Throughput and latency percentiles of n CanUse calls (h2load's per-request log)."""
     log_file = workdir / f"h2load-{secrets.token_hex(4)}.tsv"
     out = subprocess.run(
@@ -152,6 +159,7 @@ def h2load(target: str, data_file: Path, workdir: Path, n: int) -> dict[str, flo
             "content-type: application/grpc",
             "-H",
             "te: trailers",
+            *(arg for header in headers for arg in ("-H", header)),
             "-d",
             str(data_file),
             f"--log-file={log_file}",
@@ -176,9 +184,11 @@ def h2load(target: str, data_file: Path, workdir: Path, n: int) -> dict[str, flo
     }
 
 
-def bench_rpc(target: str, data_file: Path, workdir: Path) -> dict[str, float]:
-    h2load(target, data_file, workdir, max(2000, REQUESTS // 10))  # warm-up
-    return h2load(target, data_file, workdir, REQUESTS)
+def bench_rpc(
+    target: str, data_file: Path, workdir: Path, headers: tuple[str, ...] = ()
+) -> dict[str, float]:
+    h2load(target, data_file, workdir, max(2000, REQUESTS // 10), headers)  # warm-up
+    return h2load(target, data_file, workdir, REQUESTS, headers)
 
 
 def bench_local_client(target: str) -> dict[str, float]:
@@ -254,6 +264,46 @@ def database() -> Iterator[str]:
         yield f"{head}/{name}"
     finally:
         asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def bench_observability(dsn: str, work: Path, data_file: Path) -> dict[str, Any]:
+    """Cached CanUse with metrics and tracing on (spans to a local OTLP sink, /metrics scraped
+    every second) against both off; and, for scale, CanUse calls that carry a trace context
+    (each one a span)."""
+    sink_port, metrics_port = free_port(), free_port()
+    sink_cmd = [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]
+    instrumented_env = {
+        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+    }
+    with ExitStack() as stack:
+        stack.enter_context(process(sink_cmd, {}, "otlp-sink", work))
+        bare_cm, bare = service(
+            dsn, work, "service-bare", env={"ENTITLEMENTS_METRICS_LISTEN": "off"}
+        )
+        stack.enter_context(bare_cm)
+        on_cm, instrumented = service(dsn, work, "service-instrumented", env=instrumented_env)
+        stack.enter_context(on_cm)
+        for target in (bare, instrumented):
+            wait_serving(target)
+        log("CanUse cached: metrics and tracing on vs off, alternating …")
+        result = observability.compare(
+            bare,
+            instrumented,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            lambda target: bench_rpc(target, data_file, work),
+        )
+        log(f"  on/off throughput {result['on_vs_off_throughput']:.3f}")
+        log("CanUse cached, every call in a sampled trace (a span each) …")
+        trace_id = secrets.token_hex(16)
+        result["every_call_traced"] = bench_rpc(
+            instrumented,
+            data_file,
+            work,
+            (f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01",),
+        )
+        log(f"  {result['every_call_traced']}")
+    return result
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -382,6 +432,7 @@ def main() -> int:
             cache_off = bench_rpc(target_off, data_file, work)
             log(f"  {cache_off}")
         results["canuse"] = {"floor": floor, "cached": cached, "cache_off": cache_off}
+        results["observability"] = bench_observability(dsn, work, data_file)
         log("client library, local check …")
         results["client_local"] = bench_local_client(target_a)
         log(f"  {results['client_local']}")
@@ -405,6 +456,10 @@ def main() -> int:
         "cached_vs_floor_throughput": {"value": c["rps"] / f["rps"], "target": ">= 0.9"},
         "cached_vs_floor_p99": {"value": c["p99_ms"] / f["p99_ms"], "target": "<= 1.3"},
         "cached_vs_cache_off_throughput": {"value": c["rps"] / o["rps"], "target": ">= 3"},
+        "metrics_and_tracing_on_vs_off_throughput": {
+            "value": results["observability"]["on_vs_off_throughput"],
+            "target": ">= 0.95",
+        },
         "client_local_checks_per_second": {
             "value": results["client_local"]["per_second"],
             "target": ">= 1000000",

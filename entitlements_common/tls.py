@@ -3,7 +3,7 @@ its clients (gateway, CLI). Paths come from the environment; files are read once
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +88,14 @@ class ClientTls:
 
 
 def aio_channel(
-    target: str, tls: ClientTls | None, options: list[tuple[str, int]] | None = None
+    target: str,
+    tls: ClientTls | None,
+    options: list[tuple[str, int]] | None = None,
+    interceptors: Sequence[aio.ClientInterceptor] | None = None,
 ) -> aio.Channel:
     if tls is None:
-        return aio.insecure_channel(target, options=options)
-    return aio.secure_channel(target, tls.credentials(), options=options)
+        return aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
 
 
 def sync_channel(target: str, tls: ClientTls | None) -> grpc.Channel:

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
+from service.config import DEFAULT_METRICS_LISTEN
 from service.entrypoints.launch import EXIT_PORT_IN_USE, port_in_use
 
 BIN = Path(sys.executable).parent
@@ -118,8 +119,9 @@ def main() -> int:
     gateway_listen = env.setdefault("GATEWAY_LISTEN", "127.0.0.1:8080")
     # EntitlementService over HTTP (Connect JSON/binary, gRPC-Web): curl and the TS client.
     http_listen = env.setdefault("ENTITLEMENTS_HTTP_LISTEN", "127.0.0.1:8081")
+    metrics_listen = env.setdefault("ENTITLEMENTS_METRICS_LISTEN", DEFAULT_METRICS_LISTEN)
     gateway_url = f"http://{gateway_listen}/api/webhooks/clerk-billing"
-    for listen in (service_listen, gateway_listen, http_listen):
+    for listen in (service_listen, gateway_listen, http_listen, metrics_listen):
         if port_in_use(listen):
             print(f"make run: {listen} is already in use", file=sys.stderr)
             return EXIT_PORT_IN_USE
@@ -178,6 +180,7 @@ def main() -> int:
             "   (Connect: curl -H 'content-type: application/json' -d '{...}')\n"
             f"  gateway  {gateway_url}\n"
             f"           http://{gateway_listen}/readyz   http://{gateway_listen}/metrics\n"
+            f"  metrics  http://{metrics_listen}/metrics   (the service's Prometheus series)\n"
             f"  database {'DATABASE_URL' if embedded is None else f'embedded under {DATA}/pg'}\n"
             + (
                 f"  development secrets generated for this run ({', '.join(generated)}),\n"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
+from entitlements_common.tracing import tracing_enabled
 from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from entitlements_common.tls import ServerTls
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# Prometheus /metrics (ENTITLEMENTS_METRICS_LISTEN; "off" turns it off). 9464 is the port
+# OpenTelemetry's Prometheus exporters use by convention.
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class ServiceSettings:
     listen_database_url: str | None = None
     # SO_REUSEPORT: only for --workers, whose processes share one port on purpose.
     reuse_port: bool = False
+    # ENTITLEMENTS_METRICS_LISTEN: host:port of Prometheus /metrics (None: off; from the
+    # environment it defaults to DEFAULT_METRICS_LISTEN).
+    metrics_listen: str | None = None
+    # OpenTelemetry tracing: on when OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_ form) is set.
+    tracing: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -102,6 +111,8 @@ class ServiceSettings:
             http_listen=http_listen(env.get("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
             migrate_on_start=_boolean(env, "ENTITLEMENTS_MIGRATE_ON_START", True),
             listen_database_url=env.get("ENTITLEMENTS_LISTEN_DATABASE_URL") or None,
+            metrics_listen=metrics_listen(env.get("ENTITLEMENTS_METRICS_LISTEN")),
+            tracing=tracing_enabled(env),
         )
 
 
@@ -151,14 +162,29 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def http_listen(raw: str | None, tls: object | None = None) -> str | None:
-    """ENTITLEMENTS_HTTP_LISTEN: host:port of the Connect / gRPC-Web listener; unset: off."""
-    listen = (raw or "").strip()
-    if not listen:
-        return None
+def _host_port(name: str, raw: str) -> str:
+    listen = raw.strip()
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"ENTITLEMENTS_HTTP_LISTEN must be host:port, got {raw!r}")
+        raise ConfigError(f"{name} must be host:port, got {raw!r}")
+    return listen
+
+
+def metrics_listen(raw: str | None) -> str | None:
+    """ENTITLEMENTS_METRICS_LISTEN: host:port of Prometheus /metrics; unset: the default;
+    "off": none."""
+    if raw is None or not raw.strip():
+        return DEFAULT_METRICS_LISTEN
+    if raw.strip().lower() == "off":
+        return None
+    return _host_port("ENTITLEMENTS_METRICS_LISTEN", raw)
+
+
+def http_listen(raw: str | None, tls: object | None = None) -> str | None:
+    """ENTITLEMENTS_HTTP_LISTEN: host:port of the Connect / gRPC-Web listener; unset: off."""
+    if not (raw or "").strip():
+        return None
+    listen = _host_port("ENTITLEMENTS_HTTP_LISTEN", raw or "")
     if tls is not None:
         # Never plain HTTP beside a TLS-only gRPC port; terminate TLS in front of it instead.
         raise ConfigError(

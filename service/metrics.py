@@ -1,13 +1,61 @@
-"""The service's own Prometheus series (exposed on a metrics endpoint by the server)."""
+"""The service's Prometheus series, on prometheus-client's default registry.
+
+`/metrics` on ENTITLEMENTS_METRICS_LISTEN serves them (service/entrypoints/metrics_http.py).
+With `--workers N` every worker writes them to PROMETHEUS_MULTIPROC_DIR and the supervisor
+serves one scrape of all: each gauge says how its workers' values add up (`multiprocess_mode`,
+ignored by a single process).
+
+The RPC series are the standard gRPC server ones (the names Grafana's gRPC dashboards expect).
+Gauges are set by a sampler once a second (`sample()`), not per call: nothing here may cost
+CanUse more than a counter increment.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
+# ---- per RPC (grpc_api/interceptors.py: MetricsInterceptor) --------------------------------
+RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+RPC_STARTED = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS)
+RPC_HANDLED = Counter(
+    "grpc_server_handled",
+    "RPCs completed on the server, by status code.",
+    (*RPC_LABELS, "grpc_code"),
+)
+RPC_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its status (a stream: its whole life).",
+    RPC_LABELS,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RPC_MESSAGES_SENT = Counter("grpc_server_msg_sent", "Messages sent on server streams.", RPC_LABELS)
+
+# ---- plan state and reads --------------------------------------------------------------------
+DELIVERIES = Counter(
+    "entitlements_deliveries", "Billing deliveries answered, by outcome.", ["outcome"]
+)
+UNKNOWN_PLANS = Counter(
+    "entitlements_unknown_plan_deliveries",
+    "Deliveries naming a plan slug the catalog lacks (the default plan applied, noted on them).",
+)
 READ_FAILURES = Counter(
     "entitlements_read_failures",
     "Subjects whose stored state could not be resolved; answered with the default plan",
 )
+CACHE_HITS = Counter("entitlements_cache_hits", "Reads answered from the local cache.")
+CACHE_MISSES = Counter(
+    "entitlements_cache_misses", "Reads the local cache could not answer (loaded from PostgreSQL)."
+)
+CACHE_SUBJECTS = Gauge(
+    "entitlements_cache_subjects", "Subjects held in the local cache.", multiprocess_mode="livesum"
+)
+CACHE_LIVE = Gauge(
+    "entitlements_cache_live",
+    "1 while the cache may answer (its change listener is connected), else 0.",
+    multiprocess_mode="livemin",
+)
+
+# ---- the change stream -----------------------------------------------------------------------
 WATCH_MESSAGE_FAILURES = Counter(
     "entitlements_watch_message_failures",
     "Watch messages that could not be built from stored state; sent with the default plan",
@@ -15,5 +63,30 @@ WATCH_MESSAGE_FAILURES = Counter(
 WATCH_LAG = Gauge(
     "entitlements_watch_lag_seconds",
     "How far behind the change stream may be: everything committed earlier has been streamed",
+    multiprocess_mode="livemax",
 )
-WATCH_STREAMS = Gauge("entitlements_watch_streams", "Open WatchEntitlements streams")
+WATCH_STREAMS = Gauge(
+    "entitlements_watch_streams", "Open WatchEntitlements streams", multiprocess_mode="livesum"
+)
+LISTENER_CONNECTED = Gauge(
+    "entitlements_change_listener_connected",
+    "1 while the NOTIFY listener holds its PostgreSQL session, else 0.",
+    multiprocess_mode="livemin",
+)
+
+# ---- the database pool -----------------------------------------------------------------------
+POOL_IN_USE = Gauge(
+    "entitlements_db_pool_connections_in_use",
+    "Pooled PostgreSQL connections lent out right now.",
+    multiprocess_mode="livesum",
+)
+POOL_OPEN = Gauge(
+    "entitlements_db_pool_connections_open",
+    "Pooled PostgreSQL connections open (idle and in use).",
+    multiprocess_mode="livesum",
+)
+POOL_MAX = Gauge(
+    "entitlements_db_pool_connections_max",
+    "The most connections the pool may open.",
+    multiprocess_mode="livesum",
+)

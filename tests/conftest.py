@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from service.entrypoints.server import RunningServer, start_server
 from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_database
 
 _TABLES = "subjects, items, deliveries, plan_changes, change_log, grants"
+
+# Every service process a test starts serves its metrics on a free port of its own (the
+# default, 127.0.0.1:9464, is one port for the whole machine); a test of the endpoint sets one.
+os.environ.setdefault("ENTITLEMENTS_METRICS_LISTEN", "127.0.0.1:0")
 
 
 @pytest.fixture(scope="session")

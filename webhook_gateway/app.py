@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -20,6 +21,9 @@ from webhook_gateway.config import GatewaySettings
 from webhook_gateway.forwarding import Forwarder, ForwardResult
 from webhook_gateway.metrics import GatewayMetrics
 from webhook_gateway.verification import HEADER_NAMES, VerificationFailed, Verifier
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("entitlements.gateway")
 
@@ -186,7 +190,23 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(settings: GatewaySettings) -> web.Application:
+def create_app(
+    settings: GatewaySettings, tracer_provider: TracerProvider | None = None
+) -> web.Application:
+    """The gateway; with `tracer_provider`, each request is traced through the forwarded call
+    (OpenTelemetry's aiohttp-server middleware and gRPC client interceptors)."""
+    client_interceptors: list[grpc.aio.ClientInterceptor] = []
+    instrumentor = None
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        # The instrumentor's way: web.Application, made after it, carries its middleware
+        # (undone when this app is cleaned up).
+        instrumentor = AioHttpServerInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=tracer_provider)
+        client_interceptors = aio_client_interceptors(tracer_provider)  # type: ignore[no-untyped-call]
     # client_max_size also caps anything aiohttp itself would read into memory.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -195,11 +215,17 @@ def create_app(settings: GatewaySettings) -> web.Application:
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         forwarder = Forwarder(
-            settings.target, settings.sync_secret, settings.forward_timeout_seconds, settings.tls
+            settings.target,
+            settings.sync_secret,
+            settings.forward_timeout_seconds,
+            settings.tls,
+            client_interceptors,
         )
         app[FORWARDER] = forwarder
         yield
         await forwarder.close()
+        if instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
 
     app.cleanup_ctx.append(forwarder_ctx)
     for path in (WEBHOOK_PATH, WEBHOOK_ALIAS):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
@@ -31,6 +33,7 @@ class Forwarder:
         sync_secret: str | None,
         timeout_seconds: float,
         tls: ClientTls | None = None,
+        interceptors: Sequence[aio.ClientInterceptor] | None = None,
     ) -> None:
         self._channel = aio_channel(
             target,
@@ -40,6 +43,7 @@ class Forwarder:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2_000),
             ],
+            interceptors,
         )
         self._stub = sync_grpc.BillingSyncServiceStub(self._channel)
         self._health: Any = health_pb2_grpc.HealthStub(self._channel)

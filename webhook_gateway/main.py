@@ -11,6 +11,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from entitlements_common.settings import ConfigError
+from entitlements_common.tracing import tracer_provider_from_env, tracing_enabled
 from webhook_gateway.app import WEBHOOK_PATH, create_app
 from webhook_gateway.config import GatewaySettings
 
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings = replace(settings, host=host, port=int(port))
         if args.target:
             settings = replace(settings, target=args.target)
+        tracing_enabled()  # a malformed OTEL_EXPORTER_OTLP_* setting is refused here
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         sys.exit(2)
@@ -55,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         len(settings.signing_secrets),
         "" if len(settings.signing_secrets) == 1 else "s",
     )
+    provider = tracer_provider_from_env("entitlements-gateway")
     web.run_app(
-        create_app(settings),
+        create_app(settings, provider),
         host=settings.host,
         port=settings.port,
         shutdown_timeout=10,
@@ -64,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print=None,
         access_log=None,
     )
+    if provider is not None:
+        provider.shutdown()  # exports the spans still queued
     log.info("stopped")
 
 

@@ -28,7 +28,6 @@ from service.application.ports import Cache
 from service.application.records import ChangeBatch
 from service.domain.errors import ResourceExhausted
 from service.domain.resolution import Entitlements
-from service.metrics import WATCH_LAG, WATCH_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +113,6 @@ class ChangeHub:
         self._complete_at_ms: float = wall_ms()
         self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.reads = 0  # change-log reads by the follower (a test counts them)
-        WATCH_LAG.set_function(lambda: self.lag_ms() / 1000)
-        WATCH_STREAMS.set_function(lambda: len(self._subscriptions))
 
     # ---- notifications (NOTIFY listener and local commits) ------------------------------
 

@@ -38,6 +38,7 @@ from service.domain.resolution import (
     resolve,
     with_items,
 )
+from service.metrics import DELIVERIES, UNKNOWN_PLANS
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,10 @@ class ApplyDelivery:
 
 
 def _log_result(delivery: Delivery, event: NormalizedEvent, result: ApplyResult) -> None:
+    DELIVERIES.labels(result.outcome.name).inc()
     for note in result.notes:
         if note.startswith("unknown plan slug"):
+            UNKNOWN_PLANS.inc()
             log.warning("event %s for %s: %s", delivery.event_id, result.subject, note)
     if result.outcome is Outcome.UNPARSEABLE:
         log.warning(

@@ -6,15 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +24,7 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_common.settings import ConfigError
+from entitlements_common.tracing import tracer_provider_from_env
 from service.adapters.cache import EntitlementCache
 from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
 from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
@@ -46,9 +46,11 @@ from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
 from service.entrypoints.connect_api import HttpServer, start_http
+from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
+    MetricsInterceptor,
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
@@ -62,6 +64,15 @@ from service.entrypoints.launch import (
     migrate_database,
     port_in_use,
 )
+from service.entrypoints.metrics_http import (
+    MetricsEndpoint,
+    MetricSources,
+    sample_forever,
+    start_metrics_endpoint,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("entitlements.service")
 
@@ -86,6 +97,8 @@ class RunningServer:
     grace_seconds: float
     cache: EntitlementCache | None = None
     http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
+    metrics: MetricsEndpoint | None = None  # ENTITLEMENTS_METRICS_LISTEN
+    sql_tracing: tracing.SqlTracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
@@ -108,6 +121,10 @@ class RunningServer:
             await self.http.stop(self.grace_seconds)
         await self.server.stop(self.grace_seconds)
         await self.store.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+        if self.sql_tracing is not None:
+            self.sql_tracing.stop()
 
 
 async def _watch_database(running: RunningServer, interval: float) -> None:
@@ -161,14 +178,22 @@ def clerk_connector(settings: ClerkApiSettings | None) -> ClerkConnector | None:
 
 
 async def start_server(
-    settings: ServiceSettings, catalog: Catalog, store: Store, clock: Clock | None = None
+    settings: ServiceSettings,
+    catalog: Catalog,
+    store: Store,
+    clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> RunningServer:
     """Build the application over its adapters (the composition root) and start the server
-    on `settings.listen` (port 0 picks a free port)."""
+    on `settings.listen` (port 0 picks a free port); with `tracer_provider`, RPCs and their
+    SQL are traced."""
     clock = clock or SystemClock()
     server = aio.server(
-        # Each interceptor costs every call: the read-token one is there only when configured.
+        # Each interceptor costs every call: tracing's and the read-token one are there only
+        # when configured. Metrics first: it sees the code every caller was answered with.
         interceptors=[
+            *([tracing.server_interceptor(tracer_provider)] if tracer_provider else []),
+            MetricsInterceptor(),
             ErrorInterceptor(),
             BillingAuthInterceptor(settings.sync_secret),
             *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
@@ -216,6 +241,10 @@ async def start_server(
     running = RunningServer(
         server, port, store, app, health_servicer, settings.grace_seconds, cache
     )
+    if tracer_provider is not None:
+        running.sql_tracing = tracing.SqlTracing(tracer_provider)
+    if settings.metrics_listen is not None:
+        running.metrics = start_metrics_endpoint(settings.metrics_listen)
     if settings.http_listen is not None:
         # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
         running.http = await start_http(
@@ -232,6 +261,7 @@ async def start_server(
             log.info("dropped scratch schema %s left by an interrupted verify", schema)
     listener = ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
     running._tasks += [
+        asyncio.create_task(sample_forever(MetricSources(hub, store, listener, cache))),
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
         asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
@@ -261,9 +291,10 @@ async def serve(settings: ServiceSettings) -> None:
     if dsn is None:
         embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
         dsn = embedded.uri
+    provider = tracer_provider_from_env("entitlements-service") if settings.tracing else None
     try:
         store = await Store.open(dsn, migrate_schema=settings.migrate_on_start)
-        running = await start_server(settings, catalog, store)
+        running = await start_server(settings, catalog, store, tracer_provider=provider)
         host = settings.listen.rsplit(":", 1)[0]
         log.info(
             "entitlements-service listening on %s:%d (catalog: %s plans, default %r)%s",
@@ -297,66 +328,11 @@ async def serve(settings: ServiceSettings) -> None:
         log.info("shutting down: NOT_SERVING, draining for up to %.0f s", settings.grace_seconds)
         await running.stop()
     finally:
+        if provider is not None:
+            await asyncio.to_thread(provider.shutdown)  # exports the spans still queued
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
     log.info("stopped")
-
-
-def _worker(settings: ServiceSettings, log_level: str) -> None:
-    configure_logging(log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            asyncio.run(serve(settings))
-        except SchemaBehind as exc:
-            log.error("refusing to start: %s", exc)
-            sys.exit(EXIT_SCHEMA_BEHIND)
-
-
-def run_workers(settings: ServiceSettings, log_level: str) -> int:
-    """N processes on one port (SO_REUSEPORT), each with its own pool and change listener."""
-    workers = settings.workers
-    embedded: EmbeddedPostgres | None = None
-    if settings.database_url is None:
-        embedded = start_embedded_postgres(settings.data_dir)
-        settings = replace(settings, database_url=embedded.uri)
-    host, _, port = settings.listen.rpartition(":")
-    if port == "0":
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = str(probe.getsockname()[1])
-    settings = replace(settings, listen=f"{host}:{port}", workers=1, reuse_port=True)
-    ctx = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
-    procs = [ctx.Process(target=_worker, args=(settings, log_level)) for _ in range(workers)]
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        for proc in procs:
-            proc.start()
-        log.info("started %d workers on %s:%s: %s", workers, host, port, [p.pid for p in procs])
-        while not stopping and all(p.is_alive() for p in procs):
-            time.sleep(0.2)
-        failed = not stopping
-        if failed:
-            log.error("a worker exited unexpectedly; stopping the others")
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.join(timeout=settings.grace_seconds + 10)
-            if proc.is_alive():
-                proc.kill()
-        if failed:  # a worker's own exit code when it had one (5: schema behind), else 1
-            return next((p.exitcode for p in procs if p.exitcode and p.exitcode > 0), 1)
-        return 0
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -405,10 +381,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(run_migrate(settings))
         load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
         # Before any migration: a second instance on a held port changes nothing.
-        for listen in (settings.listen, settings.http_listen):
+        for listen in (settings.listen, settings.http_listen, settings.metrics_listen):
             if listen is not None:
                 ensure_port_free(listen)
         if settings.workers > 1:
+            from service.entrypoints.workers import run_workers
+
             sys.exit(run_workers(settings, args.log_level.upper()))
         asyncio.run(serve(settings))
     except (ConfigError, CatalogError) as exc:

@@ -85,7 +85,9 @@ def test_a_replica_that_does_not_migrate_refuses_a_schema_behind_then_serves(
             channel.close()
 
 
-@pytest.mark.parametrize("variable", ["ENTITLEMENTS_LISTEN", "ENTITLEMENTS_HTTP_LISTEN"])
+@pytest.mark.parametrize(
+    "variable", ["ENTITLEMENTS_LISTEN", "ENTITLEMENTS_HTTP_LISTEN", "ENTITLEMENTS_METRICS_LISTEN"]
+)
 def test_a_held_port_is_refused_with_one_line_before_any_migration(
     pg_admin_dsn: str, variable: str
 ) -> None:

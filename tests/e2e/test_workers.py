@@ -19,6 +19,7 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from tests.support import SYNC_SECRET, event, now_ms
+from tests.support.metrics import rpc, scrape_until, value
 from tests.support.service_process import SCRIPTS, free_port, wait_serving
 
 pytestmark = pytest.mark.e2e
@@ -36,11 +37,13 @@ def can_use_fresh_connection(target: str, subject: str) -> bool:
 def test_workers_share_one_port_and_all_see_a_change(database_url: str, tmp_path: Path) -> None:
     port = free_port()
     target = f"127.0.0.1:{port}"
+    metrics_url = f"http://127.0.0.1:{(metrics_port := free_port())}/metrics"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
         "ENTITLEMENTS_LISTEN": target,
+        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
     }
     with open(tmp_path / "workers.log", "wb") as log:
         parent = subprocess.Popen(
@@ -80,6 +83,18 @@ def test_workers_share_one_port_and_all_see_a_change(database_url: str, tmp_path
             )
         time.sleep(0.2)
         assert all(can_use_fresh_connection(target, who) for _ in range(20))
+
+        # One scrape of the supervisor sees every worker: the calls of both, and the pool
+        # gauges of both added up (10 connections allowed each).
+        can_use = {"grpc_type": "unary", **rpc("CanUse")}
+        samples = scrape_until(
+            metrics_url, lambda s: value(s, "entitlements_db_pool_connections_max") == 20
+        )
+        assert value(samples, "entitlements_db_pool_connections_max") == 20
+        assert value(samples, "grpc_server_started_total", **can_use) == 30
+        assert value(samples, "grpc_server_handled_total", **can_use, grpc_code="OK") == 30
+        assert value(samples, "entitlements_deliveries_total", outcome="APPLIED") == 1
+        assert value(samples, "entitlements_change_listener_connected") == 1
     finally:
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(timeout=30) == 0

@@ -84,3 +84,25 @@ def test_sync_secret_may_list_several_during_rotation() -> None:
     assert gateway.sync_secret == "a" * 32  # callers send the first
     with pytest.raises(ConfigError, match="per secret"):
         ServiceSettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": f"{'a' * 32} short"})
+
+
+def test_metrics_listen_has_a_default_can_be_turned_off_and_is_checked() -> None:
+    assert ServiceSettings.from_env({}).metrics_listen == "127.0.0.1:9464"
+    assert ServiceSettings.from_env({"ENTITLEMENTS_METRICS_LISTEN": "off"}).metrics_listen is None
+    env = {"ENTITLEMENTS_METRICS_LISTEN": "0.0.0.0:9100"}
+    assert ServiceSettings.from_env(env).metrics_listen == "0.0.0.0:9100"
+    for bad in ("9100", "host:", "host:99999", "::"):
+        with pytest.raises(ConfigError, match="ENTITLEMENTS_METRICS_LISTEN"):
+            ServiceSettings.from_env({"ENTITLEMENTS_METRICS_LISTEN": bad})
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
+    assert not ServiceSettings.from_env({}).tracing
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        assert ServiceSettings.from_env({name: "http://collector:4318"}).tracing
+        with pytest.raises(ConfigError, match=name):
+            ServiceSettings.from_env({name: "collector:4318"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        ServiceSettings.from_env(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "json"}
+        )

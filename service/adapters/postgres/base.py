@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self, TypeVar
 
 import asyncpg
@@ -42,6 +43,13 @@ _RETRYABLE_TX_ERRORS: tuple[type[BaseException], ...] = (
 async def _no_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Skip asyncpg's per-release reset round trip: this store keeps no session state
     (no session locks, cursors, LISTEN or SET on pooled connections)."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    in_use: int
+    open: int
+    max: int
 
 
 class StoreBase:
@@ -85,6 +93,11 @@ class StoreBase:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    def pool_stats(self) -> PoolStats:
+        """Connections lent out, open and allowed (for the pool gauges)."""
+        size = self._pool.get_size()
+        return PoolStats(size - self._pool.get_idle_size(), size, self._pool.get_max_size())
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
