@@ -40,7 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ENTITLEMENTS_DATA_DIR=/tmp/entitlements
 WORKDIR /tmp
 USER 10001:10001
-EXPOSE 50051 8080
+EXPOSE 50051 8080 9464
 # Kubernetes probes gRPC health itself (deploy/k8s); compose.yaml has its own healthchecks.
 HEALTHCHECK NONE
 CMD ["entitlements-service"]

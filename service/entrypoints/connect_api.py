@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -36,6 +37,7 @@ from service.entrypoints.grpc_api.interceptors import (
     public_status,
 )
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
+from service.entrypoints.rpc_metrics import series_for
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ CONNECT_CODES: Mapping[grpc.StatusCode, Code] = {
     **{s: Code[s.name] for s in grpc.StatusCode if s.name in Code.__members__},
     grpc.StatusCode.CANCELLED: Code.CANCELED,
 }
+GRPC_CODES: Mapping[Code, grpc.StatusCode] = {c: s for s, c in CONNECT_CODES.items()}
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
 
 Req = TypeVar("Req")
@@ -92,11 +95,23 @@ class ConnectEntitlements:
         request: Req,
         ctx: RequestContext[Req, Res],
     ) -> Res:
-        self._authorize(ctx)
+        # Counted in the same grpc_server_* series as the gRPC port's calls of the method.
+        series = series_for(ENTITLEMENT_PREFIX + ctx.method.name, streaming=False)
+        series.started.inc()
+        started = time.perf_counter()
+        code: grpc.StatusCode | None = None
         try:
+            self._authorize(ctx)
             return await call(request, cast(Context, _Peer(ctx.client_address)))
+        except ConnectError as exc:
+            code = GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+            raise
         except Exception as exc:
-            raise connect_error(exc, ctx.method.name) from None
+            error = connect_error(exc, ctx.method.name)
+            code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+            raise error from None
+        finally:
+            series.done(code, started)
 
     async def can_use(
         self, request: pb.CanUseRequest, ctx: RequestContext[pb.CanUseRequest, pb.CanUseResponse]
@@ -143,13 +158,28 @@ class ConnectEntitlements:
         request: pb.WatchEntitlementsRequest,
         ctx: RequestContext[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse],
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        self._authorize(ctx)
-        stream = self._servicer.WatchEntitlements(request, cast(Context, _Peer(ctx.client_address)))
+        series = series_for(ENTITLEMENT_PREFIX + ctx.method.name, streaming=True)
+        series.started.inc()
+        started = time.perf_counter()
+        code: grpc.StatusCode | None = None
         try:
-            async for message in stream:
+            self._authorize(ctx)
+            peer = cast(Context, _Peer(ctx.client_address))
+            async for message in self._servicer.WatchEntitlements(request, peer):
+                series.sent.inc()
                 yield message
+        except ConnectError as exc:
+            code = GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
-            raise connect_error(exc, ctx.method.name) from None
+            error = connect_error(exc, ctx.method.name)
+            code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+            raise error from None
+        finally:
+            series.done(code, started)
 
 
 def asgi_app(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -29,12 +30,13 @@ UNARY = {"grpc_type": "unary"}
 
 
 def test_every_series_an_operator_needs(database_url: str, tmp_path: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     env = {
         "DATABASE_URL": database_url,
         "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
         "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{port}",
+        "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{http_port}",
     }
     with (
         service_process(env, tmp_path / "service.log") as (_proc, target),
@@ -56,6 +58,14 @@ def test_every_series_an_operator_needs(database_url: str, tmp_path: Path) -> No
         with pytest.raises(grpc.RpcError) as refused:
             reads.CanUse(pb.CanUseRequest(subject="", feature="aiInsights"), timeout=5)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # Over Connect (ENTITLEMENTS_HTTP_LISTEN): the same method's series.
+        connect = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/entitlements.v1.EntitlementService/CanUse",
+            data=json.dumps({"subject": subject, "feature": "aiInsights"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(connect, timeout=5) as answer:
+            assert json.loads(answer.read())["allowed"] is True
 
         sync = sync_grpc.BillingSyncServiceStub(channel)
         delivery = sync_pb.ApplyBillingEventRequest(
@@ -97,10 +107,10 @@ def test_every_series_an_operator_needs(database_url: str, tmp_path: Path) -> No
         )
 
     can_use = {**UNARY, **rpc("CanUse")}
-    assert value(after, STARTED, **can_use) == 4
-    assert value(after, HANDLED, **can_use, grpc_code="OK") == 3
+    assert value(after, STARTED, **can_use) == 5
+    assert value(after, HANDLED, **can_use, grpc_code="OK") == 4
     assert value(after, HANDLED, **can_use, grpc_code="INVALID_ARGUMENT") == 1
-    assert value(after, SECONDS_COUNT, **can_use) == 4
+    assert value(after, SECONDS_COUNT, **can_use) == 5
     apply = {**UNARY, **rpc("ApplyBillingEvent", "entitlements.v1.BillingSyncService")}
     assert value(after, STARTED, **apply) == 3
     assert value(after, HANDLED, **apply, grpc_code="UNAUTHENTICATED") == 1
@@ -113,9 +123,9 @@ def test_every_series_an_operator_needs(database_url: str, tmp_path: Path) -> No
 
     assert value(after, "entitlements_deliveries_total", outcome="APPLIED") == 1
     assert value(after, "entitlements_deliveries_total", outcome="DUPLICATE") == 1
-    # The first read of the subject loads it, the next two are answered from the cache.
+    # The first read of the subject loads it, the next three are answered from the cache.
     assert value(after, "entitlements_cache_misses_total") >= 1
-    assert value(after, "entitlements_cache_hits_total") >= 2
+    assert value(after, "entitlements_cache_hits_total") >= 3
     assert value(after, "entitlements_cache_subjects") >= 1
     assert 0 <= value(after, "entitlements_watch_lag_seconds") < 5
     assert 1 <= value(after, "entitlements_db_pool_connections_open") <= 10

@@ -11,15 +11,14 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
 
 from entitlements_common.settings import split_secrets
-from service import metrics
 from service.domain.errors import ServiceError
+from service.entrypoints.rpc_metrics import RpcSeries, series_for
 
 log = logging.getLogger(__name__)
 
@@ -165,37 +164,6 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
     return _wrap(handler, unary, streaming, _tolerant(handler.request_deserializer))
 
 
-@dataclass(frozen=True)
-class _RpcSeries:
-    """One method's label children, bound once (a labels() lookup per call would cost more
-    than the increment)."""
-
-    started: Any
-    seconds: Any
-    sent: Any
-    labels: tuple[str, str, str]
-    handled: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, method: str, streaming: bool) -> _RpcSeries:
-        service, _, name = method.lstrip("/").rpartition("/")
-        labels = ("server_stream" if streaming else "unary", service, name)
-        return cls(
-            metrics.RPC_STARTED.labels(*labels),
-            metrics.RPC_SECONDS.labels(*labels),
-            metrics.RPC_MESSAGES_SENT.labels(*labels),
-            labels,
-        )
-
-    def done(self, code: grpc.StatusCode | None, started: float) -> None:
-        self.seconds.observe(time.perf_counter() - started)
-        name = "OK" if code is None else code.name
-        child = self.handled.get(name)
-        if child is None:
-            child = self.handled[name] = metrics.RPC_HANDLED.labels(*self.labels, name)
-        child.inc()
-
-
 class MetricsInterceptor(aio.ServerInterceptor):
     """The standard gRPC server series for every RPC: grpc_server_started_total,
     grpc_server_handled_total (by code) and grpc_server_handling_seconds.
@@ -206,7 +174,6 @@ class MetricsInterceptor(aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._wrapped: dict[Handler, Handler] = {}
-        self._series: dict[str, _RpcSeries] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -217,18 +184,13 @@ class MetricsInterceptor(aio.ServerInterceptor):
         wrapped = self._wrapped.get(handler)
         if wrapped is None:
             method = handler_call_details.method
-            series = self._series.get(method)
-            if series is None:
-                series = self._series[method] = _RpcSeries.of(
-                    method, handler.unary_stream is not None
-                )
-            wrapped = _with_metrics(handler, series)
+            wrapped = _with_metrics(handler, series_for(method, handler.unary_stream is not None))
             if not method.startswith(BILLING_SYNC_PREFIX):  # as in ErrorInterceptor
                 self._wrapped[handler] = wrapped
         return wrapped
 
 
-def _with_metrics(handler: Handler, series: _RpcSeries) -> Handler:
+def _with_metrics(handler: Handler, series: RpcSeries) -> Handler:
     inner_unary: Any = handler.unary_unary
     inner_stream: Any = handler.unary_stream
 
