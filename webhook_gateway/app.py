@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -190,6 +191,11 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# OpenTelemetry's own settings of paths its aiohttp middleware leaves alone (regexes, commas).
+EXCLUDED_URLS_VARS = ("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS")
+UNTRACED_PATHS = ("/healthz$", "/readyz$", "/metrics$")
+
+
 def create_app(
     settings: GatewaySettings, tracer_provider: TracerProvider | None = None
 ) -> web.Application:
@@ -203,6 +209,9 @@ def create_app(
 
         # The instrumentor's way: web.Application, made after it, carries its middleware
         # (undone when this app is cleaned up).
+        if not any(os.environ.get(name) for name in EXCLUDED_URLS_VARS):
+            # Probes and scrapes every few seconds are not traces anyone wants.
+            os.environ[EXCLUDED_URLS_VARS[0]] = ",".join(UNTRACED_PATHS)
         instrumentor = AioHttpServerInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=tracer_provider)

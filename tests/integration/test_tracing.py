@@ -144,6 +144,16 @@ async def test_one_trace_from_the_webhook_through_grpc_to_the_sql(traced: Traced
     ]
 
 
+async def test_probes_and_scrapes_of_the_gateway_make_no_trace(traced: TracedStack) -> None:
+    base = traced.gateway_url.removesuffix(WEBHOOK_PATH)
+    traced.exporter.clear()
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(base + path) as response:
+                assert response.status == 200, path
+    assert [s.name for s in traced.spans()] == []
+
+
 async def test_reads_are_traced_only_for_a_caller_that_traces(traced: TracedStack) -> None:
     async with aio.insecure_channel(traced.target) as channel:
         stub = pb_grpc.EntitlementServiceStub(channel)
