@@ -63,6 +63,9 @@ class ServiceSettings:
     # ENTITLEMENTS_METRICS_LISTEN: host:port of Prometheus /metrics (None: off; from the
     # environment it defaults to DEFAULT_METRICS_LISTEN).
     metrics_listen: str | None = None
+    # Whether RPCs and gauges are counted at all: with ENTITLEMENTS_METRICS_LISTEN set, or in a
+    # --workers worker whose supervisor serves the scrape; off, the hot path counts nothing.
+    metrics: bool = False
     # OpenTelemetry tracing: on when OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_ form) is set.
     tracing: bool = False
 
@@ -80,6 +83,7 @@ class ServiceSettings:
         if cache not in ("on", "off"):
             raise ConfigError(f"ENTITLEMENTS_CACHE must be on or off, got {cache!r}")
         tls = ServerTls.from_env(env)
+        metrics_at = metrics_listen(env.get("ENTITLEMENTS_METRICS_LISTEN"))
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             listen=listen,
@@ -111,7 +115,8 @@ class ServiceSettings:
             http_listen=http_listen(env.get("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
             migrate_on_start=_boolean(env, "ENTITLEMENTS_MIGRATE_ON_START", True),
             listen_database_url=env.get("ENTITLEMENTS_LISTEN_DATABASE_URL") or None,
-            metrics_listen=metrics_listen(env.get("ENTITLEMENTS_METRICS_LISTEN")),
+            metrics_listen=metrics_at,
+            metrics=metrics_at is not None,
             tracing=tracing_enabled(env),
         )
 

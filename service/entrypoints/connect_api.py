@@ -37,7 +37,7 @@ from service.entrypoints.grpc_api.interceptors import (
     public_status,
 )
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
-from service.entrypoints.rpc_metrics import series_for
+from service.entrypoints.rpc_metrics import series_for, uncounted
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,12 @@ class _Peer:
 class ConnectEntitlements:
     """The generated `EntitlementService` protocol, answered by the gRPC servicer."""
 
-    def __init__(self, servicer: EntitlementServicer, read_tokens: Sequence[str]) -> None:
+    def __init__(
+        self, servicer: EntitlementServicer, read_tokens: Sequence[str], metrics: bool = True
+    ) -> None:
         self._servicer = servicer
         self._auth = ReadAuthInterceptor(list(read_tokens)) if read_tokens else None
+        self._series = series_for if metrics else uncounted
 
     def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
         if self._auth is None:
@@ -96,7 +99,7 @@ class ConnectEntitlements:
         ctx: RequestContext[Req, Res],
     ) -> Res:
         # Counted in the same grpc_server_* series as the gRPC port's calls of the method.
-        series = series_for(ENTITLEMENT_PREFIX + ctx.method.name, streaming=False)
+        series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, False)
         series.started.inc()
         started = time.perf_counter()
         code: grpc.StatusCode | None = None
@@ -158,7 +161,7 @@ class ConnectEntitlements:
         request: pb.WatchEntitlementsRequest,
         ctx: RequestContext[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse],
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        series = series_for(ENTITLEMENT_PREFIX + ctx.method.name, streaming=True)
+        series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, True)
         series.started.inc()
         started = time.perf_counter()
         code: grpc.StatusCode | None = None
@@ -183,10 +186,10 @@ class ConnectEntitlements:
 
 
 def asgi_app(
-    servicer: EntitlementServicer, read_tokens: Sequence[str]
+    servicer: EntitlementServicer, read_tokens: Sequence[str], metrics: bool = True
 ) -> EntitlementServiceASGIApplication:
     """The ASGI application serving EntitlementService over Connect, gRPC-Web and gRPC."""
-    return EntitlementServiceASGIApplication(ConnectEntitlements(servicer, read_tokens))
+    return EntitlementServiceASGIApplication(ConnectEntitlements(servicer, read_tokens, metrics))
 
 
 @dataclass
@@ -241,6 +244,7 @@ async def start_http(
     grace: float,
     *,
     reuse_port: bool = False,
+    metrics: bool = True,
 ) -> HttpServer:
     """Serve EntitlementService on `listen` in this event loop, until `stop()`."""
     with listen_socket(listen, reuse_port) as sock:
@@ -254,6 +258,6 @@ async def start_http(
     config.keep_alive_timeout = 75.0
     stop = asyncio.Event()
     task = asyncio.create_task(
-        serve(asgi_app(servicer, read_tokens), config, shutdown_trigger=stop.wait)
+        serve(asgi_app(servicer, read_tokens, metrics), config, shutdown_trigger=stop.wait)
     )
     return HttpServer(port, stop, task)

@@ -44,6 +44,29 @@ class RpcSeries:
         child.inc()
 
 
+class _Uncounted:
+    """Stands for a series where metrics are off: every method does nothing."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class UncountedSeries(RpcSeries):
+    def done(self, code: grpc.StatusCode | None, started: float) -> None:
+        pass
+
+
+UNCOUNTED = UncountedSeries(_Uncounted(), _Uncounted(), _Uncounted(), ("", "", ""))
+
+
+def uncounted(method: str, streaming: bool) -> RpcSeries:
+    """`series_for` when metrics are off."""
+    return UNCOUNTED
+
+
 _SERIES: dict[tuple[str, bool], RpcSeries] = {}
 
 

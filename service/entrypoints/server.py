@@ -193,7 +193,7 @@ async def start_server(
         # when configured. Metrics first: it sees the code every caller was answered with.
         interceptors=[
             *([tracing.server_interceptor(tracer_provider)] if tracer_provider else []),
-            MetricsInterceptor(),
+            *([MetricsInterceptor()] if settings.metrics else []),
             ErrorInterceptor(),
             BillingAuthInterceptor(settings.sync_secret),
             *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
@@ -253,6 +253,7 @@ async def start_server(
             settings.read_tokens,
             settings.grace_seconds,
             reuse_port=settings.reuse_port,
+            metrics=settings.metrics,
         )
     await running.set_serving(await store.ping())
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -260,8 +261,11 @@ async def start_server(
         for schema in await store.drop_abandoned_scratch_schemas():
             log.info("dropped scratch schema %s left by an interrupted verify", schema)
     listener = ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
+    if settings.metrics:
+        running._tasks.append(
+            asyncio.create_task(sample_forever(MetricSources(hub, store, listener, cache)))
+        )
     running._tasks += [
-        asyncio.create_task(sample_forever(MetricSources(hub, store, listener, cache))),
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
         asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),

@@ -65,6 +65,7 @@ def run_workers(settings: ServiceSettings, log_level: str) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="entitlements-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
         endpoint = start_metrics_endpoint(settings.metrics_listen, all_workers=True)
+    # The workers count (settings.metrics), the supervisor serves.
     settings = replace(
         settings, listen=f"{host}:{port}", workers=1, reuse_port=True, metrics_listen=None
     )

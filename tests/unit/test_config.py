@@ -88,7 +88,9 @@ def test_sync_secret_may_list_several_during_rotation() -> None:
 
 def test_metrics_listen_has_a_default_can_be_turned_off_and_is_checked() -> None:
     assert ServiceSettings.from_env({}).metrics_listen == "127.0.0.1:9464"
-    assert ServiceSettings.from_env({"ENTITLEMENTS_METRICS_LISTEN": "off"}).metrics_listen is None
+    assert ServiceSettings.from_env({}).metrics
+    off = ServiceSettings.from_env({"ENTITLEMENTS_METRICS_LISTEN": "off"})
+    assert off.metrics_listen is None and not off.metrics
     env = {"ENTITLEMENTS_METRICS_LISTEN": "0.0.0.0:9100"}
     assert ServiceSettings.from_env(env).metrics_listen == "0.0.0.0:9100"
     for bad in ("9100", "host:", "host:99999", "::"):
