@@ -49,7 +49,7 @@ run: $(STAMP)
 
 ## With `make run` going: send a signed sample webhook and show the plan change.
 demo: $(STAMP)
-	$(PY) scripts/send_demo_webhook.py
+	@$(PY) scripts/send_demo_webhook.py
 
 ## With `make run` going: a shell ($$SHELL, else bash) with .venv/bin on PATH and the
 ## development secrets of .data/dev.env exported (`. scripts/dev_env.sh` does it in this shell).
