@@ -153,6 +153,25 @@ def test_grant_history_revoke(stack: Stack) -> None:
     assert missing.returncode == 2 and "BILLING_WEBHOOK_SYNC_SECRET" in missing.stderr
 
 
+def test_settings_from_the_dev_env_of_the_data_dir(stack: Stack, tmp_path: Path) -> None:
+    """Not in the environment: read from ENTITLEMENTS_DATA_DIR/dev.env (make run's), whatever
+    the current directory."""
+    (tmp_path / "dev.env").write_text(
+        f"BILLING_WEBHOOK_SYNC_SECRET={SYNC_SECRET}\nENTITLEMENTS_TARGET={stack.service_target}\n"
+    )
+    env = {"BILLING_WEBHOOK_SYNC_SECRET": "", "ENTITLEMENTS_DATA_DIR": str(tmp_path)}
+    r = subprocess.run(
+        [str(SCRIPTS / "entitlements"), "history", "user_cli_devenv", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ENTITLEMENTS_TARGET": "", **env},
+        cwd="/",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout) == {"subject": "user_cli_devenv", "entries": []}
+
+
 OPERATOR = {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
 
 
