@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
+.PHONY: install run demo shell bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -49,7 +49,12 @@ run: $(STAMP)
 
 ## With `make run` going: send a signed sample webhook and show the plan change.
 demo: $(STAMP)
-	$(PY) scripts/send_demo_webhook.py
+	@$(PY) scripts/send_demo_webhook.py
+
+## With `make run` going: a shell ($$SHELL, else bash) with .venv/bin on PATH and the
+## development secrets of .data/dev.env exported (`. scripts/dev_env.sh` does it in this shell).
+shell: $(STAMP)
+	@. scripts/dev_env.sh && exec "$${SHELL:-bash}"
 
 ## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
 bench: $(STAMP)

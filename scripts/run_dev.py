@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -93,6 +95,20 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60
     return False
 
 
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """Until `url` answers 200 (the gateway's /healthz), so `make demo` right after the banner
+    finds it listening."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    return False
+
+
 def main() -> int:
     if lock_data_dir(DATA) is None:
         return EXIT_PORT_IN_USE
@@ -146,7 +162,11 @@ def main() -> int:
         if not wait_serving(service_listen, service):
             print("the service did not start; see its log above", file=sys.stderr)
             return service.poll() or 1  # its own exit code (4: port in use, …)
-        children.append(subprocess.Popen([str(BIN / "entitlements-gateway")], env=env))
+        gateway = subprocess.Popen([str(BIN / "entitlements-gateway")], env=env)
+        children.append(gateway)
+        if not wait_http_ok(f"http://{gateway_listen}/healthz", gateway):
+            print("the gateway did not start; see its log above", file=sys.stderr)
+            return gateway.poll() or 1
         wrote = write_new_private(
             dev_env,
             "".join(

@@ -21,7 +21,7 @@ from svix.webhooks import Webhook
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
-from entitlements_cli.main import setting
+from entitlements_cli.settings import dev_env_file, setting
 from entitlements_client import connect
 from entitlements_common.settings import split_secrets
 
@@ -55,7 +55,7 @@ def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
 def cmd_demo_webhook(args: argparse.Namespace) -> int:
     secret_list = setting("CLERK_WEBHOOK_SIGNING_SECRET") or setting("CLERK_WEBHOOK_SECRET")
     if not secret_list:
-        print("CLERK_WEBHOOK_SIGNING_SECRET is not set (and no .data/dev.env)", file=sys.stderr)
+        print(f"CLERK_WEBHOOK_SIGNING_SECRET is not set (and no {dev_env_file()})", file=sys.stderr)
         return 2
     secret = split_secrets(secret_list)[0]
     url = args.url or setting("GATEWAY_URL", DEFAULT_GATEWAY_URL)

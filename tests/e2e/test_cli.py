@@ -9,9 +9,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from tests.support import SYNC_SECRET, db_query, event, now_ms
 from tests.support.fake_clerk import SECRET_KEY as CLERK_SECRET_KEY
 from tests.support.fake_clerk import FakeClerk, plan, serving_in_thread
@@ -21,6 +23,7 @@ from tests.support.stack import WEBHOOK_PATH, Stack, running_stack
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+GRPCURL = SCRIPTS / "grpcurl"
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,9 @@ def test_grant_history_revoke(stack: Stack) -> None:
         env=env,
     )
     assert granted.returncode == 0, granted.stderr
-    grant_id = json.loads(granted.stdout)["grantId"]
+    shown = json.loads(granted.stdout)
+    assert set(shown) == {f.name for f in sync_pb.GrantPlanResponse.DESCRIPTOR.fields}
+    grant_id = shown["grant_id"]
     assert cli(stack, "check", subject, "dataExport").returncode == 0
     history = cli(stack, "history", subject, env=env)
     assert history.returncode == 0 and "comp for an outage" in history.stdout
@@ -146,6 +151,25 @@ def test_grant_history_revoke(stack: Stack) -> None:
         cwd=Path("/"),
     )
     assert missing.returncode == 2 and "BILLING_WEBHOOK_SYNC_SECRET" in missing.stderr
+
+
+def test_settings_from_the_dev_env_of_the_data_dir(stack: Stack, tmp_path: Path) -> None:
+    """Not in the environment: read from ENTITLEMENTS_DATA_DIR/dev.env (make run's), whatever
+    the current directory."""
+    (tmp_path / "dev.env").write_text(
+        f"BILLING_WEBHOOK_SYNC_SECRET={SYNC_SECRET}\nENTITLEMENTS_TARGET={stack.service_target}\n"
+    )
+    env = {"BILLING_WEBHOOK_SYNC_SECRET": "", "ENTITLEMENTS_DATA_DIR": str(tmp_path)}
+    r = subprocess.run(
+        [str(SCRIPTS / "entitlements"), "history", "user_cli_devenv", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ENTITLEMENTS_TARGET": "", **env},
+        cwd="/",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout) == {"subject": "user_cli_devenv", "entries": []}
 
 
 OPERATOR = {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
@@ -264,8 +288,150 @@ def test_read_token_for_the_cli(
             s, "check", "user_cli_token", "aiInsights", env={"ENTITLEMENTS_READ_TOKEN": ""}
         )
         assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr
+        as_json = cli(s, "limits", "user_cli_token", "--json", env={"ENTITLEMENTS_READ_TOKEN": ""})
+        assert as_json.returncode == 3
+        assert json.loads(as_json.stdout)["error"]["code"] == "UNAUTHENTICATED"
         allowed = cli(
             s, "check", "user_cli_token", "aiInsights", env={"ENTITLEMENTS_READ_TOKEN": token}
         )
         assert allowed.returncode == 0, allowed.stderr
         assert cli(s, "plans", env={"ENTITLEMENTS_READ_TOKEN": token}).returncode == 0
+
+
+def grpcurl(
+    stack: Stack, method: str, request: dict[str, Any], *flags: str
+) -> list[dict[str, Any]]:
+    """What grpcurl prints for one call (one JSON object per response message)."""
+    auth = ("-H", f"authorization: Bearer {SYNC_SECRET}") if "BillingSync" in method else ()
+    call = [stack.service_target, f"entitlements.v1.{method}"]
+    r = subprocess.run(
+        [str(GRPCURL), "-plaintext", *flags, *auth, "-d", json.dumps(request), *call],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    decoder, text, found = json.JSONDecoder(), r.stdout.strip(), []
+    while text:
+        message, end = decoder.raw_decode(text)
+        found.append(message)
+        text = text[end:].strip()
+    return found
+
+
+def without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def contains(big: Any, small: Any) -> bool:
+    """Everything in `small` is in `big`, at the same place (dict keys may be added)."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and contains(big[k], small[k]) for k in small)
+    if isinstance(small, list):
+        return isinstance(big, list) and len(big) == len(small) and all(map(contains, big, small))
+    return bool(big == small)
+
+
+def test_json_is_what_grpcurl_prints_with_every_default(stack: Stack) -> None:
+    """Under --json a command prints its response as grpcurl does: the proto field names
+    (`previous_plan`, `valid_until`), every field without presence even at its default
+    (`"allowed": false`): grpcurl -emit-defaults less its nulls, and a superset of grpcurl's
+    default output."""
+    subject = f"user_clijson_{secrets.token_hex(4)}"
+    stack.send(event("item_canceled_pro", at_ms=now_ms() - 60_000, subject=subject))
+    free = f"user_clijson_free_{secrets.token_hex(4)}"
+    cases: list[tuple[list[str], str, dict[str, Any]]] = [
+        (["check", subject, "dataExport"], "EntitlementService/CanUse", {"feature": "dataExport"}),
+        (["check", free, "dataExport"], "EntitlementService/CanUse", {"feature": "dataExport"}),
+        (["limits", subject], "EntitlementService/GetLimits", {}),
+        (["limits", free], "EntitlementService/GetLimits", {}),
+        (["show", subject], "EntitlementService/GetEntitlements", {}),
+        (["show", free], "EntitlementService/GetEntitlements", {}),
+        (["plans"], "EntitlementService/ListPlans", {}),
+        (["history", subject], "BillingSyncService/GetSubjectHistory", {"page_size": 100}),
+    ]
+    for args, method, extra in cases:
+        request = {"subject": args[1], **extra} if len(args) > 1 else extra
+        mine = cli(stack, *args, "--json", env=OPERATOR)
+        assert mine.returncode in (0, 1), mine.stderr
+        shown = json.loads(mine.stdout)
+        [everything] = grpcurl(stack, method, request, "-emit-defaults")
+        assert shown == without_nulls(everything), (args, shown, everything)
+        [plain] = grpcurl(stack, method, request)
+        assert contains(shown, plain), (args, shown, plain)
+    denied = json.loads(cli(stack, "check", free, "dataExport", "--json").stdout)
+    assert denied["allowed"] is False and denied["reason"] == "REASON_FEATURE_NOT_IN_PLAN"
+    shown = json.loads(cli(stack, "show", subject, "--json").stdout)
+    assert "valid_until" in shown and "validUntil" not in shown
+
+    # A streaming call: the results the CLI gathers are those grpcurl prints message by message.
+    cli(stack, "replay", "--subject", subject, env=OPERATOR)  # settles the stored outcomes
+    mine = json.loads(cli(stack, "replay", "--subject", subject, "--json", env=OPERATOR).stdout)
+    messages = grpcurl(
+        stack, "BillingSyncService/ReplayDeliveries", {"subject": subject}, "-emit-defaults"
+    )
+    streamed = [r for m in messages for r in m.get("results", [])]
+    assert mine["results"] == without_nulls(streamed) and mine["results"][0]["changed"] is False
+
+
+def test_global_options_before_or_after_the_command(stack: Stack) -> None:
+    entitlements, target = str(SCRIPTS / "entitlements"), stack.service_target
+    orders = [
+        ["check", "user_cli_opts", "dataExport", "--json", "--target", target],
+        ["--json", "--target", target, "check", "user_cli_opts", "dataExport"],
+        ["--target", target, "check", "user_cli_opts", "dataExport", "--json"],
+        ["--target", "127.0.0.1:1", "check", "user_cli_opts", "dataExport", "--target", target],
+    ]
+    results = [
+        subprocess.run([entitlements, *args], capture_output=True, text=True, timeout=60)
+        for args in orders
+    ]
+    assert [r.returncode for r in results] == [1, 1, 1, 1], [r.stderr for r in results]
+    assert results[0].stdout == results[1].stdout == results[2].stdout
+    assert json.loads(results[0].stdout)["allowed"] is False
+    assert results[3].stdout.startswith("allowed")  # not JSON: --json was not given; later wins
+    progress = cli(stack, "replay", "--subject", "user_cli_opts", "--progress", env=OPERATOR)
+    assert progress.returncode == 0 and "replay: " in progress.stderr
+    quiet = cli(
+        stack, "--progress", "replay", "--subject", "user_cli_opts", "--no-progress", env=OPERATOR
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    nested = cli(stack, "catalog", "check", "--json", env=OPERATOR)
+    assert nested.returncode in (0, 1) and "unmapped_clerk_plans" in json.loads(nested.stdout)
+
+
+def test_errors_under_json_are_one_object_on_stdout(stack: Stack, tmp_path: Path) -> None:
+    unreadable = tmp_path / "unreadable"
+    (unreadable / "dev.env").mkdir(parents=True)  # a directory: reading it fails, even as root
+    no_secret = {"BILLING_WEBHOOK_SYNC_SECRET": "", "ENTITLEMENTS_DATA_DIR": str(tmp_path)}
+    cases: list[tuple[list[str], dict[str, str], int, str, str]] = [
+        (["--target", "127.0.0.1:1", "limits", "user_x"], {}, 3, "UNAVAILABLE", "127.0.0.1:1"),
+        (["history", "user_x", "--limit", "many"], OPERATOR, 2, "INVALID_ARGUMENT", "--limit"),
+        (["check", "user_x"], {}, 2, "INVALID_ARGUMENT", "feature"),
+        (["check", "user_x", "teleport"], {}, 2, "INVALID_ARGUMENT", "teleport"),
+        (["grant", "user_x", "pro", "--reason", "r", "--expires", "soon"], OPERATOR, 2,
+         "INVALID_ARGUMENT", "--expires"),
+        (["history", "user_x"], {"BILLING_WEBHOOK_SYNC_SECRET": "wrong-" + "w" * 32}, 3,
+         "UNAUTHENTICATED", ""),
+        (["revoke", "grant_nonexistent"], OPERATOR, 3, "NOT_FOUND", ""),
+        (["history", "user_x"], no_secret, 2, "FAILED_PRECONDITION", "BILLING_WEBHOOK_SYNC"),
+        (["history", "user_x"], {**no_secret, "ENTITLEMENTS_DATA_DIR": str(unreadable)}, 2,
+         "FAILED_PRECONDITION", "dev.env"),
+    ]  # fmt: skip
+    for args, env, code, name, mentions in cases:
+        for where in ("after", "before"):
+            line = [*args, "--json"] if where == "after" else ["--json", *args]
+            r = cli(stack, *line, env=env)
+            assert r.returncode == code, (line, r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+            shown = json.loads(r.stdout)  # the whole of stdout: one document
+            assert list(shown) == ["error"] and sorted(shown["error"]) == ["code", "message"]
+            assert shown["error"]["code"] == name, (line, shown)
+            assert shown["error"]["message"] and mentions in shown["error"]["message"]
+        text = cli(stack, *args, env=env)  # the same error without --json: stderr, same code
+        assert text.returncode == code and text.stdout == "" and "Traceback" not in text.stderr
+        assert "error" in text.stderr

@@ -1,0 +1,127 @@
+"""The command line: global options (`--target`, `--json`, `--progress`) go before or after the
+subcommand. Every subparser has them too, from one parent parser whose defaults are
+`argparse.SUPPRESS`, so an option not given after the subcommand never clobbers one given
+before it; the defaults themselves are the top-level parser's."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from entitlements_cli import commands
+
+GLOBAL_DEFAULTS = {"target": None, "json": False, "progress": None}
+
+
+class ArgumentsError(Exception):
+    """argparse refused the command line (exit code 2); `parser` is the (sub)parser that did."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises instead of printing and exiting, so `main` can report the error as JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentsError(self, message)
+
+
+def global_options(defaults: Mapping[str, object] | None = None) -> Parser:
+    """A parent parser with the global options; with `defaults=None` (the subcommands') every
+    default is SUPPRESS. Each call makes new actions: argparse shares a parent's action objects
+    with its children, so one set for both levels would carry the top level's defaults down."""
+    common = Parser(add_help=False)
+
+    def default(name: str) -> object:
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
+    group = common.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "--target",
+        default=default("target"),
+        help="service host:port (default ENTITLEMENTS_TARGET, else 127.0.0.1:50051)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default("json"),
+        help='one JSON document on stdout (errors too: {"error": {"code", "message"}})',
+    )
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default("progress"),
+        help="progress bar on long runs (default: when stderr is a terminal)",
+    )
+    return common
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether `--json` was given anywhere (for reporting a command line argparse refused)."""
+    probe = Parser(add_help=False)
+    probe.add_argument("--json", action="store_true")
+    try:
+        known, _ = probe.parse_known_args(argv)
+    except ArgumentsError:
+        return False
+    return bool(known.json)
+
+
+def build_parser(description: str | None = None) -> Parser:
+    parser = Parser(
+        prog="entitlements",
+        description=description,
+        parents=[global_options(GLOBAL_DEFAULTS)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = global_options()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, func: object = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        if func is not None:
+            p.set_defaults(func=func)
+        return p
+
+    p = command("check", "may SUBJECT use FEATURE? (exit 1 when not)", commands.cmd_check)
+    p.add_argument("subject")
+    p.add_argument("feature")
+    command("limits", "SUBJECT's plan and limits", commands.cmd_limits).add_argument("subject")
+    command("show", "everything resolved for SUBJECT", commands.cmd_show).add_argument("subject")
+    command("plans", "the plan catalog", commands.cmd_plans)
+    p = command("grant", "give SUBJECT a plan (needs the sync secret)", commands.cmd_grant)
+    p.add_argument("subject")
+    p.add_argument("plan")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--expires", help="ISO 8601 time (default: until revoked)")
+    p = command("revoke", "end a grant (needs the sync secret)", commands.cmd_revoke)
+    p.add_argument("grant_id")
+    p.add_argument("--reason")
+    p = command("history", "SUBJECT's deliveries, grants and plan changes", commands.cmd_history)
+    p.add_argument("subject")
+    p.add_argument("--limit", type=int, default=100)
+    p = command("reconcile", "compare with Clerk's Backend API and repair", commands.cmd_reconcile)
+    p.add_argument("subjects", nargs="*", metavar="SUBJECT")
+    p.add_argument("--all", action="store_true", help="every known subject")
+    p = command("replay", "re-apply stored deliveries with the current parser", commands.cmd_replay)
+    p.add_argument("--all", action="store_true", help="every stored delivery")
+    p.add_argument("--subject", help="one subject's deliveries")
+    p.add_argument("--unparseable", action="store_true", help="those stored UNPARSEABLE")
+    command(
+        "verify",
+        "rebuild state from the stored log and compare (exit 1 on differences)",
+        commands.cmd_verify,
+    )
+    catalog = command("catalog", "catalog commands").add_subparsers(
+        dest="catalog_command", required=True, metavar="COMMAND"
+    )
+    catalog.add_parser(
+        "check",
+        help="Clerk plans the catalog does not map, and catalog slugs Clerk lacks",
+        parents=[common],
+    ).set_defaults(func=commands.cmd_catalog_check)
+    return parser
