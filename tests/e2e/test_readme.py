@@ -26,7 +26,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 # make run's listen addresses and the ports the README shows for them: the stack here listens
 # on free ports, and the README's commands and outputs are read with those ports instead.
-PORTS = {"ENTITLEMENTS_LISTEN": 50051, "GATEWAY_LISTEN": 8080, "ENTITLEMENTS_HTTP_LISTEN": 8081}
+PORTS = {
+    "ENTITLEMENTS_LISTEN": 50051,
+    "GATEWAY_LISTEN": 8080,
+    "ENTITLEMENTS_HTTP_LISTEN": 8081,
+    "ENTITLEMENTS_METRICS_LISTEN": 9464,
+}
 DROPPED = (
     "BILLING_WEBHOOK_SYNC_SECRET",
     "CLERK_WEBHOOK_SIGNING_SECRET",
