@@ -103,7 +103,7 @@ async def start_harness(
         health_interval_seconds=0.1,
         clerk=clerk,
         reconcile_interval_seconds=reconcile_interval_seconds,
-        **overrides,
+        **{"metrics": True, **overrides},  # counted (no endpoint): every call takes that path
     )
     running = await start_server(settings, catalog, store, clock)
     target = f"127.0.0.1:{running.port}"
