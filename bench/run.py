@@ -1,7 +1,8 @@
 """`make bench`: everything started on this machine, measured in one run, side by side.
 
-* CanUse throughput and p50/p99 under one load generator (h2load, HTTP/2 from C) for: a no-op
-  grpc.aio handler (the floor), CanUse with the cache, CanUse with the cache off.
+* CanUse throughput, p50/p99 and server CPU per call under one load generator (h2load, HTTP/2
+  from C), in alternating rounds (bench/canuse.py), for: a no-op grpc.aio handler (the floor),
+  CanUse with the cache, with the cache off, and with metrics and tracing both off and both on.
 * The client library's local check (in-process checks/s and per-call p50/p99).
 * Webhook ingest end to end (signed deliveries/s through gateway → service → PostgreSQL, p99).
 * Freshness: webhook 2xx through replica A → CanUse changes on replica B (p50/p99).
@@ -16,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -36,7 +36,8 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import observability, scale
+from bench import canuse, instrumentation_cost, scale
+from bench.canuse import log
 from bench.webhooks import (
     SIGNING_SECRET,
     bench_freshness,
@@ -52,15 +53,6 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 SYNC_SECRET = "bench-sync-secret-" + secrets.token_hex(16)
 SUBJECT = "user_bench_pro"
-CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
-
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "60000"))
-CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
-STREAMS = int(os.environ.get("BENCH_STREAMS", "16"))
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -116,79 +108,6 @@ def service(
     return process(
         [str(BIN / "entitlements-service"), "--log-level", "WARNING", *extra], env, name, logs
     ), f"127.0.0.1:{port}"
-
-
-def ensure_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    log("h2load not found: installing Debian's nghttp2-client …")
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nghttp2-client"],
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        capture_output=True,
-    )
-    found = shutil.which("h2load")
-    if not found:
-        raise SystemExit("h2load is needed (apt-get install nghttp2-client)")
-    return found
-
-
-def grpc_frame(message: bytes) -> bytes:
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-def h2load(
-    target: str, data_file: Path, workdir: Path, n: int, headers: tuple[str, ...] = ()
-) -> dict[str, float]:
-    """Throughput and latency percentiles of n CanUse calls (h2load's per-request log)."""
-    log_file = workdir / f"h2load-{secrets.token_hex(4)}.tsv"
-    out = subprocess.run(
-        [
-            ensure_h2load(),
-            "-n",
-            str(n),
-            "-c",
-            str(CONNECTIONS),
-            "-m",
-            str(STREAMS),
-            "-t",
-            "1",
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            *(arg for header in headers for arg in ("-H", header)),
-            "-d",
-            str(data_file),
-            f"--log-file={log_file}",
-            f"http://{target}{CANUSE_PATH}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-    succeeded = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
-    latencies = sorted(
-        int(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line
-    )
-    log_file.unlink()
-    return {
-        "rps": rps,
-        "succeeded": succeeded,
-        "requests": n,
-        "p50_ms": latencies[len(latencies) // 2] / 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1000,
-    }
-
-
-def bench_rpc(
-    target: str, data_file: Path, workdir: Path, headers: tuple[str, ...] = ()
-) -> dict[str, float]:
-    h2load(target, data_file, workdir, max(2000, REQUESTS // 10), headers)  # warm-up
-    return h2load(target, data_file, workdir, REQUESTS, headers)
 
 
 def bench_local_client(target: str) -> dict[str, float]:
@@ -266,44 +185,87 @@ def database() -> Iterator[str]:
         asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def bench_observability(dsn: str, work: Path, data_file: Path) -> dict[str, Any]:
-    """Cached CanUse with metrics and tracing on (spans to a local OTLP sink, /metrics scraped
-    every second) against both off; and, for scale, CanUse calls that carry a trace context
-    (each one a span)."""
-    sink_port, metrics_port = free_port(), free_port()
+def bench_canuse(
+    dsn: str, work: Path, data_file: Path, cached: canuse.Contender
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CanUse side by side, in alternating rounds: the no-op floor, the service as configured
+    by default (`cached`: metrics on, tracing off), with its cache off, with metrics and
+    tracing both off ("bare") and with both on ("instrumented": spans to a local OTLP sink,
+    /metrics scraped every second), these two as two processes each. Then, for scale, calls
+    that each carry a sampled trace context (a span each). Only what these measurements need
+    runs while they run."""
+    floor_port, sink_port = free_port(), free_port()
+    floor_cmd = [sys.executable, str(ROOT / "bench" / "noop_server.py"), f"127.0.0.1:{floor_port}"]
     sink_cmd = [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]
-    instrumented_env = {
-        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-    }
+    metrics_ports = [free_port(), free_port()]
     with ExitStack() as stack:
+        floor = canuse.Contender(
+            "floor",
+            f"127.0.0.1:{floor_port}",
+            stack.enter_context(process(floor_cmd, {}, "floor", work)),
+        )
         stack.enter_context(process(sink_cmd, {}, "otlp-sink", work))
-        bare_cm, bare = service(
-            dsn, work, "service-bare", env={"ENTITLEMENTS_METRICS_LISTEN": "off"}
+        configurations: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
+            ("cache_off", ("--no-cache",), {})
+        ]
+        for i, port in enumerate(metrics_ports, 1):
+            configurations += [
+                (f"bare-{i}", (), {"ENTITLEMENTS_METRICS_LISTEN": "off"}),
+                (
+                    f"instrumented-{i}",
+                    (),
+                    {
+                        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{port}",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                    },
+                ),
+            ]
+        contenders = [floor, cached]
+        for name, extra, env in configurations:
+            cm, target = service(dsn, work, f"service-{name}", *extra, env=env)
+            contenders.append(canuse.Contender(name, target, stack.enter_context(cm)))
+        for c in contenders:
+            wait_serving(c.target)
+            if c is not floor:
+                with grpc.insecure_channel(c.target) as ch:
+                    r = pb_grpc.EntitlementServiceStub(ch).CanUse(
+                        pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
+                    )
+                    assert r.allowed and r.plan == "pro", r
+        log(f"CanUse: {', '.join(c.name for c in contenders)}, {canuse.ROUNDS} rounds …")
+        urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
+        with canuse.scraping(urls) as scrapes:
+            runs = canuse.side_by_side(contenders, data_file, work)
+        log("CanUse, every call in a sampled trace (a span each) …")
+        traceparent = f"traceparent: 00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        instrumented = contenders[-1]
+        traced = canuse.Contender(
+            "traced", instrumented.target, instrumented.process, (traceparent,)
         )
-        stack.enter_context(bare_cm)
-        on_cm, instrumented = service(dsn, work, "service-instrumented", env=instrumented_env)
-        stack.enter_context(on_cm)
-        for target in (bare, instrumented):
-            wait_serving(target)
-        log("CanUse cached: metrics and tracing on vs off, alternating …")
-        result = observability.compare(
-            bare,
-            instrumented,
-            f"http://127.0.0.1:{metrics_port}/metrics",
-            lambda target: bench_rpc(target, data_file, work),
+        every_call_traced = canuse.measure(traced, data_file, work)
+        log(f"  {every_call_traced}")
+
+    def pooled(prefix: str) -> dict[str, Any]:
+        return canuse.summary(
+            [run for name, rs in runs.items() if name.startswith(prefix) for run in rs]
         )
-        log(f"  on/off throughput {result['on_vs_off_throughput']:.3f}")
-        log("CanUse cached, every call in a sampled trace (a span each) …")
-        trace_id = secrets.token_hex(16)
-        result["every_call_traced"] = bench_rpc(
-            instrumented,
-            data_file,
-            work,
-            (f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01",),
-        )
-        log(f"  {result['every_call_traced']}")
-    return result
+
+    off, on = pooled("bare-"), pooled("instrumented-")
+    observability = {
+        "off": off,
+        "on": on,
+        "on_vs_off_throughput": on["rps"] / off["rps"],
+        "on_vs_off_p99": on["p99_ms"] / off["p99_ms"],
+        "on_vs_off_cpu_per_call": on["cpu_us_per_call"] / off["cpu_us_per_call"],
+        "per_process": {name: canuse.summary(rs) for name, rs in runs.items() if "-" in name},
+        # The same cost measured exactly, in-process (bench/instrumentation_cost.py).
+        "in_process": instrumentation_cost.measure(
+            canuse.summary(runs["cached"])["cpu_us_per_call"]
+        ),
+        "scrapes": len(scrapes),
+        "every_call_traced": every_call_traced,
+    }
+    return {k: canuse.summary(runs[k]) for k in ("floor", "cached", "cache_off")}, observability
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -340,11 +302,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    ensure_h2load()
+    canuse.ensure_h2load()
     work = Path(tempfile.mkdtemp(prefix="ent-bench-"))
     data_file = work / "canuse.bin"
     data_file.write_bytes(
-        grpc_frame(pb.CanUseRequest(subject=SUBJECT, feature="dataExport").SerializeToString())
+        canuse.grpc_frame(
+            pb.CanUseRequest(subject=SUBJECT, feature="dataExport").SerializeToString()
+        )
     )
     results: dict[str, Any] = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -355,9 +319,10 @@ def main() -> int:
             "grpcio": grpc.__version__,
         },
         "load": {
-            "requests": REQUESTS,
-            "connections": CONNECTIONS,
-            "streams_per_connection": STREAMS,
+            "requests": canuse.REQUESTS,
+            "rounds": canuse.ROUNDS,
+            "connections": canuse.CONNECTIONS,
+            "streams_per_connection": canuse.STREAMS,
         },
     }
     cpu_model = (
@@ -403,36 +368,9 @@ def main() -> int:
         # The benchmark subject is on pro, so every path resolves a real item.
         asyncio.run(bench_ingest_one(url, SUBJECT))
 
-        # Only what each measurement needs runs while it runs.
-        with ExitStack() as rpc_stack:
-            floor_port = free_port()
-            floor_cmd = [
-                sys.executable,
-                str(ROOT / "bench" / "noop_server.py"),
-                f"127.0.0.1:{floor_port}",
-            ]
-            rpc_stack.enter_context(process(floor_cmd, {}, "floor", work))
-            off_cm, target_off = service(dsn, work, "service-nocache", "--no-cache")
-            rpc_stack.enter_context(off_cm)
-            for target in (f"127.0.0.1:{floor_port}", target_off):
-                wait_serving(target)
-            for target in (target_a, target_off):
-                with grpc.insecure_channel(target) as ch:
-                    r = pb_grpc.EntitlementServiceStub(ch).CanUse(
-                        pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
-                    )
-                    assert r.allowed and r.plan == "pro", r
-            log("CanUse: no-op floor …")
-            floor = bench_rpc(f"127.0.0.1:{floor_port}", data_file, work)
-            log(f"  {floor}")
-            log("CanUse: cached …")
-            cached = bench_rpc(target_a, data_file, work)
-            log(f"  {cached}")
-            log("CanUse: cache off (a PostgreSQL query per call) …")
-            cache_off = bench_rpc(target_off, data_file, work)
-            log(f"  {cache_off}")
-        results["canuse"] = {"floor": floor, "cached": cached, "cache_off": cache_off}
-        results["observability"] = bench_observability(dsn, work, data_file)
+        results["canuse"], results["observability"] = bench_canuse(
+            dsn, work, data_file, canuse.Contender("cached", target_a, proc_a)
+        )
         log("client library, local check …")
         results["client_local"] = bench_local_client(target_a)
         log(f"  {results['client_local']}")
@@ -459,6 +397,10 @@ def main() -> int:
         "metrics_and_tracing_on_vs_off_throughput": {
             "value": results["observability"]["on_vs_off_throughput"],
             "target": ">= 0.95",
+        },
+        "metrics_and_tracing_share_of_cached_canuse_cpu": {
+            "value": results["observability"]["in_process"]["share_of_cached_canuse_cpu"],
+            "target": "<= 0.05",
         },
         "client_local_checks_per_second": {
             "value": results["client_local"]["per_second"],

@@ -6,15 +6,31 @@ serves one scrape of all: each gauge says how its workers' values add up (`multi
 ignored by a single process).
 
 The RPC series are the standard gRPC server ones (the names Grafana's gRPC dashboards expect).
-Gauges are set by a sampler once a second (`sample()`), not per call: nothing here may cost
-CanUse more than a counter increment.
+Nothing here is touched per call: RPCs are counted in plain numbers and published, and gauges
+set, by a sampler once a second (entrypoints/metrics_http.py).
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# ---- per RPC (grpc_api/interceptors.py: MetricsInterceptor) --------------------------------
+# ---- per RPC (counted by entrypoints/rpc_metrics.py) ------------------------------------------
+RPC_SECONDS_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 RPC_STARTED = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS)
 RPC_HANDLED = Counter(
@@ -26,7 +42,7 @@ RPC_SECONDS = Histogram(
     "grpc_server_handling_seconds",
     "Time from the start of an RPC to its status (a stream: its whole life).",
     RPC_LABELS,
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=RPC_SECONDS_BUCKETS,
 )
 RPC_MESSAGES_SENT = Counter("grpc_server_msg_sent", "Messages sent on server streams.", RPC_LABELS)
 

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -100,8 +99,7 @@ class ConnectEntitlements:
     ) -> Res:
         # Counted in the same grpc_server_* series as the gRPC port's calls of the method.
         series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, False)
-        series.started.inc()
-        started = time.perf_counter()
+        started = series.start()
         code: grpc.StatusCode | None = None
         try:
             self._authorize(ctx)
@@ -162,14 +160,13 @@ class ConnectEntitlements:
         ctx: RequestContext[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse],
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, True)
-        series.started.inc()
-        started = time.perf_counter()
+        started = series.start()
         code: grpc.StatusCode | None = None
         try:
             self._authorize(ctx)
             peer = cast(Context, _Peer(ctx.client_address))
             async for message in self._servicer.WatchEntitlements(request, peer):
-                series.sent.inc()
+                series.sent += 1
                 yield message
         except ConnectError as exc:
             code = GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)

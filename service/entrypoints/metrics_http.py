@@ -4,8 +4,9 @@ A single process serves prometheus-client's default registry. With `--workers N`
 supervisor sets PROMETHEUS_MULTIPROC_DIR before it starts them, each worker writes its series
 there, and the supervisor alone serves one scrape of them all (`MultiProcessCollector`).
 
-Gauges are sampled once a second by `sample_forever` in each process (so a scrape sees values
-at most a second old), not kept up to date by the hot paths.
+Once a second `sample_forever` in each process publishes the RPC counts (rpc_metrics.py) and
+sets the gauges, so a scrape sees values at most a second old and the hot paths touch no
+Prometheus object.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_h
 
 from entitlements_common.settings import ConfigError
 from service import metrics
+from service.entrypoints import rpc_metrics
 from service.entrypoints.launch import PortInUse
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ class MetricSources:
     _misses: int = 0
 
     def sample(self) -> None:
+        rpc_metrics.flush_all()
         cache = self.cache
         if cache is not None:
             metrics.CACHE_SUBJECTS.set(len(cache))

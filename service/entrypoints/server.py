@@ -50,7 +50,6 @@ from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
-    MetricsInterceptor,
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
@@ -190,11 +189,10 @@ async def start_server(
     clock = clock or SystemClock()
     server = aio.server(
         # Each interceptor costs every call: tracing's and the read-token one are there only
-        # when configured. Metrics first: it sees the code every caller was answered with.
+        # when configured; the error interceptor counts the calls' metrics too.
         interceptors=[
             *([tracing.server_interceptor(tracer_provider)] if tracer_provider else []),
-            *([MetricsInterceptor()] if settings.metrics else []),
-            ErrorInterceptor(),
+            ErrorInterceptor(metrics=settings.metrics),
             BillingAuthInterceptor(settings.sync_secret),
             *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
         ],

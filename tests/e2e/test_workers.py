@@ -87,8 +87,12 @@ def test_workers_share_one_port_and_all_see_a_change(database_url: str, tmp_path
         # One scrape of the supervisor sees every worker: the calls of both, and the pool
         # gauges of both added up (10 connections allowed each).
         can_use = {"grpc_type": "unary", **rpc("CanUse")}
-        samples = scrape_until(
-            metrics_url, lambda s: value(s, "entitlements_db_pool_connections_max") == 20
+        samples = scrape_until(  # published once a second
+            metrics_url,
+            lambda s: (
+                value(s, "entitlements_db_pool_connections_max") == 20
+                and value(s, "grpc_server_started_total", **can_use) >= 30
+            ),
         )
         assert value(samples, "entitlements_db_pool_connections_max") == 20
         assert value(samples, "grpc_server_started_total", **can_use) == 30

@@ -1,4 +1,4 @@
-"""Metrics, auth, error mapping and logging for every RPC, in one place.
+"""Auth, error mapping, metrics and logging for every RPC, in one place.
 
 Servicers raise domain exceptions; this module turns them into AIP-193 status codes with a human
 message, so no traceback or exception text ever reaches a caller.
@@ -18,7 +18,7 @@ from grpc import aio
 
 from entitlements_common.settings import split_secrets
 from service.domain.errors import ServiceError
-from service.entrypoints.rpc_metrics import RpcSeries, series_for
+from service.entrypoints.rpc_metrics import UNCOUNTED, RpcSeries, series_for, uncounted
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,19 @@ def _wrap(
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps exceptions to status codes; logs each call's duration at debug level.
+    """Maps exceptions to status codes, counts every call in the standard gRPC server series
+    (with `metrics`), and logs each call's duration at debug level.
 
-    The wrapped handler of each registered method is built once and reused: CanUse sits on
-    every caller's hot path, so nothing per call is allocated here that need not be.
+    One wrapper does both, rather than a metrics interceptor of its own: each interceptor is a
+    coroutine and a wrapper more on every call, and CanUse sits on every caller's hot path. It
+    goes before the auth interceptors, so it counts the code every caller was answered with, a
+    denial or an undecodable request included. The wrapped handler of each registered method
+    is built once and reused, so nothing per call is allocated here that need not be.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: bool = False) -> None:
         self._wrapped: dict[Handler, Handler] = {}
+        self._series = series_for if metrics else uncounted
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -121,15 +126,20 @@ class ErrorInterceptor(aio.ServerInterceptor):
             return None
         wrapped = self._wrapped.get(handler)
         if wrapped is None:
-            wrapped = _with_error_mapping(handler, handler_call_details.method)
-            if not handler_call_details.method.startswith(BILLING_SYNC_PREFIX):
+            method = handler_call_details.method
+            if handler.unary_unary is None and handler.unary_stream is None:
+                series = UNCOUNTED  # client streaming: reflection only, left as it is
+            else:
+                series = self._series(method, handler.unary_stream is not None)
+            wrapped = _with_error_mapping(handler, method, series)
+            if not method.startswith(BILLING_SYNC_PREFIX):
                 # Read-side handlers are the registered ones; write-side ones may be per-call
                 # denials from the auth interceptor, which must not pile up here.
                 self._wrapped[handler] = wrapped
         return wrapped
 
 
-def _with_error_mapping(handler: Handler, method: str) -> Handler:
+def _with_error_mapping(handler: Handler, method: str, series: RpcSeries) -> Handler:
     async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(*public_status(exc, method))
 
@@ -137,102 +147,44 @@ def _with_error_mapping(handler: Handler, method: str) -> Handler:
     inner_stream: Any = handler.unary_stream
 
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        start = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
-        if request is UNDECODABLE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
+        started = series.start()
+        cancelled = False
         try:
+            if request is UNDECODABLE:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
             return await inner_unary(request, context)
         except aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            cancelled = True
             raise
         except Exception as exc:
             await fail(exc, context)
         finally:
-            if start:
-                log.debug("%s %.2f ms", method, (time.perf_counter() - start) * 1000)
+            series.done(grpc.StatusCode.CANCELLED if cancelled else context.code(), started)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %.2f ms", method, (time.perf_counter() - started) * 1000)
 
     async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        if request is UNDECODABLE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
+        started = series.start()
+        cancelled = False
         try:
+            if request is UNDECODABLE:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
             async for response in inner_stream(request, context):
+                series.sent += 1
                 yield response
         except aio.AbortError:
             raise
+        except (asyncio.CancelledError, GeneratorExit):
+            cancelled = True
+            raise
         except Exception as exc:
             await fail(exc, context)
+        finally:
+            series.done(grpc.StatusCode.CANCELLED if cancelled else context.code(), started)
 
     return _wrap(handler, unary, streaming, _tolerant(handler.request_deserializer))
-
-
-class MetricsInterceptor(aio.ServerInterceptor):
-    """The standard gRPC server series for every RPC: grpc_server_started_total,
-    grpc_server_handled_total (by code) and grpc_server_handling_seconds.
-
-    It goes before the auth and error interceptors, so it counts the code every caller saw,
-    a denial or an undecodable request included. Wrapped read-side handlers are reused, as
-    the error interceptor's are."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[Handler, Handler] = {}
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
-            return handler  # unknown (UNIMPLEMENTED) or client-streaming (reflection only)
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            method = handler_call_details.method
-            wrapped = _with_metrics(handler, series_for(method, handler.unary_stream is not None))
-            if not method.startswith(BILLING_SYNC_PREFIX):  # as in ErrorInterceptor
-                self._wrapped[handler] = wrapped
-        return wrapped
-
-
-def _with_metrics(handler: Handler, series: RpcSeries) -> Handler:
-    inner_unary: Any = handler.unary_unary
-    inner_stream: Any = handler.unary_stream
-
-    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        series.started.inc()
-        started = time.perf_counter()
-        code: grpc.StatusCode | None = None
-        try:
-            return await inner_unary(request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except aio.AbortError:
-            code = context.code()
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            series.done(code or context.code(), started)
-
-    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        series.started.inc()
-        started = time.perf_counter()
-        code: grpc.StatusCode | None = None
-        try:
-            async for response in inner_stream(request, context):
-                series.sent.inc()
-                yield response
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except aio.AbortError:
-            code = context.code()
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            series.done(code or context.code(), started)
-
-    return _wrap(handler, unary, streaming)
 
 
 ENTITLEMENT_PREFIX = "/entitlements.v1.EntitlementService/"
