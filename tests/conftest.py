@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
@@ -21,6 +21,9 @@ from service.adapters.postgres.store import Store
 from service.config import ServiceSettings, load_catalog
 from service.entrypoints.server import RunningServer, start_server
 from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_database
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 _TABLES = "subjects, items, deliveries, plan_changes, change_log, grants"
 
@@ -89,6 +92,7 @@ async def start_harness(
     secret: str | None = SYNC_SECRET,
     clerk: ClerkApiSettings | None = None,
     reconcile_interval_seconds: float = 0.0,
+    tracer_provider: TracerProvider | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     catalog = load_catalog(None)
@@ -105,7 +109,7 @@ async def start_harness(
         reconcile_interval_seconds=reconcile_interval_seconds,
         **{"metrics": True, **overrides},  # counted (no endpoint): every call takes that path
     )
-    running = await start_server(settings, catalog, store, clock)
+    running = await start_server(settings, catalog, store, clock, tracer_provider)
     target = f"127.0.0.1:{running.port}"
     channel = aio.insecure_channel(target)
     try:

@@ -8,7 +8,6 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -22,10 +21,9 @@ from opentelemetry.trace import SpanKind
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements_common.otel_sdk import new_tracer_provider
-from service.adapters.postgres.store import Store
-from service.config import ServiceSettings, load_catalog
-from service.entrypoints.server import RunningServer, start_server
-from tests.support import SYNC_SECRET, load_fixture
+from service.entrypoints.server import RunningServer
+from tests.conftest import start_harness
+from tests.support import SYNC_SECRET, Clock, load_fixture
 from tests.support.stack import WEBHOOK_PATH, new_signing_secret, signed_headers
 from webhook_gateway.app import create_app
 from webhook_gateway.config import GatewaySettings
@@ -51,22 +49,8 @@ class TracedStack:
 
 
 async def _stack(dsn: str, provider: TracerProvider | None) -> AsyncIterator[RunningServer]:
-    store = await Store.open(dsn)
-    settings = ServiceSettings(
-        database_url=dsn,
-        listen="127.0.0.1:0",
-        catalog_path=None,
-        sync_secret=SYNC_SECRET,
-        data_dir=Path(".data"),
-        grace_seconds=0.5,
-        health_interval_seconds=0.1,
-        reconcile_interval_seconds=0,
-    )
-    running = await start_server(settings, load_catalog(None), store, tracer_provider=provider)
-    try:
-        yield running
-    finally:
-        await running.stop()
+    async for harness in start_harness(dsn, Clock(), tracer_provider=provider):
+        yield harness.running
 
 
 @pytest.fixture
