@@ -7,7 +7,7 @@ exports spans over OTLP (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`, the def
 tracing pays nothing for it.
 
 Background work (health pings, the change follower, the NOTIFY listener's keepalive) runs SQL
-outside any request: such a client span with no parent is not sampled (`DropOrphanClientSpans`),
+outside any request: such a client span with no parent is not sampled (otel_sdk.py),
 so a trace is always a request's — the gateway's POST through the forwarded gRPC call to its SQL.
 """
 

@@ -59,6 +59,11 @@ def connect_error(exc: Exception, method: str) -> ConnectError:
     return ConnectError(CONNECT_CODES.get(status, Code.INTERNAL), message)
 
 
+def _grpc_code(error: ConnectError) -> grpc.StatusCode:
+    """The gRPC name of a Connect error's code (what the grpc_server_* series count)."""
+    return GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+
+
 class _Peer:
     """The part of a gRPC context the Watch stream reads: the caller's address, in gRPC's
     spelling ("ipv4:10.0.0.7:5123"), so per-client stream limits count both protocols alike."""
@@ -105,11 +110,11 @@ class ConnectEntitlements:
             self._authorize(ctx)
             return await call(request, cast(Context, _Peer(ctx.client_address)))
         except ConnectError as exc:
-            code = GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+            code = _grpc_code(exc)
             raise
         except Exception as exc:
             error = connect_error(exc, ctx.method.name)
-            code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+            code = _grpc_code(error)
             raise error from None
         finally:
             series.done(code, started)
@@ -169,14 +174,14 @@ class ConnectEntitlements:
                 series.sent += 1
                 yield message
         except ConnectError as exc:
-            code = GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+            code = _grpc_code(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             error = connect_error(exc, ctx.method.name)
-            code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+            code = _grpc_code(error)
             raise error from None
         finally:
             series.done(code, started)
