@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any
 
-from service.domain.bounds import bounded_time_ms, clamp_future, echo
+from service.domain.bounds import bounded_time_ms, clamp_future, echo, parse_json_int
 from service.domain.subjects import subject_problem
 
 
@@ -263,7 +263,7 @@ def _normalize_body(
     payload: bytes, type_hint: str, fallback_ms: int, received_ms: int | None
 ) -> NormalizedEvent:
     try:
-        envelope = json.loads(payload)
+        envelope = json.loads(payload, parse_int=parse_json_int)
     except (ValueError, UnicodeDecodeError):
         return NormalizedEvent(EventKind.UNPARSEABLE, type_hint, error="body is not JSON")
     except RecursionError:
