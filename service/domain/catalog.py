@@ -6,9 +6,12 @@ answering wrongly later.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 UNLIMITED = "unlimited"
@@ -71,6 +74,33 @@ class Catalog:
 
     def plans_by_rank(self) -> list[Plan]:
         return sorted(self.plans.values(), key=lambda p: p.rank)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of everything an answer depends on (not of the file's spelling): a client
+        that sees it change drops the answers it holds (SPEC §10.5)."""
+        canonical = {
+            "default": self.default_plan_name,
+            "features": sorted(self.features),
+            "limits": list(self.limit_names),
+            "grace": self.past_due_grace_seconds,
+            "plans": {
+                plan.name: {
+                    "rank": plan.rank,
+                    "features": sorted(plan.features),
+                    "limits": {
+                        name: ("unlimited" if value.unlimited else value.value)
+                        for name, value in sorted(plan.limits.items())
+                    },
+                    "slugs": list(plan.clerk_slugs),
+                    "ids": list(plan.clerk_plan_ids),
+                    "lifetime": plan.lifetime,
+                }
+                for plan in self.plans_by_rank()
+            },
+        }
+        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 def _limit(plan: str, name: str, raw: object) -> LimitValue:

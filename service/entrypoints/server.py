@@ -266,7 +266,11 @@ async def start_server(
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
-        asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
+        asyncio.create_task(
+            hub.follow(
+                store.change_log_horizon, store.follow_changes, load, store.change_log_identity
+            )
+        ),
         asyncio.create_task(hub.beat()),
         asyncio.create_task(
             run_housekeeping(

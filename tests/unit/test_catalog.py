@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import load_catalog
@@ -96,3 +98,20 @@ def test_bad_catalog_is_refused_with_a_message_naming_the_problem(
 def test_missing_catalog_file_names_the_variable(tmp_path: object) -> None:
     with pytest.raises(CatalogError, match=r"ENTITLEMENTS_CATALOG=/nonexistent\.toml"):
         load_catalog("/nonexistent.toml")
+
+
+def test_the_fingerprint_follows_what_answers_depend_on_not_the_spelling() -> None:
+    bundled = load_catalog(None)
+    assert bundled.fingerprint == load_catalog(None).fingerprint
+    text = (Path(__file__).parents[2] / "service" / "default_catalog.toml").read_text()
+    respelled = "# a comment\n" + text.replace("maxGoals = 3 }", "maxGoals   = 3 }")
+    assert parse_catalog_text(respelled).fingerprint == bundled.fingerprint
+    for changed in (
+        text.replace("maxGoals = 3 }", "maxGoals = 4 }"),
+        text.replace('features = ["aiInsights"]', 'features = ["aiInsights", "dataExport"]'),
+        text.replace('default_plan = "free"', 'default_plan = "pro"'),
+        text.replace("past_due_grace_seconds = 259200", "past_due_grace_seconds = 1"),
+        text.replace('"pro_yearly"]', '"pro_yearly", "pro_2027"]'),
+    ):
+        assert changed != text
+        assert parse_catalog_text(changed).fingerprint != bundled.fingerprint

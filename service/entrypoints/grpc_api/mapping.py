@@ -82,6 +82,7 @@ def plans_message(catalog: Catalog) -> pb.ListPlansResponse:
             for p in catalog.plans_by_rank()
         ],
         default_plan=catalog.default_plan_name,
+        catalog_fingerprint=catalog.fingerprint,
         features=sorted(catalog.features),
         limits=list(catalog.limit_names),
     )

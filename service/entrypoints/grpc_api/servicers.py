@@ -175,7 +175,8 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
                     f"since_version {since} is outside the change log "
                     f"({pruned}..{ceiling}); re-sync and watch without since_version"
                 )
-        async for message in self._watch.stream(subjects, since, _peer_address(context)):
+        peer = _peer_address(context)
+        async for message in self._watch.stream(subjects, since, peer, request.log_id):
             yield message
 
 

@@ -517,7 +517,10 @@ class ListPlansResponse(_message.Message):
     DEFAULT_PLAN_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CATALOG_FINGERPRINT_FIELD_NUMBER: _builtins.int
     default_plan: _builtins.str
+    catalog_fingerprint: _builtins.str
+    """The catalog's fingerprint, as Watch heartbeats carry it."""
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plan]: ...
     @_builtins.property
@@ -531,10 +534,11 @@ class ListPlansResponse(_message.Message):
         default_plan: _builtins.str = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
         limits: _abc.Iterable[_builtins.str] | None = ...,
+        catalog_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_plan", b"default_plan", "features", b"features", "limits", b"limits", "plans", b"plans"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_fingerprint", b"catalog_fingerprint", "default_plan", b"default_plan", "features", b"features", "limits", b"limits", "plans", b"plans"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,9 +550,15 @@ class WatchEntitlementsRequest(_message.Message):
 
     SUBJECTS_FIELD_NUMBER: _builtins.int
     SINCE_VERSION_FIELD_NUMBER: _builtins.int
+    LOG_ID_FIELD_NUMBER: _builtins.int
     since_version: _builtins.int
     """Unset: changes from now on. Set: every change with a higher version, then live; a value
     the change log no longer covers (pruned, or ahead of it) is OUT_OF_RANGE: re-sync.
+    """
+    log_id: _builtins.str
+    """The `log_id` of the heartbeat `since_version` came from: when the service now follows
+    another change log (its database was wiped, replaced or restored), the resume point means
+    nothing there and the stream is OUT_OF_RANGE: re-sync. Empty: not checked.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -559,10 +569,11 @@ class WatchEntitlementsRequest(_message.Message):
         *,
         subjects: _abc.Iterable[_builtins.str] | None = ...,
         since_version: _builtins.int | None = ...,
+        log_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "log_id", b"log_id", "since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__since_version: _TypeAlias = _typing.Literal["since_version"]  # noqa: Y015
     _WhichOneofArgType__since_version: _TypeAlias = _typing.Literal["_since_version", b"_since_version"]  # noqa: Y015
@@ -584,8 +595,19 @@ class WatchEntitlementsResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
+    LOG_ID_FIELD_NUMBER: _builtins.int
+    CATALOG_FINGERPRINT_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     version: _builtins.int
+    log_id: _builtins.str
+    """Heartbeats: the identity of the change log `version` is a position in. It changes when the
+    database is replaced or restored; a client that sees it change drops its local answers
+    and re-syncs.
+    """
+    catalog_fingerprint: _builtins.str
+    """Heartbeats: a fingerprint of the catalog the answers were resolved with. A client that sees
+    it change drops its local answers (and re-reads ListPlans).
+    """
     @_builtins.property
     def entitlements(self) -> Global___GetEntitlementsResponse: ...
     @_builtins.property
@@ -607,10 +629,12 @@ class WatchEntitlementsResponse(_message.Message):
         version: _builtins.int = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         lag: _duration_pb2.Duration | None = ...,
+        log_id: _builtins.str = ...,
+        catalog_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time", "subject", b"subject", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_fingerprint", b"catalog_fingerprint", "entitlements", b"entitlements", "lag", b"lag", "log_id", b"log_id", "server_time", b"server_time", "subject", b"subject", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
