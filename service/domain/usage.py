@@ -18,19 +18,13 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 
 from service.domain.bounds import INT64_MAX
-from service.domain.catalog import LimitValue
+from service.domain.catalog import LimitValue, Reset
+
+__all__ = ["BillingPeriod", "Counter", "Decision", "Period", "Reset", "period_at"]
 
 DAY_MS = 86_400_000
-
-
-class Reset(StrEnum):
-    BILLING_PERIOD = "billing_period"
-    MONTH = "month"
-    DAY = "day"
-    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,3 +115,42 @@ def test_the_fingerprint_follows_what_answers_depend_on_not_the_spelling() -> No
     ):
         assert changed != text
         assert parse_catalog_text(changed).fingerprint != bundled.fingerprint
+
+
+METERED = """
+default_plan = "free"
+features = []
+limits = ["maxHabits", "aiInsightsPerMonth"]
+[meters.aiInsightsPerMonth]
+reset = "billing_period"
+[plans.free]
+rank = 0
+limits = { maxHabits = 10, aiInsightsPerMonth = 20 }
+[plans.pro]
+rank = 10
+clerk_slugs = ["pro"]
+limits = { maxHabits = "unlimited", aiInsightsPerMonth = 500 }
+"""
+
+
+def test_metered_limits_are_declared_under_meters() -> None:
+    from service.domain.catalog import Reset
+
+    catalog = parse_catalog_text(METERED)
+    assert catalog.meters == {"aiInsightsPerMonth": Reset.BILLING_PERIOD}
+    assert catalog.plans["pro"].limits["aiInsightsPerMonth"] == LimitValue(500)
+    daily = parse_catalog_text(METERED.replace('"billing_period"', '"day"'))
+    assert daily.fingerprint != catalog.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("[meters.aiInsightsPerMonth]", "[meters.nope]"),
+        ('reset = "billing_period"', 'reset = "weekly"'),
+        ('reset = "billing_period"', 'reset = "day"\nresets = "day"'),
+    ],
+)
+def test_a_bad_meter_is_refused_by_name(old: str, new: str) -> None:
+    with pytest.raises(CatalogError, match="meters"):
+        parse_catalog_text(METERED.replace(old, new))
