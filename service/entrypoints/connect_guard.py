@@ -6,8 +6,9 @@ In order, for a POST to a method of EntitlementService:
 1. the read token (ENTITLEMENTS_READ_TOKEN) is checked from the headers, before any byte of the
    body is read (the gRPC port's own comparison, `ReadAuthInterceptor.accepts`);
 2. a declared Content-Length over the method's cap (message_limits.py) is refused at once;
-3. body bytes are counted as they arrive against that cap and against a per-process budget of
-   body bytes in flight, and the whole body must arrive within `body_timeout` seconds;
+3. body bytes are counted as they arrive against that cap and, while more is awaited, against
+   a per-process budget of body bytes in flight; the whole body must arrive within
+   `body_timeout` seconds of the headers;
 4. whatever the connectrpc library answers with text of its own (a JSON or protobuf parser's
    message, a decompressor's, a header's echo) is answered with fixed text instead: inside a
    call by the `PublicErrors` interceptor (`on_end` may replace the error), before a call
@@ -267,13 +268,16 @@ class _Body:
         if self._received > self._cap:
             refusals.refused("connect: body over the method's cap")
             raise PublicError(Code.RESOURCE_EXHAUSTED, TOO_LARGE_MESSAGE)
+        if not message.get("more_body", False):
+            self.release()  # whole: connectrpc decodes it at once and drops the bytes
+            return message
+        # Held while more is awaited: only these bytes count against the budget, so a body
+        # that arrives whole (every small call) is never refused as busy.
         if self._guard.in_flight + size > self._guard._limits.budget:
             refusals.refused("connect: body budget of the process spent")
             raise PublicError(Code.RESOURCE_EXHAUSTED, BUSY_MESSAGE)
         self._guard.in_flight += size
         self._held += size
-        if not message.get("more_body", False):
-            self.release()  # whole: connectrpc decodes it at once and drops the bytes
         return message
 
     def release(self) -> None:
