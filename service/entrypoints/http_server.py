@@ -42,6 +42,7 @@ H2_MAX_STREAMS = 100
 H2_FRAME_BYTES = 16 * 1024  # HTTP/2's minimum maximum frame size
 BACKLOG = 1024
 DEFAULT_HEADER_TIMEOUT_SECONDS = 5.0
+DRAIN_SECONDS = 5.0
 
 
 @dataclass
@@ -127,7 +128,7 @@ def serve_asgi(
     config = bounded_config(fd, header_timeout, grace, log)
     stop = asyncio.Event()
     # hypercorn's own ASGI types are TypedDicts; ours are plain mappings of the same events.
-    task = asyncio.create_task(serve(cast(Any, app), config, shutdown_trigger=stop.wait))
+    task = asyncio.create_task(serve(cast(Any, drained(app)), config, shutdown_trigger=stop.wait))
     return HttpServer(port, stop, task)
 
 
@@ -140,3 +141,68 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+def drained(app: App) -> App:
+    """`app`, leaving hypercorn no request body queued when its response ends.
+
+    hypercorn (0.18) hands body chunks to the application through a queue of
+    `max_app_queue_size`. An application that answers without reading the whole body (a
+    refused token, a body over its cap) leaves that queue full, and when the response ends
+    hypercorn puts `http.disconnect` into it from within the final send: that send then waits
+    forever, the connection stays in CLOSE_WAIT and its buffers are never freed. So from the
+    final send on, what is left of the body is read and dropped until the disconnect (hypercorn
+    closes a connection whose request was not read whole), for at most DRAIN_SECONDS."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        done = False  # the body was read whole, or the caller is gone
+        drainer: asyncio.Task[None] | None = None
+
+        def note(message: Message) -> Message:
+            nonlocal done
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        async def tracked_receive() -> Message:
+            return note(await receive())
+
+        async def drain() -> None:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while not done:
+                    note(await receive())
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal drainer
+            final = (
+                message["type"] == "http.response.body" and not message.get("more_body", False)
+            ) or (
+                message["type"] == "http.response.trailers"
+                and not message.get("more_trailers", False)
+            )
+            if final and not done and drainer is None:
+                drainer = asyncio.create_task(drain())
+            await send(message)
+
+        try:
+            await app(scope, tracked_receive, tracked_send)
+        finally:
+            if drainer is None and not done:  # no response: hypercorn answers 500 next
+                drainer = asyncio.create_task(drain())
+            if drainer is not None:
+                _draining.add(drainer)
+                drainer.add_done_callback(_forget)
+
+    return wrapped
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _draining.discard(task)
+    if not task.cancelled():
+        task.exception()  # a timeout or a closed connection: nothing to report
