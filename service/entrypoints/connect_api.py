@@ -26,14 +26,8 @@ from connectrpc.request import RequestContext
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1.entitlement_service_connect import EntitlementServiceASGIApplication
 from service.entrypoints import http_server
-from service.entrypoints.connect_guard import (
-    CONNECT_CODES,
-    GRPC_CODES,
-    BodyLimits,
-    ConnectGuard,
-    PublicError,
-    PublicErrors,
-)
+from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors
+from service.entrypoints.connect_replies import CONNECT_CODES, GRPC_CODES, PublicError
 from service.entrypoints.grpc_api.interceptors import (
     ENTITLEMENT_PREFIX,
     ReadAuthInterceptor,
