@@ -45,7 +45,7 @@ from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
-from service.entrypoints.connect_api import HttpServer, start_http
+from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
 from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
@@ -64,7 +64,7 @@ from service.entrypoints.launch import (
     port_in_use,
 )
 from service.entrypoints.metrics_http import (
-    MetricsEndpoint,
+    STOP_GRACE_SECONDS,
     MetricSources,
     sample_forever,
     start_metrics_endpoint,
@@ -96,7 +96,7 @@ class RunningServer:
     grace_seconds: float
     cache: EntitlementCache | None = None
     http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
-    metrics: MetricsEndpoint | None = None  # ENTITLEMENTS_METRICS_LISTEN
+    metrics: HttpServer | None = None  # ENTITLEMENTS_METRICS_LISTEN
     sql_tracing: tracing.SqlTracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -121,7 +121,7 @@ class RunningServer:
         await self.server.stop(self.grace_seconds)
         await self.store.close()
         if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.stop)
+            await self.metrics.stop(STOP_GRACE_SECONDS)
         if self.sql_tracing is not None:
             self.sql_tracing.stop()
 
@@ -242,7 +242,9 @@ async def start_server(
     if tracer_provider is not None:
         running.sql_tracing = tracing.SqlTracing(tracer_provider)
     if settings.metrics_listen is not None:
-        running.metrics = start_metrics_endpoint(settings.metrics_listen)
+        running.metrics = start_metrics_endpoint(
+            settings.metrics_listen, settings.http_header_timeout_seconds
+        )
     if settings.http_listen is not None:
         # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
         running.http = await start_http(
@@ -252,6 +254,8 @@ async def start_server(
             settings.grace_seconds,
             reuse_port=settings.reuse_port,
             metrics=settings.metrics,
+            limits=BodyLimits(settings.http_body_timeout_seconds, settings.http_body_budget_bytes),
+            header_timeout=settings.http_header_timeout_seconds,
         )
     await running.set_serving(await store.ping())
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
