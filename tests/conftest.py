@@ -25,7 +25,10 @@ from tests.support import ADMIN_DSN, SYNC_SECRET, Clock, admin_reachable, fresh_
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-_TABLES = "subjects, items, deliveries, plan_changes, change_log, grants"
+_TABLES = (
+    "subjects, items, deliveries, plan_changes, change_log, grants, overrides, "
+    "usage_counters, usage_records, usage_reservations"
+)
 
 # Every service process a test starts serves its metrics on a free port of its own (the
 # default, 127.0.0.1:9464, is one port for the whole machine); a test of the endpoint sets one.

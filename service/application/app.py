@@ -16,10 +16,12 @@ from service.application.ports import (
     Clock,
     Operations,
     Transactions,
+    UsageReader,
 )
 from service.application.reads import EntitlementReader
 from service.application.reconcile import CheckCatalog, Reconciler
 from service.application.replay import ReplayDeliveries
+from service.application.usage import Usage
 from service.application.verify import VerifyState
 from service.domain.catalog import Catalog
 from service.domain.errors import FailedPrecondition
@@ -35,6 +37,7 @@ class Application:
     replay: ReplayDeliveries
     grants: Grants
     overrides: Overrides
+    usage: Usage
     verify: VerifyState
     operations: Operations
     change_log: ChangeLog
@@ -62,19 +65,22 @@ def build_application(
     cache: Cache | None,
     hub: ChangeHub,
     clerk: ClerkConnector | None,
+    usage: UsageReader,
 ) -> Application:
     rules = DeliveryRules(catalog, clock)
+    reads = EntitlementReader(operations, catalog, cache, clock)
     apply_delivery = ApplyDelivery(transactions, rules, hub)
     replay_delivery = ReplayDelivery(transactions, rules, hub)
     return Application(
         catalog=catalog,
         clock=clock,
-        reads=EntitlementReader(operations, catalog, cache, clock),
+        reads=reads,
         hub=hub,
         apply_delivery=apply_delivery,
         replay=ReplayDeliveries(operations, replay_delivery),
         grants=Grants(transactions, catalog, clock, hub),
         overrides=Overrides(transactions, catalog, clock, hub),
+        usage=Usage(transactions, reads, usage, catalog, clock),
         verify=VerifyState(operations, catalog, clock),
         operations=operations,
         change_log=change_log,

@@ -20,6 +20,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.usage import Answer, Counter, Period, Reservation
 
 T = TypeVar("T")
 
@@ -139,6 +140,42 @@ class OverrideRepository(Protocol):
     async def remove(self, override_id: str, at_ms: int, reason: str) -> bool: ...
 
 
+class UsageRepository(Protocol):
+    """Usage counters, recorded calls and reservations (SPEC §10.1), inside a transaction."""
+
+    async def lock(
+        self, subject: str, meter: str, period: Period, now_ms: int, key: str | None
+    ) -> tuple[Counter, Answer | None]:
+        """The subject's counter of `meter` (made with `period` when new), locked until the
+        transaction ends, with what live reservations hold at `now_ms`; and the answer a call
+        with idempotency `key` got before, if any."""
+
+    async def save(
+        self,
+        subject: str,
+        meter: str,
+        counter: Counter,
+        kind: str,
+        key: str,
+        amount: int,
+        answer: Answer,
+    ) -> None:
+        """Store the counter and record the call (`kind`, its key, the amount and answer)."""
+
+    async def hold(self, reservation: Reservation) -> None: ...
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        """The reservation, locked until the transaction ends; None when unknown."""
+
+    async def finish(self, reservation_id: str, committed_amount: int | None) -> None:
+        """End a held reservation: committed (with the amount recorded) or released (None)."""
+
+
+class UsageReader(Protocol):
+    async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
+        """The subject's stored counters by meter, with what live reservations hold."""
+
+
 class UnitOfWork(Protocol):
     """The repositories of one transaction."""
 
@@ -153,6 +190,9 @@ class UnitOfWork(Protocol):
 
     @property
     def overrides(self) -> OverrideRepository: ...
+
+    @property
+    def usage(self) -> UsageRepository: ...
 
 
 class Transactions(Protocol):

@@ -22,7 +22,16 @@ from datetime import UTC, datetime, timedelta
 from service.domain.bounds import INT64_MAX
 from service.domain.catalog import LimitValue, Reset
 
-__all__ = ["BillingPeriod", "Counter", "Decision", "Period", "Reset", "period_at"]
+__all__ = [
+    "Answer",
+    "BillingPeriod",
+    "Counter",
+    "Decision",
+    "Period",
+    "Reservation",
+    "Reset",
+    "period_at",
+]
 
 DAY_MS = 86_400_000
 
@@ -163,3 +172,66 @@ class Counter:
 
     def decision(self, limit: LimitValue, allowed: bool) -> Decision:
         return Decision(allowed, self.used, self.remaining(limit), limit.unlimited)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one recorded call answered; a retry with the same idempotency key gets it again."""
+
+    allowed: bool
+    used: int
+    remaining: int
+    unlimited: bool
+    limit_value: int
+    period: Period
+    reservation_id: str | None = None
+    expires_at_ms: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        counter: Counter,
+        limit: LimitValue,
+        allowed: bool,
+        reservation_id: str | None = None,
+        expires_at_ms: int | None = None,
+    ) -> Answer:
+        return cls(
+            allowed,
+            counter.used,
+            counter.remaining(limit),
+            limit.unlimited,
+            0 if limit.unlimited else limit.value,
+            counter.period,
+            reservation_id,
+            expires_at_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Units held for work whose cost is known only after it ran (SPEC §10.1)."""
+
+    reservation_id: str
+    subject: str
+    meter: str
+    amount: int
+    expires_at_ms: int
+    held: bool = True
+
+    def holds_at(self, ms: int) -> bool:
+        """Whether its units still count as used at `ms` (held and not expired)."""
+        return self.held and ms < self.expires_at_ms
+
+
+MIN_RESERVATION_TTL_S = 1
+MAX_RESERVATION_TTL_S = 86_400
+DEFAULT_RESERVATION_TTL_S = 300
+
+
+def reservation_ttl_ms(ttl_seconds: int) -> int | None:
+    """The hold's length in ms (0: the default), or None when out of range."""
+    ttl = ttl_seconds or DEFAULT_RESERVATION_TTL_S
+    if not MIN_RESERVATION_TTL_S <= ttl <= MAX_RESERVATION_TTL_S:
+        return None
+    return ttl * 1000

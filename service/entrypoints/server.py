@@ -23,6 +23,8 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements.v1 import usage_service_pb2 as usage_pb
+from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from entitlements_common.settings import ConfigError
 from entitlements_common.tracing import tracer_provider_from_env
 from service.adapters.cache import EntitlementCache
@@ -53,6 +55,7 @@ from service.entrypoints.grpc_api.interceptors import (
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.launch import (
     EXIT_CONFIG,
     EXIT_DATABASE_UNAVAILABLE,
@@ -78,6 +81,7 @@ log = logging.getLogger("entitlements.service")
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["EntitlementService"].full_name,
     sync_pb.DESCRIPTOR.services_by_name["BillingSyncService"].full_name,
+    usage_pb.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 # A health name SERVING for as long as the process serves, whatever the database does: the
 # liveness probe's (a database outage must take replicas out of rotation, not restart them).
@@ -211,6 +215,7 @@ async def start_server(
         cache=cache,
         hub=hub,
         clerk=clerk_connector(settings.clerk),
+        usage=store,
     )
 
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
@@ -219,6 +224,7 @@ async def start_server(
     entitlement_servicer = EntitlementServicer(app)
     pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
     sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
+    usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

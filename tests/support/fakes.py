@@ -17,6 +17,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.usage import Answer, Counter, Period, Reservation
 
 T = TypeVar("T")
 
@@ -93,6 +94,7 @@ class Data:
     created: dict[str, int] = field(default_factory=dict)
     grants: dict[str, StoredGrant] = field(default_factory=dict)
     overrides: dict[str, StoredOverride] = field(default_factory=dict)
+    usage: UsageData = field(default_factory=lambda: UsageData())
     plan_changes: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     change_log: list[tuple[int, str]] = field(default_factory=list)
     sequence: int = 0
@@ -304,12 +306,73 @@ class FakeOverrides:
         return True
 
 
+@dataclass
+class UsageData:
+    counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    records: dict[tuple[str, str, str], Answer] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+
+    def held(self, subject: str, meter: str, now_ms: int) -> int:
+        return sum(
+            r.amount
+            for r in self.reservations.values()
+            if r.subject == subject and r.meter == meter and r.holds_at(now_ms)
+        )
+
+
+class FakeUsage:
+    """UsageRepository in memory (the unit of work's copy is the lock: it runs alone)."""
+
+    def __init__(self, data: UsageData) -> None:
+        self._data = data
+
+    async def lock(
+        self, subject: str, meter: str, period: Period, now_ms: int, key: str | None
+    ) -> tuple[Counter, Answer | None]:
+        counter = self._data.counters.setdefault((subject, meter), Counter(period))
+        held = self._data.held(subject, meter, now_ms)
+        prior = self._data.records.get((subject, meter, key)) if key else None
+        return replace(counter, reserved=held), prior
+
+    async def save(
+        self,
+        subject: str,
+        meter: str,
+        counter: Counter,
+        kind: str,
+        key: str,
+        amount: int,
+        answer: Answer,
+    ) -> None:
+        self._data.counters[(subject, meter)] = replace(counter, reserved=0)
+        self._data.records[(subject, meter, key)] = answer
+
+    async def hold(self, reservation: Reservation) -> None:
+        self._data.reservations[reservation.reservation_id] = reservation
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        return self._data.reservations.get(reservation_id)
+
+    async def finish(self, reservation_id: str, committed_amount: int | None) -> None:
+        found = self._data.reservations.get(reservation_id)
+        if found is not None:
+            self._data.reservations[reservation_id] = replace(found, held=False)
+
+    async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
+        return {
+            meter: replace(c, reserved=self._data.held(subject, meter, now_ms))
+            for (s, meter), c in self._data.counters.items()
+            if s == subject
+        }
+
+
 class FakeUnitOfWork:
     def __init__(self, data: Data) -> None:
         self.deliveries = FakeDeliveries(data)
         self.subjects = FakeSubjects(data)
         self.grants = FakeGrants(data)
         self.overrides = FakeOverrides(data)
+        self.usage = FakeUsage(data.usage)
 
 
 class InMemoryStore:
@@ -321,6 +384,9 @@ class InMemoryStore:
         self.data = Data()
         self.units = 0
         self.fail_with: BaseException | None = None
+
+    async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
+        return await FakeUsage(self.data.usage).counters(subject, now_ms)
 
     async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         self.units += 1

@@ -48,7 +48,13 @@ def test_bundled_catalog_matches_spec_table() -> None:
     assert lifetime.lifetime and not pro.lifetime and not free.lifetime
     assert free.features == {"aiInsights"}
     assert pro.features == PRO_FEATURES == lifetime.features
-    assert free.limits == {"maxHabits": LimitValue(10), "maxGoals": LimitValue(3)}
+    assert free.limits == {
+        "maxHabits": LimitValue(10),
+        "maxGoals": LimitValue(3),
+        "aiInsightsPerMonth": LimitValue(20),  # metered (SPEC §10.1)
+    }
+    assert pro.limits["aiInsightsPerMonth"] == LimitValue(500)
+    assert catalog.meters == {"aiInsightsPerMonth": "billing_period"}
     assert pro.limits["maxHabits"].unlimited and lifetime.limits["maxGoals"].unlimited
     for slug in ("free_user", "free_org", "free"):
         assert catalog.match(slug, None).plan is free

@@ -1,6 +1,7 @@
 """The PostgreSQL adapter put together: one pool serving the unit of work and state reads
 (unit_of_work.py), the change log (change_log.py) and operators' reads and housekeeping
-(operations.py). Open with `Store.open(dsn)`: it connects and migrates."""
+(operations.py) and the usage of metered limits (usage.py). Open with `Store.open(dsn)`: it
+connects and migrates."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from service.adapters.postgres.operations import (
     StoreSnapshot,
 )
 from service.adapters.postgres.unit_of_work import PgTransactions
+from service.adapters.postgres.usage import UsageStore
 
 __all__ = ["CHANGES_CHANNEL", "SCRATCH_SCHEMA_PATTERN", "Store", "StoreSnapshot"]
 
 
-class Store(OperationsStore, ChangeLogStore, PgTransactions):
-    """Plan state in PostgreSQL: implements Transactions, StateReader, Operations, ChangeLog."""
+class Store(OperationsStore, ChangeLogStore, PgTransactions, UsageStore):
+    """Plan state in PostgreSQL: implements Transactions, StateReader, Operations, ChangeLog,
+    UsageReader."""

@@ -12,6 +12,7 @@ from service.adapters.postgres.deliveries import PgDeliveries
 from service.adapters.postgres.grants import PgGrants
 from service.adapters.postgres.overrides import PgOverrides
 from service.adapters.postgres.subjects import PgSubjects, load_subject_states
+from service.adapters.postgres.usage import PgUsage
 from service.application.ports import UnitOfWork
 from service.domain.resolution import SubjectState
 
@@ -24,6 +25,7 @@ class PgUnitOfWork:
         self.subjects = PgSubjects(conn, channel)
         self.grants = PgGrants(conn)
         self.overrides = PgOverrides(conn)
+        self.usage = PgUsage(conn)
 
 
 class PgTransactions(StoreBase):

@@ -188,13 +188,14 @@ def _with_error_mapping(handler: Handler, method: str, series: RpcSeries) -> Han
 
 
 ENTITLEMENT_PREFIX = "/entitlements.v1.EntitlementService/"
+USAGE_PREFIX = "/entitlements.v1.UsageService/"
 
 
 class _BearerAuth(aio.ServerInterceptor):
     """Guards the methods under `prefix` with `authorization: Bearer <token>`, any of several
     accepted tokens (a rotation), compared in constant time with every one (no early exit)."""
 
-    prefix = ""
+    prefix: str | tuple[str, ...] = ""
 
     def __init__(self, tokens: list[str]) -> None:
         self._accepted = [f"Bearer {t}".encode() for t in tokens]
@@ -254,9 +255,10 @@ class BillingAuthInterceptor(_BearerAuth):
 
 
 class ReadAuthInterceptor(_BearerAuth):
-    """Guards EntitlementService with ENTITLEMENTS_READ_TOKEN when set (open otherwise)."""
+    """Guards EntitlementService and UsageService with ENTITLEMENTS_READ_TOKEN when set (open
+    otherwise)."""
 
-    prefix = ENTITLEMENT_PREFIX
+    prefix = (ENTITLEMENT_PREFIX, USAGE_PREFIX)
 
 
 def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:

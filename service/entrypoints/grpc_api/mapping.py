@@ -3,7 +3,7 @@ entitlements message (the servicers and the Watch streams only call these)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.reconcile import ReconcileStatus
+from service.application.usage import MeterUsage
 from service.domain.bounds import wire_ms
 from service.domain.catalog import Catalog, LimitValue
 from service.domain.deliveries import ApplyResult, Outcome
@@ -172,3 +173,19 @@ def ms_of(ts: Timestamp, default: int) -> int:
         return ts.ToMilliseconds()
     except (ValueError, OverflowError):
         return -1
+
+
+def metered_messages(found: Sequence[MeterUsage]) -> list[pb.MeteredLimit]:
+    """Each metered limit's period and usage, as GetEntitlements and GetLimits show them."""
+    return [
+        pb.MeteredLimit(
+            limit=u.limit,
+            period_start=timestamp(u.counter.period.start_ms),
+            resets_at=timestamp(u.counter.period.end_ms),
+            has_usage=True,
+            used=u.counter.used,
+            reserved=u.counter.reserved,
+            remaining=u.remaining,
+        )
+        for u in found
+    ]

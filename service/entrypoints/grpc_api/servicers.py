@@ -30,6 +30,7 @@ from service.entrypoints.grpc_api.mapping import (
     change_fields,
     entitlements_message,
     limits_message,
+    metered_messages,
     ms_of,
     plans_message,
     timestamp,
@@ -45,6 +46,7 @@ MAX_HISTORY_PAGE = 1000
 
 Context = aio.ServicerContext[Any, Any]
 R = TypeVar("R")
+M = TypeVar("M", pb.GetLimitsResponse, pb.GetEntitlementsResponse)
 
 
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
@@ -76,6 +78,18 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         if response is None:
             response = memo[key] = build(entry.entitlements)
         return response
+
+    async def _with_usage(self, entry: CacheEntry, message: M) -> M:
+        """With metered limits, the message (built once per entry) with the subject's usage
+        now, read from PostgreSQL on every call: usage moves with every consumption."""
+        if not self._catalog.meters:
+            return message
+        found = await self._app.usage.usage(entry.entitlements.subject)
+        answer = type(message)()
+        answer.CopyFrom(message)
+        del answer.metered[:]
+        answer.metered.extend(metered_messages(found))
+        return answer
 
     def _require_feature(self, feature: str) -> None:
         if feature not in self._features:
@@ -123,7 +137,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.GetLimitsRequest, context: Context
     ) -> pb.GetLimitsResponse:
         entry = await self._reader.get(request.subject)
-        return self._memoised(entry, GetLimits, limits_message)
+        return await self._with_usage(entry, self._memoised(entry, GetLimits, limits_message))
 
     async def CheckLimit(
         self, request: pb.CheckLimitRequest, context: Context
@@ -133,7 +147,13 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         if request.current_usage < 0 or request.requested < 0:
             raise InvalidArgument("current_usage and requested must not be negative")
         ent = (await self._reader.get(request.subject)).entitlements
-        decision = limit_decision(ent, request.limit, request.current_usage, request.requested)
+        usage = request.current_usage
+        if usage == 0 and request.limit in self._catalog.meters:  # none passed: the stored
+            found = await self._app.usage.usage(request.subject)
+            usage = next(
+                u.counter.used + u.counter.reserved for u in found if u.limit == request.limit
+            )
+        decision = limit_decision(ent, request.limit, usage, request.requested)
         return pb.CheckLimitResponse(
             allowed=decision.allowed,
             limit=decision.limit.value,
@@ -147,7 +167,9 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.GetEntitlementsRequest, context: Context
     ) -> pb.GetEntitlementsResponse:
         entry = await self._reader.get(request.subject)
-        return self._memoised(entry, GetEntitlements, entitlements_message)
+        return await self._with_usage(
+            entry, self._memoised(entry, GetEntitlements, entitlements_message)
+        )
 
     async def ListPlans(
         self, request: pb.ListPlansRequest, context: Context
