@@ -70,10 +70,10 @@ def capped_deserializer(
 class Receiving:
     """At most `slots` request messages being received at once, each within `timeout`."""
 
-    def __init__(self, slots: int, timeout: float = RECEIVE_TIMEOUT_SECONDS) -> None:
+    def __init__(self, slots: int, timeout: float | None = None) -> None:
         self.slots = slots
         self._free = asyncio.Semaphore(slots)
-        self._timeout = timeout
+        self._timeout = RECEIVE_TIMEOUT_SECONDS if timeout is None else timeout
 
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
         """The call's one request message; aborts the call when it is refused, missing or
