@@ -62,7 +62,7 @@ def flood_and_measure(
                 time.sleep(0.05)
             answer = stub.CanUse(
                 pb.CanUseRequest(subject="user_legit", feature="dataExport"),
-                metadata=metadata,
+                metadata=tuple(metadata),
                 timeout=5,
             )
             assert answer.allowed is False  # the default plan (free) has no dataExport
