@@ -75,6 +75,12 @@ class ServiceSettings:
     metrics: bool = False
     # OpenTelemetry tracing: on when OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_ form) is set.
     tracing: bool = False
+    # The HTTP listeners' bounds (Connect and metrics; README "Resource bounds"): seconds to
+    # receive a request's headers (and a kept-alive connection's idle time), seconds to receive
+    # a Connect request's body, and the Connect body bytes in flight in one process.
+    http_header_timeout_seconds: float = 5.0
+    http_body_timeout_seconds: float = 10.0
+    http_body_budget_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -130,6 +136,15 @@ class ServiceSettings:
             metrics_listen=metrics_at,
             metrics=metrics_at is not None,
             tracing=tracing_enabled(env),
+            http_header_timeout_seconds=_positive_seconds(
+                env, "ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS", 5.0
+            ),
+            http_body_timeout_seconds=_positive_seconds(
+                env, "ENTITLEMENTS_HTTP_BODY_TIMEOUT_SECONDS", 10.0
+            ),
+            http_body_budget_bytes=_positive_int(
+                env, "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024
+            ),
         )
 
 
@@ -190,6 +205,19 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.strip().isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86_400:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return seconds
 
 
 def _host_port(name: str, raw: str) -> str:

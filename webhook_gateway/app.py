@@ -12,15 +12,20 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from entitlements_common.refusals import RefusalLog
+from webhook_gateway import allocator
+from webhook_gateway.body import BodyRefused, discard_buffered, read_body
+from webhook_gateway.budget import BodyBudget
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.forwarding import Forwarder, ForwardResult
 from webhook_gateway.metrics import GatewayMetrics
+from webhook_gateway.server_log import ParserRefusals, server_logger
 from webhook_gateway.verification import HEADER_NAMES, VerificationFailed, Verifier
 
 if TYPE_CHECKING:
@@ -36,6 +41,21 @@ SETTINGS = web.AppKey("settings", GatewaySettings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 VERIFIER = web.AppKey("verifier", Verifier)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+BUDGET = web.AppKey("budget", BodyBudget)
+REFUSALS = web.AppKey("refusals", RefusalLog)
+
+# aiohttp's own limits (passed to web.run_app / AppRunner): request line and each header
+# field at most 8 KiB, at most 64 header fields (Svix sends about a dozen, proxies add some),
+# at most 64 KiB buffered per connection before reading pauses (the reader keeps up to twice
+# that), and no request decompression (Svix does not compress; a compressed body cannot
+# become larger than what was reserved for it).
+SERVER_OPTIONS: dict[str, Any] = {
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 64,
+    "read_bufsize": 16 * 1024,
+    "auto_decompress": False,
+}
 
 _RETRYABLE_CODES = frozenset(
     {
@@ -60,20 +80,6 @@ def _answer(
     return web.json_response(payload, status=status, headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The raw body, or None when it is over `limit` (stops reading there)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks = []
-    size = 0
-    while chunk := await request.content.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 MAX_TYPE_CHARS = 200
 
 
@@ -94,7 +100,6 @@ def _event_type(body: bytes) -> str:
 
 async def handle_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
     if not settings.configured:
         missing = [] if settings.signing_secrets else ["CLERK_WEBHOOK_SIGNING_SECRET"]
         if settings.sync_secret is None:
@@ -102,27 +107,41 @@ async def handle_webhook(request: web.Request) -> web.Response:
         log.error("Error processing webhook: %s not set", " and ".join(missing))
         return _answer(request, 500, "config_error", {"error": CONFIG_ERROR})
 
+    reservation = request.app[BUDGET].reservation()
     try:
-        async with asyncio.timeout(settings.body_timeout_seconds):
-            body = await _read_body(request, settings.max_body_bytes)
-    except TimeoutError:
-        metrics.verification_failures.labels(reason="slow_body").inc()
-        response = _answer(request, 408, "rejected", {"error": "body not received in time"})
-        response.force_close()
-        return response
-    if body is None:
-        metrics.verification_failures.labels(reason="too_large").inc()
-        response = _answer(request, 413, "rejected", {"error": "body too large"})
-        response.force_close()  # do not drain the rest of an oversized body
-        return response
+        try:
+            async with asyncio.timeout(settings.body_timeout_seconds):
+                body = await read_body(request, settings.max_body_bytes, reservation)
+        except TimeoutError:
+            return _refuse(request, "slow_body", 408, "body not received in time", close=True)
+        except BodyRefused as exc:
+            return _refuse(request, exc.reason, exc.status, str(exc), close=True)
+        return await _verify_and_forward(request, body)
+    finally:
+        reservation.release()
 
+
+def _refuse(
+    request: web.Request, reason: str, status: int, message: str, close: bool = False
+) -> web.Response:
+    """A request turned away: counted exactly, logged as a rate-limited summary."""
+    request.app[METRICS].verification_failures.labels(reason=reason).inc()
+    request.app[REFUSALS].refused(reason, message)
+    outcome = "unavailable" if status == 503 else "rejected"
+    response = _answer(request, status, outcome, {"error": message})
+    if close:
+        discard_buffered(request)
+        response.force_close()  # the rest of an unread body is not drained
+    return response
+
+
+async def _verify_and_forward(request: web.Request, body: bytes) -> web.Response:
+    metrics = request.app[METRICS]
     headers = {name: request.headers.getall(name, []) for name in HEADER_NAMES}
     try:
         verified = request.app[VERIFIER].verify(body, headers)
     except VerificationFailed as exc:
-        metrics.verification_failures.labels(reason=exc.reason).inc()
-        log.warning("[Webhook] Rejected delivery: %s", exc)
-        return _answer(request, 400, "rejected", {"error": str(exc)})
+        return _refuse(request, exc.reason, 400, str(exc))
 
     # A verified delivery is always forwarded and stored, whatever it holds (UNPARSEABLE when
     # the service cannot read it, kept for a replay after a fix).
@@ -221,6 +240,8 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics.create()
     app[VERIFIER] = Verifier(settings.signing_secrets)
+    app[BUDGET] = BodyBudget(settings.max_inflight_bytes)
+    app[REFUSALS] = RefusalLog(log)
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         forwarder = Forwarder(
@@ -231,7 +252,13 @@ def create_app(
             client_interceptors,
         )
         app[FORWARDER] = forwarder
+        parser_refusals = ParserRefusals(app[METRICS], app[REFUSALS])
+        server_logger.addFilter(parser_refusals)
+        trimmer = asyncio.create_task(allocator.trim_when_settled(app[BUDGET].settled))
         yield
+        trimmer.cancel()
+        server_logger.removeFilter(parser_refusals)
+        app[REFUSALS].flush()
         await forwarder.close()
         if instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()

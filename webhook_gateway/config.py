@@ -18,6 +18,9 @@ from entitlements_common.tls import ClientTls
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 DEFAULT_TARGET = "127.0.0.1:50051"
 SIGNING_SECRET_VARS = ("CLERK_WEBHOOK_SIGNING_SECRET", "CLERK_WEBHOOK_SECRET")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,9 @@ class GatewaySettings:
     sync_secret: str | None
     forward_timeout_seconds: float = 10.0
     retry_after_seconds: int = 5
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Body bytes buffered at once by all requests together (webhook_gateway/budget.py).
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     body_timeout_seconds: float = 10.0
     # aiohttp's keep-alive timer also runs from the moment a connection opens: a client that
     # has not completed its request headers by then (slow-loris) is disconnected.
@@ -63,6 +68,15 @@ class GatewaySettings:
             )
         body_timeout = _seconds(env, "GATEWAY_BODY_TIMEOUT_SECONDS", 10.0)
         idle_timeout = _seconds(env, "GATEWAY_IDLE_TIMEOUT_SECONDS", 15.0)
+        max_body = _bytes(env, "GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * MIB)
+        inflight = _bytes(
+            env, "GATEWAY_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES, 256 * 1024, 4096 * MIB
+        )
+        if inflight < 2 * max_body:
+            raise ConfigError(
+                f"GATEWAY_MAX_INFLIGHT_BYTES ({inflight}) must be at least twice "
+                f"GATEWAY_MAX_BODY_BYTES ({max_body}): a quarter of it is kept for small bodies"
+            )
         return cls(
             host=host,
             port=int(port),
@@ -70,6 +84,8 @@ class GatewaySettings:
             signing_secrets=signing_secrets_from_env(env),
             sync_secret=sync_secret,
             forward_timeout_seconds=timeout,
+            max_body_bytes=max_body,
+            max_inflight_bytes=inflight,
             body_timeout_seconds=body_timeout,
             idle_timeout_seconds=idle_timeout,
             tls=ClientTls.from_env(env),
@@ -86,6 +102,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = -1.0
     if not 0 < value <= 300:
         raise ConfigError(f"{name} must be a number of seconds in (0, 300], got {raw!r}")
+    return value
+
+
+def _bytes(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() else -1
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a number of bytes in [{low}, {high}], got {raw!r}")
     return value
 
 

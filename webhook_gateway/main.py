@@ -12,8 +12,10 @@ from aiohttp import web
 
 from entitlements_common.settings import ConfigError
 from entitlements_common.tracing import tracer_provider_from_env, tracing_enabled
-from webhook_gateway.app import WEBHOOK_PATH, create_app
+from webhook_gateway import allocator
+from webhook_gateway.app import SERVER_OPTIONS, WEBHOOK_PATH, create_app
 from webhook_gateway.config import GatewaySettings
+from webhook_gateway.listen import listening_socket
 
 log = logging.getLogger("entitlements.gateway")
 
@@ -57,15 +59,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         len(settings.signing_secrets),
         "" if len(settings.signing_secrets) == 1 else "s",
     )
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        log.error("refusing to start: cannot listen on %s: %s", where, exc.strerror)
+        sys.exit(2)
+    allocator.fix_mmap_threshold()
     provider = tracer_provider_from_env("entitlements-gateway")
     web.run_app(
         create_app(settings, provider),
-        host=settings.host,
-        port=settings.port,
+        sock=sock,
         shutdown_timeout=10,
         keepalive_timeout=settings.idle_timeout_seconds,
         print=None,
         access_log=None,
+        **SERVER_OPTIONS,
     )
     if provider is not None:
         provider.shutdown()  # exports the spans still queued

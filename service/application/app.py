@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from service.application.change_feed import ChangeHub
 from service.application.deliveries import ApplyDelivery, DeliveryRules, ReplayDelivery
 from service.application.grants import Grants
+from service.application.overrides import Overrides
 from service.application.ports import (
     Cache,
     ChangeLog,
@@ -33,6 +34,7 @@ class Application:
     apply_delivery: ApplyDelivery
     replay: ReplayDeliveries
     grants: Grants
+    overrides: Overrides
     verify: VerifyState
     operations: Operations
     change_log: ChangeLog
@@ -72,6 +74,7 @@ def build_application(
         apply_delivery=apply_delivery,
         replay=ReplayDeliveries(operations, replay_delivery),
         grants=Grants(transactions, catalog, clock, hub),
+        overrides=Overrides(transactions, catalog, clock, hub),
         verify=VerifyState(operations, catalog, clock),
         operations=operations,
         change_log=change_log,

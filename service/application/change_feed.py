@@ -32,6 +32,9 @@ from service.domain.resolution import Entitlements
 log = logging.getLogger(__name__)
 
 FOLLOW_BATCH = 500
+# How often the follower asks which change log it follows (a database replaced or restored
+# under a running replica is noticed within this, and its streams are ended).
+IDENTITY_CHECK_SECONDS = 1.0
 QUEUE_BATCHES = 256
 # Heartbeats go out a little more often than every second, so none is ever more than 1 s late.
 BEAT_SECONDS = 0.9
@@ -89,6 +92,7 @@ def wall_ms() -> float:
 
 Follow = Callable[[int, int], Awaitable[ChangeBatch]]
 Horizon = Callable[[], Awaitable[tuple[int, int]]]
+Identity = Callable[[], Awaitable[str]]
 Load = Callable[[Sequence[str]], Awaitable[dict[str, Entitlements]]]
 
 
@@ -109,6 +113,10 @@ class ChangeHub:
         self._by_subject: dict[str, set[Subscription]] = {}
         self._per_peer: dict[str, int] = {}
         self.position: int | None = None  # None until the follower has started
+        # The identity of the change log `position` belongs to ("" until the follower has
+        # started); every heartbeat carries it, a resuming stream must name it.
+        self.log_id = ""
+        self._identity_checked_ms = 0.0
         self.started = asyncio.Event()
         self._complete_at_ms: float = wall_ms()
         self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
@@ -195,11 +203,14 @@ class ChangeHub:
 
     # ---- the follower --------------------------------------------------------------------
 
-    async def follow(self, horizon: Horizon, read: Follow, load: Load) -> None:
+    async def follow(self, horizon: Horizon, read: Follow, load: Load, identity: Identity) -> None:
         """Follow the change log until cancelled (one task per replica)."""
         while self.position is None:
             try:
+                log_id = await identity()
                 self.position, _ = await horizon()
+                self.log_id = log_id
+                self._identity_checked_ms = wall_ms()
             except Exception as exc:  # database not there yet: the lag grows meanwhile
                 log.warning("change follower cannot start yet (%s)", type(exc).__name__)
                 await asyncio.sleep(self.poll_seconds)
@@ -207,6 +218,8 @@ class ChangeHub:
         while True:
             self._wake.clear()
             try:
+                if wall_ms() - self._identity_checked_ms >= IDENTITY_CHECK_SECONDS * 1000:
+                    await self._check_identity(identity, horizon)
                 complete = await self._step(read, load)
             except asyncio.CancelledError:
                 raise
@@ -219,6 +232,30 @@ class ChangeHub:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_seconds):
                         await self._wake.wait()
+
+    async def _check_identity(self, identity: Identity, horizon: Horizon) -> None:
+        """Another change log under the same address (a database wiped, replaced or restored):
+        positions in the old one mean nothing here. Forget what was cached, start from the new
+        log's horizon and end every stream (clients resync: SPEC §10.5)."""
+        log_id = await identity()
+        self._identity_checked_ms = wall_ms()
+        if log_id == self.log_id:
+            return
+        position, _ = await horizon()
+        log.warning(
+            "the change log changed under this replica (database replaced or restored): "
+            "cache cleared, %d watch streams ended",
+            len(self._subscriptions),
+        )
+        if self._cache is not None:
+            self._cache.clear()
+        self.position, self.log_id = position, log_id
+        self._ceilings.clear()
+        self._complete_at_ms = wall_ms()
+        for subscription in self._subscriptions:
+            subscription.overflowed = True  # the stream ends; watch.py sees the new log_id
+            with contextlib.suppress(asyncio.QueueFull):
+                subscription.queue.put_nowait(Tick(position, 0, int(wall_ms())))
 
     async def _step(self, read: Follow, load: Load) -> bool:
         assert self.position is not None

@@ -21,6 +21,21 @@ log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500
 
 
+def checked_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_REASON_CHARS:
+        raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
+    return reason
+
+
+def checked_expiry(expires_at_ms: int | None, now_ms: int) -> int | None:
+    if expires_at_ms is not None and wire_ms(expires_at_ms) is None:
+        raise InvalidArgument("expires_at must be a valid timestamp (before year 10000)")
+    if expires_at_ms is not None and expires_at_ms <= now_ms:
+        raise InvalidArgument("expires_at must be in the future")
+    return expires_at_ms
+
+
 class Grants:
     def __init__(
         self,
@@ -42,13 +57,8 @@ class Grants:
         require_subject(subject)
         if plan not in self._catalog.plans:
             raise InvalidArgument(f"unknown plan {echo(plan)}")
-        reason = reason.strip()
-        if not reason or len(reason) > MAX_REASON_CHARS:
-            raise InvalidArgument(f"reason is required (at most {MAX_REASON_CHARS} characters)")
-        if expires_at_ms is not None and wire_ms(expires_at_ms) is None:
-            raise InvalidArgument("expires_at must be a valid timestamp (before year 10000)")
-        if expires_at_ms is not None and expires_at_ms <= self._clock.now_ms():
-            raise InvalidArgument("expires_at must be in the future")
+        reason = checked_reason(reason)
+        checked_expiry(expires_at_ms, self._clock.now_ms())
         grant_id = "grant_" + uuid.uuid4().hex
 
         async def work(uow: UnitOfWork) -> ApplyResult:
@@ -95,13 +105,33 @@ class Grants:
         cause_id: str,
         cause_type: str,
     ) -> ApplyResult:
-        now = self._clock.now_ms()
-        subject = before_state.subject
-        before = resolve(before_state, self._catalog, now)
-        after = resolve(after_state, self._catalog, now)
-        version = await uow.subjects.commit_change(
-            subject, after.plan.name, before.plan.name, cause_id, cause_type, []
+        return await commit_subject_change(
+            uow,
+            self._catalog,
+            self._clock.now_ms(),
+            before_state,
+            after_state,
+            cause_id,
+            cause_type,
         )
-        return ApplyResult(
-            Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, committed=True
-        )
+
+
+async def commit_subject_change(
+    uow: UnitOfWork,
+    catalog: Catalog,
+    now: int,
+    before_state: SubjectState,
+    after_state: SubjectState,
+    cause_id: str,
+    cause_type: str,
+) -> ApplyResult:
+    """A hand-made change (grant, override) committed as a new version of the subject."""
+    subject = before_state.subject
+    before = resolve(before_state, catalog, now)
+    after = resolve(after_state, catalog, now)
+    version = await uow.subjects.commit_change(
+        subject, after.plan.name, before.plan.name, cause_id, cause_type, []
+    )
+    return ApplyResult(
+        Outcome.APPLIED, subject, after.plan.name, before.plan.name, version, committed=True
+    )

@@ -19,7 +19,7 @@ from service.application.records import (
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
-from service.domain.resolution import Grant, ItemState, SubjectState
+from service.domain.resolution import Grant, ItemState, Override, SubjectState
 
 T = TypeVar("T")
 
@@ -130,6 +130,15 @@ class GrantRepository(Protocol):
     async def revoke(self, grant_id: str, at_ms: int, reason: str) -> bool: ...
 
 
+class OverrideRepository(Protocol):
+    async def add(self, subject: str, override: Override) -> None: ...
+
+    async def active_subject(self, override_id: str) -> str | None:
+        """The subject of an override not removed; None when there is none."""
+
+    async def remove(self, override_id: str, at_ms: int, reason: str) -> bool: ...
+
+
 class UnitOfWork(Protocol):
     """The repositories of one transaction."""
 
@@ -141,6 +150,9 @@ class UnitOfWork(Protocol):
 
     @property
     def grants(self) -> GrantRepository: ...
+
+    @property
+    def overrides(self) -> OverrideRepository: ...
 
 
 class Transactions(Protocol):
@@ -204,6 +216,8 @@ class ChangeLog(Protocol):
 
     async def change_log_horizon(self) -> tuple[int, int]: ...
 
+    async def change_log_identity(self) -> str: ...
+
     async def follow_changes(self, position: int, limit: int) -> ChangeBatch: ...
 
     async def changes_between(
@@ -224,6 +238,8 @@ class Cache(Protocol):
     def replace(self, subject: str, entry: CacheEntry) -> None: ...
 
     def invalidate(self, subject: str) -> None: ...
+
+    def clear(self) -> None: ...
 
     def set_live(self, live: bool) -> None: ...
 

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from service.application.ports import Cache, Clock, StateReader
 from service.application.records import CacheEntry
 from service.domain.catalog import Catalog
-from service.domain.resolution import Entitlements, EntitlementStatus, SubjectState, resolve
+from service.domain.resolution import (
+    Entitlements,
+    EntitlementStatus,
+    SubjectState,
+    plan_entitlements,
+    resolve,
+)
 from service.domain.subjects import require_subject
 from service.metrics import READ_FAILURES
 
@@ -21,7 +27,9 @@ log = logging.getLogger(__name__)
 
 def default_entitlements(catalog: Catalog, subject: str, version: int = 0) -> Entitlements:
     """What a subject gets when its stored state cannot be read: the default plan."""
-    return Entitlements(subject, catalog.default_plan, EntitlementStatus.DEFAULT, None, version)
+    return plan_entitlements(
+        subject, catalog.default_plan, EntitlementStatus.DEFAULT, None, version
+    )
 
 
 class EntitlementReader:

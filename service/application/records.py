@@ -53,7 +53,7 @@ class ReplayResult:
 
 @dataclass(frozen=True)
 class HistoryRow:
-    kind: str  # "delivery" | "plan_change" | "grant"
+    kind: str  # "delivery" | "plan_change" | "grant" | "override"
     recorded_at: datetime
     event_id: str | None
     type: str | None

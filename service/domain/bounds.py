@@ -26,6 +26,28 @@ MAX_FUTURE_MS = 24 * 3600 * 1000
 MAX_ECHO_CHARS = 200
 
 
+# A JSON integer longer than this many digits is beyond int64 whatever it says; Python's JSON
+# parser refuses integers past 4,300 digits outright, which would lose the whole delivery.
+MAX_INT_DIGITS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedNumber:
+    """A JSON integer too long to be a value here (its digit count kept for the note): the
+    field holding it is treated as missing, the rest of the delivery still applies."""
+
+    digits: int
+
+
+def parse_json_int(text: str) -> int | OversizedNumber:
+    """`json.loads(..., parse_int=parse_json_int)`: integers as usual, absurdly long ones as an
+    `OversizedNumber` instead of a ValueError for the whole body."""
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        return OversizedNumber(digits)
+    return int(text)
+
+
 @dataclass(frozen=True, slots=True)
 class BoundedTime:
     """A parsed time: `ms` within the window, or None with `note` saying why it was dropped."""
@@ -39,6 +61,8 @@ def _as_int(raw: object) -> int | str | None:
     value is numeric but unusable; None when it is not a number at all."""
     if isinstance(raw, bool):
         return None
+    if isinstance(raw, OversizedNumber):
+        return f"beyond int64 ({raw.digits} digits)"
     if isinstance(raw, int):
         value = raw
     elif isinstance(raw, float):
@@ -51,7 +75,7 @@ def _as_int(raw: object) -> int | str | None:
         text = raw.strip()
         digits = text.removeprefix("-")
         # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() refuses.
-        if not digits or len(text) > 40 or not (digits.isascii() and digits.isdigit()):
+        if not digits or len(text) > MAX_INT_DIGITS or not (digits.isascii() and digits.isdigit()):
             return None
         value = int(text)
     else:

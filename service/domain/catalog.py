@@ -6,9 +6,13 @@ answering wrongly later.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 UNLIMITED = "unlimited"
@@ -17,6 +21,15 @@ DEFAULT_PAST_DUE_GRACE_SECONDS = 3 * 24 * 3600
 
 class CatalogError(ValueError):
     """The catalog is invalid; the message names the problem."""
+
+
+class Reset(StrEnum):
+    """When a metered limit's usage starts again from zero (`[meters.NAME] reset`)."""
+
+    BILLING_PERIOD = "billing_period"
+    MONTH = "month"
+    DAY = "day"
+    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,8 @@ class Catalog:
     features: frozenset[str]
     limit_names: tuple[str, ...]
     past_due_grace_seconds: int = DEFAULT_PAST_DUE_GRACE_SECONDS
+    # Metered limits (SPEC §10.1): the service keeps their usage, reset by this policy.
+    meters: Mapping[str, Reset] = field(default_factory=dict)
     _by_key: Mapping[str, Plan] = field(default_factory=dict, repr=False)
 
     @property
@@ -71,6 +86,34 @@ class Catalog:
 
     def plans_by_rank(self) -> list[Plan]:
         return sorted(self.plans.values(), key=lambda p: p.rank)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of everything an answer depends on (not of the file's spelling): a client
+        that sees it change drops the answers it holds (SPEC §10.5)."""
+        canonical = {
+            "default": self.default_plan_name,
+            "features": sorted(self.features),
+            "limits": list(self.limit_names),
+            "grace": self.past_due_grace_seconds,
+            "meters": {name: reset.value for name, reset in sorted(self.meters.items())},
+            "plans": {
+                plan.name: {
+                    "rank": plan.rank,
+                    "features": sorted(plan.features),
+                    "limits": {
+                        name: ("unlimited" if value.unlimited else value.value)
+                        for name, value in sorted(plan.limits.items())
+                    },
+                    "slugs": list(plan.clerk_slugs),
+                    "ids": list(plan.clerk_plan_ids),
+                    "lifetime": plan.lifetime,
+                }
+                for plan in self.plans_by_rank()
+            },
+        }
+        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 def _limit(plan: str, name: str, raw: object) -> LimitValue:
@@ -156,6 +199,7 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             by_key[key] = plan
         plans[name] = plan
 
+    meters = _meters(data.get("meters", {}), limit_names)
     default_name = data.get("default_plan")
     if not isinstance(default_name, str) or default_name not in plans:
         raise CatalogError(f"default_plan {default_name!r} is not a declared plan")
@@ -165,8 +209,32 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
         features=frozenset(features),
         limit_names=tuple(limit_names),
         past_due_grace_seconds=grace,
+        meters=meters,
         _by_key=by_key,
     )
+
+
+def _meters(raw: object, limit_names: list[str]) -> dict[str, Reset]:
+    """`[meters.NAME] reset = "billing_period" | "month" | "day" | "never"`, NAME a limit."""
+    if not isinstance(raw, dict):
+        raise CatalogError("meters must be a table of [meters.<limit>] tables")
+    meters: dict[str, Reset] = {}
+    choices = " | ".join(f'"{r.value}"' for r in Reset)
+    for name, table in raw.items():
+        if name not in limit_names:
+            raise CatalogError(f"meters.{name}: {name!r} is not declared in `limits`")
+        if not isinstance(table, dict):
+            raise CatalogError(f"meters.{name} must be a table")
+        unknown = sorted(set(table) - {"reset"})
+        if unknown:
+            raise CatalogError(f"meters.{name}: unknown key {unknown[0]!r} (expected: reset)")
+        try:
+            meters[name] = Reset(str(table.get("reset")))
+        except ValueError:
+            raise CatalogError(
+                f"meters.{name}: reset must be one of {choices}, got {table.get('reset')!r}"
+            ) from None
+    return meters
 
 
 def parse_catalog_text(text: str, source: str = "catalog") -> Catalog:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any
 
-from service.domain.bounds import bounded_time_ms, clamp_future, echo
+from service.domain.bounds import bounded_time_ms, clamp_future, echo, parse_json_int
 from service.domain.subjects import subject_problem
 
 
@@ -82,6 +82,9 @@ class ItemUpdate:
     is_default: bool
     event_ms: int
     digest: str
+    # Not part of `digest` (digests stored before these existed must compare the same).
+    period_start_ms: int | None = None
+    free_trial: bool = False
 
     @property
     def lifecycle_rank(self) -> int:
@@ -200,6 +203,7 @@ def _item_update(
         raise _Unparseable(f"subscription item {item_id}: no plan slug or plan id")
     is_default = plan_obj.get("is_default") is True
     period_end_ms = _time(raw.get("period_end"), f"item {item_id} period_end", notes)
+    period_start_ms = _time(raw.get("period_start"), f"item {item_id} period_start", notes)
     past_due_at_ms = _time(raw.get("past_due_at"), f"item {item_id} past_due_at", notes)
     if past_due_at_ms is None:
         past_due_at_ms = past_due_fallback_ms
@@ -218,6 +222,8 @@ def _item_update(
         is_default=is_default,
         event_ms=event_ms,
         digest=hashlib.sha256(content.encode()).hexdigest()[:16],
+        period_start_ms=period_start_ms,
+        free_trial=raw.get("is_free_trial") is True,
     )
 
 
@@ -263,7 +269,7 @@ def _normalize_body(
     payload: bytes, type_hint: str, fallback_ms: int, received_ms: int | None
 ) -> NormalizedEvent:
     try:
-        envelope = json.loads(payload)
+        envelope = json.loads(payload, parse_int=parse_json_int)
     except (ValueError, UnicodeDecodeError):
         return NormalizedEvent(EventKind.UNPARSEABLE, type_hint, error="body is not JSON")
     except RecursionError:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from service.domain.catalog import Catalog, LimitValue, Plan
 from service.domain.events import ItemStatus, ItemUpdate
 from service.domain.past_due import PastDueTrack
+from service.domain.usage import BillingPeriod, Period, period_at
 
 
 class EntitlementStatus(StrEnum):
@@ -32,6 +33,8 @@ class Reason(StrEnum):
     IN_PAST_DUE_GRACE = "in_past_due_grace"
     CANCELED_UNTIL_PERIOD_END = "canceled_until_period_end"
     LIFETIME = "lifetime"
+    FEATURE_OVERRIDE_ENABLED = "feature_override_enabled"
+    FEATURE_OVERRIDE_DISABLED = "feature_override_disabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,27 @@ class ItemState:
     # Observations of past-due episodes, whatever their order (see past_due.py); for a
     # past-due item `past_due_at_ms` is the track's anchor.
     past_due: PastDueTrack = field(default_factory=PastDueTrack)
+    period_start_ms: int | None = None
+    free_trial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A per-customer term on top of the effective plan (SPEC §10.2): `feature` granted
+    (`enabled`) or withheld, or `limit` replaced by `value`; until `expires_at_ms` (None: until
+    removed). Among overrides of one feature or limit the newest wins."""
+
+    override_id: str
+    feature: str | None
+    limit: str | None
+    created_at_ms: int
+    enabled: bool = False
+    value: LimitValue | None = None
+    expires_at_ms: int | None = None
+    reason: str = ""
+
+    def active_at(self, now_ms: int) -> bool:
+        return self.expires_at_ms is None or now_ms < self.expires_at_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,23 +91,37 @@ class SubjectState:
     grants: tuple[Grant, ...] = ()
     deleted_at_ms: int | None = None
     version: int = 0
+    overrides: tuple[Override, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Entitlements:
+    """What a subject may use at one instant: the effective plan with the overrides in force
+    applied (`features`, `limits`), and when that answer next changes by time alone."""
+
     subject: str
     plan: Plan
     status: EntitlementStatus
     valid_until_ms: int | None
     version: int
+    features: frozenset[str]
+    limits: Mapping[str, LimitValue]
+    overrides: tuple[Override, ...] = ()
+    # feature -> granted (True) or withheld (False) by an override
+    feature_overrides: Mapping[str, bool] = field(default_factory=dict)
+    # The entitling paid item's period (metered limits with reset = "billing_period").
+    billing: BillingPeriod | None = None
+    # Metered limit -> its period at the instant resolved.
+    meter_periods: Mapping[str, Period] = field(default_factory=dict)
+    trial: bool = False
+    trial_ends_at_ms: int | None = None
 
-    @property
-    def features(self) -> frozenset[str]:
-        return self.plan.features
 
-    @property
-    def limits(self) -> Mapping[str, LimitValue]:
-        return self.plan.limits
+def plan_entitlements(
+    subject: str, plan: Plan, status: EntitlementStatus, valid_until_ms: int | None, version: int
+) -> Entitlements:
+    """A plan's own answer, no override applied."""
+    return Entitlements(subject, plan, status, valid_until_ms, version, plan.features, plan.limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +129,7 @@ class _Candidate:
     plan: Plan
     status: EntitlementStatus
     until_ms: int | None  # exclusive end; None = no end by time
+    item: ItemState | None = None  # the subscription item it comes from, if any
 
 
 # Among candidates of the same plan, the one reported: the most durable source first.
@@ -110,20 +149,20 @@ def _item_candidate(
         return None  # ended by the subject's deletion
     plan = catalog.match(item.plan_slug, item.plan_id).plan
     if plan.lifetime and (item.ever_active or item.status is ItemStatus.ACTIVE):
-        return _Candidate(plan, EntitlementStatus.LIFETIME, None)
+        return _Candidate(plan, EntitlementStatus.LIFETIME, None, item)
     if item.status is ItemStatus.ACTIVE:
-        return _Candidate(plan, EntitlementStatus.ACTIVE, None)
+        return _Candidate(plan, EntitlementStatus.ACTIVE, None, item)
     if item.status is ItemStatus.CANCELED:
         if item.period_end_ms is None:
-            return _Candidate(plan, EntitlementStatus.CANCELED, None)
+            return _Candidate(plan, EntitlementStatus.CANCELED, None, item)
         if now_ms < item.period_end_ms:
-            return _Candidate(plan, EntitlementStatus.CANCELED, item.period_end_ms)
+            return _Candidate(plan, EntitlementStatus.CANCELED, item.period_end_ms, item)
         return None
     if item.status is ItemStatus.PAST_DUE:
         start = item.past_due_at_ms if item.past_due_at_ms is not None else item.event_ms
         end = start + catalog.past_due_grace_seconds * 1000
         if now_ms < end:
-            return _Candidate(plan, EntitlementStatus.PAST_DUE, end)
+            return _Candidate(plan, EntitlementStatus.PAST_DUE, end, item)
         return None
     return None
 
@@ -155,6 +194,13 @@ def _candidates(state: SubjectState, catalog: Catalog, now_ms: int) -> list[_Can
 
 
 def _best(candidates: Iterable[_Candidate], catalog: Catalog) -> tuple[Plan, EntitlementStatus]:
+    best = _best_candidate(candidates)
+    if best is None:
+        return catalog.default_plan, EntitlementStatus.DEFAULT
+    return best.plan, best.status
+
+
+def _best_candidate(candidates: Iterable[_Candidate]) -> _Candidate | None:
     best: _Candidate | None = None
     for c in candidates:
         if best is None:
@@ -174,15 +220,37 @@ def _best(candidates: Iterable[_Candidate], catalog: Catalog) -> tuple[Plan, Ent
         )
         if key > best_key:
             best = c
-    if best is None:
-        return catalog.default_plan, EntitlementStatus.DEFAULT
-    return best.plan, best.status
+    return best
+
+
+def _in_force(state: SubjectState, now_ms: int) -> tuple[Override, ...]:
+    """The overrides in force at `now_ms`, oldest first (so the newest of one target wins)."""
+    deleted = state.deleted_at_ms
+    return tuple(
+        sorted(
+            (
+                o
+                for o in state.overrides
+                if o.active_at(now_ms) and (deleted is None or o.created_at_ms > deleted)
+            ),
+            key=lambda o: (o.created_at_ms, o.override_id),
+        )
+    )
+
+
+def _earliest(*instants: int | None) -> int | None:
+    present = [i for i in instants if i is not None]
+    return min(present) if present else None
 
 
 def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
-    """The subject's entitlements at `now_ms`, with the instant they next change by time."""
+    """The subject's entitlements at `now_ms`, with the instant they next change by time: a
+    plan's end, an override's expiry, or a metered limit's reset."""
     candidates = _candidates(state, catalog, now_ms)
-    plan, status = _best(candidates, catalog)
+    best = _best_candidate(candidates)
+    plan, status = (
+        (best.plan, best.status) if best else (catalog.default_plan, EntitlementStatus.DEFAULT)
+    )
     valid_until: int | None = None
     # Time only removes candidates; walk their ends in order until the answer changes.
     for end in sorted({c.until_ms for c in candidates if c.until_ms is not None}):
@@ -190,7 +258,42 @@ def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
         if later_plan.name != plan.name or later_status is not status:
             valid_until = end
             break
-    return Entitlements(state.subject, plan, status, valid_until, state.version)
+    overrides = _in_force(state, now_ms)
+    features = set(plan.features)
+    feature_overrides: dict[str, bool] = {}
+    limits = dict(plan.limits)
+    for o in overrides:
+        if o.feature is not None:
+            feature_overrides[o.feature] = o.enabled
+            (features.add if o.enabled else features.discard)(o.feature)
+        elif o.limit is not None and o.value is not None and o.limit in limits:
+            limits[o.limit] = o.value
+    item = best.item if best else None
+    billing = None
+    if item is not None and item.period_start_ms is not None and item.period_end_ms is not None:
+        billing = BillingPeriod(item.period_start_ms, item.period_end_ms)
+    periods = {name: period_at(reset, now_ms, billing) for name, reset in catalog.meters.items()}
+    valid_until = _earliest(
+        valid_until,
+        *(o.expires_at_ms for o in overrides),
+        *(p.end_ms for p in periods.values()),
+    )
+    trial = item is not None and item.free_trial
+    return Entitlements(
+        state.subject,
+        plan,
+        status,
+        valid_until,
+        state.version,
+        frozenset(features),
+        limits,
+        overrides,
+        feature_overrides,
+        billing,
+        periods,
+        trial,
+        item.period_end_ms if trial and item is not None else None,
+    )
 
 
 _REASON_BY_STATUS: Mapping[EntitlementStatus, Reason] = {
@@ -203,6 +306,11 @@ _REASON_BY_STATUS: Mapping[EntitlementStatus, Reason] = {
 
 def feature_decision(entitlements: Entitlements, feature: str) -> tuple[bool, Reason]:
     """Whether the feature is allowed, and why."""
+    overridden = entitlements.feature_overrides.get(feature)
+    if overridden is not None:
+        if overridden:
+            return True, Reason.FEATURE_OVERRIDE_ENABLED
+        return False, Reason.FEATURE_OVERRIDE_DISABLED
     if feature not in entitlements.features:
         return False, Reason.FEATURE_NOT_IN_PLAN
     return True, _REASON_BY_STATUS.get(entitlements.status, Reason.FEATURE_IN_PLAN)
@@ -253,6 +361,8 @@ def item_after_update(old: ItemState | None, update: ItemUpdate) -> ItemState:
         event_ms=update.event_ms,
         ever_active=(old is not None and old.ever_active) or update.status is ItemStatus.ACTIVE,
         past_due=track,
+        period_start_ms=update.period_start_ms,
+        free_trial=update.free_trial,
     )
 
 

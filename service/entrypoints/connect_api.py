@@ -7,61 +7,70 @@ server calls; the service's errors reach callers through the one table of the er
 interceptor (`ServiceError.code` → status code, same message, same cut), renamed to Connect's
 spelling of the same code; the read token is checked by the gRPC read-auth interceptor's own
 comparison. So `curl`, a Connect-ES client and grpcurl get the same answers and the same codes.
+
+In front of the connectrpc application stands connect_guard.ConnectGuard: the read token from
+the headers before any body byte, the body's size and time, fixed error text and the
+grpc_server_* count of every call. hypercorn's own bounds are set in http_server.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar, cast
 
-import grpc
 from connectrpc.code import Code
-from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1.entitlement_service_connect import EntitlementServiceASGIApplication
-from entitlements_common.settings import ConfigError
+from service.entrypoints import http_server
+from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors
+from service.entrypoints.connect_replies import CONNECT_CODES, GRPC_CODES, PublicError
 from service.entrypoints.grpc_api.interceptors import (
     ENTITLEMENT_PREFIX,
     ReadAuthInterceptor,
     public_status,
 )
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
+from service.entrypoints.http_server import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    App,
+    HttpServer,
+    serve_asgi,
+)
+from service.entrypoints.message_limits import (
+    LIST_MAX_BYTES,
+    LIST_METHODS,
+    READ_MAX_BYTES,
+    UNAUTHENTICATED_MESSAGE,
+)
 from service.entrypoints.rpc_metrics import series_for, uncounted
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CONNECT_CODES",
+    "GRPC_CODES",
+    "UNAUTHENTICATED_MESSAGE",
+    "BodyLimits",
+    "HttpServer",
+    "asgi_app",
+    "connect_error",
+    "listen_socket",
+    "start_http",
+]
 
-# gRPC's status codes in Connect's spelling: the same codes, one name differs (CANCELLED).
-CONNECT_CODES: Mapping[grpc.StatusCode, Code] = {
-    **{s: Code[s.name] for s in grpc.StatusCode if s.name in Code.__members__},
-    grpc.StatusCode.CANCELLED: Code.CANCELED,
-}
-GRPC_CODES: Mapping[Code, grpc.StatusCode] = {c: s for s, c in CONNECT_CODES.items()}
-UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
+log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 
-def connect_error(exc: Exception, method: str) -> ConnectError:
+def connect_error(exc: Exception, method: str) -> PublicError:
     """The Connect error for what a servicer raised: what a gRPC caller is told
     (interceptors.public_status), in Connect's spelling of the same code."""
     status, message = public_status(exc, method)
-    return ConnectError(CONNECT_CODES.get(status, Code.INTERNAL), message)
-
-
-def _grpc_code(error: ConnectError) -> grpc.StatusCode:
-    """The gRPC name of a Connect error's code (what the grpc_server_* series count)."""
-    return GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    return PublicError(CONNECT_CODES.get(status, Code.INTERNAL), message)
 
 
 class _Peer:
@@ -78,23 +87,12 @@ class _Peer:
 
 
 class ConnectEntitlements:
-    """The generated `EntitlementService` protocol, answered by the gRPC servicer."""
+    """The generated `EntitlementService` protocol, answered by the gRPC servicer. The token
+    and the count are the guard's (connect_guard.py); errors become public ones here."""
 
-    def __init__(
-        self, servicer: EntitlementServicer, read_tokens: Sequence[str], metrics: bool = True
-    ) -> None:
+    def __init__(self, servicer: EntitlementServicer, metrics: bool = True) -> None:
         self._servicer = servicer
-        self._auth = ReadAuthInterceptor(list(read_tokens)) if read_tokens else None
         self._series = series_for if metrics else uncounted
-
-    def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
-        if self._auth is None:
-            return
-        if not self._auth.accepts(ctx.request_headers.get("authorization")):
-            log.warning(
-                "rejected %s%s: missing or wrong bearer token", ENTITLEMENT_PREFIX, ctx.method.name
-            )
-            raise ConnectError(Code.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
     async def _unary(
         self,
@@ -102,22 +100,10 @@ class ConnectEntitlements:
         request: Req,
         ctx: RequestContext[Req, Res],
     ) -> Res:
-        # Counted in the same grpc_server_* series as the gRPC port's calls of the method.
-        series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, False)
-        started = series.start()
-        code: grpc.StatusCode | None = None
         try:
-            self._authorize(ctx)
             return await call(request, cast(Context, _Peer(ctx.client_address)))
-        except ConnectError as exc:
-            code = _grpc_code(exc)
-            raise
         except Exception as exc:
-            error = connect_error(exc, ctx.method.name)
-            code = _grpc_code(error)
-            raise error from None
-        finally:
-            series.done(code, started)
+            raise connect_error(exc, ctx.method.name) from None
 
     async def can_use(
         self, request: pb.CanUseRequest, ctx: RequestContext[pb.CanUseRequest, pb.CanUseResponse]
@@ -165,78 +151,40 @@ class ConnectEntitlements:
         ctx: RequestContext[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse],
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, True)
-        started = series.start()
-        code: grpc.StatusCode | None = None
         try:
-            self._authorize(ctx)
             peer = cast(Context, _Peer(ctx.client_address))
             async for message in self._servicer.WatchEntitlements(request, peer):
                 series.sent += 1
                 yield message
-        except ConnectError as exc:
-            code = _grpc_code(exc)
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
         except Exception as exc:
-            error = connect_error(exc, ctx.method.name)
-            code = _grpc_code(error)
-            raise error from None
-        finally:
-            series.done(code, started)
+            raise connect_error(exc, ctx.method.name) from None
 
 
 def asgi_app(
-    servicer: EntitlementServicer, read_tokens: Sequence[str], metrics: bool = True
-) -> EntitlementServiceASGIApplication:
-    """The ASGI application serving EntitlementService over Connect, gRPC-Web and gRPC."""
-    return EntitlementServiceASGIApplication(ConnectEntitlements(servicer, read_tokens, metrics))
+    servicer: EntitlementServicer,
+    read_tokens: Sequence[str],
+    metrics: bool = True,
+    limits: BodyLimits | None = None,
+) -> ConnectGuard:
+    """The ASGI application serving EntitlementService over Connect, gRPC-Web and gRPC:
+    connectrpc's, twice (the reads' message cap and the list methods'), behind the guard."""
+    service = ConnectEntitlements(servicer, metrics)
 
+    def connectrpc_app(read_max_bytes: int) -> App:
+        app = EntitlementServiceASGIApplication(
+            service, interceptors=[PublicErrors()], read_max_bytes=read_max_bytes
+        )
+        return cast(App, app)
 
-@dataclass
-class HttpServer:
-    """The running HTTP listener; `stop()` lets calls in flight finish for `grace` seconds."""
-
-    port: int
-    _stop: asyncio.Event
-    _task: asyncio.Task[None]
-
-    async def stop(self, grace: float) -> None:
-        self._stop.set()
-        try:
-            async with asyncio.timeout(grace + 1):
-                await self._task
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    reads, lists = connectrpc_app(READ_MAX_BYTES), connectrpc_app(LIST_MAX_BYTES)
+    apps: dict[str, App] = {"": reads, **dict.fromkeys(LIST_METHODS, lists)}
+    auth = ReadAuthInterceptor(list(read_tokens)) if read_tokens else None
+    return ConnectGuard(apps, auth, limits or BodyLimits(), series_for if metrics else uncounted)
 
 
 def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
-    """A listening socket on host:port (port 0: a free one), or a ConfigError naming
-    ENTITLEMENTS_HTTP_LISTEN."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:  # --workers: every worker binds the same port on purpose
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"ENTITLEMENTS_HTTP_LISTEN={listen}: cannot listen there ({exc.__class__.__name__})"
-        ) from None
-    sock.setblocking(False)
-    return sock
+    """ENTITLEMENTS_HTTP_LISTEN's listening socket (errors name the variable)."""
+    return http_server.listen_socket(listen, "ENTITLEMENTS_HTTP_LISTEN", reuse_port)
 
 
 async def start_http(
@@ -247,19 +195,10 @@ async def start_http(
     *,
     reuse_port: bool = False,
     metrics: bool = True,
+    limits: BodyLimits | None = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
 ) -> HttpServer:
     """Serve EntitlementService on `listen` in this event loop, until `stop()`."""
-    with listen_socket(listen, reuse_port) as sock:
-        port = int(sock.getsockname()[1])
-        fd = os.dup(sock.fileno())  # hypercorn owns (and closes) the descriptor it is given
-    config = Config()
-    config.bind = [f"fd://{fd}"]
-    config.accesslog = None
-    config.errorlog = log  # one log line per event, through the service's logging
-    config.graceful_timeout = grace
-    config.keep_alive_timeout = 75.0
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        serve(asgi_app(servicer, read_tokens, metrics), config, shutdown_trigger=stop.wait)
-    )
-    return HttpServer(port, stop, task)
+    sock = listen_socket(listen, reuse_port)
+    app = asgi_app(servicer, read_tokens, metrics, limits)
+    return serve_asgi(app, sock, header_timeout=header_timeout, grace=grace, log=log)

@@ -1,8 +1,14 @@
 """ENTITLEMENTS_METRICS_LISTEN: Prometheus `/metrics` for one process, or for all workers.
 
-A single process serves prometheus-client's default registry. With `--workers N` the
-supervisor sets PROMETHEUS_MULTIPROC_DIR before it starts them, each worker writes its series
-there, and the supervisor alone serves one scrape of them all (`MultiProcessCollector`).
+A single process serves prometheus-client's default registry from its own event loop. With
+`--workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR before it starts them, each worker
+writes its series there, and the supervisor alone serves one scrape of them all
+(`MultiProcessCollector`), from one thread running an event loop of its own.
+
+Either way it is prometheus-client's ASGI application on hypercorn with the bounds of
+http_server.py (headers within ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS, 16 KiB of them), not
+its thread-per-request WSGI server: an idle or half-sent request costs a socket and a few KiB,
+never a thread, and is cut at the header deadline. A request body is never read.
 
 Once a second `sample_forever` in each process publishes the RPC counts (rpc_metrics.py) and
 sets the gauges, so a scrape sees values at most a second old and the hot paths touch no
@@ -12,20 +18,28 @@ Prometheus object.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
+import threading
 from dataclasses import dataclass
-from threading import Thread
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, multiprocess
 
-from entitlements_common.settings import ConfigError
 from service import metrics
 from service.entrypoints import rpc_metrics
-from service.entrypoints.launch import PortInUse
+from service.entrypoints.http_server import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    App,
+    HttpServer,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    listen_socket,
+    serve_asgi,
+)
 
 if TYPE_CHECKING:
     from service.adapters.cache import EntitlementCache
@@ -39,35 +53,88 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_SECONDS = 1.0
 
 
+STOP_GRACE_SECONDS = 1.0
+
+
+def metrics_app(registry: CollectorRegistry) -> App:
+    """prometheus-client's ASGI app, answering lifespan, never reading a request body."""
+    inner = make_asgi_app(registry)
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http":
+            await inner(scope, no_body, send)
+        else:
+            await send({"type": "websocket.close"})
+
+    return app
+
+
+def _all_workers() -> CollectorRegistry:
+    """The series every worker writes to PROMETHEUS_MULTIPROC_DIR, as one registry."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def start_metrics_endpoint(
+    listen: str, header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+) -> HttpServer:
+    """Serve /metrics on `listen` (port 0: a free one) in the running event loop."""
+    sock = listen_socket(listen, "ENTITLEMENTS_METRICS_LISTEN", in_use=True)
+    host = listen.rpartition(":")[0]
+    app = metrics_app(REGISTRY)
+    server = serve_asgi(app, sock, header_timeout=header_timeout, grace=STOP_GRACE_SECONDS, log=log)
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, server.port)
+    return server
+
+
 @dataclass
-class MetricsEndpoint:
-    server: WSGIServer
-    thread: Thread
+class MetricsThread:
+    """/metrics of all workers, for the --workers supervisor (which has no event loop): one
+    thread running its own loop, serving as start_metrics_endpoint does."""
+
     port: int
+    _thread: threading.Thread
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Event
+
+    @classmethod
+    def start(
+        cls, listen: str, header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    ) -> MetricsThread:
+        # Bound here, so a held port or a bad address is the caller's error (exit 4 / 2).
+        sock = listen_socket(listen, "ENTITLEMENTS_METRICS_LISTEN", in_use=True)
+        port = int(sock.getsockname()[1])
+        app = metrics_app(_all_workers())
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+
+        async def run() -> None:
+            server = serve_asgi(
+                app, sock, header_timeout=header_timeout, grace=STOP_GRACE_SECONDS, log=log
+            )
+            await stop.wait()
+            await server.stop(STOP_GRACE_SECONDS)
+
+        thread = threading.Thread(
+            target=loop.run_until_complete, args=(run(),), name="metrics", daemon=True
+        )
+        thread.start()
+        host = listen.rpartition(":")[0]
+        log.info("Prometheus metrics on http://%s:%d/metrics (all workers)", host, port)
+        return cls(port, thread, loop, stop)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def start_metrics_endpoint(listen: str, *, all_workers: bool = False) -> MetricsEndpoint:
-    """Serve /metrics on `listen` (port 0: a free one) in a thread of its own; `all_workers`:
-    the series the workers write to PROMETHEUS_MULTIPROC_DIR."""
-    host, _, port = listen.rpartition(":")
-    registry: CollectorRegistry = REGISTRY
-    if all_workers:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    try:
-        server, thread = start_http_server(int(port), host.strip("[]"), registry)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(listen) from None
-        raise ConfigError(f"ENTITLEMENTS_METRICS_LISTEN={listen}: cannot listen there") from None
-    bound = int(server.server_port)
-    log.info("Prometheus metrics on http://%s:%d/metrics", host, bound)
-    return MetricsEndpoint(server, thread, bound)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def worker_exited(pid: int) -> None:

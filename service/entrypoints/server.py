@@ -45,7 +45,7 @@ from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog, CatalogError
 from service.domain.resolution import Entitlements
-from service.entrypoints.connect_api import HttpServer, start_http
+from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
 from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
@@ -67,7 +67,7 @@ from service.entrypoints.launch import (
 from service.entrypoints.memory_release import release_forever
 from service.entrypoints.message_limits import LARGEST_MESSAGE_BYTES
 from service.entrypoints.metrics_http import (
-    MetricsEndpoint,
+    STOP_GRACE_SECONDS,
     MetricSources,
     sample_forever,
     start_metrics_endpoint,
@@ -99,7 +99,7 @@ class RunningServer:
     grace_seconds: float
     cache: EntitlementCache | None = None
     http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
-    metrics: MetricsEndpoint | None = None  # ENTITLEMENTS_METRICS_LISTEN
+    metrics: HttpServer | None = None  # ENTITLEMENTS_METRICS_LISTEN
     sql_tracing: tracing.SqlTracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -124,7 +124,7 @@ class RunningServer:
         await self.server.stop(self.grace_seconds)
         await self.store.close()
         if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.stop)
+            await self.metrics.stop(STOP_GRACE_SECONDS)
         if self.sql_tracing is not None:
             self.sql_tracing.stop()
 
@@ -260,7 +260,9 @@ async def start_server(
     if tracer_provider is not None:
         running.sql_tracing = tracing.SqlTracing(tracer_provider)
     if settings.metrics_listen is not None:
-        running.metrics = start_metrics_endpoint(settings.metrics_listen)
+        running.metrics = start_metrics_endpoint(
+            settings.metrics_listen, settings.http_header_timeout_seconds
+        )
     if settings.http_listen is not None:
         # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
         running.http = await start_http(
@@ -270,6 +272,8 @@ async def start_server(
             settings.grace_seconds,
             reuse_port=settings.reuse_port,
             metrics=settings.metrics,
+            limits=BodyLimits(settings.http_body_timeout_seconds, settings.http_body_budget_bytes),
+            header_timeout=settings.http_header_timeout_seconds,
         )
     await running.set_serving(await store.ping())
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -284,7 +288,11 @@ async def start_server(
     running._tasks += [
         asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
         asyncio.create_task(listener.run()),
-        asyncio.create_task(hub.follow(store.change_log_horizon, store.follow_changes, load)),
+        asyncio.create_task(
+            hub.follow(
+                store.change_log_horizon, store.follow_changes, load, store.change_log_identity
+            )
+        ),
         asyncio.create_task(hub.beat()),
         asyncio.create_task(release_forever()),
         asyncio.create_task(

@@ -26,8 +26,7 @@ from service.config import ServiceSettings
 from service.entrypoints.launch import EXIT_SCHEMA_BEHIND
 from service.entrypoints.metrics_http import (
     MULTIPROC_ENV,
-    MetricsEndpoint,
-    start_metrics_endpoint,
+    MetricsThread,
     worker_exited,
 )
 from service.entrypoints.server import configure_logging, serve
@@ -51,7 +50,7 @@ def run_workers(settings: ServiceSettings, log_level: str) -> int:
     workers = settings.workers
     embedded: EmbeddedPostgres | None = None
     metrics_dir: str | None = None
-    endpoint: MetricsEndpoint | None = None
+    endpoint: MetricsThread | None = None
     if settings.database_url is None:
         embedded = start_embedded_postgres(settings.data_dir)
         settings = replace(settings, database_url=embedded.uri)
@@ -64,7 +63,9 @@ def run_workers(settings: ServiceSettings, log_level: str) -> int:
         # Before any worker starts: prometheus-client picks its storage when imported.
         metrics_dir = tempfile.mkdtemp(prefix="entitlements-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
-        endpoint = start_metrics_endpoint(settings.metrics_listen, all_workers=True)
+        endpoint = MetricsThread.start(
+            settings.metrics_listen, settings.http_header_timeout_seconds
+        )
     # The workers count (settings.metrics), the supervisor serves.
     settings = replace(
         settings, listen=f"{host}:{port}", workers=1, reuse_port=True, metrics_listen=None

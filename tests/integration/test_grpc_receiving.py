@@ -13,7 +13,7 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.entrypoints.grpc_api import receiving
-from service.entrypoints.message_limits import READ_MESSAGE_BYTES
+from service.entrypoints.message_limits import READ_MESSAGE_BYTES, TOO_LARGE_MESSAGE
 from tests.conftest import Harness, rpc_code, start_harness
 from tests.support import Clock
 from tests.support.h2_flood import Flood
@@ -38,7 +38,7 @@ async def test_a_read_over_its_cap_is_refused_before_it_is_parsed(harness: Harne
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await harness.entitlements.CanUse(request, timeout=5)
     assert rpc_code(caught.value) is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert caught.value.details() == f"request message larger than {READ_MESSAGE_BYTES} bytes"
+    assert caught.value.details() == TOO_LARGE_MESSAGE
     # Just under the cap it is an ordinary bad subject (too long), not a size refusal.
     request = pb.CanUseRequest(subject="s" * 60_000, feature="api")
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -16,7 +16,7 @@ from service.application.records import DeliverySelector, StoredDelivery
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
-from service.domain.resolution import Grant, ItemState, SubjectState
+from service.domain.resolution import Grant, ItemState, Override, SubjectState
 
 T = TypeVar("T")
 
@@ -78,6 +78,13 @@ class StoredGrant:
 
 
 @dataclass
+class StoredOverride:
+    subject: str
+    override: Override
+    removed_at_ms: int | None = None
+
+
+@dataclass
 class Data:
     deliveries: dict[str, StoredRow] = field(default_factory=dict)
     items: dict[str, StoredItem] = field(default_factory=dict)
@@ -85,6 +92,7 @@ class Data:
     deleted: dict[str, int] = field(default_factory=dict)
     created: dict[str, int] = field(default_factory=dict)
     grants: dict[str, StoredGrant] = field(default_factory=dict)
+    overrides: dict[str, StoredOverride] = field(default_factory=dict)
     plan_changes: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     change_log: list[tuple[int, str]] = field(default_factory=list)
     sequence: int = 0
@@ -191,6 +199,11 @@ class FakeSubjects:
             ),
             deleted_at_ms=data.deleted.get(subject),
             version=data.versions.get(subject, 0),
+            overrides=tuple(
+                o.override
+                for o in data.overrides.values()
+                if o.subject == subject and o.removed_at_ms is None
+            ),
         )
 
     async def is_deleted(self, subject: str) -> bool:
@@ -272,11 +285,31 @@ class FakeGrants:
         return True
 
 
+class FakeOverrides:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def add(self, subject: str, override: Override) -> None:
+        self._data.overrides[override.override_id] = StoredOverride(subject, override)
+
+    async def active_subject(self, override_id: str) -> str | None:
+        stored = self._data.overrides.get(override_id)
+        return stored.subject if stored is not None and stored.removed_at_ms is None else None
+
+    async def remove(self, override_id: str, at_ms: int, reason: str) -> bool:
+        stored = self._data.overrides.get(override_id)
+        if stored is None or stored.removed_at_ms is not None:
+            return False
+        stored.removed_at_ms = at_ms
+        return True
+
+
 class FakeUnitOfWork:
     def __init__(self, data: Data) -> None:
         self.deliveries = FakeDeliveries(data)
         self.subjects = FakeSubjects(data)
         self.grants = FakeGrants(data)
+        self.overrides = FakeOverrides(data)
 
 
 class InMemoryStore:

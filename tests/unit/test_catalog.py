@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import load_catalog
@@ -96,3 +98,59 @@ def test_bad_catalog_is_refused_with_a_message_naming_the_problem(
 def test_missing_catalog_file_names_the_variable(tmp_path: object) -> None:
     with pytest.raises(CatalogError, match=r"ENTITLEMENTS_CATALOG=/nonexistent\.toml"):
         load_catalog("/nonexistent.toml")
+
+
+def test_the_fingerprint_follows_what_answers_depend_on_not_the_spelling() -> None:
+    bundled = load_catalog(None)
+    assert bundled.fingerprint == load_catalog(None).fingerprint
+    text = (Path(__file__).parents[2] / "service" / "default_catalog.toml").read_text()
+    respelled = "# a comment\n" + text.replace("maxGoals = 3 }", "maxGoals   = 3 }")
+    assert parse_catalog_text(respelled).fingerprint == bundled.fingerprint
+    for changed in (
+        text.replace("maxGoals = 3 }", "maxGoals = 4 }"),
+        text.replace('features = ["aiInsights"]', 'features = ["aiInsights", "dataExport"]'),
+        text.replace('default_plan = "free"', 'default_plan = "pro"'),
+        text.replace("past_due_grace_seconds = 259200", "past_due_grace_seconds = 1"),
+        text.replace('"pro_yearly"]', '"pro_yearly", "pro_2027"]'),
+    ):
+        assert changed != text
+        assert parse_catalog_text(changed).fingerprint != bundled.fingerprint
+
+
+METERED = """
+default_plan = "free"
+features = []
+limits = ["maxHabits", "aiInsightsPerMonth"]
+[meters.aiInsightsPerMonth]
+reset = "billing_period"
+[plans.free]
+rank = 0
+limits = { maxHabits = 10, aiInsightsPerMonth = 20 }
+[plans.pro]
+rank = 10
+clerk_slugs = ["pro"]
+limits = { maxHabits = "unlimited", aiInsightsPerMonth = 500 }
+"""
+
+
+def test_metered_limits_are_declared_under_meters() -> None:
+    from service.domain.catalog import Reset
+
+    catalog = parse_catalog_text(METERED)
+    assert catalog.meters == {"aiInsightsPerMonth": Reset.BILLING_PERIOD}
+    assert catalog.plans["pro"].limits["aiInsightsPerMonth"] == LimitValue(500)
+    daily = parse_catalog_text(METERED.replace('"billing_period"', '"day"'))
+    assert daily.fingerprint != catalog.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("[meters.aiInsightsPerMonth]", "[meters.nope]"),
+        ('reset = "billing_period"', 'reset = "weekly"'),
+        ('reset = "billing_period"', 'reset = "day"\nresets = "day"'),
+    ],
+)
+def test_a_bad_meter_is_refused_by_name(old: str, new: str) -> None:
+    with pytest.raises(CatalogError, match="meters"):
+        parse_catalog_text(METERED.replace(old, new))

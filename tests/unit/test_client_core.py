@@ -105,3 +105,76 @@ def test_silence_is_noticed_and_the_bound_is_checked() -> None:
     assert cache.silent_too_long()
     with pytest.raises(ClientConfigError, match="max_staleness"):
         LocalCache(max_staleness=0.5)
+
+
+# ---- what the answers depend on: the change log, the catalog, the server's clock ---------------
+
+
+def identified_beat(
+    version: int, log_id: str = "log-a", fingerprint: str = "cat-1", server_ms: int | None = None
+) -> pb.WatchEntitlementsResponse:
+    message = beat(version)
+    message.log_id, message.catalog_fingerprint = log_id, fingerprint
+    if server_ms is not None:
+        message.server_time.FromMilliseconds(server_ms)
+    return message
+
+
+def test_another_change_log_drops_every_local_answer() -> None:
+    cache = LocalCache(max_staleness=5, clock=FakeClock())
+    cache.apply(change("user_a", "pro", 7))
+    cache.apply(identified_beat(10))
+    assert cache.fresh("user_a") is not None
+    assert cache.watch_request().log_id == "log-a"  # a resumed stream names its log
+    cache.apply(identified_beat(3, log_id="log-b"))  # the database was replaced
+    assert cache.fresh("user_a") is None and not cache.entries
+    assert cache.log_id == "log-b" and cache.resume_version == 3
+    assert cache.synced  # the stream itself is of the new log: trusted again
+
+
+def test_another_catalog_drops_every_answer_until_plans_are_read_again() -> None:
+    cache = LocalCache(max_staleness=5, clock=FakeClock())
+    cache.plans_loaded(pb.ListPlansResponse(features=["x"], catalog_fingerprint="cat-1"))
+    cache.apply(change("user_a", "pro", 7))
+    cache.apply(identified_beat(10))
+    assert cache.fresh("user_a") is not None
+    generation = cache.generation
+    cache.apply(identified_beat(11, fingerprint="cat-2"))
+    assert cache.catalog_stale and not cache.synced and not cache.entries
+    cache.put_from_rpc(snapshot("user_a", "pro", 7), generation)  # asked before: not cached
+    assert not cache.entries
+    cache.apply(identified_beat(12, fingerprint="cat-2"))
+    assert not cache.synced  # still stale until ListPlans is read again
+    cache.plans_loaded(pb.ListPlansResponse(features=["x", "y"], catalog_fingerprint="cat-2"))
+    cache.apply(identified_beat(13, fingerprint="cat-2"))
+    assert cache.synced and cache.features == {"x", "y"} and not cache.catalog_stale
+
+
+def test_a_reset_forgets_the_log_so_the_next_one_is_not_a_change() -> None:
+    cache = LocalCache(max_staleness=5, clock=FakeClock())
+    cache.apply(identified_beat(10))
+    cache.reset()
+    assert cache.watch_request() == pb.WatchEntitlementsRequest()
+    cache.apply(change("user_a", "pro", 4))
+    cache.apply(identified_beat(5, log_id="log-b"))
+    assert cache.fresh("user_a") is not None
+
+
+@pytest.mark.parametrize("skew_s", [-120, -1, 0, 1, 120])
+def test_valid_until_is_judged_on_the_servers_clock(skew_s: int) -> None:
+    server_ms = 1_800_000_000_000
+    wall = {"now": server_ms / 1000 + skew_s}  # this machine's clock, skew_s off
+    cache = LocalCache(max_staleness=5, clock=FakeClock(), wall_clock=lambda: wall["now"])
+    ends = pb.WatchEntitlementsResponse(
+        subject="user_a",
+        entitlements=pb.GetEntitlementsResponse(subject="user_a", plan="pro", version=7),
+        version=7,
+    )
+    ends.entitlements.valid_until.FromMilliseconds(server_ms + 1_000)
+    cache.apply(ends)
+    cache.apply(identified_beat(10, server_ms=server_ms))
+    assert cache.fresh("user_a") is not None  # 1 s before the end, on the server's clock
+    wall["now"] += 0.999
+    assert cache.fresh("user_a") is not None
+    wall["now"] += 0.002  # the server's clock has passed valid_until
+    assert cache.fresh("user_a") is None

@@ -224,3 +224,26 @@ def test_lifecycle_tie_break_order() -> None:
     payload["data"]["period_end"] = FIXTURE_BASE_MS + 1
     b = norm(payload).items[0]
     assert a.order_key != b.order_key and a.order_key[:2] == b.order_key[:2]
+
+
+# ---- a number the JSON parser would refuse makes that one field missing --------------------
+
+
+@pytest.mark.parametrize("digits", [41, 4301, 5000])
+@pytest.mark.parametrize("field", ["timestamp", "period_end"])
+def test_a_huge_integer_is_one_missing_field_not_an_unparseable_delivery(
+    digits: int, field: str
+) -> None:
+    payload = load_fixture("item_active_pro_month")
+    body = json.dumps(payload)
+    original = json.dumps(payload[field] if field == "timestamp" else payload["data"][field])
+    body = body.replace(f'"{field}": {original}', f'"{field}": {"9" * digits}', 1)
+    event = normalize_event(body.encode(), "", 42)
+    assert event.kind is EventKind.ITEMS, event.error
+    assert any(f"beyond int64 ({digits} digits)" in note for note in event.notes)
+    (item,) = event.items
+    assert item.plan_slug == "pro" and item.status is ItemStatus.ACTIVE
+    if field == "period_end":
+        assert item.period_end_ms is None
+    else:
+        assert event.event_ms == payload["data"]["updated_at"]

@@ -15,6 +15,7 @@ from service.entrypoints.message_limits import (
     LARGEST_MESSAGE_BYTES,
     READ_MESSAGE_BYTES,
     SYNC_MESSAGE_BYTES,
+    TOO_LARGE_MESSAGE,
     WATCH_MAX_SUBJECTS,
     WATCH_MESSAGE_BYTES,
     request_cap,
@@ -47,7 +48,7 @@ def test_the_deserializer_refuses_over_the_cap_before_parsing_and_never_raises()
     assert deserialize(ok) == pb.CanUseRequest(subject="user_1", feature="dataExport")
     refused = deserialize(b"\xff" * (READ_MESSAGE_BYTES + 1))  # unparseable, but too large first
     assert refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert refused.message == f"request message larger than {READ_MESSAGE_BYTES} bytes"
+    assert refused.message == TOO_LARGE_MESSAGE
     assert deserialize(b"\xff\xff") is UNDECODABLE
 
 

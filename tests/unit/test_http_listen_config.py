@@ -41,3 +41,28 @@ def test_a_single_process_http_listener_refuses_a_held_port() -> None:
         port = first.getsockname()[1]
         with listen_socket(f"127.0.0.1:{port}", True) as second:
             assert second.getsockname()[1] == port
+
+
+def test_the_http_bounds_default_and_refuse_nonsense_naming_the_variable() -> None:
+    settings = ServiceSettings.from_env({})
+    assert settings.http_header_timeout_seconds == 5.0
+    assert settings.http_body_timeout_seconds == 10.0
+    assert settings.http_body_budget_bytes == 16 * 1024 * 1024
+    custom = ServiceSettings.from_env(
+        {
+            "ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS": "0.5",
+            "ENTITLEMENTS_HTTP_BODY_TIMEOUT_SECONDS": "2",
+            "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES": "1048576",
+        }
+    )
+    assert (custom.http_header_timeout_seconds, custom.http_body_timeout_seconds) == (0.5, 2.0)
+    assert custom.http_body_budget_bytes == 1024 * 1024
+    for name in (
+        "ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS",
+        "ENTITLEMENTS_HTTP_BODY_TIMEOUT_SECONDS",
+    ):
+        for bad in ("0", "-1", "soon", "nan", "inf"):
+            with pytest.raises(ConfigError, match=name):
+                ServiceSettings.from_env({name: bad})
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES"):
+        ServiceSettings.from_env({"ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES": "lots"})

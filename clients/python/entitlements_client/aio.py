@@ -67,7 +67,7 @@ class AsyncEntitlementsClient:
             plans = await self._stub.ListPlans(
                 pb.ListPlansRequest(), timeout=self._timeout, metadata=self._metadata
             )
-            self.cache.features = frozenset(plans.features)
+            self.cache.plans_loaded(plans)
             self._tasks = [
                 asyncio.create_task(self._follow()),
                 asyncio.create_task(self._watchdog()),
@@ -133,6 +133,14 @@ class AsyncEntitlementsClient:
                 cache.stream_started()
                 async for message in stream:
                     cache.apply(message)
+                    if cache.catalog_stale:  # the service's catalog changed: read it again
+                        cache.plans_loaded(
+                            await self._stub.ListPlans(
+                                pb.ListPlansRequest(),
+                                timeout=self._timeout,
+                                metadata=self._metadata,
+                            )
+                        )
                     backoff = 0.05
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:

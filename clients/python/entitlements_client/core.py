@@ -2,10 +2,16 @@
 channel options and credentials, and the local cache with its freshness rules. No I/O here:
 the two clients only move bytes, so they cannot drift apart in behaviour.
 
-The freshness contract (SPEC §9): the service sends a heartbeat on the watch stream at least
-every second, carrying how far behind the stream may be (`lag`). A local answer is given only
-while the last heartbeat, aged by the time since it arrived plus that lag, is within
+The freshness contract (SPEC §9, §10.5): the service sends a heartbeat on the watch stream at
+least every second, carrying how far behind the stream may be (`lag`). A local answer is given
+only while the last heartbeat, aged by the time since it arrived plus that lag, is within
 `max_staleness`; otherwise the client asks the service (and raises if that fails).
+
+Heartbeats also say what the answers depend on: the change log (`log_id`, new when the
+service's database is wiped, replaced or restored) and the catalog (`catalog_fingerprint`).
+When either changes every local answer is dropped. And they carry the server's clock: an
+answer's `valid_until` is judged on it (this machine's clock corrected by the offset seen),
+so a client whose clock is off never answers past a period end the server has passed.
 """
 
 from __future__ import annotations
@@ -124,16 +130,23 @@ def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def _system_time() -> float:
+    """This machine's wall clock (looked up at each call, so a test can move it)."""
+    return time.time()
+
+
 class LocalCache:
     """Subject → Snapshot, bounded LRU, fed by the watch stream; trusted only while `synced`.
 
-    `clock` is a monotonic clock in seconds (tests pass their own)."""
+    `clock` is a monotonic clock in seconds, `wall_clock` this machine's time in seconds
+    (tests pass their own)."""
 
     def __init__(
         self,
         max_subjects: int = 100_000,
         max_staleness: float = DEFAULT_MAX_STALENESS,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if max_staleness < MIN_MAX_STALENESS:
             raise ClientConfigError(
@@ -150,6 +163,15 @@ class LocalCache:
         self.generation = 0
         self.resume_version: int | None = None
         self.features: frozenset[str] = frozenset()
+        # What the answers held depend on, as the stream last said (SPEC §10.5).
+        self.log_id = ""
+        self.catalog_fingerprint = ""
+        # Set when a heartbeat showed another catalog: ListPlans must be read again (the
+        # client does it) before local answers are trusted.
+        self.catalog_stale = False
+        # The server's wall clock minus this machine's, in ms, from the last heartbeat.
+        self.clock_offset_ms = 0.0
+        self._wall = wall_clock or _system_time
         self._heard_at: float | None = None  # monotonic time of the stream's last message
         # Local answers are trusted until this monotonic instant: last heartbeat + bound - its
         # lag; -inf while the stream is not caught up.
@@ -173,9 +195,13 @@ class LocalCache:
         if snap is None:
             return None
         until = snap.valid_until_ms
-        if until is not None and time.time() * 1000 >= until:
+        if until is not None and self.server_now_ms() >= until:
             return None
         return snap
+
+    def server_now_ms(self) -> float:
+        """The server's time now, as this machine's clock corrected by the heartbeats."""
+        return self._wall() * 1000 + self.clock_offset_ms
 
     def decide(self, snap: Snapshot, feature: str) -> bool:
         """The local answer for `feature`; an unknown feature is an error, as on the server."""
@@ -208,9 +234,42 @@ class LocalCache:
                 self._watched.popitem(last=False)
             self._store(snap)
         else:
-            lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0.0
-            self._trust_until = self._clock() + self.max_staleness - lag
+            if message.HasField("server_time"):
+                self.clock_offset_ms = message.server_time.ToMilliseconds() - self._wall() * 1000
+            self._check_identity(message.log_id, message.catalog_fingerprint)
+            if not self.catalog_stale:
+                lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0.0
+                self._trust_until = self._clock() + self.max_staleness - lag
         self.resume_version = message.version
+
+    def _check_identity(self, log_id: str, fingerprint: str) -> None:
+        """Drop every local answer when the change log or the catalog is not the one they came
+        from (a wiped or restored database; a service restarted with another catalog)."""
+        log_changed = bool(log_id and self.log_id and log_id != self.log_id)
+        catalog_changed = bool(
+            fingerprint and self.catalog_fingerprint and fingerprint != self.catalog_fingerprint
+        )
+        if log_changed or catalog_changed:
+            self._forget()
+        if catalog_changed:
+            self.catalog_stale = True
+        self.log_id = log_id or self.log_id
+        self.catalog_fingerprint = fingerprint or self.catalog_fingerprint
+
+    def plans_loaded(self, plans: pb.ListPlansResponse) -> None:
+        """ListPlans' answer: the features any check may name, and the catalog's fingerprint."""
+        self.features = frozenset(plans.features)
+        if plans.catalog_fingerprint and plans.catalog_fingerprint != self.catalog_fingerprint:
+            if self.catalog_fingerprint:
+                self._forget()
+            self.catalog_fingerprint = plans.catalog_fingerprint
+        self.catalog_stale = False
+
+    def _forget(self) -> None:
+        self._trust_until = float("-inf")
+        self.generation += 1
+        self.entries.clear()
+        self._watched.clear()
 
     def _store(self, snap: Snapshot) -> None:
         self.entries[snap.subject] = snap
@@ -224,16 +283,17 @@ class LocalCache:
         self.generation += 1
 
     def reset(self) -> None:
-        """The resume point is gone (OUT_OF_RANGE): forget everything, watch from now."""
-        self.lost()
-        self.entries.clear()
-        self._watched.clear()
+        """The resume point is gone (OUT_OF_RANGE: pruned, or of a change log the service no
+        longer follows): forget everything, watch from now."""
+        self._forget()
         self.resume_version = None
+        self.log_id = ""
 
     def watch_request(self) -> pb.WatchEntitlementsRequest:
         request = pb.WatchEntitlementsRequest()
         if self.resume_version is not None:
             request.since_version = self.resume_version
+            request.log_id = self.log_id
         return request
 
     def stream_started(self) -> None:

@@ -56,7 +56,7 @@ class EntitlementsClient:
             plans = self._stub.ListPlans(
                 pb.ListPlansRequest(), timeout=timeout, metadata=self._metadata
             )
-            self.cache.features = frozenset(plans.features)
+            self.cache.plans_loaded(plans)
             for name, target_fn in (("watch", self._follow), ("watchdog", self._watchdog)):
                 thread = threading.Thread(
                     target=target_fn, name=f"entitlements-{name}", daemon=True
@@ -134,6 +134,14 @@ class EntitlementsClient:
                 cache.stream_started()
                 for message in stream:
                     cache.apply(message)
+                    if cache.catalog_stale:  # the service's catalog changed: read it again
+                        cache.plans_loaded(
+                            self._stub.ListPlans(
+                                pb.ListPlansRequest(),
+                                timeout=self._timeout,
+                                metadata=self._metadata,
+                            )
+                        )
                     backoff = 0.05
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None

@@ -3,7 +3,10 @@ resuming watchers read, and pruning."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+
+import asyncpg
 
 from service.adapters.postgres.base import (
     Conn,
@@ -38,6 +41,28 @@ SELECT snap.xmax,
 """
 
 
+# What tells one change log from another (SPEC §10.5). `log_id` is made with the log; a
+# dropped and recreated database has a new one and a new database oid; a logical restore
+# (pg_restore, even --clean into the same database) recreates change_log_state, so its
+# table oid changes though `log_id` comes back; a physical restore or a promoted standby is on
+# a new timeline; another cluster has another system identifier.
+_IDENTITY = """
+SELECT s.log_id::text AS log_id,
+       (SELECT oid FROM pg_database WHERE datname = current_database())::bigint AS db,
+       'change_log_state'::regclass::oid::bigint AS tbl,
+       (SELECT system_identifier FROM pg_control_system())::text AS sysid,
+       (SELECT timeline_id FROM pg_control_checkpoint())::bigint AS timeline
+  FROM change_log_state s
+"""
+# Where the pg_control functions are not granted (some managed services), without them.
+_IDENTITY_UNPRIVILEGED = """
+SELECT s.log_id::text AS log_id,
+       (SELECT oid FROM pg_database WHERE datname = current_database())::bigint AS db,
+       'change_log_state'::regclass::oid::bigint AS tbl, '' AS sysid, 0::bigint AS timeline
+  FROM change_log_state s
+"""
+
+
 async def _changes_between(
     conn: Conn, position: int, upper: int, subjects: Sequence[str] | None, limit: int
 ) -> list[tuple[int, int, str]]:
@@ -67,6 +92,21 @@ class ChangeLogStore(StoreBase):
             )
             assert row is not None
             return int(row["pruned"]), int(row["ceiling"])
+
+        return await self._run(work)
+
+    async def change_log_identity(self) -> str:
+        """This change log's identity: equal positions of two logs with different identities
+        mean nothing to each other (a wiped, replaced or restored database)."""
+
+        async def work(conn: Conn) -> str:
+            try:
+                row = await conn.fetchrow(_IDENTITY)
+            except asyncpg.InsufficientPrivilegeError:
+                row = await conn.fetchrow(_IDENTITY_UNPRIVILEGED)
+            assert row is not None
+            parts = "/".join(str(row[k]) for k in ("log_id", "db", "tbl", "sysid", "timeline"))
+            return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
         return await self._run(work)
 

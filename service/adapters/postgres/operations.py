@@ -105,6 +105,20 @@ class OperationsStore(StoreBase):
                                || COALESCE('; revoked: ' || revoke_reason, ''), NULL
                    FROM grants WHERE subject = $1
                    ORDER BY created_at DESC LIMIT $2)
+                UNION ALL
+                (SELECT 'override', created_at, override_id, 'override', NULL, created_at_ms,
+                        NULL, NULL,
+                        COALESCE('feature ' || feature
+                                 || CASE WHEN enabled THEN ' granted' ELSE ' withheld' END,
+                                 'limit ' || limit_name || ' = '
+                                 || CASE WHEN unlimited THEN 'unlimited'
+                                         ELSE limit_value::text END)
+                        || ': ' || reason
+                        || COALESCE(' (expires ' || to_timestamp(expires_at_ms / 1000.0)
+                                    || ')', '')
+                        || COALESCE('; removed: ' || remove_reason, ''), NULL
+                   FROM overrides WHERE subject = $1
+                   ORDER BY created_at DESC LIMIT $2)
                 ORDER BY recorded_at DESC, kind DESC LIMIT $2
                 """,
                 subject,

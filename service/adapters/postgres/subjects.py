@@ -13,12 +13,14 @@ from service.adapters.postgres.base import (
     Conn,
 )
 from service.domain.bounds import within_window
+from service.domain.catalog import LimitValue
 from service.domain.deliveries import Outcome
 from service.domain.events import ItemStatus
 from service.domain.past_due import PastDueTrack
 from service.domain.resolution import (
     Grant,
     ItemState,
+    Override,
     SubjectState,
 )
 
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = (
     "i.item_id, i.status, i.plan_slug, i.plan_id, i.period_end_ms, i.past_due_at_ms, "
-    "i.event_ms, i.ever_active, i.last_ok_ms, i.last_ok_rank, i.past_due_marks"
+    "i.event_ms, i.ever_active, i.last_ok_ms, i.last_ok_rank, i.past_due_marks, "
+    "i.period_start_ms, i.free_trial"
 )
 
 # The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
@@ -35,8 +38,8 @@ ITEM_COLUMNS = (
 UPSERT_ITEM = """
 INSERT INTO items (item_id, subject, status, plan_slug, plan_id, period_end_ms, past_due_at_ms,
                    is_default, ever_active, event_ms, lifecycle_rank, digest, source_event_id,
-                   last_ok_ms, last_ok_rank, past_due_marks)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                   last_ok_ms, last_ok_rank, past_due_marks, period_start_ms, free_trial)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (item_id) DO UPDATE SET
     status = EXCLUDED.status, plan_slug = EXCLUDED.plan_slug,
     plan_id = EXCLUDED.plan_id, period_end_ms = EXCLUDED.period_end_ms,
@@ -46,6 +49,7 @@ ON CONFLICT (item_id) DO UPDATE SET
     digest = EXCLUDED.digest, source_event_id = EXCLUDED.source_event_id,
     last_ok_ms = EXCLUDED.last_ok_ms, last_ok_rank = EXCLUDED.last_ok_rank,
     past_due_marks = EXCLUDED.past_due_marks,
+    period_start_ms = EXCLUDED.period_start_ms, free_trial = EXCLUDED.free_trial,
     updated_at = now()
 WHERE items.subject = EXCLUDED.subject
   AND (items.event_ms, items.lifecycle_rank, items.digest)
@@ -102,7 +106,35 @@ def item_state_from_row(row: Any) -> ItemState:
         past_due=PastDueTrack.from_flat(
             row["last_ok_ms"], row["last_ok_rank"], row["past_due_marks"] or ()
         ),
+        period_start_ms=within_window(row["period_start_ms"]),
+        free_trial=bool(row["free_trial"]),
     )
+
+
+def override_from_json(raw: list[Any]) -> Override:
+    """One row of OVERRIDES_JSON."""
+    override_id, feature, limit, enabled, value, unlimited, created, expires, reason = raw
+    limit_value = None
+    if limit is not None:
+        limit_value = LimitValue(unlimited=True) if unlimited else LimitValue(int(value or 0))
+    return Override(
+        override_id=override_id,
+        feature=feature,
+        limit=limit,
+        created_at_ms=created,
+        enabled=bool(enabled),
+        value=limit_value,
+        expires_at_ms=expires,
+        reason=reason,
+    )
+
+
+# A subject's overrides not removed (expired ones too: resolution drops them by time).
+OVERRIDES_JSON = """(SELECT json_agg(json_build_array(o.override_id, o.feature, o.limit_name,
+                                 o.enabled, o.limit_value, o.unlimited, o.created_at_ms,
+                                 o.expires_at_ms, o.reason))
+                        FROM overrides o
+                       WHERE o.subject = q.subject AND o.removed_at_ms IS NULL)"""
 
 
 async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectState]:
@@ -110,7 +142,8 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
         f"""SELECT q.subject, s.version, s.deleted_at_ms, {ITEM_COLUMNS},
                    (SELECT json_agg(json_build_array(g.plan, g.granted_at_ms, g.expires_at_ms))
                       FROM grants g
-                     WHERE g.subject = q.subject AND g.revoked_at_ms IS NULL) AS grants
+                     WHERE g.subject = q.subject AND g.revoked_at_ms IS NULL) AS grants,
+                   {OVERRIDES_JSON} AS overrides
               FROM unnest($1::text[]) AS q(subject)
               LEFT JOIN subjects s ON s.subject = q.subject
               LEFT JOIN items i ON i.subject = q.subject""",
@@ -119,6 +152,7 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
     items: dict[str, list[ItemState]] = {s: [] for s in subjects}
     meta: dict[str, tuple[int, int | None]] = {}
     grants: dict[str, tuple[Grant, ...]] = {}
+    overrides: dict[str, tuple[Override, ...]] = {}
     for row in rows:
         subject = row["subject"]
         meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
@@ -130,6 +164,8 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
                 log.error("item %s of %s cannot be read; left out", row["item_id"], subject)
         if row["grants"] is not None and subject not in grants:
             grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
+        if row["overrides"] is not None and subject not in overrides:
+            overrides[subject] = tuple(override_from_json(o) for o in json.loads(row["overrides"]))
     return {
         s: SubjectState(
             subject=s,
@@ -137,6 +173,7 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
             grants=grants.get(s, ()),
             deleted_at_ms=meta.get(s, (0, None))[1],
             version=meta.get(s, (0, None))[0],
+            overrides=overrides.get(s, ()),
         )
         for s in subjects
     }
@@ -189,6 +226,8 @@ class PgSubjects:
             event_id,
             *last_ok_columns(item.past_due),
             item.past_due.flat(),
+            item.period_start_ms,
+            item.free_trial,
         )
         return row is not None
 

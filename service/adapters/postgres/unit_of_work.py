@@ -1,5 +1,6 @@
 """The unit of work on PostgreSQL: one pooled connection, one transaction, the repositories
-over it (deliveries, subjects, grants). Deadlocks and serialisation failures re-run the work."""
+over it (deliveries, subjects, grants, overrides). Deadlocks and serialisation failures re-run
+the work."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TypeVar
 from service.adapters.postgres.base import Conn, StoreBase
 from service.adapters.postgres.deliveries import PgDeliveries
 from service.adapters.postgres.grants import PgGrants
+from service.adapters.postgres.overrides import PgOverrides
 from service.adapters.postgres.subjects import PgSubjects, load_subject_states
 from service.application.ports import UnitOfWork
 from service.domain.resolution import SubjectState
@@ -21,6 +23,7 @@ class PgUnitOfWork:
         self.deliveries = PgDeliveries(conn)
         self.subjects = PgSubjects(conn, channel)
         self.grants = PgGrants(conn)
+        self.overrides = PgOverrides(conn)
 
 
 class PgTransactions(StoreBase):

@@ -110,9 +110,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
             if not handler.request_streaming:
                 series = self._series(method, handler.unary_stream is not None)
                 wrapped = _with_error_mapping(handler, method, series, self._receiving)
-            elif method.startswith((ENTITLEMENT_PREFIX, BILLING_SYNC_PREFIX)):
-                # No method of ours streams requests: this is an auth denial (which reads
-                # nothing); counted like the call it answers.
+            elif handler.request_deserializer is None:
+                # An auth denial (_deny: reads nothing, so it has no deserializer); counted
+                # like the call it answers.
                 series = self._series(method, handler.response_streaming)
                 wrapped = _counted_denial(handler, series)
             else:

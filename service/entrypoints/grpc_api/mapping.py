@@ -14,7 +14,7 @@ from service.application.reconcile import ReconcileStatus
 from service.domain.bounds import wire_ms
 from service.domain.catalog import Catalog, LimitValue
 from service.domain.deliveries import ApplyResult, Outcome
-from service.domain.resolution import Entitlements, EntitlementStatus, Reason
+from service.domain.resolution import Entitlements, EntitlementStatus, Override, Reason
 
 REASONS: Mapping[Reason, int] = {
     Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
@@ -23,6 +23,8 @@ REASONS: Mapping[Reason, int] = {
     Reason.IN_PAST_DUE_GRACE: pb.REASON_IN_PAST_DUE_GRACE,
     Reason.CANCELED_UNTIL_PERIOD_END: pb.REASON_CANCELED_UNTIL_PERIOD_END,
     Reason.LIFETIME: pb.REASON_LIFETIME,
+    Reason.FEATURE_OVERRIDE_ENABLED: pb.REASON_FEATURE_OVERRIDE_ENABLED,
+    Reason.FEATURE_OVERRIDE_DISABLED: pb.REASON_FEATURE_OVERRIDE_DISABLED,
 }
 STATUSES: Mapping[EntitlementStatus, int] = {
     EntitlementStatus.DEFAULT: pb.ENTITLEMENT_STATUS_DEFAULT,
@@ -48,9 +50,36 @@ def limits(limits: Mapping[str, LimitValue]) -> dict[str, pb.Limit]:
     return {name: pb.Limit(value=v.value, unlimited=v.unlimited) for name, v in limits.items()}
 
 
+def metered_periods(ent: Entitlements) -> list[pb.MeteredLimit]:
+    """Each metered limit's current period (no usage: that is read where it is answered)."""
+    return [
+        pb.MeteredLimit(
+            limit=name,
+            period_start=timestamp(period.start_ms),
+            resets_at=timestamp(period.end_ms),
+        )
+        for name, period in sorted(ent.meter_periods.items())
+    ]
+
+
 def limits_message(ent: Entitlements) -> pb.GetLimitsResponse:
     return pb.GetLimitsResponse(
-        plan=ent.plan.name, limits=limits(ent.limits), valid_until=timestamp(ent.valid_until_ms)
+        plan=ent.plan.name,
+        limits=limits(ent.limits),
+        valid_until=timestamp(ent.valid_until_ms),
+        metered=metered_periods(ent),
+    )
+
+
+def override_message(o: Override) -> pb.Override:
+    return pb.Override(
+        override_id=o.override_id,
+        feature=o.feature or "",
+        limit=o.limit or "",
+        enabled=o.enabled,
+        value=pb.Limit(value=o.value.value, unlimited=o.value.unlimited) if o.value else None,
+        expires_at=timestamp(o.expires_at_ms),
+        reason=o.reason,
     )
 
 
@@ -63,6 +92,10 @@ def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
         status=STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
         valid_until=timestamp(ent.valid_until_ms),
         version=ent.version,
+        overrides=[override_message(o) for o in ent.overrides],
+        trial=ent.trial,
+        trial_ends_at=timestamp(ent.trial_ends_at_ms),
+        metered=metered_periods(ent),
     )
 
 
@@ -82,6 +115,7 @@ def plans_message(catalog: Catalog) -> pb.ListPlansResponse:
             for p in catalog.plans_by_rank()
         ],
         default_plan=catalog.default_plan_name,
+        catalog_fingerprint=catalog.fingerprint,
         features=sorted(catalog.features),
         limits=list(catalog.limit_names),
     )
@@ -117,6 +151,7 @@ HISTORY_KINDS: Mapping[str, int] = {
     "delivery": sync_pb.HISTORY_KIND_DELIVERY,
     "plan_change": sync_pb.HISTORY_KIND_PLAN_CHANGE,
     "grant": sync_pb.HISTORY_KIND_GRANT,
+    "override": sync_pb.HISTORY_KIND_OVERRIDE,
 }
 RECONCILE_STATUSES: Mapping[ReconcileStatus, int] = {
     ReconcileStatus.IN_SYNC: sync_pb.RECONCILE_STATUS_IN_SYNC,

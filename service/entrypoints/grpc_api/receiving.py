@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from service.entrypoints.message_limits import request_cap
+from service.entrypoints.message_limits import TOO_LARGE_MESSAGE, request_cap
 
 RECEIVE_TIMEOUT_SECONDS = 10.0
 UNDECODABLE_MESSAGE = "the request is not a valid message (a string field that is not UTF-8?)"
@@ -41,8 +41,7 @@ class _Refused:
 UNDECODABLE = _Refused(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
 
 
-def too_large(cap: int) -> _Refused:
-    return _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message larger than {cap} bytes")
+TOO_LARGE = _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_MESSAGE)
 
 
 def capped_deserializer(
@@ -54,11 +53,10 @@ def capped_deserializer(
         return None
     inner = deserializer
     cap = request_cap(method)
-    refused = too_large(cap)
 
     def deserialize(data: bytes) -> Any:
         if len(data) > cap:
-            return refused
+            return TOO_LARGE
         try:
             return inner(data)
         except Exception:

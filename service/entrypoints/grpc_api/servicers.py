@@ -177,7 +177,8 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
                     f"since_version {since} is outside the change log "
                     f"({pruned}..{ceiling}); re-sync and watch without since_version"
                 )
-        async for message in self._watch.stream(subjects, since, _peer_address(context)):
+        peer = _peer_address(context)
+        async for message in self._watch.stream(subjects, since, peer, request.log_id):
             yield message
 
 
@@ -268,6 +269,28 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     ) -> sync_pb.RevokeGrantResponse:
         result = await self._app.grants.revoke(request.grant_id, request.reason)
         return sync_pb.RevokeGrantResponse(grant_id=request.grant_id, **change_fields(result))
+
+    async def SetOverride(
+        self, request: sync_pb.SetOverrideRequest, context: Context
+    ) -> sync_pb.SetOverrideResponse:
+        expires_at_ms = ms_of(request.expires_at, -1) if request.HasField("expires_at") else None
+        override_id, result = await self._app.overrides.set(
+            request.subject,
+            feature=request.feature,
+            limit=request.limit,
+            enabled=request.enabled,
+            value=request.value,
+            unlimited=request.unlimited,
+            expires_at_ms=expires_at_ms,
+            reason=request.reason,
+        )
+        return sync_pb.SetOverrideResponse(override_id=override_id, version=result.version)
+
+    async def RemoveOverride(
+        self, request: sync_pb.RemoveOverrideRequest, context: Context
+    ) -> sync_pb.RemoveOverrideResponse:
+        result = await self._app.overrides.remove(request.override_id, request.reason)
+        return sync_pb.RemoveOverrideResponse(version=result.version)
 
     async def Reconcile(
         self, request: sync_pb.ReconcileRequest, context: Context

@@ -19,7 +19,7 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.app import Application
 from service.application.change_feed import Batch, Subscription, Tick, wall_ms
 from service.application.reads import default_entitlements
-from service.domain.errors import ResourceExhausted
+from service.domain.errors import OutOfRange, ResourceExhausted
 from service.domain.resolution import Entitlements
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 from service.metrics import WATCH_MESSAGE_FAILURES
@@ -27,6 +27,10 @@ from service.metrics import WATCH_MESSAGE_FAILURES
 log = logging.getLogger(__name__)
 
 CATCH_UP_BATCH = 500
+LOG_REPLACED = (
+    "the change log this stream followed was replaced (database wiped or restored); "
+    "re-sync and watch without since_version"
+)
 
 ToMessage = Callable[[Entitlements], pb.GetEntitlementsResponse]
 
@@ -40,6 +44,7 @@ class WatchStreams:
         self._change_log = app.change_log
         self._reader = app.reads
         self._catalog = app.catalog
+        self._fingerprint = app.catalog.fingerprint
         self._to_message = to_message
 
     def check_subject_count(self, count: int) -> None:
@@ -52,11 +57,19 @@ class WatchStreams:
             )
 
     async def stream(
-        self, subjects: Sequence[str] | None, since: int | None, peer: str
+        self, subjects: Sequence[str] | None, since: int | None, peer: str, log_id: str = ""
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """Messages from `since` (None: from now) on, until the caller goes away."""
+        """Messages from `since` (None: from now) on, until the caller goes away. `log_id`:
+        the change log `since` was a position of (a resumed stream of another log is
+        OUT_OF_RANGE: its positions mean nothing here)."""
         position = since
+        await self._live_position()
+        if since is not None and log_id and log_id != self._hub.log_id:
+            raise OutOfRange(LOG_REPLACED)
+        log_id = self._hub.log_id
         while True:  # once per (re)subscription: a stream that fell behind starts over here
+            if self._hub.log_id != log_id:  # replaced under this stream (change_feed.py)
+                raise OutOfRange(LOG_REPLACED)
             subscription = self._hub.subscribe(subjects, peer)
             try:
                 live = await self._live_position()
@@ -75,7 +88,7 @@ class WatchStreams:
                         yield message
                 yield self._heartbeat_message(position)
                 followed = [position]
-                async for message in self._follow(subscription, followed):
+                async for message in self._follow(subscription, followed, log_id):
                     yield message
                 position = followed[0]
             finally:
@@ -87,19 +100,22 @@ class WatchStreams:
         return self._hub.position
 
     async def _follow(
-        self, subscription: Subscription, at: list[int]
+        self, subscription: Subscription, at: list[int], log_id: str
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         """Messages from the follower's batches and heartbeats, keeping the resume position in
-        `at[0]`; ends when the stream's queue overflowed (it then re-reads the database)."""
+        `at[0]`; ends when the stream's queue overflowed (it then re-reads the database) or
+        the change log was replaced."""
         position = at[0]
         while not subscription.overflowed:
             item = await subscription.queue.get()
+            if self._hub.log_id != log_id:
+                return
             if isinstance(item, Tick):
                 # Everything queued before the tick has been sent: its position holds.
                 position = at[0] = max(position, item.position)
                 message = item.memo.get(position)
                 if message is None:
-                    message = item.memo[position] = _heartbeat(
+                    message = item.memo[position] = self._heartbeat(
                         position, item.lag_ms, item.server_time_ms
                     )
                 yield message
@@ -160,15 +176,25 @@ class WatchStreams:
         return pb.WatchEntitlementsResponse(subject=subject, entitlements=body, version=version)
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
-        return _heartbeat(position, self._hub.lag_ms(), int(wall_ms()))
+        return self._heartbeat(position, self._hub.lag_ms(), int(wall_ms()))
 
-
-def _heartbeat(position: int, lag_ms: int, server_time_ms: int) -> pb.WatchEntitlementsResponse:
-    now = Timestamp()
-    now.FromMilliseconds(server_time_ms)
-    lag = Duration()
-    lag.FromMilliseconds(lag_ms)
-    return pb.WatchEntitlementsResponse(subject="", version=position, server_time=now, lag=lag)
+    def _heartbeat(
+        self, position: int, lag_ms: int, server_time_ms: int
+    ) -> pb.WatchEntitlementsResponse:
+        """A heartbeat: the resume point, the server's clock (clients judge `valid_until` by
+        it), the lag, and what the answers depend on: the change log and the catalog."""
+        now = Timestamp()
+        now.FromMilliseconds(server_time_ms)
+        lag = Duration()
+        lag.FromMilliseconds(lag_ms)
+        return pb.WatchEntitlementsResponse(
+            subject="",
+            version=position,
+            server_time=now,
+            lag=lag,
+            log_id=self._hub.log_id,
+            catalog_fingerprint=self._fingerprint,
+        )
 
 
 def _resume_points(changes: list[tuple[int, int, str]]) -> Iterator[tuple[int, str, int]]:

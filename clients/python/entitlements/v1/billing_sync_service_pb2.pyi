@@ -54,6 +54,7 @@ class _HistoryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HistoryKi
     HISTORY_KIND_DELIVERY: _HistoryKind.ValueType  # 1
     HISTORY_KIND_PLAN_CHANGE: _HistoryKind.ValueType  # 2
     HISTORY_KIND_GRANT: _HistoryKind.ValueType  # 3
+    HISTORY_KIND_OVERRIDE: _HistoryKind.ValueType  # 4
 
 class HistoryKind(_HistoryKind, metaclass=_HistoryKindEnumTypeWrapper): ...
 
@@ -61,6 +62,7 @@ HISTORY_KIND_UNSPECIFIED: HistoryKind.ValueType  # 0
 HISTORY_KIND_DELIVERY: HistoryKind.ValueType  # 1
 HISTORY_KIND_PLAN_CHANGE: HistoryKind.ValueType  # 2
 HISTORY_KIND_GRANT: HistoryKind.ValueType  # 3
+HISTORY_KIND_OVERRIDE: HistoryKind.ValueType  # 4
 Global___HistoryKind: _TypeAlias = HistoryKind  # noqa: Y015
 
 class _ReconcileStatus:
@@ -721,3 +723,114 @@ class CheckCatalogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckCatalogResponse: _TypeAlias = CheckCatalogResponse  # noqa: Y015
+
+@_typing.final
+class SetOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    UNLIMITED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    feature: _builtins.str
+    """Exactly one of `feature` and `limit`."""
+    limit: _builtins.str
+    enabled: _builtins.bool
+    """For a feature: true grants it, false withholds it even when the plan has it."""
+    value: _builtins.int
+    """For a limit: its value, or `unlimited`."""
+    unlimited: _builtins.bool
+    reason: _builtins.str
+    """Required: why (shown in the history)."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: until removed."""
+
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        limit: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        value: _builtins.int = ...,
+        unlimited: _builtins.bool = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "expires_at", b"expires_at", "feature", b"feature", "limit", b"limit", "reason", b"reason", "subject", b"subject", "unlimited", b"unlimited", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOverrideRequest: _TypeAlias = SetOverrideRequest  # noqa: Y015
+
+@_typing.final
+class SetOverrideResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    override_id: _builtins.str
+    version: _builtins.int
+    """The subject's version after the change."""
+    def __init__(
+        self,
+        *,
+        override_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_id", b"override_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOverrideResponse: _TypeAlias = SetOverrideResponse  # noqa: Y015
+
+@_typing.final
+class RemoveOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    override_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        override_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_id", b"override_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveOverrideRequest: _TypeAlias = RemoveOverrideRequest  # noqa: Y015
+
+@_typing.final
+class RemoveOverrideResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveOverrideResponse: _TypeAlias = RemoveOverrideResponse  # noqa: Y015

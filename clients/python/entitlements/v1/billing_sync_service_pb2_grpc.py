@@ -56,6 +56,16 @@ class BillingSyncServiceStub:
                 request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
                 _registered_method=True)
+        self.SetOverride = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/SetOverride',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideResponse.FromString,
+                _registered_method=True)
+        self.RemoveOverride = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/RemoveOverride',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideResponse.FromString,
+                _registered_method=True)
         self.Reconcile = channel.unary_stream(
                 '/entitlements.v1.BillingSyncService/Reconcile',
                 request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.ReconcileRequest.SerializeToString,
@@ -106,6 +116,21 @@ class BillingSyncServiceServicer:
 
     def RevokeGrant(self, request, context):
         """Ends a grant before its expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOverride(self, request, context):
+        """A per-customer term on top of the effective plan: grant or withhold one feature, or replace
+        one limit's value (metered ones included). Survives plan changes; ends at `expires_at`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveOverride(self, request, context):
+        """Ends an override before its expiry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +190,16 @@ def add_BillingSyncServiceServicer_to_server(servicer, server):
                     servicer.RevokeGrant,
                     request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.SerializeToString,
+            ),
+            'SetOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOverride,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideResponse.SerializeToString,
+            ),
+            'RemoveOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveOverride,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_stream_rpc_method_handler(
                     servicer.Reconcile,
@@ -297,6 +332,60 @@ class BillingSyncService:
             '/entitlements.v1.BillingSyncService/RevokeGrant',
             entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantRequest.SerializeToString,
             entitlements_dot_v1_dot_billing__sync__service__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/SetOverride',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.SetOverrideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/RemoveOverride',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.RemoveOverrideResponse.FromString,
             options,
             channel_credentials,
             insecure,

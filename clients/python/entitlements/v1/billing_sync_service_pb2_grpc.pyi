@@ -43,6 +43,12 @@ class BillingSyncServiceStub:
     """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
     RevokeGrant: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]
     """Ends a grant before its expiry."""
+    SetOverride: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.SetOverrideRequest, _billing_sync_service_pb2.SetOverrideResponse]
+    """A per-customer term on top of the effective plan: grant or withhold one feature, or replace
+    one limit's value (metered ones included). Survives plan changes; ends at `expires_at`.
+    """
+    RemoveOverride: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RemoveOverrideRequest, _billing_sync_service_pb2.RemoveOverrideResponse]
+    """Ends an override before its expiry."""
     Reconcile: _grpc.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReconcileRequest, _billing_sync_service_pb2.ReconcileResponse]
     """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
     (source "reconcile"). Streams progress: each message carries the subjects finished since
@@ -74,6 +80,12 @@ class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
     """A manual grant (override): comps, lifetime deals sold elsewhere, support extensions."""
     RevokeGrant: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RevokeGrantRequest, _billing_sync_service_pb2.RevokeGrantResponse]  # type: ignore[assignment]
     """Ends a grant before its expiry."""
+    SetOverride: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.SetOverrideRequest, _billing_sync_service_pb2.SetOverrideResponse]  # type: ignore[assignment]
+    """A per-customer term on top of the effective plan: grant or withhold one feature, or replace
+    one limit's value (metered ones included). Survives plan changes; ends at `expires_at`.
+    """
+    RemoveOverride: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.RemoveOverrideRequest, _billing_sync_service_pb2.RemoveOverrideResponse]  # type: ignore[assignment]
+    """Ends an override before its expiry."""
     Reconcile: _aio.UnaryStreamMultiCallable[_billing_sync_service_pb2.ReconcileRequest, _billing_sync_service_pb2.ReconcileResponse]  # type: ignore[assignment]
     """Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event
     (source "reconcile"). Streams progress: each message carries the subjects finished since
@@ -126,6 +138,24 @@ class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_sync_service_pb2.RevokeGrantResponse, _abc.Awaitable[_billing_sync_service_pb2.RevokeGrantResponse]]:
         """Ends a grant before its expiry."""
+
+    @_abc_1.abstractmethod
+    def SetOverride(
+        self,
+        request: _billing_sync_service_pb2.SetOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.SetOverrideResponse, _abc.Awaitable[_billing_sync_service_pb2.SetOverrideResponse]]:
+        """A per-customer term on top of the effective plan: grant or withhold one feature, or replace
+        one limit's value (metered ones included). Survives plan changes; ends at `expires_at`.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveOverride(
+        self,
+        request: _billing_sync_service_pb2.RemoveOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.RemoveOverrideResponse, _abc.Awaitable[_billing_sync_service_pb2.RemoveOverrideResponse]]:
+        """Ends an override before its expiry."""
 
     @_abc_1.abstractmethod
     def Reconcile(

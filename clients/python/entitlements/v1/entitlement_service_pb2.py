@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Limit\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"1\n\rCanUseRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"\x89\x01\n\x0e\x43\x61nUseResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.entitlements.v1.Reason\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10GetLimitsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xd9\x01\n\x11GetLimitsResponse\x12\x0c\n\x04plan\x18\x01 \x01(\t\x12>\n\x06limits\x18\x02 \x03(\x0b\x32..entitlements.v1.GetLimitsResponse.LimitsEntry\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"]\n\x11\x43heckLimitRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x15\n\rcurrent_usage\x18\x03 \x01(\x03\x12\x11\n\trequested\x18\x04 \x01(\x03\"\x99\x01\n\x12\x43heckLimitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x11\n\tunlimited\x18\x04 \x01(\x08\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x16GetEntitlementsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xcd\x02\n\x17GetEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x44\n\x06limits\x18\x04 \x03(\x0b\x32\x34.entitlements.v1.GetEntitlementsResponse.LimitsEntry\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".entitlements.v1.EntitlementStatus\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x03\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"D\n\x12\x42\x61tchCanUseRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.entitlements.v1.CanUseRequest\"G\n\x13\x42\x61tchCanUseResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.entitlements.v1.CanUseResponse\"\x12\n\x10ListPlansRequest\"\x81\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08lifetime\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x31\n\x06limits\x18\x06 \x03(\x0b\x32!.entitlements.v1.Plan.LimitsEntry\x12\x13\n\x0b\x63lerk_slugs\x18\x07 \x03(\t\x12\x16\n\x0e\x63lerk_plan_ids\x18\x08 \x03(\t\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"q\n\x11ListPlansResponse\x12$\n\x05plans\x18\x01 \x03(\x0b\x32\x15.entitlements.v1.Plan\x12\x14\n\x0c\x64\x65\x66\x61ult_plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06limits\x18\x04 \x03(\t\"Z\n\x18WatchEntitlementsRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x1a\n\rsince_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_since_version\"\xd6\x01\n\x19WatchEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12>\n\x0c\x65ntitlements\x18\x02 \x01(\x0b\x32(.entitlements.v1.GetEntitlementsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration*\xd5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_FEATURE_IN_PLAN\x10\x01\x12\x1e\n\x1aREASON_FEATURE_NOT_IN_PLAN\x10\x02\x12\x1e\n\x1aREASON_GRANTED_BY_OVERRIDE\x10\x03\x12\x1c\n\x18REASON_IN_PAST_DUE_GRACE\x10\x04\x12$\n REASON_CANCELED_UNTIL_PERIOD_END\x10\x05\x12\x13\n\x0fREASON_LIFETIME\x10\x06*\xf9\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_DEFAULT\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_CANCELED\x10\x03\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_PAST_DUE\x10\x04\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_LIFETIME\x10\x05\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_GRANTED\x10\x06\x32\x8c\x05\n\x12\x45ntitlementService\x12I\n\x06\x43\x61nUse\x12\x1e.entitlements.v1.CanUseRequest\x1a\x1f.entitlements.v1.CanUseResponse\x12R\n\tGetLimits\x12!.entitlements.v1.GetLimitsRequest\x1a\".entitlements.v1.GetLimitsResponse\x12U\n\nCheckLimit\x12\".entitlements.v1.CheckLimitRequest\x1a#.entitlements.v1.CheckLimitResponse\x12\x64\n\x0fGetEntitlements\x12\'.entitlements.v1.GetEntitlementsRequest\x1a(.entitlements.v1.GetEntitlementsResponse\x12X\n\x0b\x42\x61tchCanUse\x12#.entitlements.v1.BatchCanUseRequest\x1a$.entitlements.v1.BatchCanUseResponse\x12R\n\tListPlans\x12!.entitlements.v1.ListPlansRequest\x1a\".entitlements.v1.ListPlansResponse\x12l\n\x11WatchEntitlements\x12).entitlements.v1.WatchEntitlementsRequest\x1a*.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Limit\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"1\n\rCanUseRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"\x89\x01\n\x0e\x43\x61nUseResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.entitlements.v1.Reason\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10GetLimitsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\x89\x02\n\x11GetLimitsResponse\x12\x0c\n\x04plan\x18\x01 \x01(\t\x12>\n\x06limits\x18\x02 \x03(\x0b\x32..entitlements.v1.GetLimitsResponse.LimitsEntry\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07metered\x18\x04 \x03(\x0b\x32\x1d.entitlements.v1.MeteredLimit\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"]\n\x11\x43heckLimitRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x15\n\rcurrent_usage\x18\x03 \x01(\x03\x12\x11\n\trequested\x18\x04 \x01(\x03\"\x99\x01\n\x12\x43heckLimitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x11\n\tunlimited\x18\x04 \x01(\x08\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x16GetEntitlementsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xed\x03\n\x17GetEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x44\n\x06limits\x18\x04 \x03(\x0b\x32\x34.entitlements.v1.GetEntitlementsResponse.LimitsEntry\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".entitlements.v1.EntitlementStatus\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12,\n\toverrides\x18\x08 \x03(\x0b\x32\x19.entitlements.v1.Override\x12\r\n\x05trial\x18\t \x01(\x08\x12\x31\n\rtrial_ends_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07metered\x18\x0b \x03(\x0b\x32\x1d.entitlements.v1.MeteredLimit\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"\xb7\x01\n\x08Override\x12\x13\n\x0boverride_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12%\n\x05value\x18\x05 \x01(\x0b\x32\x16.entitlements.v1.Limit\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\xc4\x01\n\x0cMeteredLimit\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tresets_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thas_usage\x18\x04 \x01(\x08\x12\x0c\n\x04used\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x11\n\tremaining\x18\x07 \x01(\x03\"D\n\x12\x42\x61tchCanUseRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.entitlements.v1.CanUseRequest\"G\n\x13\x42\x61tchCanUseResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.entitlements.v1.CanUseResponse\"\x12\n\x10ListPlansRequest\"\x81\x02\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08lifetime\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x31\n\x06limits\x18\x06 \x03(\x0b\x32!.entitlements.v1.Plan.LimitsEntry\x12\x13\n\x0b\x63lerk_slugs\x18\x07 \x03(\t\x12\x16\n\x0e\x63lerk_plan_ids\x18\x08 \x03(\t\x1a\x45\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.entitlements.v1.Limit:\x02\x38\x01\"\x8e\x01\n\x11ListPlansResponse\x12$\n\x05plans\x18\x01 \x03(\x0b\x32\x15.entitlements.v1.Plan\x12\x14\n\x0c\x64\x65\x66\x61ult_plan\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06limits\x18\x04 \x03(\t\x12\x1b\n\x13\x63\x61talog_fingerprint\x18\x05 \x01(\t\"j\n\x18WatchEntitlementsRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x1a\n\rsince_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06log_id\x18\x03 \x01(\tB\x10\n\x0e_since_version\"\x83\x02\n\x19WatchEntitlementsResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12>\n\x0c\x65ntitlements\x18\x02 \x01(\x0b\x32(.entitlements.v1.GetEntitlementsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06log_id\x18\x06 \x01(\t\x12\x1b\n\x13\x63\x61talog_fingerprint\x18\x07 \x01(\t*\xa0\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_FEATURE_IN_PLAN\x10\x01\x12\x1e\n\x1aREASON_FEATURE_NOT_IN_PLAN\x10\x02\x12\x1e\n\x1aREASON_GRANTED_BY_OVERRIDE\x10\x03\x12\x1c\n\x18REASON_IN_PAST_DUE_GRACE\x10\x04\x12$\n REASON_CANCELED_UNTIL_PERIOD_END\x10\x05\x12\x13\n\x0fREASON_LIFETIME\x10\x06\x12#\n\x1fREASON_FEATURE_OVERRIDE_ENABLED\x10\x07\x12$\n REASON_FEATURE_OVERRIDE_DISABLED\x10\x08*\xf9\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_DEFAULT\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_CANCELED\x10\x03\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_PAST_DUE\x10\x04\x12\x1f\n\x1b\x45NTITLEMENT_STATUS_LIFETIME\x10\x05\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_GRANTED\x10\x06\x32\x8c\x05\n\x12\x45ntitlementService\x12I\n\x06\x43\x61nUse\x12\x1e.entitlements.v1.CanUseRequest\x1a\x1f.entitlements.v1.CanUseResponse\x12R\n\tGetLimits\x12!.entitlements.v1.GetLimitsRequest\x1a\".entitlements.v1.GetLimitsResponse\x12U\n\nCheckLimit\x12\".entitlements.v1.CheckLimitRequest\x1a#.entitlements.v1.CheckLimitResponse\x12\x64\n\x0fGetEntitlements\x12\'.entitlements.v1.GetEntitlementsRequest\x1a(.entitlements.v1.GetEntitlementsResponse\x12X\n\x0b\x42\x61tchCanUse\x12#.entitlements.v1.BatchCanUseRequest\x1a$.entitlements.v1.BatchCanUseResponse\x12R\n\tListPlans\x12!.entitlements.v1.ListPlansRequest\x1a\".entitlements.v1.ListPlansResponse\x12l\n\x11WatchEntitlements\x12).entitlements.v1.WatchEntitlementsRequest\x1a*.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_options = b'8\001'
   _globals['_PLAN_LIMITSENTRY']._loaded_options = None
   _globals['_PLAN_LIMITSENTRY']._serialized_options = b'8\001'
-  _globals['_REASON']._serialized_start=2096
-  _globals['_REASON']._serialized_end=2309
-  _globals['_ENTITLEMENTSTATUS']._serialized_start=2312
-  _globals['_ENTITLEMENTSTATUS']._serialized_end=2561
+  _globals['_REASON']._serialized_start=2780
+  _globals['_REASON']._serialized_end=3068
+  _globals['_ENTITLEMENTSTATUS']._serialized_start=3071
+  _globals['_ENTITLEMENTSTATUS']._serialized_end=3320
   _globals['_LIMIT']._serialized_start=127
   _globals['_LIMIT']._serialized_end=168
   _globals['_CANUSEREQUEST']._serialized_start=170
@@ -52,35 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLIMITSREQUEST']._serialized_start=361
   _globals['_GETLIMITSREQUEST']._serialized_end=396
   _globals['_GETLIMITSRESPONSE']._serialized_start=399
-  _globals['_GETLIMITSRESPONSE']._serialized_end=616
-  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_start=547
-  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_end=616
-  _globals['_CHECKLIMITREQUEST']._serialized_start=618
-  _globals['_CHECKLIMITREQUEST']._serialized_end=711
-  _globals['_CHECKLIMITRESPONSE']._serialized_start=714
-  _globals['_CHECKLIMITRESPONSE']._serialized_end=867
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=869
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=910
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=913
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1246
-  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_start=547
-  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_end=616
-  _globals['_BATCHCANUSEREQUEST']._serialized_start=1248
-  _globals['_BATCHCANUSEREQUEST']._serialized_end=1316
-  _globals['_BATCHCANUSERESPONSE']._serialized_start=1318
-  _globals['_BATCHCANUSERESPONSE']._serialized_end=1389
-  _globals['_LISTPLANSREQUEST']._serialized_start=1391
-  _globals['_LISTPLANSREQUEST']._serialized_end=1409
-  _globals['_PLAN']._serialized_start=1412
-  _globals['_PLAN']._serialized_end=1669
-  _globals['_PLAN_LIMITSENTRY']._serialized_start=547
-  _globals['_PLAN_LIMITSENTRY']._serialized_end=616
-  _globals['_LISTPLANSRESPONSE']._serialized_start=1671
-  _globals['_LISTPLANSRESPONSE']._serialized_end=1784
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=1786
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=1876
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=1879
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=2093
-  _globals['_ENTITLEMENTSERVICE']._serialized_start=2564
-  _globals['_ENTITLEMENTSERVICE']._serialized_end=3216
+  _globals['_GETLIMITSRESPONSE']._serialized_end=664
+  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_start=595
+  _globals['_GETLIMITSRESPONSE_LIMITSENTRY']._serialized_end=664
+  _globals['_CHECKLIMITREQUEST']._serialized_start=666
+  _globals['_CHECKLIMITREQUEST']._serialized_end=759
+  _globals['_CHECKLIMITRESPONSE']._serialized_start=762
+  _globals['_CHECKLIMITRESPONSE']._serialized_end=915
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=917
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=958
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=961
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1454
+  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_start=595
+  _globals['_GETENTITLEMENTSRESPONSE_LIMITSENTRY']._serialized_end=664
+  _globals['_OVERRIDE']._serialized_start=1457
+  _globals['_OVERRIDE']._serialized_end=1640
+  _globals['_METEREDLIMIT']._serialized_start=1643
+  _globals['_METEREDLIMIT']._serialized_end=1839
+  _globals['_BATCHCANUSEREQUEST']._serialized_start=1841
+  _globals['_BATCHCANUSEREQUEST']._serialized_end=1909
+  _globals['_BATCHCANUSERESPONSE']._serialized_start=1911
+  _globals['_BATCHCANUSERESPONSE']._serialized_end=1982
+  _globals['_LISTPLANSREQUEST']._serialized_start=1984
+  _globals['_LISTPLANSREQUEST']._serialized_end=2002
+  _globals['_PLAN']._serialized_start=2005
+  _globals['_PLAN']._serialized_end=2262
+  _globals['_PLAN_LIMITSENTRY']._serialized_start=595
+  _globals['_PLAN_LIMITSENTRY']._serialized_end=664
+  _globals['_LISTPLANSRESPONSE']._serialized_start=2265
+  _globals['_LISTPLANSRESPONSE']._serialized_end=2407
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=2409
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=2515
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=2518
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=2777
+  _globals['_ENTITLEMENTSERVICE']._serialized_start=3323
+  _globals['_ENTITLEMENTSERVICE']._serialized_end=3975
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The plan was canceled and is kept until the end of the paid period."""
     REASON_LIFETIME: _Reason.ValueType  # 6
     """The plan is a lifetime plan."""
+    REASON_FEATURE_OVERRIDE_ENABLED: _Reason.ValueType  # 7
+    """A per-customer override grants the feature (whatever the plan says)."""
+    REASON_FEATURE_OVERRIDE_DISABLED: _Reason.ValueType  # 8
+    """A per-customer override withholds the feature (whatever the plan says)."""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a CanUse answer is what it is."""
@@ -57,6 +61,10 @@ REASON_CANCELED_UNTIL_PERIOD_END: Reason.ValueType  # 5
 """The plan was canceled and is kept until the end of the paid period."""
 REASON_LIFETIME: Reason.ValueType  # 6
 """The plan is a lifetime plan."""
+REASON_FEATURE_OVERRIDE_ENABLED: Reason.ValueType  # 7
+"""A per-customer override grants the feature (whatever the plan says)."""
+REASON_FEATURE_OVERRIDE_DISABLED: Reason.ValueType  # 8
+"""A per-customer override withholds the feature (whatever the plan says)."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _EntitlementStatus:
@@ -221,21 +229,27 @@ class GetLimitsResponse(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     plan: _builtins.str
     @_builtins.property
     def limits(self) -> _containers.MessageMap[_builtins.str, Global___Limit]: ...
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metered(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeteredLimit]:
+        """Metered limits: period and usage, read from the service (see GetEntitlementsResponse)."""
+
     def __init__(
         self,
         *,
         plan: _builtins.str = ...,
         limits: _abc.Mapping[_builtins.str, Global___Limit] | None = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
+        metered: _abc.Iterable[Global___MeteredLimit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "plan", b"plan", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "metered", b"metered", "plan", b"plan", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,6 +267,7 @@ class CheckLimitRequest(_message.Message):
     limit: _builtins.str
     """The limit's name, e.g. "maxHabits"."""
     current_usage: _builtins.int
+    """On a metered limit, 0 (none passed) means the usage the service keeps (SPEC §10.1)."""
     requested: _builtins.int
     """How many more units are wanted; 0 is taken as 1."""
     def __init__(
@@ -359,17 +374,36 @@ class GetEntitlementsResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
+    TRIAL_ENDS_AT_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     plan: _builtins.str
     status: Global___EntitlementStatus.ValueType
     version: _builtins.int
     """Per-subject change counter; grows with every committed change."""
+    trial: _builtins.bool
+    """The entitling item is a free trial (Clerk's `is_free_trial`), ending at `trial_ends_at`."""
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def limits(self) -> _containers.MessageMap[_builtins.str, Global___Limit]: ...
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___Override]:
+        """The per-customer overrides in force (SPEC §10.2)."""
+
+    @_builtins.property
+    def trial_ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metered(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeteredLimit]:
+        """Metered limits: their period (`period_start`, `resets_at`) always; `used`, `reserved` and
+        `remaining` only in answers read from the service (GetEntitlements over RPC), never in
+        WatchEntitlements messages, whose copies would go stale with every consumption.
+        """
+
     def __init__(
         self,
         *,
@@ -380,14 +414,103 @@ class GetEntitlementsResponse(_message.Message):
         status: Global___EntitlementStatus.ValueType = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        overrides: _abc.Iterable[Global___Override] | None = ...,
+        trial: _builtins.bool = ...,
+        trial_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        metered: _abc.Iterable[Global___MeteredLimit] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trial_ends_at", b"trial_ends_at", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "limits", b"limits", "plan", b"plan", "status", b"status", "subject", b"subject", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "limits", b"limits", "metered", b"metered", "overrides", b"overrides", "plan", b"plan", "status", b"status", "subject", b"subject", "trial", b"trial", "trial_ends_at", b"trial_ends_at", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEntitlementsResponse: _TypeAlias = GetEntitlementsResponse  # noqa: Y015
+
+@_typing.final
+class Override(_message.Message):
+    """A per-customer override in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_ID_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    override_id: _builtins.str
+    feature: _builtins.str
+    """One of `feature` and `limit`."""
+    limit: _builtins.str
+    enabled: _builtins.bool
+    reason: _builtins.str
+    @_builtins.property
+    def value(self) -> Global___Limit: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        override_id: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        limit: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        value: Global___Limit | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "expires_at", b"expires_at", "feature", b"feature", "limit", b"limit", "override_id", b"override_id", "reason", b"reason", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Override: _TypeAlias = Override  # noqa: Y015
+
+@_typing.final
+class MeteredLimit(_message.Message):
+    """A metered limit's current period, and its usage where read from the service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    HAS_USAGE_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    has_usage: _builtins.bool
+    used: _builtins.int
+    reserved: _builtins.int
+    remaining: _builtins.int
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset for `reset = "never"`."""
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+        has_usage: _builtins.bool = ...,
+        used: _builtins.int = ...,
+        reserved: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_start", b"period_start", "resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_usage", b"has_usage", "limit", b"limit", "period_start", b"period_start", "remaining", b"remaining", "reserved", b"reserved", "resets_at", b"resets_at", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeteredLimit: _TypeAlias = MeteredLimit  # noqa: Y015
 
 @_typing.final
 class BatchCanUseRequest(_message.Message):
@@ -517,7 +640,10 @@ class ListPlansResponse(_message.Message):
     DEFAULT_PLAN_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CATALOG_FINGERPRINT_FIELD_NUMBER: _builtins.int
     default_plan: _builtins.str
+    catalog_fingerprint: _builtins.str
+    """The catalog's fingerprint, as Watch heartbeats carry it."""
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plan]: ...
     @_builtins.property
@@ -531,10 +657,11 @@ class ListPlansResponse(_message.Message):
         default_plan: _builtins.str = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
         limits: _abc.Iterable[_builtins.str] | None = ...,
+        catalog_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_plan", b"default_plan", "features", b"features", "limits", b"limits", "plans", b"plans"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_fingerprint", b"catalog_fingerprint", "default_plan", b"default_plan", "features", b"features", "limits", b"limits", "plans", b"plans"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,9 +673,15 @@ class WatchEntitlementsRequest(_message.Message):
 
     SUBJECTS_FIELD_NUMBER: _builtins.int
     SINCE_VERSION_FIELD_NUMBER: _builtins.int
+    LOG_ID_FIELD_NUMBER: _builtins.int
     since_version: _builtins.int
     """Unset: changes from now on. Set: every change with a higher version, then live; a value
     the change log no longer covers (pruned, or ahead of it) is OUT_OF_RANGE: re-sync.
+    """
+    log_id: _builtins.str
+    """The `log_id` of the heartbeat `since_version` came from: when the service now follows
+    another change log (its database was wiped, replaced or restored), the resume point means
+    nothing there and the stream is OUT_OF_RANGE: re-sync. Empty: not checked.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -559,10 +692,11 @@ class WatchEntitlementsRequest(_message.Message):
         *,
         subjects: _abc.Iterable[_builtins.str] | None = ...,
         since_version: _builtins.int | None = ...,
+        log_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "log_id", b"log_id", "since_version", b"since_version", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__since_version: _TypeAlias = _typing.Literal["since_version"]  # noqa: Y015
     _WhichOneofArgType__since_version: _TypeAlias = _typing.Literal["_since_version", b"_since_version"]  # noqa: Y015
@@ -584,8 +718,19 @@ class WatchEntitlementsResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
+    LOG_ID_FIELD_NUMBER: _builtins.int
+    CATALOG_FINGERPRINT_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     version: _builtins.int
+    log_id: _builtins.str
+    """Heartbeats: the identity of the change log `version` is a position in. It changes when the
+    database is replaced or restored; a client that sees it change drops its local answers
+    and re-syncs.
+    """
+    catalog_fingerprint: _builtins.str
+    """Heartbeats: a fingerprint of the catalog the answers were resolved with. A client that sees
+    it change drops its local answers (and re-reads ListPlans).
+    """
     @_builtins.property
     def entitlements(self) -> Global___GetEntitlementsResponse: ...
     @_builtins.property
@@ -607,10 +752,12 @@ class WatchEntitlementsResponse(_message.Message):
         version: _builtins.int = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         lag: _duration_pb2.Duration | None = ...,
+        log_id: _builtins.str = ...,
+        catalog_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "lag", b"lag", "server_time", b"server_time", "subject", b"subject", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_fingerprint", b"catalog_fingerprint", "entitlements", b"entitlements", "lag", b"lag", "log_id", b"log_id", "server_time", b"server_time", "subject", b"subject", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

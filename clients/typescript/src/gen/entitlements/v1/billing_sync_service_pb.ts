@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file entitlements/v1/billing_sync_service.proto.
  */
 export const file_entitlements_v1_billing_sync_service: GenFile = /*@__PURE__*/
-  fileDesc("CiplbnRpdGxlbWVudHMvdjEvYmlsbGluZ19zeW5jX3NlcnZpY2UucHJvdG8SD2VudGl0bGVtZW50cy52MSKrAQoYQXBwbHlCaWxsaW5nRXZlbnRSZXF1ZXN0EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgtyZWNlaXZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJc2lnbmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKcAQoZQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRIpCgdvdXRjb21lGAEgASgOMhguZW50aXRsZW1lbnRzLnYxLk91dGNvbWUSDwoHc3ViamVjdBgCIAEoCRIMCgRwbGFuGAMgASgJEhUKDXByZXZpb3VzX3BsYW4YBCABKAkSDwoHdmVyc2lvbhgFIAEoAxINCgVub3RlcxgGIAMoCSI+ChhHZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUiqQIKDEhpc3RvcnlFbnRyeRIqCgRraW5kGAEgASgOMhwuZW50aXRsZW1lbnRzLnYxLkhpc3RvcnlLaW5kEi8KC3JlY29yZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghldmVudF9pZBgDIAEoCRIMCgR0eXBlGAQgASgJEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZnJvbV9wbGFuGAcgASgJEg8KB3RvX3BsYW4YCCABKAkSDAoEbm90ZRgJIAEoCRIOCgZzb3VyY2UYCiABKAkiXAoZR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRIPCgdzdWJqZWN0GAEgASgJEi4KB2VudHJpZXMYAiADKAsyHS5lbnRpdGxlbWVudHMudjEuSGlzdG9yeUVudHJ5InEKEEdyYW50UGxhblJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgRwbGFuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgEIAEoCSJsChFHcmFudFBsYW5SZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjYKElJldm9rZUdyYW50UmVxdWVzdBIQCghncmFudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkibgoTUmV2b2tlR3JhbnRSZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjEKEFJlY29uY2lsZVJlcXVlc3QSEAoIc3ViamVjdHMYASADKAkSCwoDYWxsGAIgASgIIrYBChVTdWJqZWN0UmVjb25jaWxpYXRpb24SDwoHc3ViamVjdBgBIAEoCRIwCgZzdGF0dXMYAiABKA4yIC5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlU3RhdHVzEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIQCghldmVudF9pZBgFIAEoCRITCgtkaWZmZXJlbmNlcxgGIAMoCRIOCgZkZXRhaWwYByABKAkiaQoRUmVjb25jaWxlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRI3CgdyZXN1bHRzGAMgAygLMiYuZW50aXRsZW1lbnRzLnYxLlN1YmplY3RSZWNvbmNpbGlhdGlvbiJMChdSZXBsYXlEZWxpdmVyaWVzUmVxdWVzdBILCgNhbGwYASABKAgSDwoHc3ViamVjdBgCIAEoCRITCgt1bnBhcnNlYWJsZRgDIAEoCCLmAQoQUmVwbGF5ZWREZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3N1YmplY3QYAyABKAkSMgoQcHJldmlvdXNfb3V0Y29tZRgEIAEoDjIYLmVudGl0bGVtZW50cy52MS5PdXRjb21lEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIPCgdjaGFuZ2VkGAYgASgIEgwKBHBsYW4YByABKAkSFQoNcHJldmlvdXNfcGxhbhgIIAEoCRIMCgRub3RlGAkgASgJImsKGFJlcGxheURlbGl2ZXJpZXNSZXNwb25zZRIMCgRkb25lGAEgASgFEg0KBXRvdGFsGAIgASgFEjIKB3Jlc3VsdHMYAyADKAsyIS5lbnRpdGxlbWVudHMudjEuUmVwbGF5ZWREZWxpdmVyeSIUChJWZXJpZnlTdGF0ZVJlcXVlc3QiNwoPU3RhdGVEaWZmZXJlbmNlEg8KB3N1YmplY3QYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkilQEKE1ZlcmlmeVN0YXRlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRIQCghmaW5pc2hlZBgDIAEoCBIYChBzdWJqZWN0c19jaGVja2VkGAQgASgFEjUKC2RpZmZlcmVuY2VzGAUgAygLMiAuZW50aXRsZW1lbnRzLnYxLlN0YXRlRGlmZmVyZW5jZSIVChNDaGVja0NhdGFsb2dSZXF1ZXN0IjMKCUNsZXJrUGxhbhIKCgJpZBgBIAEoCRIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkihAEKFENoZWNrQ2F0YWxvZ1Jlc3BvbnNlEjgKFHVubWFwcGVkX2NsZXJrX3BsYW5zGAEgAygLMhouZW50aXRsZW1lbnRzLnYxLkNsZXJrUGxhbhIdChV1bmtub3duX2NhdGFsb2dfc2x1Z3MYAiADKAkSEwoLY2xlcmtfcGxhbnMYAyABKAUqZwoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASCwoHQVBQTElFRBABEg0KCURVUExJQ0FURRACEgkKBVNUQUxFEAMSCwoHSUdOT1JFRBAEEg8KC1VOUEFSU0VBQkxFEAUqfAoLSGlzdG9yeUtpbmQSHAoYSElTVE9SWV9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVSElTVE9SWV9LSU5EX0RFTElWRVJZEAESHAoYSElTVE9SWV9LSU5EX1BMQU5fQ0hBTkdFEAISFgoSSElTVE9SWV9LSU5EX0dSQU5UEAMq8AEKD1JlY29uY2lsZVN0YXR1cxIgChxSRUNPTkNJTEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHAoYUkVDT05DSUxFX1NUQVRVU19JTl9TWU5DEAESHQoZUkVDT05DSUxFX1NUQVRVU19SRVBBSVJFRBACEiMKH1JFQ09OQ0lMRV9TVEFUVVNfU05BUFNIT1RfT0xERVIQAxIeChpSRUNPTkNJTEVfU1RBVFVTX05PVF9GT1VORBAEEhwKGFJFQ09OQ0lMRV9TVEFUVVNfU0tJUFBFRBAFEhsKF1JFQ09OQ0lMRV9TVEFUVVNfRkFJTEVEEAYylAYKEkJpbGxpbmdTeW5jU2VydmljZRJqChFBcHBseUJpbGxpbmdFdmVudBIpLmVudGl0bGVtZW50cy52MS5BcHBseUJpbGxpbmdFdmVudFJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRJqChFHZXRTdWJqZWN0SGlzdG9yeRIpLmVudGl0bGVtZW50cy52MS5HZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRJSCglHcmFudFBsYW4SIS5lbnRpdGxlbWVudHMudjEuR3JhbnRQbGFuUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5HcmFudFBsYW5SZXNwb25zZRJYCgtSZXZva2VHcmFudBIjLmVudGl0bGVtZW50cy52MS5SZXZva2VHcmFudFJlcXVlc3QaJC5lbnRpdGxlbWVudHMudjEuUmV2b2tlR3JhbnRSZXNwb25zZRJUCglSZWNvbmNpbGUSIS5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5SZWNvbmNpbGVSZXNwb25zZTABEmkKEFJlcGxheURlbGl2ZXJpZXMSKC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1JlcXVlc3QaKS5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1Jlc3BvbnNlMAESWgoLVmVyaWZ5U3RhdGUSIy5lbnRpdGxlbWVudHMudjEuVmVyaWZ5U3RhdGVSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLlZlcmlmeVN0YXRlUmVzcG9uc2UwARJbCgxDaGVja0NhdGFsb2cSJC5lbnRpdGxlbWVudHMudjEuQ2hlY2tDYXRhbG9nUmVxdWVzdBolLmVudGl0bGVtZW50cy52MS5DaGVja0NhdGFsb2dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiplbnRpdGxlbWVudHMvdjEvYmlsbGluZ19zeW5jX3NlcnZpY2UucHJvdG8SD2VudGl0bGVtZW50cy52MSKrAQoYQXBwbHlCaWxsaW5nRXZlbnRSZXF1ZXN0EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgtyZWNlaXZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJc2lnbmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKcAQoZQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRIpCgdvdXRjb21lGAEgASgOMhguZW50aXRsZW1lbnRzLnYxLk91dGNvbWUSDwoHc3ViamVjdBgCIAEoCRIMCgRwbGFuGAMgASgJEhUKDXByZXZpb3VzX3BsYW4YBCABKAkSDwoHdmVyc2lvbhgFIAEoAxINCgVub3RlcxgGIAMoCSI+ChhHZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUiqQIKDEhpc3RvcnlFbnRyeRIqCgRraW5kGAEgASgOMhwuZW50aXRsZW1lbnRzLnYxLkhpc3RvcnlLaW5kEi8KC3JlY29yZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghldmVudF9pZBgDIAEoCRIMCgR0eXBlGAQgASgJEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZnJvbV9wbGFuGAcgASgJEg8KB3RvX3BsYW4YCCABKAkSDAoEbm90ZRgJIAEoCRIOCgZzb3VyY2UYCiABKAkiXAoZR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRIPCgdzdWJqZWN0GAEgASgJEi4KB2VudHJpZXMYAiADKAsyHS5lbnRpdGxlbWVudHMudjEuSGlzdG9yeUVudHJ5InEKEEdyYW50UGxhblJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgRwbGFuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgEIAEoCSJsChFHcmFudFBsYW5SZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjYKElJldm9rZUdyYW50UmVxdWVzdBIQCghncmFudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkibgoTUmV2b2tlR3JhbnRSZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjEKEFJlY29uY2lsZVJlcXVlc3QSEAoIc3ViamVjdHMYASADKAkSCwoDYWxsGAIgASgIIrYBChVTdWJqZWN0UmVjb25jaWxpYXRpb24SDwoHc3ViamVjdBgBIAEoCRIwCgZzdGF0dXMYAiABKA4yIC5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlU3RhdHVzEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIQCghldmVudF9pZBgFIAEoCRITCgtkaWZmZXJlbmNlcxgGIAMoCRIOCgZkZXRhaWwYByABKAkiaQoRUmVjb25jaWxlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRI3CgdyZXN1bHRzGAMgAygLMiYuZW50aXRsZW1lbnRzLnYxLlN1YmplY3RSZWNvbmNpbGlhdGlvbiJMChdSZXBsYXlEZWxpdmVyaWVzUmVxdWVzdBILCgNhbGwYASABKAgSDwoHc3ViamVjdBgCIAEoCRITCgt1bnBhcnNlYWJsZRgDIAEoCCLmAQoQUmVwbGF5ZWREZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3N1YmplY3QYAyABKAkSMgoQcHJldmlvdXNfb3V0Y29tZRgEIAEoDjIYLmVudGl0bGVtZW50cy52MS5PdXRjb21lEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIPCgdjaGFuZ2VkGAYgASgIEgwKBHBsYW4YByABKAkSFQoNcHJldmlvdXNfcGxhbhgIIAEoCRIMCgRub3RlGAkgASgJImsKGFJlcGxheURlbGl2ZXJpZXNSZXNwb25zZRIMCgRkb25lGAEgASgFEg0KBXRvdGFsGAIgASgFEjIKB3Jlc3VsdHMYAyADKAsyIS5lbnRpdGxlbWVudHMudjEuUmVwbGF5ZWREZWxpdmVyeSIUChJWZXJpZnlTdGF0ZVJlcXVlc3QiNwoPU3RhdGVEaWZmZXJlbmNlEg8KB3N1YmplY3QYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkilQEKE1ZlcmlmeVN0YXRlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRIQCghmaW5pc2hlZBgDIAEoCBIYChBzdWJqZWN0c19jaGVja2VkGAQgASgFEjUKC2RpZmZlcmVuY2VzGAUgAygLMiAuZW50aXRsZW1lbnRzLnYxLlN0YXRlRGlmZmVyZW5jZSIVChNDaGVja0NhdGFsb2dSZXF1ZXN0IjMKCUNsZXJrUGxhbhIKCgJpZBgBIAEoCRIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkihAEKFENoZWNrQ2F0YWxvZ1Jlc3BvbnNlEjgKFHVubWFwcGVkX2NsZXJrX3BsYW5zGAEgAygLMhouZW50aXRsZW1lbnRzLnYxLkNsZXJrUGxhbhIdChV1bmtub3duX2NhdGFsb2dfc2x1Z3MYAiADKAkSEwoLY2xlcmtfcGxhbnMYAyABKAUiuAEKElNldE92ZXJyaWRlUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEg8KB2ZlYXR1cmUYAiABKAkSDQoFbGltaXQYAyABKAkSDwoHZW5hYmxlZBgEIAEoCBINCgV2YWx1ZRgFIAEoAxIRCgl1bmxpbWl0ZWQYBiABKAgSLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAggASgJIjsKE1NldE92ZXJyaWRlUmVzcG9uc2USEwoLb3ZlcnJpZGVfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoAyI8ChVSZW1vdmVPdmVycmlkZVJlcXVlc3QSEwoLb3ZlcnJpZGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIikKFlJlbW92ZU92ZXJyaWRlUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoAypnCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABILCgdBUFBMSUVEEAESDQoJRFVQTElDQVRFEAISCQoFU1RBTEUQAxILCgdJR05PUkVEEAQSDwoLVU5QQVJTRUFCTEUQBSqXAQoLSGlzdG9yeUtpbmQSHAoYSElTVE9SWV9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVSElTVE9SWV9LSU5EX0RFTElWRVJZEAESHAoYSElTVE9SWV9LSU5EX1BMQU5fQ0hBTkdFEAISFgoSSElTVE9SWV9LSU5EX0dSQU5UEAMSGQoVSElTVE9SWV9LSU5EX09WRVJSSURFEAQq8AEKD1JlY29uY2lsZVN0YXR1cxIgChxSRUNPTkNJTEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHAoYUkVDT05DSUxFX1NUQVRVU19JTl9TWU5DEAESHQoZUkVDT05DSUxFX1NUQVRVU19SRVBBSVJFRBACEiMKH1JFQ09OQ0lMRV9TVEFUVVNfU05BUFNIT1RfT0xERVIQAxIeChpSRUNPTkNJTEVfU1RBVFVTX05PVF9GT1VORBAEEhwKGFJFQ09OQ0lMRV9TVEFUVVNfU0tJUFBFRBAFEhsKF1JFQ09OQ0lMRV9TVEFUVVNfRkFJTEVEEAYy0QcKEkJpbGxpbmdTeW5jU2VydmljZRJqChFBcHBseUJpbGxpbmdFdmVudBIpLmVudGl0bGVtZW50cy52MS5BcHBseUJpbGxpbmdFdmVudFJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRJqChFHZXRTdWJqZWN0SGlzdG9yeRIpLmVudGl0bGVtZW50cy52MS5HZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRJSCglHcmFudFBsYW4SIS5lbnRpdGxlbWVudHMudjEuR3JhbnRQbGFuUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5HcmFudFBsYW5SZXNwb25zZRJYCgtSZXZva2VHcmFudBIjLmVudGl0bGVtZW50cy52MS5SZXZva2VHcmFudFJlcXVlc3QaJC5lbnRpdGxlbWVudHMudjEuUmV2b2tlR3JhbnRSZXNwb25zZRJYCgtTZXRPdmVycmlkZRIjLmVudGl0bGVtZW50cy52MS5TZXRPdmVycmlkZVJlcXVlc3QaJC5lbnRpdGxlbWVudHMudjEuU2V0T3ZlcnJpZGVSZXNwb25zZRJhCg5SZW1vdmVPdmVycmlkZRImLmVudGl0bGVtZW50cy52MS5SZW1vdmVPdmVycmlkZVJlcXVlc3QaJy5lbnRpdGxlbWVudHMudjEuUmVtb3ZlT3ZlcnJpZGVSZXNwb25zZRJUCglSZWNvbmNpbGUSIS5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5SZWNvbmNpbGVSZXNwb25zZTABEmkKEFJlcGxheURlbGl2ZXJpZXMSKC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1JlcXVlc3QaKS5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1Jlc3BvbnNlMAESWgoLVmVyaWZ5U3RhdGUSIy5lbnRpdGxlbWVudHMudjEuVmVyaWZ5U3RhdGVSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLlZlcmlmeVN0YXRlUmVzcG9uc2UwARJbCgxDaGVja0NhdGFsb2cSJC5lbnRpdGxlbWVudHMudjEuQ2hlY2tDYXRhbG9nUmVxdWVzdBolLmVudGl0bGVtZW50cy52MS5DaGVja0NhdGFsb2dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message entitlements.v1.ApplyBillingEventRequest
@@ -722,6 +722,131 @@ export const CheckCatalogResponseSchema: GenMessage<CheckCatalogResponse> = /*@_
   messageDesc(file_entitlements_v1_billing_sync_service, 20);
 
 /**
+ * @generated from message entitlements.v1.SetOverrideRequest
+ */
+export type SetOverrideRequest = Message<"entitlements.v1.SetOverrideRequest"> & {
+  /**
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * Exactly one of `feature` and `limit`.
+   *
+   * @generated from field: string feature = 2;
+   */
+  feature: string;
+
+  /**
+   * @generated from field: string limit = 3;
+   */
+  limit: string;
+
+  /**
+   * For a feature: true grants it, false withholds it even when the plan has it.
+   *
+   * @generated from field: bool enabled = 4;
+   */
+  enabled: boolean;
+
+  /**
+   * For a limit: its value, or `unlimited`.
+   *
+   * @generated from field: int64 value = 5;
+   */
+  value: bigint;
+
+  /**
+   * @generated from field: bool unlimited = 6;
+   */
+  unlimited: boolean;
+
+  /**
+   * Unset: until removed.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Required: why (shown in the history).
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message entitlements.v1.SetOverrideRequest.
+ * Use `create(SetOverrideRequestSchema)` to create a new message.
+ */
+export const SetOverrideRequestSchema: GenMessage<SetOverrideRequest> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 21);
+
+/**
+ * @generated from message entitlements.v1.SetOverrideResponse
+ */
+export type SetOverrideResponse = Message<"entitlements.v1.SetOverrideResponse"> & {
+  /**
+   * @generated from field: string override_id = 1;
+   */
+  overrideId: string;
+
+  /**
+   * The subject's version after the change.
+   *
+   * @generated from field: int64 version = 2;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message entitlements.v1.SetOverrideResponse.
+ * Use `create(SetOverrideResponseSchema)` to create a new message.
+ */
+export const SetOverrideResponseSchema: GenMessage<SetOverrideResponse> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 22);
+
+/**
+ * @generated from message entitlements.v1.RemoveOverrideRequest
+ */
+export type RemoveOverrideRequest = Message<"entitlements.v1.RemoveOverrideRequest"> & {
+  /**
+   * @generated from field: string override_id = 1;
+   */
+  overrideId: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message entitlements.v1.RemoveOverrideRequest.
+ * Use `create(RemoveOverrideRequestSchema)` to create a new message.
+ */
+export const RemoveOverrideRequestSchema: GenMessage<RemoveOverrideRequest> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 23);
+
+/**
+ * @generated from message entitlements.v1.RemoveOverrideResponse
+ */
+export type RemoveOverrideResponse = Message<"entitlements.v1.RemoveOverrideResponse"> & {
+  /**
+   * @generated from field: int64 version = 1;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message entitlements.v1.RemoveOverrideResponse.
+ * Use `create(RemoveOverrideResponseSchema)` to create a new message.
+ */
+export const RemoveOverrideResponseSchema: GenMessage<RemoveOverrideResponse> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 24);
+
+/**
  * What a delivery did. Value names are the contract's (SPEC §4), hence no prefix.
  *
  * @generated from enum entitlements.v1.Outcome
@@ -787,6 +912,11 @@ export enum HistoryKind {
    * @generated from enum value: HISTORY_KIND_GRANT = 3;
    */
   GRANT = 3,
+
+  /**
+   * @generated from enum value: HISTORY_KIND_OVERRIDE = 4;
+   */
+  OVERRIDE = 4,
 }
 
 /**
@@ -899,6 +1029,27 @@ export const BillingSyncService: GenService<{
     methodKind: "unary";
     input: typeof RevokeGrantRequestSchema;
     output: typeof RevokeGrantResponseSchema;
+  },
+  /**
+   * A per-customer term on top of the effective plan: grant or withhold one feature, or replace
+   * one limit's value (metered ones included). Survives plan changes; ends at `expires_at`.
+   *
+   * @generated from rpc entitlements.v1.BillingSyncService.SetOverride
+   */
+  setOverride: {
+    methodKind: "unary";
+    input: typeof SetOverrideRequestSchema;
+    output: typeof SetOverrideResponseSchema;
+  },
+  /**
+   * Ends an override before its expiry.
+   *
+   * @generated from rpc entitlements.v1.BillingSyncService.RemoveOverride
+   */
+  removeOverride: {
+    methodKind: "unary";
+    input: typeof RemoveOverrideRequestSchema;
+    output: typeof RemoveOverrideResponseSchema;
   },
   /**
    * Compares subjects with Clerk's Backend API and repairs what differs with a synthetic event

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file entitlements/v1/entitlement_service.proto.
  */
 export const file_entitlements_v1_entitlement_service: GenFile = /*@__PURE__*/
-  fileDesc("CillbnRpdGxlbWVudHMvdjEvZW50aXRsZW1lbnRfc2VydmljZS5wcm90bxIPZW50aXRsZW1lbnRzLnYxIikKBUxpbWl0Eg0KBXZhbHVlGAEgASgDEhEKCXVubGltaXRlZBgCIAEoCCIxCg1DYW5Vc2VSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDwoHZmVhdHVyZRgCIAEoCSKJAQoOQ2FuVXNlUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIMCgRwbGFuGAIgASgJEicKBnJlYXNvbhgDIAEoDjIXLmVudGl0bGVtZW50cy52MS5SZWFzb24SLwoLdmFsaWRfdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiMKEEdldExpbWl0c1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCSLZAQoRR2V0TGltaXRzUmVzcG9uc2USDAoEcGxhbhgBIAEoCRI+CgZsaW1pdHMYAiADKAsyLi5lbnRpdGxlbWVudHMudjEuR2V0TGltaXRzUmVzcG9uc2UuTGltaXRzRW50cnkSLwoLdmFsaWRfdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGkUKC0xpbWl0c0VudHJ5EgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmVudGl0bGVtZW50cy52MS5MaW1pdDoCOAEiXQoRQ2hlY2tMaW1pdFJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRINCgVsaW1pdBgCIAEoCRIVCg1jdXJyZW50X3VzYWdlGAMgASgDEhEKCXJlcXVlc3RlZBgEIAEoAyKZAQoSQ2hlY2tMaW1pdFJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSDQoFbGltaXQYAiABKAMSEQoJcmVtYWluaW5nGAMgASgDEhEKCXVubGltaXRlZBgEIAEoCBIMCgRwbGFuGAUgASgJEi8KC3ZhbGlkX3VudGlsGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChZHZXRFbnRpdGxlbWVudHNSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkizQIKF0dldEVudGl0bGVtZW50c1Jlc3BvbnNlEg8KB3N1YmplY3QYASABKAkSDAoEcGxhbhgCIAEoCRIQCghmZWF0dXJlcxgDIAMoCRJECgZsaW1pdHMYBCADKAsyNC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2UuTGltaXRzRW50cnkSMgoGc3RhdHVzGAUgASgOMiIuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50U3RhdHVzEi8KC3ZhbGlkX3VudGlsGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAcgASgDGkUKC0xpbWl0c0VudHJ5EgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmVudGl0bGVtZW50cy52MS5MaW1pdDoCOAEiRAoSQmF0Y2hDYW5Vc2VSZXF1ZXN0Ei4KBmNoZWNrcxgBIAMoCzIeLmVudGl0bGVtZW50cy52MS5DYW5Vc2VSZXF1ZXN0IkcKE0JhdGNoQ2FuVXNlUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmVudGl0bGVtZW50cy52MS5DYW5Vc2VSZXNwb25zZSISChBMaXN0UGxhbnNSZXF1ZXN0IoECCgRQbGFuEgwKBG5hbWUYASABKAkSDAoEcmFuaxgCIAEoBRIQCghsaWZldGltZRgDIAEoCBISCgppc19kZWZhdWx0GAQgASgIEhAKCGZlYXR1cmVzGAUgAygJEjEKBmxpbWl0cxgGIAMoCzIhLmVudGl0bGVtZW50cy52MS5QbGFuLkxpbWl0c0VudHJ5EhMKC2NsZXJrX3NsdWdzGAcgAygJEhYKDmNsZXJrX3BsYW5faWRzGAggAygJGkUKC0xpbWl0c0VudHJ5EgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmVudGl0bGVtZW50cy52MS5MaW1pdDoCOAEicQoRTGlzdFBsYW5zUmVzcG9uc2USJAoFcGxhbnMYASADKAsyFS5lbnRpdGxlbWVudHMudjEuUGxhbhIUCgxkZWZhdWx0X3BsYW4YAiABKAkSEAoIZmVhdHVyZXMYAyADKAkSDgoGbGltaXRzGAQgAygJIloKGFdhdGNoRW50aXRsZW1lbnRzUmVxdWVzdBIQCghzdWJqZWN0cxgBIAMoCRIaCg1zaW5jZV92ZXJzaW9uGAIgASgDSACIAQFCEAoOX3NpbmNlX3ZlcnNpb24i1gEKGVdhdGNoRW50aXRsZW1lbnRzUmVzcG9uc2USDwoHc3ViamVjdBgBIAEoCRI+CgxlbnRpdGxlbWVudHMYAiABKAsyKC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2USDwoHdmVyc2lvbhgDIAEoAxIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoDbGFnGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKtUBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWUkVBU09OX0ZFQVRVUkVfSU5fUExBThABEh4KGlJFQVNPTl9GRUFUVVJFX05PVF9JTl9QTEFOEAISHgoaUkVBU09OX0dSQU5URURfQllfT1ZFUlJJREUQAxIcChhSRUFTT05fSU5fUEFTVF9EVUVfR1JBQ0UQBBIkCiBSRUFTT05fQ0FOQ0VMRURfVU5USUxfUEVSSU9EX0VORBAFEhMKD1JFQVNPTl9MSUZFVElNRRAGKvkBChFFbnRpdGxlbWVudFN0YXR1cxIiCh5FTlRJVExFTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpFTlRJVExFTUVOVF9TVEFUVVNfREVGQVVMVBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIfChtFTlRJVExFTUVOVF9TVEFUVVNfQ0FOQ0VMRUQQAxIfChtFTlRJVExFTUVOVF9TVEFUVVNfUEFTVF9EVUUQBBIfChtFTlRJVExFTUVOVF9TVEFUVVNfTElGRVRJTUUQBRIeChpFTlRJVExFTUVOVF9TVEFUVVNfR1JBTlRFRBAGMowFChJFbnRpdGxlbWVudFNlcnZpY2USSQoGQ2FuVXNlEh4uZW50aXRsZW1lbnRzLnYxLkNhblVzZVJlcXVlc3QaHy5lbnRpdGxlbWVudHMudjEuQ2FuVXNlUmVzcG9uc2USUgoJR2V0TGltaXRzEiEuZW50aXRsZW1lbnRzLnYxLkdldExpbWl0c1JlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuR2V0TGltaXRzUmVzcG9uc2USVQoKQ2hlY2tMaW1pdBIiLmVudGl0bGVtZW50cy52MS5DaGVja0xpbWl0UmVxdWVzdBojLmVudGl0bGVtZW50cy52MS5DaGVja0xpbWl0UmVzcG9uc2USZAoPR2V0RW50aXRsZW1lbnRzEicuZW50aXRsZW1lbnRzLnYxLkdldEVudGl0bGVtZW50c1JlcXVlc3QaKC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2USWAoLQmF0Y2hDYW5Vc2USIy5lbnRpdGxlbWVudHMudjEuQmF0Y2hDYW5Vc2VSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLkJhdGNoQ2FuVXNlUmVzcG9uc2USUgoJTGlzdFBsYW5zEiEuZW50aXRsZW1lbnRzLnYxLkxpc3RQbGFuc1JlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuTGlzdFBsYW5zUmVzcG9uc2USbAoRV2F0Y2hFbnRpdGxlbWVudHMSKS5lbnRpdGxlbWVudHMudjEuV2F0Y2hFbnRpdGxlbWVudHNSZXF1ZXN0GiouZW50aXRsZW1lbnRzLnYxLldhdGNoRW50aXRsZW1lbnRzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CillbnRpdGxlbWVudHMvdjEvZW50aXRsZW1lbnRfc2VydmljZS5wcm90bxIPZW50aXRsZW1lbnRzLnYxIikKBUxpbWl0Eg0KBXZhbHVlGAEgASgDEhEKCXVubGltaXRlZBgCIAEoCCIxCg1DYW5Vc2VSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDwoHZmVhdHVyZRgCIAEoCSKJAQoOQ2FuVXNlUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIMCgRwbGFuGAIgASgJEicKBnJlYXNvbhgDIAEoDjIXLmVudGl0bGVtZW50cy52MS5SZWFzb24SLwoLdmFsaWRfdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiMKEEdldExpbWl0c1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCSKJAgoRR2V0TGltaXRzUmVzcG9uc2USDAoEcGxhbhgBIAEoCRI+CgZsaW1pdHMYAiADKAsyLi5lbnRpdGxlbWVudHMudjEuR2V0TGltaXRzUmVzcG9uc2UuTGltaXRzRW50cnkSLwoLdmFsaWRfdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KB21ldGVyZWQYBCADKAsyHS5lbnRpdGxlbWVudHMudjEuTWV0ZXJlZExpbWl0GkUKC0xpbWl0c0VudHJ5EgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmVudGl0bGVtZW50cy52MS5MaW1pdDoCOAEiXQoRQ2hlY2tMaW1pdFJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRINCgVsaW1pdBgCIAEoCRIVCg1jdXJyZW50X3VzYWdlGAMgASgDEhEKCXJlcXVlc3RlZBgEIAEoAyKZAQoSQ2hlY2tMaW1pdFJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSDQoFbGltaXQYAiABKAMSEQoJcmVtYWluaW5nGAMgASgDEhEKCXVubGltaXRlZBgEIAEoCBIMCgRwbGFuGAUgASgJEi8KC3ZhbGlkX3VudGlsGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChZHZXRFbnRpdGxlbWVudHNSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAki7QMKF0dldEVudGl0bGVtZW50c1Jlc3BvbnNlEg8KB3N1YmplY3QYASABKAkSDAoEcGxhbhgCIAEoCRIQCghmZWF0dXJlcxgDIAMoCRJECgZsaW1pdHMYBCADKAsyNC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2UuTGltaXRzRW50cnkSMgoGc3RhdHVzGAUgASgOMiIuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50U3RhdHVzEi8KC3ZhbGlkX3VudGlsGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAcgASgDEiwKCW92ZXJyaWRlcxgIIAMoCzIZLmVudGl0bGVtZW50cy52MS5PdmVycmlkZRINCgV0cmlhbBgJIAEoCBIxCg10cmlhbF9lbmRzX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgdtZXRlcmVkGAsgAygLMh0uZW50aXRsZW1lbnRzLnYxLk1ldGVyZWRMaW1pdBpFCgtMaW1pdHNFbnRyeRILCgNrZXkYASABKAkSJQoFdmFsdWUYAiABKAsyFi5lbnRpdGxlbWVudHMudjEuTGltaXQ6AjgBIrcBCghPdmVycmlkZRITCgtvdmVycmlkZV9pZBgBIAEoCRIPCgdmZWF0dXJlGAIgASgJEg0KBWxpbWl0GAMgASgJEg8KB2VuYWJsZWQYBCABKAgSJQoFdmFsdWUYBSABKAsyFi5lbnRpdGxlbWVudHMudjEuTGltaXQSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAcgASgJIsQBCgxNZXRlcmVkTGltaXQSDQoFbGltaXQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglyZXNldHNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWhhc191c2FnZRgEIAEoCBIMCgR1c2VkGAUgASgDEhAKCHJlc2VydmVkGAYgASgDEhEKCXJlbWFpbmluZxgHIAEoAyJEChJCYXRjaENhblVzZVJlcXVlc3QSLgoGY2hlY2tzGAEgAygLMh4uZW50aXRsZW1lbnRzLnYxLkNhblVzZVJlcXVlc3QiRwoTQmF0Y2hDYW5Vc2VSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uZW50aXRsZW1lbnRzLnYxLkNhblVzZVJlc3BvbnNlIhIKEExpc3RQbGFuc1JlcXVlc3QigQIKBFBsYW4SDAoEbmFtZRgBIAEoCRIMCgRyYW5rGAIgASgFEhAKCGxpZmV0aW1lGAMgASgIEhIKCmlzX2RlZmF1bHQYBCABKAgSEAoIZmVhdHVyZXMYBSADKAkSMQoGbGltaXRzGAYgAygLMiEuZW50aXRsZW1lbnRzLnYxLlBsYW4uTGltaXRzRW50cnkSEwoLY2xlcmtfc2x1Z3MYByADKAkSFgoOY2xlcmtfcGxhbl9pZHMYCCADKAkaRQoLTGltaXRzRW50cnkSCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYuZW50aXRsZW1lbnRzLnYxLkxpbWl0OgI4ASKOAQoRTGlzdFBsYW5zUmVzcG9uc2USJAoFcGxhbnMYASADKAsyFS5lbnRpdGxlbWVudHMudjEuUGxhbhIUCgxkZWZhdWx0X3BsYW4YAiABKAkSEAoIZmVhdHVyZXMYAyADKAkSDgoGbGltaXRzGAQgAygJEhsKE2NhdGFsb2dfZmluZ2VycHJpbnQYBSABKAkiagoYV2F0Y2hFbnRpdGxlbWVudHNSZXF1ZXN0EhAKCHN1YmplY3RzGAEgAygJEhoKDXNpbmNlX3ZlcnNpb24YAiABKANIAIgBARIOCgZsb2dfaWQYAyABKAlCEAoOX3NpbmNlX3ZlcnNpb24igwIKGVdhdGNoRW50aXRsZW1lbnRzUmVzcG9uc2USDwoHc3ViamVjdBgBIAEoCRI+CgxlbnRpdGxlbWVudHMYAiABKAsyKC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2USDwoHdmVyc2lvbhgDIAEoAxIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoDbGFnGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBmxvZ19pZBgGIAEoCRIbChNjYXRhbG9nX2ZpbmdlcnByaW50GAcgASgJKqACCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWUkVBU09OX0ZFQVRVUkVfSU5fUExBThABEh4KGlJFQVNPTl9GRUFUVVJFX05PVF9JTl9QTEFOEAISHgoaUkVBU09OX0dSQU5URURfQllfT1ZFUlJJREUQAxIcChhSRUFTT05fSU5fUEFTVF9EVUVfR1JBQ0UQBBIkCiBSRUFTT05fQ0FOQ0VMRURfVU5USUxfUEVSSU9EX0VORBAFEhMKD1JFQVNPTl9MSUZFVElNRRAGEiMKH1JFQVNPTl9GRUFUVVJFX09WRVJSSURFX0VOQUJMRUQQBxIkCiBSRUFTT05fRkVBVFVSRV9PVkVSUklERV9ESVNBQkxFRBAIKvkBChFFbnRpdGxlbWVudFN0YXR1cxIiCh5FTlRJVExFTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpFTlRJVExFTUVOVF9TVEFUVVNfREVGQVVMVBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIfChtFTlRJVExFTUVOVF9TVEFUVVNfQ0FOQ0VMRUQQAxIfChtFTlRJVExFTUVOVF9TVEFUVVNfUEFTVF9EVUUQBBIfChtFTlRJVExFTUVOVF9TVEFUVVNfTElGRVRJTUUQBRIeChpFTlRJVExFTUVOVF9TVEFUVVNfR1JBTlRFRBAGMowFChJFbnRpdGxlbWVudFNlcnZpY2USSQoGQ2FuVXNlEh4uZW50aXRsZW1lbnRzLnYxLkNhblVzZVJlcXVlc3QaHy5lbnRpdGxlbWVudHMudjEuQ2FuVXNlUmVzcG9uc2USUgoJR2V0TGltaXRzEiEuZW50aXRsZW1lbnRzLnYxLkdldExpbWl0c1JlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuR2V0TGltaXRzUmVzcG9uc2USVQoKQ2hlY2tMaW1pdBIiLmVudGl0bGVtZW50cy52MS5DaGVja0xpbWl0UmVxdWVzdBojLmVudGl0bGVtZW50cy52MS5DaGVja0xpbWl0UmVzcG9uc2USZAoPR2V0RW50aXRsZW1lbnRzEicuZW50aXRsZW1lbnRzLnYxLkdldEVudGl0bGVtZW50c1JlcXVlc3QaKC5lbnRpdGxlbWVudHMudjEuR2V0RW50aXRsZW1lbnRzUmVzcG9uc2USWAoLQmF0Y2hDYW5Vc2USIy5lbnRpdGxlbWVudHMudjEuQmF0Y2hDYW5Vc2VSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLkJhdGNoQ2FuVXNlUmVzcG9uc2USUgoJTGlzdFBsYW5zEiEuZW50aXRsZW1lbnRzLnYxLkxpc3RQbGFuc1JlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuTGlzdFBsYW5zUmVzcG9uc2USbAoRV2F0Y2hFbnRpdGxlbWVudHMSKS5lbnRpdGxlbWVudHMudjEuV2F0Y2hFbnRpdGxlbWVudHNSZXF1ZXN0GiouZW50aXRsZW1lbnRzLnYxLldhdGNoRW50aXRsZW1lbnRzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A numeric limit; `unlimited` true means `value` is meaningless.
@@ -129,6 +129,13 @@ export type GetLimitsResponse = Message<"entitlements.v1.GetLimitsResponse"> & {
    * @generated from field: google.protobuf.Timestamp valid_until = 3;
    */
   validUntil?: Timestamp | undefined;
+
+  /**
+   * Metered limits: period and usage, read from the service (see GetEntitlementsResponse).
+   *
+   * @generated from field: repeated entitlements.v1.MeteredLimit metered = 4;
+   */
+  metered: MeteredLimit[];
 };
 
 /**
@@ -155,6 +162,8 @@ export type CheckLimitRequest = Message<"entitlements.v1.CheckLimitRequest"> & {
   limit: string;
 
   /**
+   * On a metered limit, 0 (none passed) means the usage the service keeps (SPEC §10.1).
+   *
    * @generated from field: int64 current_usage = 3;
    */
   currentUsage: bigint;
@@ -277,6 +286,34 @@ export type GetEntitlementsResponse = Message<"entitlements.v1.GetEntitlementsRe
    * @generated from field: int64 version = 7;
    */
   version: bigint;
+
+  /**
+   * The per-customer overrides in force (SPEC §10.2).
+   *
+   * @generated from field: repeated entitlements.v1.Override overrides = 8;
+   */
+  overrides: Override[];
+
+  /**
+   * The entitling item is a free trial (Clerk's `is_free_trial`), ending at `trial_ends_at`.
+   *
+   * @generated from field: bool trial = 9;
+   */
+  trial: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp trial_ends_at = 10;
+   */
+  trialEndsAt?: Timestamp | undefined;
+
+  /**
+   * Metered limits: their period (`period_start`, `resets_at`) always; `used`, `reserved` and
+   * `remaining` only in answers read from the service (GetEntitlements over RPC), never in
+   * WatchEntitlements messages, whose copies would go stale with every consumption.
+   *
+   * @generated from field: repeated entitlements.v1.MeteredLimit metered = 11;
+   */
+  metered: MeteredLimit[];
 };
 
 /**
@@ -285,6 +322,108 @@ export type GetEntitlementsResponse = Message<"entitlements.v1.GetEntitlementsRe
  */
 export const GetEntitlementsResponseSchema: GenMessage<GetEntitlementsResponse> = /*@__PURE__*/
   messageDesc(file_entitlements_v1_entitlement_service, 8);
+
+/**
+ * A per-customer override in force.
+ *
+ * @generated from message entitlements.v1.Override
+ */
+export type Override = Message<"entitlements.v1.Override"> & {
+  /**
+   * @generated from field: string override_id = 1;
+   */
+  overrideId: string;
+
+  /**
+   * One of `feature` and `limit`.
+   *
+   * @generated from field: string feature = 2;
+   */
+  feature: string;
+
+  /**
+   * @generated from field: string limit = 3;
+   */
+  limit: string;
+
+  /**
+   * @generated from field: bool enabled = 4;
+   */
+  enabled: boolean;
+
+  /**
+   * @generated from field: entitlements.v1.Limit value = 5;
+   */
+  value?: Limit | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 6;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message entitlements.v1.Override.
+ * Use `create(OverrideSchema)` to create a new message.
+ */
+export const OverrideSchema: GenMessage<Override> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlement_service, 9);
+
+/**
+ * A metered limit's current period, and its usage where read from the service.
+ *
+ * @generated from message entitlements.v1.MeteredLimit
+ */
+export type MeteredLimit = Message<"entitlements.v1.MeteredLimit"> & {
+  /**
+   * @generated from field: string limit = 1;
+   */
+  limit: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_start = 2;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * Unset for `reset = "never"`.
+   *
+   * @generated from field: google.protobuf.Timestamp resets_at = 3;
+   */
+  resetsAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: bool has_usage = 4;
+   */
+  hasUsage: boolean;
+
+  /**
+   * @generated from field: int64 used = 5;
+   */
+  used: bigint;
+
+  /**
+   * @generated from field: int64 reserved = 6;
+   */
+  reserved: bigint;
+
+  /**
+   * @generated from field: int64 remaining = 7;
+   */
+  remaining: bigint;
+};
+
+/**
+ * Describes the message entitlements.v1.MeteredLimit.
+ * Use `create(MeteredLimitSchema)` to create a new message.
+ */
+export const MeteredLimitSchema: GenMessage<MeteredLimit> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlement_service, 10);
 
 /**
  * @generated from message entitlements.v1.BatchCanUseRequest
@@ -301,7 +440,7 @@ export type BatchCanUseRequest = Message<"entitlements.v1.BatchCanUseRequest"> &
  * Use `create(BatchCanUseRequestSchema)` to create a new message.
  */
 export const BatchCanUseRequestSchema: GenMessage<BatchCanUseRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 9);
+  messageDesc(file_entitlements_v1_entitlement_service, 11);
 
 /**
  * @generated from message entitlements.v1.BatchCanUseResponse
@@ -318,7 +457,7 @@ export type BatchCanUseResponse = Message<"entitlements.v1.BatchCanUseResponse">
  * Use `create(BatchCanUseResponseSchema)` to create a new message.
  */
 export const BatchCanUseResponseSchema: GenMessage<BatchCanUseResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 10);
+  messageDesc(file_entitlements_v1_entitlement_service, 12);
 
 /**
  * @generated from message entitlements.v1.ListPlansRequest
@@ -331,7 +470,7 @@ export type ListPlansRequest = Message<"entitlements.v1.ListPlansRequest"> & {
  * Use `create(ListPlansRequestSchema)` to create a new message.
  */
 export const ListPlansRequestSchema: GenMessage<ListPlansRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 11);
+  messageDesc(file_entitlements_v1_entitlement_service, 13);
 
 /**
  * @generated from message entitlements.v1.Plan
@@ -383,7 +522,7 @@ export type Plan = Message<"entitlements.v1.Plan"> & {
  * Use `create(PlanSchema)` to create a new message.
  */
 export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 12);
+  messageDesc(file_entitlements_v1_entitlement_service, 14);
 
 /**
  * @generated from message entitlements.v1.ListPlansResponse
@@ -408,6 +547,13 @@ export type ListPlansResponse = Message<"entitlements.v1.ListPlansResponse"> & {
    * @generated from field: repeated string limits = 4;
    */
   limits: string[];
+
+  /**
+   * The catalog's fingerprint, as Watch heartbeats carry it.
+   *
+   * @generated from field: string catalog_fingerprint = 5;
+   */
+  catalogFingerprint: string;
 };
 
 /**
@@ -415,7 +561,7 @@ export type ListPlansResponse = Message<"entitlements.v1.ListPlansResponse"> & {
  * Use `create(ListPlansResponseSchema)` to create a new message.
  */
 export const ListPlansResponseSchema: GenMessage<ListPlansResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 13);
+  messageDesc(file_entitlements_v1_entitlement_service, 15);
 
 /**
  * @generated from message entitlements.v1.WatchEntitlementsRequest
@@ -435,6 +581,15 @@ export type WatchEntitlementsRequest = Message<"entitlements.v1.WatchEntitlement
    * @generated from field: optional int64 since_version = 2;
    */
   sinceVersion?: bigint | undefined;
+
+  /**
+   * The `log_id` of the heartbeat `since_version` came from: when the service now follows
+   * another change log (its database was wiped, replaced or restored), the resume point means
+   * nothing there and the stream is OUT_OF_RANGE: re-sync. Empty: not checked.
+   *
+   * @generated from field: string log_id = 3;
+   */
+  logId: string;
 };
 
 /**
@@ -442,7 +597,7 @@ export type WatchEntitlementsRequest = Message<"entitlements.v1.WatchEntitlement
  * Use `create(WatchEntitlementsRequestSchema)` to create a new message.
  */
 export const WatchEntitlementsRequestSchema: GenMessage<WatchEntitlementsRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 14);
+  messageDesc(file_entitlements_v1_entitlement_service, 16);
 
 /**
  * One changed subject with its entitlements as now resolved. A message with an empty
@@ -482,6 +637,23 @@ export type WatchEntitlementsResponse = Message<"entitlements.v1.WatchEntitlemen
    * @generated from field: google.protobuf.Duration lag = 5;
    */
   lag?: Duration | undefined;
+
+  /**
+   * Heartbeats: the identity of the change log `version` is a position in. It changes when the
+   * database is replaced or restored; a client that sees it change drops its local answers
+   * and re-syncs.
+   *
+   * @generated from field: string log_id = 6;
+   */
+  logId: string;
+
+  /**
+   * Heartbeats: a fingerprint of the catalog the answers were resolved with. A client that sees
+   * it change drops its local answers (and re-reads ListPlans).
+   *
+   * @generated from field: string catalog_fingerprint = 7;
+   */
+  catalogFingerprint: string;
 };
 
 /**
@@ -489,7 +661,7 @@ export type WatchEntitlementsResponse = Message<"entitlements.v1.WatchEntitlemen
  * Use `create(WatchEntitlementsResponseSchema)` to create a new message.
  */
 export const WatchEntitlementsResponseSchema: GenMessage<WatchEntitlementsResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlement_service, 15);
+  messageDesc(file_entitlements_v1_entitlement_service, 17);
 
 /**
  * Why a CanUse answer is what it is.
@@ -543,6 +715,20 @@ export enum Reason {
    * @generated from enum value: REASON_LIFETIME = 6;
    */
   LIFETIME = 6,
+
+  /**
+   * A per-customer override grants the feature (whatever the plan says).
+   *
+   * @generated from enum value: REASON_FEATURE_OVERRIDE_ENABLED = 7;
+   */
+  FEATURE_OVERRIDE_ENABLED = 7,
+
+  /**
+   * A per-customer override withholds the feature (whatever the plan says).
+   *
+   * @generated from enum value: REASON_FEATURE_OVERRIDE_DISABLED = 8;
+   */
+  FEATURE_OVERRIDE_DISABLED = 8,
 }
 
 /**
