@@ -152,7 +152,7 @@ KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 MIN_CLIENT_PING_INTERVAL_MS = 5_000
 CONNECTION_AGE_GRACE_MS = 300_000
-STREAM_WINDOW_BYTES = 16 * 1024
+STREAM_WINDOW_BYTES = 8 * 1024
 
 
 def max_streams_per_connection(settings: ServiceSettings) -> int:
@@ -164,7 +164,7 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", LARGEST_MESSAGE_BYTES),
         # What one connection may hold (README "Resource bounds"): a client's share of Watch
-        # streams and 100 calls, each stream with a fixed 16 KiB window until its request is
+        # streams and 100 calls, each stream with a fixed 8 KiB window until its request is
         # read (BDP probing would grow the windows, letting unrequested data in); grpc opens a
         # window to the announced size only while a message is being received (receiving.py
         # bounds how many at once). A client queues its calls beyond the limit (no error).
