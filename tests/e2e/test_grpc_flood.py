@@ -83,8 +83,10 @@ def test_withheld_oversized_messages_are_never_held(
     assert flood.report.opened == 100
     assert rss.peak - rss.baseline < 60, (rss.baseline, rss.peak)
     assert after < rss.baseline + 20, (rss.baseline, after)
-    refusals = re.findall(r"WARNING .*(?:refused|rejected)", log.read_text())
+    text = log.read_text()
+    refusals = re.findall(r"WARNING .*(?:refused|rejected)", text)
     assert len(refusals) <= 1, refusals  # denials (read-token case) are summarised
+    assert "Traceback" not in text and " ERROR " not in text  # nor anything else per stream
 
 
 def test_withheld_messages_under_the_limit_hold_at_most_their_slots(
@@ -93,7 +95,7 @@ def test_withheld_messages_under_the_limit_hold_at_most_their_slots(
     """The worst a caller can do under the receive limit: 100 streams each announcing just
     under it. Open: each is received in one of the 128 slots (<= 100 x 1.06 MiB); with a read
     token, the unauthenticated streams are refused before anything is read."""
-    pid, target, metadata, _log = service
+    pid, target, metadata, log = service
     announced = LARGEST_MESSAGE_BYTES - 5
     flood = Flood(target, CAN_USE, connections=2, streams=50, announced=announced)
     rss, after = flood_and_measure(pid, target, metadata, flood)
@@ -101,6 +103,7 @@ def test_withheld_messages_under_the_limit_hold_at_most_their_slots(
     held = 100 * LARGEST_MESSAGE_BYTES / MIB if not metadata else 0
     assert rss.peak - rss.baseline < held + 50, (rss.baseline, rss.peak)
     assert after < rss.baseline + 20, (rss.baseline, after)
+    assert "Traceback" not in log.read_text()
 
 
 def test_watch_over_the_subject_cap_is_refused_without_holding_it(

@@ -85,5 +85,13 @@ class Receiving:
         if isinstance(request, _Refused):
             await context.abort(request.code, request.message)
         if request is aio.EOF:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_MESSAGE)
+            try:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_MESSAGE)
+            except aio.AbortError:
+                raise
+            except Exception:
+                # No status can be sent: grpc ended the call itself (a message over the
+                # receive limit, answered RESOURCE_EXHAUSTED; or the caller went away).
+                # Nothing to log: a caller must not choose the log volume.
+                raise asyncio.CancelledError from None
         return request
