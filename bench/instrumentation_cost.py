@@ -23,6 +23,7 @@ from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
 )
+from service.entrypoints.grpc_api.receiving import Receiving
 
 CALLS = 100_000
 REPEATS = 5
@@ -84,12 +85,14 @@ async def _per_call_us(interceptors: list[aio.ServerInterceptor]) -> float:
 async def _measure() -> dict[str, float]:
     provider = new_tracer_provider("bench", InMemorySpanExporter(), batch=False, env={})
     secret = "x" * 32
-    bare = await _per_call_us([ErrorInterceptor(), BillingAuthInterceptor(secret)])
-    metrics = await _per_call_us([ErrorInterceptor(metrics=True), BillingAuthInterceptor(secret)])
+    bare = await _per_call_us([ErrorInterceptor(Receiving(128)), BillingAuthInterceptor(secret)])
+    metrics = await _per_call_us(
+        [ErrorInterceptor(Receiving(128), metrics=True), BillingAuthInterceptor(secret)]
+    )
     both = await _per_call_us(
         [
             tracing.server_interceptor(provider),
-            ErrorInterceptor(metrics=True),
+            ErrorInterceptor(Receiving(128), metrics=True),
             BillingAuthInterceptor(secret),
         ]
     )

@@ -15,6 +15,7 @@ from entitlements_common.settings import ConfigError, check_sync_secret, split_s
 from entitlements_common.tracing import tracing_enabled
 from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
+from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 
 if TYPE_CHECKING:
     from entitlements_common.tls import ServerTls
@@ -46,6 +47,12 @@ class ServiceSettings:
     # WatchEntitlements: streams per replica and per client address (over: RESOURCE_EXHAUSTED).
     watch_max_streams: int = 10_000
     watch_max_streams_per_peer: int = 2_000
+    # Subjects one WatchEntitlements request may name (over: RESOURCE_EXHAUSTED).
+    watch_max_subjects: int = WATCH_MAX_SUBJECTS
+    # gRPC port: request messages being received at once (each up to the largest method cap,
+    # message_limits.py), and RPCs in progress at once (Watch streams included).
+    max_receiving: int = 128
+    max_concurrent_rpcs: int = 12_000
     # Connections are closed after this age (clients reconnect and resume, gracefully).
     max_connection_age_seconds: int = 1800
     # Bearer tokens required on EntitlementService (none: the read side is open).
@@ -114,6 +121,11 @@ class ServiceSettings:
             watch_max_streams_per_peer=_positive_int(
                 env, "ENTITLEMENTS_WATCH_MAX_STREAMS_PER_PEER", 2_000
             ),
+            watch_max_subjects=_positive_int(
+                env, "ENTITLEMENTS_WATCH_MAX_SUBJECTS", WATCH_MAX_SUBJECTS
+            ),
+            max_receiving=_positive_int(env, "ENTITLEMENTS_GRPC_MAX_RECEIVING", 128),
+            max_concurrent_rpcs=max_concurrent_rpcs(env),
             max_connection_age_seconds=_positive_int(
                 env, "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800
             ),
@@ -134,6 +146,19 @@ class ServiceSettings:
                 env, "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024
             ),
         )
+
+
+def max_concurrent_rpcs(env: Mapping[str, str]) -> int:
+    """ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS: RPCs in progress at once on the gRPC port (over:
+    RESOURCE_EXHAUSTED); Watch streams count, so it must leave room beyond them."""
+    watch = _positive_int(env, "ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000)
+    value = _positive_int(env, "ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS", watch + 2_000)
+    if value <= watch:
+        raise ConfigError(
+            f"ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS ({value}) must be larger than "
+            f"ENTITLEMENTS_WATCH_MAX_STREAMS ({watch}): Watch streams count among them"
+        )
+    return value
 
 
 def clerk_api_settings(env: Mapping[str, str]) -> ClerkApiSettings | None:

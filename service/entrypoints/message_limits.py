@@ -1,9 +1,12 @@
-"""How large a request message may be, per EntitlementService method, and the fixed public
-messages of the refusals: one table for every protocol (the Connect listener applies it now;
-the gRPC port can import the same numbers), so a caller gets the same answer either way.
+"""How large a request message may be, per method, and the fixed public messages of the
+refusals: one table for every protocol (the Connect listener and the gRPC port), so a caller
+gets the same answer either way.
 
 Reads carry a subject and a feature or limit name: 64 KiB is far above any real one. Watch
-(a list of subjects) and BatchCanUse (a list of checks) may legitimately be larger: 1 MiB.
+(a list of subjects) and BatchCanUse (a list of checks, ~300 KB at the longest names) may
+legitimately be larger: 1 MiB. The write side (BillingSyncService, gRPC only) carries a raw
+webhook body (the gateway accepts up to 1 MiB, webhook_gateway/config.py max_body_bytes) and is
+reached only with the sync secret.
 """
 
 from __future__ import annotations
@@ -20,6 +23,21 @@ MIB = 1024 * KIB
 READ_MAX_BYTES = 64 * KIB
 LIST_MAX_BYTES = 1 * MIB
 LIST_METHODS = frozenset({"WatchEntitlements", "BatchCanUse"})
+# The same caps by the names the gRPC port uses, and the write side's.
+READ_MESSAGE_BYTES = READ_MAX_BYTES
+WATCH_MESSAGE_BYTES = LIST_MAX_BYTES
+BATCH_MESSAGE_BYTES = LIST_MAX_BYTES
+# BillingSyncService: a webhook body of up to 1 MiB plus its event id, type and timestamps.
+SYNC_MESSAGE_BYTES = 1 * MIB + 64 * KIB
+# The largest cap of any method: the one receive limit a server-wide grpc option can hold.
+LARGEST_MESSAGE_BYTES = max(READ_MESSAGE_BYTES, LIST_MAX_BYTES, SYNC_MESSAGE_BYTES)
+
+# The default of ENTITLEMENTS_WATCH_MAX_SUBJECTS: subjects named by one WatchEntitlements
+# request (10,000 Clerk ids of ~32 bytes are ~340 KB, well inside WATCH_MESSAGE_BYTES).
+WATCH_MAX_SUBJECTS = 10_000
+
+_ENTITLEMENTS = "/entitlements.v1.EntitlementService/"
+_SYNC = "/entitlements.v1.BillingSyncService/"
 
 # The fixed messages a caller is told (never parser or exception text).
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
@@ -51,3 +69,13 @@ def max_message_bytes(method: str) -> int:
 def public_message(code: grpc.StatusCode) -> str:
     """The fixed text of a library-raised error of `code`."""
     return LIBRARY_ERROR_MESSAGES.get(code, OTHER_ERROR_MESSAGE)
+
+
+def request_cap(method_full_name: str) -> int:
+    """The request cap of `method_full_name` ("/package.Service/Method"): the sync service its
+    own, EntitlementService's methods as above, anything else (health, reflection) a read's."""
+    if method_full_name.startswith(_SYNC):
+        return SYNC_MESSAGE_BYTES
+    if method_full_name.startswith(_ENTITLEMENTS):
+        return max_message_bytes(method_full_name.removeprefix(_ENTITLEMENTS))
+    return READ_MESSAGE_BYTES

@@ -54,6 +54,7 @@ from service.entrypoints.grpc_api.interceptors import (
     ErrorInterceptor,
     ReadAuthInterceptor,
 )
+from service.entrypoints.grpc_api.receiving import Receiving
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
 from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.launch import (
@@ -66,6 +67,8 @@ from service.entrypoints.launch import (
     migrate_database,
     port_in_use,
 )
+from service.entrypoints.memory_release import release_forever
+from service.entrypoints.message_limits import LARGEST_MESSAGE_BYTES
 from service.entrypoints.metrics_http import (
     STOP_GRACE_SECONDS,
     MetricSources,
@@ -153,11 +156,25 @@ KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 MIN_CLIENT_PING_INTERVAL_MS = 5_000
 CONNECTION_AGE_GRACE_MS = 300_000
+STREAM_WINDOW_BYTES = 8 * 1024
+
+
+def max_streams_per_connection(settings: ServiceSettings) -> int:
+    """Streams one connection may have open: its Watch share and 100 calls besides."""
+    return settings.watch_max_streams_per_peer + 100
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.max_receive_message_length", LARGEST_MESSAGE_BYTES),
+        # What one connection may hold (README "Resource bounds"): a client's share of Watch
+        # streams and 100 calls, each stream with a fixed 8 KiB window until its request is
+        # read (BDP probing would grow the windows, letting unrequested data in); grpc opens a
+        # window to the announced size only while a message is being received (receiving.py
+        # bounds how many at once). A client queues its calls beyond the limit (no error).
+        ("grpc.max_concurrent_streams", max_streams_per_connection(settings)),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
         # --workers: every worker binds the same port; a single process never shares its port.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
@@ -196,11 +213,12 @@ async def start_server(
         # when configured; the error interceptor counts the calls' metrics too.
         interceptors=[
             *([tracing.server_interceptor(tracer_provider)] if tracer_provider else []),
-            ErrorInterceptor(metrics=settings.metrics),
+            ErrorInterceptor(Receiving(settings.max_receiving), metrics=settings.metrics),
             BillingAuthInterceptor(settings.sync_secret),
             *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
         ],
         options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     cache = EntitlementCache(settings.cache_max_subjects) if settings.cache_enabled else None
     hub = ChangeHub(
@@ -221,7 +239,7 @@ async def start_server(
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
         return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
 
-    entitlement_servicer = EntitlementServicer(app)
+    entitlement_servicer = EntitlementServicer(app, settings.watch_max_subjects)
     pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
     sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
     usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), server)
@@ -282,6 +300,7 @@ async def start_server(
             )
         ),
         asyncio.create_task(hub.beat()),
+        asyncio.create_task(release_forever()),
         asyncio.create_task(
             run_housekeeping(
                 store, settings.change_log_retention_seconds, settings.payload_retention_seconds

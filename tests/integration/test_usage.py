@@ -30,12 +30,12 @@ def key() -> str:
 
 
 @pytest.fixture
-def usage(harness: Harness) -> usage_grpc.UsageServiceStub:
+def usage(harness: Harness) -> usage_grpc.UsageServiceAsyncStub:
     return usage_grpc.UsageServiceStub(harness.channel)
 
 
 async def consume(
-    stub: usage_grpc.UsageServiceStub, who: str, amount: int = 1, k: str | None = None
+    stub: usage_grpc.UsageServiceAsyncStub, who: str, amount: int = 1, k: str | None = None
 ) -> usage_pb.ConsumeResponse:
     response: usage_pb.ConsumeResponse = await stub.Consume(
         usage_pb.ConsumeRequest(subject=who, limit=METER, amount=amount, idempotency_key=k or key())
@@ -43,7 +43,9 @@ async def consume(
     return response
 
 
-async def test_consume_is_allowed_until_the_free_limit(usage: usage_grpc.UsageServiceStub) -> None:
+async def test_consume_is_allowed_until_the_free_limit(
+    usage: usage_grpc.UsageServiceAsyncStub,
+) -> None:
     who = subject("free")
     first = await consume(usage, who, 15)
     assert (first.allowed, first.used, first.remaining, first.limit_value) == (True, 15, 5, 20)
@@ -55,7 +57,7 @@ async def test_consume_is_allowed_until_the_free_limit(usage: usage_grpc.UsageSe
 
 
 async def test_a_retry_with_the_same_key_is_counted_once(
-    usage: usage_grpc.UsageServiceStub,
+    usage: usage_grpc.UsageServiceAsyncStub,
 ) -> None:
     who, k = subject("retry"), key()
     first = await consume(usage, who, 3, k)
@@ -76,7 +78,7 @@ async def test_a_retry_with_the_same_key_is_counted_once(
     ],
 )
 async def test_bad_input_is_invalid_argument_and_records_nothing(
-    usage: usage_grpc.UsageServiceStub, limit: str, amount: int, k: str
+    usage: usage_grpc.UsageServiceAsyncStub, limit: str, amount: int, k: str
 ) -> None:
     who = subject("bad")
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -89,7 +91,7 @@ async def test_bad_input_is_invalid_argument_and_records_nothing(
 
 
 async def test_reservations_count_until_committed_released_or_expired(
-    harness: Harness, usage: usage_grpc.UsageServiceStub, clock: Clock
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
 ) -> None:
     who = subject("reserve")
     held = await usage.Reserve(
@@ -126,7 +128,7 @@ async def test_reservations_count_until_committed_released_or_expired(
     assert (await consume(usage, who, 13)).allowed
 
 
-async def test_report_usage_may_pass_the_limit(usage: usage_grpc.UsageServiceStub) -> None:
+async def test_report_usage_may_pass_the_limit(usage: usage_grpc.UsageServiceAsyncStub) -> None:
     who = subject("report")
     over = await usage.ReportUsage(
         usage_pb.ReportUsageRequest(subject=who, limit=METER, delta=25, idempotency_key=key())
@@ -139,7 +141,7 @@ async def test_report_usage_may_pass_the_limit(usage: usage_grpc.UsageServiceStu
 
 
 async def test_the_period_follows_the_paid_item_and_a_plan_change_keeps_the_count(
-    harness: Harness, usage: usage_grpc.UsageServiceStub
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub
 ) -> None:
     who = subject("period")
     assert (await consume(usage, who, 18)).used == 18  # free, this calendar month
@@ -166,7 +168,7 @@ async def test_the_period_follows_the_paid_item_and_a_plan_change_keeps_the_coun
 
 
 async def test_a_renewal_starts_the_next_period_from_zero(
-    harness: Harness, usage: usage_grpc.UsageServiceStub, clock: Clock
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
 ) -> None:
     who = subject("renewal")
     start = now_ms() - 29 * DAY
@@ -190,7 +192,9 @@ async def test_concurrent_consumers_on_two_replicas_never_pass_the_limit(
     two_replicas: tuple[Harness, Harness],
 ) -> None:
     who = subject("race")
-    stubs = [usage_grpc.UsageServiceStub(h.channel) for h in two_replicas]
+    stubs: list[usage_grpc.UsageServiceAsyncStub] = [
+        usage_grpc.UsageServiceStub(h.channel) for h in two_replicas
+    ]
     channels = [aio.insecure_channel(h.target) for h in two_replicas for _ in range(2)]
     stubs += [usage_grpc.UsageServiceStub(c) for c in channels]
     keys = [key() for _ in range(60)]

@@ -10,19 +10,23 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
 
+from entitlements_common.refusals import RefusalLog
 from entitlements_common.settings import split_secrets
 from service.domain.errors import ServiceError
-from service.entrypoints.rpc_metrics import UNCOUNTED, RpcSeries, series_for, uncounted
+from service.entrypoints.grpc_api.receiving import Receiving, capped_deserializer
+from service.entrypoints.rpc_metrics import RpcSeries, series_for, uncounted
 
 log = logging.getLogger(__name__)
 
 BILLING_SYNC_PREFIX = "/entitlements.v1.BillingSyncService/"
+ENTITLEMENT_PREFIX = "/entitlements.v1.EntitlementService/"
+USAGE_PREFIX = "/entitlements.v1.UsageService/"
 CONFIG_ERROR_MESSAGE = "Server config error"
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -56,67 +60,44 @@ def public_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str
     return code, message
 
 
-UNDECODABLE_MESSAGE = "the request is not a valid message (a string field that is not UTF-8?)"
+Behaviour: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], Any]"
 
 
-class _Undecodable:
-    """Stands for a request the deserializer refused, so the call can be answered cleanly."""
-
-
-UNDECODABLE = _Undecodable()
-
-
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """A deserializer that never raises: grpc would log a traceback and answer UNKNOWN."""
-    if deserializer is None:
-        return None
-    inner = deserializer
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return inner(data)
-        except Exception:
-            return UNDECODABLE
-
-    return deserialize
-
-
-def _wrap(
+def _request_streaming(
     handler: Handler,
-    unary: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]] | None = None,
-    streaming: Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]] | None = None,
-    deserializer: Callable[[bytes], Any] | None = None,
+    unary: Behaviour,
+    streaming: Behaviour,
+    deserializer: Callable[[bytes], Any] | None,
 ) -> Handler:
-    request_deserializer = deserializer or handler.request_deserializer
-    if handler.unary_unary is not None and unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None and streaming is not None:
-        return grpc.unary_stream_rpc_method_handler(
+    """`handler` registered as request-streaming with `unary`/`streaming` as its behaviour
+    (its response kind kept), so grpc reads no request by itself (receiving.py)."""
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
             streaming,
-            request_deserializer=request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
-    return handler
+    return grpc.stream_unary_rpc_method_handler(
+        unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
+    )
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
     """Maps exceptions to status codes, counts every call in the standard gRPC server series
-    (with `metrics`), and logs each call's duration at debug level.
+    (with `metrics`), logs each call's duration at debug level, and takes in each request
+    through `receiving` (a bounded number at once, each within its method's cap).
 
-    One wrapper does both, rather than a metrics interceptor of its own: each interceptor is a
+    One wrapper does all of it, rather than an interceptor each: each interceptor is a
     coroutine and a wrapper more on every call, and CanUse sits on every caller's hot path. It
     goes before the auth interceptors, so it counts the code every caller was answered with, a
     denial or an undecodable request included. The wrapped handler of each registered method
     is built once and reused, so nothing per call is allocated here that need not be.
     """
 
-    def __init__(self, metrics: bool = False) -> None:
+    def __init__(self, receiving: Receiving, metrics: bool = False) -> None:
         self._wrapped: dict[Handler, Handler] = {}
         self._series = series_for if metrics else uncounted
+        self._receiving = receiving
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -127,11 +108,16 @@ class ErrorInterceptor(aio.ServerInterceptor):
         wrapped = self._wrapped.get(handler)
         if wrapped is None:
             method = handler_call_details.method
-            if handler.unary_unary is None and handler.unary_stream is None:
-                series = UNCOUNTED  # client streaming: reflection only, left as it is
-            else:
+            if not handler.request_streaming:
                 series = self._series(method, handler.unary_stream is not None)
-            wrapped = _with_error_mapping(handler, method, series)
+                wrapped = _with_error_mapping(handler, method, series, self._receiving)
+            elif handler.request_deserializer is None:
+                # An auth denial (_deny: reads nothing, so it has no deserializer); counted
+                # like the call it answers.
+                series = self._series(method, handler.response_streaming)
+                wrapped = _counted_denial(handler, series)
+            else:
+                return handler  # reflection (client streaming): left as it is, uncounted
             if not method.startswith(BILLING_SYNC_PREFIX):
                 # Read-side handlers are the registered ones; write-side ones may be per-call
                 # denials from the auth interceptor, which must not pile up here.
@@ -139,19 +125,20 @@ class ErrorInterceptor(aio.ServerInterceptor):
         return wrapped
 
 
-def _with_error_mapping(handler: Handler, method: str, series: RpcSeries) -> Handler:
+def _with_error_mapping(
+    handler: Handler, method: str, series: RpcSeries, receiving: Receiving
+) -> Handler:
     async def fail(exc: Exception, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(*public_status(exc, method))
 
     inner_unary: Any = handler.unary_unary
     inner_stream: Any = handler.unary_stream
 
-    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started = series.start()
         cancelled = False
         try:
-            if request is UNDECODABLE:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
+            request = await receiving.request(context)
             return await inner_unary(request, context)
         except aio.AbortError:
             raise
@@ -165,12 +152,11 @@ def _with_error_mapping(handler: Handler, method: str, series: RpcSeries) -> Han
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s %.2f ms", method, (time.perf_counter() - started) * 1000)
 
-    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def streaming(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started = series.start()
         cancelled = False
         try:
-            if request is UNDECODABLE:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
+            request = await receiving.request(context)
             async for response in inner_stream(request, context):
                 series.sent += 1
                 yield response
@@ -184,11 +170,30 @@ def _with_error_mapping(handler: Handler, method: str, series: RpcSeries) -> Han
         finally:
             series.done(grpc.StatusCode.CANCELLED if cancelled else context.code(), started)
 
-    return _wrap(handler, unary, streaming, _tolerant(handler.request_deserializer))
+    capped = capped_deserializer(handler.request_deserializer, method)
+    return _request_streaming(handler, unary, streaming, capped)
 
 
-ENTITLEMENT_PREFIX = "/entitlements.v1.EntitlementService/"
-USAGE_PREFIX = "/entitlements.v1.UsageService/"
+def _counted_denial(handler: Handler, series: RpcSeries) -> Handler:
+    inner_unary: Any = handler.stream_unary
+    inner_stream: Any = handler.stream_stream
+
+    async def unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        started = series.start()
+        try:
+            return await inner_unary(requests, context)
+        finally:
+            series.done(context.code(), started)
+
+    async def streaming(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        started = series.start()
+        try:
+            async for response in inner_stream(requests, context):
+                yield response
+        finally:
+            series.done(context.code(), started)
+
+    return _request_streaming(handler, unary, streaming, None)
 
 
 class _BearerAuth(aio.ServerInterceptor):
@@ -196,8 +201,11 @@ class _BearerAuth(aio.ServerInterceptor):
     accepted tokens (a rotation), compared in constant time with every one (no early exit)."""
 
     prefix: str | tuple[str, ...] = ""
+    refusal = "gRPC call without a valid bearer token"
 
     def __init__(self, tokens: list[str]) -> None:
+        # Denials are logged as summaries (an attacker must not choose the log volume).
+        self._refusals = RefusalLog(log)
         self._accepted = [f"Bearer {t}".encode() for t in tokens]
         # One denial handler per registered handler and code, so none is built per call.
         self._denials: dict[tuple[Handler, grpc.StatusCode], Handler] = {}
@@ -234,7 +242,8 @@ class _BearerAuth(aio.ServerInterceptor):
         if not self._accepted:
             return self._unconfigured(handler)
         if not self._presented_ok(handler_call_details):
-            log.warning("rejected %s: missing or wrong bearer token", handler_call_details.method)
+            # A registered method's name (one of a fixed few), never the caller's text.
+            self._refusals.refused(self.refusal, handler_call_details.method)
             return self._denied(
                 handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
             )
@@ -246,6 +255,7 @@ class BillingAuthInterceptor(_BearerAuth):
     secret every call is FAILED_PRECONDITION "Server config error"."""
 
     prefix = BILLING_SYNC_PREFIX
+    refusal = "BillingSyncService call without the sync secret"
 
     def __init__(self, secret: str | None) -> None:
         super().__init__(split_secrets(secret))
@@ -259,14 +269,19 @@ class ReadAuthInterceptor(_BearerAuth):
     otherwise)."""
 
     prefix = (ENTITLEMENT_PREFIX, USAGE_PREFIX)
+    refusal = "EntitlementService or UsageService call without a valid read token"
 
 
 def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
-    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    """A handler answering `code` without reading the request: grpc reads (buffers) the request
+    of a unary-request handler before calling it, so the denial is request-streaming and never
+    iterates its requests; the caller's message is never taken in."""
+
+    async def unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 
-    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def streaming(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    return _wrap(handler, unary, streaming)
+    return _request_streaming(handler, unary, streaming, None)

@@ -36,6 +36,7 @@ from service.entrypoints.grpc_api.mapping import (
     timestamp,
 )
 from service.entrypoints.grpc_api.watch import WatchStreams
+from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ M = TypeVar("M", pb.GetLimitsResponse, pb.GetEntitlementsResponse)
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     """The read side: answers from the reader (cache, else PostgreSQL), resolved at call time."""
 
-    def __init__(self, app: Application) -> None:
+    def __init__(self, app: Application, watch_max_subjects: int = WATCH_MAX_SUBJECTS) -> None:
         self._app = app
         self._reader = app.reads
         self._catalog = app.catalog
         self._features = app.catalog.features
-        self._watch = WatchStreams(app, entitlements_message)
+        self._watch = WatchStreams(app, entitlements_message, watch_max_subjects)
         self._plans = plans_message(app.catalog)  # the catalog never changes while serving
         # Responses built from a cache entry, memoised per entry (immutable, so is its
         # answer); weak keys: the cache alone decides how long an entry lives.
@@ -185,6 +186,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         (a change may come twice; applying it again is harmless). A message with an empty
         `subject` is a heartbeat: "caught up", sent at least every second.
         """
+        self._watch.check_subject_count(len(request.subjects))  # before any per-subject work
         subjects = [require_subject(s) for s in request.subjects] or None
         since: int | None = None
         if request.HasField("since_version"):

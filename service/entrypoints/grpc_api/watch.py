@@ -19,8 +19,9 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.app import Application
 from service.application.change_feed import Batch, Subscription, Tick, wall_ms
 from service.application.reads import default_entitlements
-from service.domain.errors import OutOfRange
+from service.domain.errors import OutOfRange, ResourceExhausted
 from service.domain.resolution import Entitlements
+from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 from service.metrics import WATCH_MESSAGE_FAILURES
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,25 @@ ToMessage = Callable[[Entitlements], pb.GetEntitlementsResponse]
 
 
 class WatchStreams:
-    def __init__(self, app: Application, to_message: ToMessage) -> None:
+    def __init__(
+        self, app: Application, to_message: ToMessage, max_subjects: int = WATCH_MAX_SUBJECTS
+    ) -> None:
+        self._max_subjects = max_subjects
         self._hub = app.hub
         self._change_log = app.change_log
         self._reader = app.reads
         self._catalog = app.catalog
         self._fingerprint = app.catalog.fingerprint
         self._to_message = to_message
+
+    def check_subject_count(self, count: int) -> None:
+        """A stream names at most ENTITLEMENTS_WATCH_MAX_SUBJECTS subjects: each costs memory
+        for as long as the stream lives (checked before anything per subject is built)."""
+        if count > self._max_subjects:
+            raise ResourceExhausted(
+                f"at most {self._max_subjects} subjects per WatchEntitlements stream; "
+                "watch every subject (none named) or split the list"
+            )
 
     async def stream(
         self, subjects: Sequence[str] | None, since: int | None, peer: str, log_id: str = ""

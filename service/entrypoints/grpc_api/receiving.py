@@ -1,0 +1,97 @@
+"""How the gRPC port takes in a request message: a bounded number at once, each within its
+method's cap (service/entrypoints/message_limits.py), within a deadline.
+
+grpc core has one server-wide receive limit (grpc.max_receive_message_length, the largest
+method cap) and buffers a message up to it as soon as the application asks for it, opening
+the stream's flow-control window to whatever size the caller announced. grpc.aio asks for a
+unary request before the handler runs, so every stream of every connection could hold one
+such buffer, however many Watch streams or withheld messages there are. The error
+interceptor therefore registers every method as request-streaming (grpc then reads nothing by
+itself) and takes the one request here: at most `slots` messages are being received at once
+(a stream waiting for a slot holds no more than its HTTP/2 window), a message that does not
+arrive within `timeout` seconds frees its slot, and one larger than its method's cap is
+refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from service.entrypoints.message_limits import TOO_LARGE_MESSAGE, request_cap
+
+RECEIVE_TIMEOUT_SECONDS = 10.0
+UNDECODABLE_MESSAGE = "the request is not a valid message (a string field that is not UTF-8?)"
+NO_REQUEST_MESSAGE = "the call carried no request message"
+RECEIVE_TIMEOUT_MESSAGE = "the request message did not arrive in time"
+
+
+class _Refused:
+    """Stands for a request the deserializer refused, so the call can be answered cleanly."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+UNDECODABLE = _Refused(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
+
+
+TOO_LARGE = _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_MESSAGE)
+
+
+def capped_deserializer(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises (grpc would log a traceback and answer UNKNOWN) and
+    refuses a message over the method's cap before parsing it (parsing costs a multiple)."""
+    if deserializer is None:
+        return None
+    inner = deserializer
+    cap = request_cap(method)
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) > cap:
+            return TOO_LARGE
+        try:
+            return inner(data)
+        except Exception:
+            return UNDECODABLE
+
+    return deserialize
+
+
+class Receiving:
+    """At most `slots` request messages being received at once, each within `timeout`."""
+
+    def __init__(self, slots: int, timeout: float | None = None) -> None:
+        self.slots = slots
+        self._free = asyncio.Semaphore(slots)
+        self._timeout = RECEIVE_TIMEOUT_SECONDS if timeout is None else timeout
+
+    async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
+        """The call's one request message; aborts the call when it is refused, missing or
+        late."""
+        async with self._free:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    request = await context.read()
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
+        if isinstance(request, _Refused):
+            await context.abort(request.code, request.message)
+        if request is aio.EOF:
+            try:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_MESSAGE)
+            except aio.AbortError:
+                raise
+            except Exception:
+                # No status can be sent: grpc ended the call itself (a message over the
+                # receive limit, answered RESOURCE_EXHAUSTED; or the caller went away).
+                # Nothing to log: a caller must not choose the log volume.
+                raise asyncio.CancelledError from None
+        return request
