@@ -27,7 +27,12 @@ from entitlements_common.settings import ConfigError
 from entitlements_common.tracing import tracer_provider_from_env
 from service.adapters.cache import EntitlementCache
 from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
-from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
+from service.adapters.postgres.connect_errors import DatabaseUrlInvalid
+from service.adapters.postgres.embedded import (
+    EmbeddedPostgres,
+    EmbeddedPostgresMissing,
+    start_embedded_postgres,
+)
 from service.adapters.postgres.listener import ChangeListener
 from service.adapters.postgres.migrate import SchemaBehind
 from service.adapters.postgres.store import Store
@@ -62,6 +67,7 @@ from service.entrypoints.launch import (
     ensure_port_free,
     migrate_database,
     port_in_use,
+    probe_database,
 )
 from service.entrypoints.metrics_http import (
     MetricsEndpoint,
@@ -389,9 +395,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if settings.workers > 1:
             from service.entrypoints.workers import run_workers
 
+            if settings.database_url is not None:  # refused once here, not once per worker
+                asyncio.run(probe_database(settings.database_url))
+
             sys.exit(run_workers(settings, args.log_level.upper()))
         asyncio.run(serve(settings))
-    except (ConfigError, CatalogError) as exc:
+    except (ConfigError, CatalogError, DatabaseUrlInvalid, EmbeddedPostgresMissing) as exc:
         log.error("refusing to start: %s", exc)
         sys.exit(EXIT_CONFIG)
     except StoreUnavailable as exc:
@@ -409,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_migrate(settings: ServiceSettings) -> int:
     """`entitlements-service migrate`: apply pending migrations to DATABASE_URL (or the
-    embedded PostgreSQL) and exit 0; 3 when the database cannot be reached."""
+    embedded PostgreSQL) and exit 0; main() turns a database that cannot be reached or refuses
+    into exit 3, and a URL that cannot be read into exit 2, as for the service."""
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
     if dsn is None:
