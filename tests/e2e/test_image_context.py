@@ -82,7 +82,7 @@ def test_without_database_url_and_without_pgserver_the_service_refuses_in_one_li
 ) -> None:
     hide_pgserver = (
         "import sys; sys.modules['pgserver'] = None; "  # as in the image: not installed
-        "from service.entrypoints.server import main; main()"
+        "from service.entrypoints.main import main; main()"
     )
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {
