@@ -96,11 +96,15 @@ lock-check: $(STAMP)
 	$(PY) scripts/check_lock.py pyproject.toml requirements/dev.lock requirements/bench.lock \
 	  requirements/runtime.lock
 
-## Deploy files: the Dockerfile linted (hadolint, every rule down to info), the Kubernetes
-## manifests against the API schemas kubernetes-validate ships (no network, no cluster),
-## compose.yaml parsed.
+## Deploy files: the Dockerfile linted (hadolint, every rule down to info); the image's build
+## context resolved through .dockerignore, every COPY source in it, and what the image would
+## install (runtime.lock + the packages, from that context alone) started in a fresh venv
+## against the local PostgreSQL (scripts/check_image_context.py: no container engine here); the
+## Kubernetes manifests against the API schemas kubernetes-validate ships (no network, no
+## cluster); compose.yaml parsed.
 deploy-check: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold info --no-color Dockerfile
+	$(PY) scripts/check_image_context.py
 	$(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.30 \
 	  deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
 	$(PY) -c "import sys, yaml; yaml.safe_load(open(sys.argv[1]))['services']" compose.yaml
@@ -118,14 +122,15 @@ stubs-check: $(STAMP)
 ## Re-resolve the hashed locks after changing dependencies in pyproject.toml.
 lock: $(STAMP)
 	$(PY) -m pip install --quiet pip-tools==7.6.2
-	for extras in dev dev,bench; do \
-	  out=requirements/$$( [ $$extras = dev ] && echo dev || echo bench ).lock; \
+	for extras in dev,embedded dev,embedded,bench; do \
+	  out=requirements/$$( [ $$extras = dev,embedded ] && echo dev || echo bench ).lock; \
 	  PIP_CONSTRAINT= $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	    --strip-extras --no-emit-index-url --no-emit-find-links \
 	    $$(echo $$extras | sed 's/\([a-z]*\)/--extra \1/g; s/,/ /g') -o $$out pyproject.toml; \
 	done
 	# The image's lock (Dockerfile): the project's own dependencies and its build backend, at
-	# dev.lock's versions (seeded from it, so the image runs what the tests ran).
+	# dev.lock's versions (seeded from it, so the image runs what the tests ran); no extras, so
+	# not the embedded PostgreSQL.
 	cp requirements/dev.lock requirements/runtime.lock
 	PIP_CONSTRAINT= $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links --build-deps-for=wheel \

@@ -30,13 +30,14 @@ def pins(lock: Path) -> dict[str, str]:
 def main(pyproject: str, dev_lock: str, bench_lock: str, runtime_lock: str | None = None) -> int:
     project = tomllib.loads(Path(pyproject).read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    wanted = {
-        dev_lock: [*project["dependencies"], *extras.get("dev", [])],
-        bench_lock: [*project["dependencies"], *extras.get("dev", []), *extras.get("bench", [])],
-    }
+    dev = [*project["dependencies"], *extras.get("dev", []), *extras.get("embedded", [])]
+    wanted = {dev_lock: dev, bench_lock: [*dev, *extras.get("bench", [])]}
+    problems = []
     if runtime_lock is not None:  # the image's lock (Dockerfile): the project's own dependencies
         wanted[runtime_lock] = list(project["dependencies"])
-    problems = []
+        # ... and not the embedded PostgreSQL (the image runs against DATABASE_URL only)
+        if "pgserver" in pins(Path(runtime_lock)):
+            problems.append(f"{runtime_lock}: pgserver (the `embedded` extra) is not the image's")
     for lock, requirements in wanted.items():
         pinned = pins(Path(lock))
         for requirement in requirements:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
+import socket
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +34,55 @@ _TABLES = (
     "usage_counters, usage_records, usage_reservations"
 )
 
-# Every service process a test starts serves its metrics on a free port of its own (the
-# default, 127.0.0.1:9464, is one port for the whole machine); a test of the endpoint sets one.
-os.environ.setdefault("ENTITLEMENTS_METRICS_LISTEN", "127.0.0.1:0")
+# Tests run beside a running `make run`: no test may end up on one of its ports. Every service
+# process a test starts serves its metrics on a free port of its own (the default,
+# 127.0.0.1:9464, is one port for the whole machine; a test of the endpoint sets one), and the
+# listen and target settings of a developer's shell (`make shell`) reach no test.
+os.environ["ENTITLEMENTS_METRICS_LISTEN"] = "127.0.0.1:0"
+for _name in ("ENTITLEMENTS_LISTEN", "ENTITLEMENTS_HTTP_LISTEN", "GATEWAY_LISTEN",
+              "ENTITLEMENTS_TARGET", "GATEWAY_URL"):  # fmt: skip
+    os.environ.pop(_name, None)
+# make run's ports (ENTITLEMENTS_LISTEN, GATEWAY_LISTEN, ENTITLEMENTS_HTTP_LISTEN,
+# ENTITLEMENTS_METRICS_LISTEN): held for the whole session (see hold_make_run_ports).
+MAKE_RUN_PORTS = (50051, 8080, 8081, 9464)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hold_make_run_ports() -> Iterator[list[int]]:
+    """Listen on make run's ports for the whole session (those not already taken, say by a
+    running `make run`): a test or a process it starts that binds one fails at once, here as
+    beside a running dev stack, so every run checks that no test binds a fixed port. A client
+    that dials one by default is accepted and closed at once (a failed call, not a hang)."""
+    held: list[socket.socket] = []
+    for port in MAKE_RUN_PORTS:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(16)
+        except OSError:  # taken already (make run is up): just as good
+            sock.close()
+            continue
+        held.append(sock)
+    stop = threading.Event()
+
+    def refuse() -> None:
+        with selectors.DefaultSelector() as selector:
+            for sock in held:
+                selector.register(sock, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in selector.select(timeout=0.2):
+                    with contextlib.suppress(OSError):
+                        key.fileobj.accept()[0].close()  # type: ignore[union-attr]
+
+    refuser = threading.Thread(target=refuse, name="make-run-ports", daemon=True)
+    refuser.start()
+    try:
+        yield [s.getsockname()[1] for s in held]
+    finally:
+        stop.set()
+        refuser.join()
+        for sock in held:
+            sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,9 @@ command, and the exit codes an operator (or Kubernetes) sees.
 
 | exit code | meaning |
 |---|---|
-| 2 | bad setting or catalog |
-| 3 | the database is unreachable at start |
+| 2 | bad setting or catalog; DATABASE_URL cannot be read as a PostgreSQL URL |
+| 3 | the database is unreachable at start or refuses the connection (no such database or |
+|   | role, wrong password, TLS required or refused) |
 | 4 | the listen address is already in use |
 | 5 | ENTITLEMENTS_MIGRATE_ON_START=false and the database lacks a migration this version needs |
 """
@@ -18,9 +19,8 @@ import socket
 
 import asyncpg
 
-from service.adapters.postgres.base import UNAVAILABLE_ERRORS
+from service.adapters.postgres.connect_errors import connect_explained
 from service.adapters.postgres.migrate import migrate
-from service.application.ports import StoreUnavailable
 
 log = logging.getLogger("entitlements.service")
 
@@ -73,11 +73,15 @@ def ensure_port_free(listen: str) -> None:
 async def migrate_database(dsn: str) -> list[int]:
     """`entitlements-service migrate`: apply every pending migration on one connection (under
     the migrations' advisory lock, so concurrent runs are safe); the versions applied now."""
-    try:
-        conn = await asyncpg.connect(dsn, timeout=10)
-    except UNAVAILABLE_ERRORS as exc:
-        raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
+    conn = await connect_explained(lambda: asyncpg.connect(dsn, timeout=10), dsn)
     try:
         return await migrate(conn)
     finally:
         await conn.close()
+
+
+async def probe_database(dsn: str) -> None:
+    """Connect once and close: before `--workers` fork, so a database that cannot be reached
+    is reported once (the same errors as Store.open)."""
+    conn = await connect_explained(lambda: asyncpg.connect(dsn, timeout=10), dsn)
+    await conn.close()

@@ -1,8 +1,8 @@
-"""`entitlements-service`: the grpc.aio server, its health reporting and graceful shutdown."""
+"""The grpc.aio server of `entitlements-service` (main.py is its command line), its health
+reporting and graceful shutdown."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from grpc import aio
@@ -29,9 +29,11 @@ from entitlements_common.settings import ConfigError
 from entitlements_common.tracing import tracer_provider_from_env
 from service.adapters.cache import EntitlementCache
 from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
-from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
+from service.adapters.postgres.embedded import (
+    EmbeddedPostgres,
+    start_embedded_postgres,
+)
 from service.adapters.postgres.listener import ChangeListener
-from service.adapters.postgres.migrate import SchemaBehind
 from service.adapters.postgres.store import Store
 from service.application.app import Application, build_application
 from service.application.change_feed import ChangeHub, StreamLimits
@@ -45,7 +47,7 @@ from service.application.ports import (
 )
 from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
-from service.domain.catalog import Catalog, CatalogError
+from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
 from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
 from service.entrypoints.grpc_api import tracing
@@ -58,13 +60,7 @@ from service.entrypoints.grpc_api.receiving import Receiving
 from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
 from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.launch import (
-    EXIT_CONFIG,
-    EXIT_DATABASE_UNAVAILABLE,
-    EXIT_PORT_IN_USE,
-    EXIT_SCHEMA_BEHIND,
     PortInUse,
-    ensure_port_free,
-    migrate_database,
     port_in_use,
 )
 from service.entrypoints.memory_release import release_forever
@@ -131,6 +127,17 @@ class RunningServer:
             await self.metrics.stop(STOP_GRACE_SECONDS)
         if self.sql_tracing is not None:
             self.sql_tracing.stop()
+
+
+async def _stop_partial(running: RunningServer) -> None:
+    """Stop the listeners of a server whose start failed half-way; the caller owns the store."""
+    if running.http is not None:
+        await running.http.stop(0)
+    await running.server.stop(0)
+    if running.metrics is not None:
+        await running.metrics.stop(0)
+    if running.sql_tracing is not None:
+        running.sql_tracing.stop()
 
 
 async def _watch_database(running: RunningServer, interval: float) -> None:
@@ -263,24 +270,32 @@ async def start_server(
     running = RunningServer(
         server, port, store, app, health_servicer, settings.grace_seconds, cache
     )
-    if tracer_provider is not None:
-        running.sql_tracing = tracing.SqlTracing(tracer_provider)
-    if settings.metrics_listen is not None:
-        running.metrics = start_metrics_endpoint(
-            settings.metrics_listen, settings.http_header_timeout_seconds
-        )
-    if settings.http_listen is not None:
-        # The same servicer, in this process and loop: Connect, gRPC-Web (service/connect_api).
-        running.http = await start_http(
-            settings.http_listen,
-            entitlement_servicer,
-            settings.read_tokens,
-            settings.grace_seconds,
-            reuse_port=settings.reuse_port,
-            metrics=settings.metrics,
-            limits=BodyLimits(settings.http_body_timeout_seconds, settings.http_body_budget_bytes),
-            header_timeout=settings.http_header_timeout_seconds,
-        )
+    try:
+        if tracer_provider is not None:
+            running.sql_tracing = tracing.SqlTracing(tracer_provider)
+        if settings.metrics_listen is not None:
+            running.metrics = start_metrics_endpoint(
+                settings.metrics_listen, settings.http_header_timeout_seconds
+            )
+        if settings.http_listen is not None:
+            # The same servicer, in this process and loop: Connect, gRPC-Web (connect_api.py).
+            running.http = await start_http(
+                settings.http_listen,
+                entitlement_servicer,
+                settings.read_tokens,
+                settings.grace_seconds,
+                reuse_port=settings.reuse_port,
+                metrics=settings.metrics,
+                limits=BodyLimits(
+                    settings.http_body_timeout_seconds, settings.http_body_budget_bytes
+                ),
+                header_timeout=settings.http_header_timeout_seconds,
+            )
+    except BaseException:
+        # A listener that cannot start (say its port is taken) stops what did, here, in this
+        # loop: a started grpc.aio server left to the garbage collector outlives its loop.
+        await _stop_partial(running)
+        raise
     await running.set_serving(await store.ping())
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     with contextlib.suppress(StoreUnavailable):
@@ -377,88 +392,3 @@ def configure_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="entitlements-service", description=__doc__)
-    parser.add_argument(
-        "command",
-        nargs="?",
-        choices=("serve", "migrate"),
-        default="serve",
-        help="serve (default), or migrate: apply pending migrations and exit",
-    )
-    parser.add_argument("--listen", help="host:port (overrides ENTITLEMENTS_LISTEN)")
-    parser.add_argument("--database-url", help="PostgreSQL DSN (overrides DATABASE_URL)")
-    parser.add_argument("--catalog", help="catalog TOML (overrides ENTITLEMENTS_CATALOG)")
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument(
-        "--workers", type=int, help="processes serving one port (overrides ENTITLEMENTS_WORKERS)"
-    )
-    parser.add_argument(
-        "--no-cache", action="store_true", help="answer every read from PostgreSQL (measurement)"
-    )
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level.upper())
-    try:
-        settings = ServiceSettings.from_env()
-        settings = replace(
-            settings,
-            listen=args.listen or settings.listen,
-            database_url=args.database_url or settings.database_url,
-            catalog_path=args.catalog or settings.catalog_path,
-            workers=args.workers or settings.workers,
-            cache_enabled=settings.cache_enabled and not args.no_cache,
-        )
-        if settings.workers < 1:
-            raise ConfigError("--workers must be at least 1")
-        if args.command == "migrate":
-            sys.exit(run_migrate(settings))
-        load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
-        # Before any migration: a second instance on a held port changes nothing.
-        for listen in (settings.listen, settings.http_listen, settings.metrics_listen):
-            if listen is not None:
-                ensure_port_free(listen)
-        if settings.workers > 1:
-            from service.entrypoints.workers import run_workers
-
-            sys.exit(run_workers(settings, args.log_level.upper()))
-        asyncio.run(serve(settings))
-    except (ConfigError, CatalogError) as exc:
-        log.error("refusing to start: %s", exc)
-        sys.exit(EXIT_CONFIG)
-    except StoreUnavailable as exc:
-        log.error("refusing to start: %s", exc)
-        sys.exit(EXIT_DATABASE_UNAVAILABLE)
-    except PortInUse as exc:
-        print(f"entitlements-service: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_PORT_IN_USE)
-    except SchemaBehind as exc:
-        log.error("refusing to start: %s", exc)
-        sys.exit(EXIT_SCHEMA_BEHIND)
-    except KeyboardInterrupt:
-        pass
-
-
-def run_migrate(settings: ServiceSettings) -> int:
-    """`entitlements-service migrate`: apply pending migrations to DATABASE_URL (or the
-    embedded PostgreSQL) and exit 0; 3 when the database cannot be reached."""
-    embedded: EmbeddedPostgres | None = None
-    dsn = settings.database_url
-    if dsn is None:
-        embedded = start_embedded_postgres(settings.data_dir)
-        dsn = embedded.uri
-    try:
-        applied = asyncio.run(migrate_database(dsn))
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    log.info(
-        "migrations: %s",
-        f"applied {', '.join(f'{v:04d}' for v in applied)}" if applied else "already up to date",
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    main()

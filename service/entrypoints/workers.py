@@ -22,8 +22,9 @@ from dataclasses import replace
 
 from service.adapters.postgres.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.adapters.postgres.migrate import SchemaBehind
+from service.application.ports import StoreUnavailable
 from service.config import ServiceSettings
-from service.entrypoints.launch import EXIT_SCHEMA_BEHIND
+from service.entrypoints.launch import EXIT_DATABASE_UNAVAILABLE, EXIT_SCHEMA_BEHIND
 from service.entrypoints.metrics_http import (
     MULTIPROC_ENV,
     MetricsThread,
@@ -42,6 +43,9 @@ def _worker(settings: ServiceSettings, log_level: str) -> None:
         except SchemaBehind as exc:
             log.error("refusing to start: %s", exc)
             sys.exit(EXIT_SCHEMA_BEHIND)
+        except StoreUnavailable as exc:  # lost since main() probed it
+            log.error("refusing to start: %s", exc)
+            sys.exit(EXIT_DATABASE_UNAVAILABLE)
 
 
 def run_workers(settings: ServiceSettings, log_level: str) -> int:

@@ -35,6 +35,9 @@ def run_dev_env(data: Path, **extra: str) -> dict[str, str]:
         "ENTITLEMENTS_DATA_DIR": str(data),
         "ENTITLEMENTS_LISTEN": f"127.0.0.1:{free_port()}",
         "GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",
+        # make run's defaults are 127.0.0.1:8081 and :9464, one of each per machine
+        "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         **extra,
     }
 

@@ -45,7 +45,9 @@ async def running(database_url: str, tls: ServerTls | None) -> AsyncIterator[Run
     catalog = load_catalog(None)
     store = await Store.open(database_url)
     settings = replace(
-        ServiceSettings.from_env({"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}),
+        ServiceSettings.from_env(  # no metrics endpoint: its default is make run's port
+            {"BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET, "ENTITLEMENTS_METRICS_LISTEN": "off"}
+        ),
         listen="127.0.0.1:0",
         database_url=database_url,
         tls=tls,

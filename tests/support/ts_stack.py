@@ -69,6 +69,8 @@ def service_env(dsn: str, http_port: int) -> dict[str, str]:
         "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
         "ENTITLEMENTS_READ_TOKEN": READ_TOKEN,
         "ENTITLEMENTS_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        # a port of its own, not make run's 9464: `make test-ts` runs without tests/conftest.py
+        "ENTITLEMENTS_METRICS_LISTEN": "127.0.0.1:0",
     }
 
 

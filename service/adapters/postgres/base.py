@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import asyncpg
 
+from service.adapters.postgres.connect_errors import connect_explained
 from service.adapters.postgres.migrate import migrate, require_migrated
 from service.application.ports import StoreUnavailable
 
@@ -67,18 +68,19 @@ class StoreBase:
         cls, dsn: str, *, min_size: int = 2, max_size: int = 10, migrate_schema: bool = True
     ) -> Self:
         """Connect and migrate (or, with `migrate_schema=False`, refuse a database that lacks a
-        migration: `SchemaBehind`)."""
-        try:
-            pool = await asyncpg.create_pool(
+        migration: `SchemaBehind`). A first connection that fails raises `StoreUnavailable`, or
+        `DatabaseUrlInvalid` for a URL that cannot be read, saying why (connect_errors.py)."""
+        pool = await connect_explained(
+            lambda: asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=10,
                 timeout=5,
                 reset=_no_reset,
-            )
-        except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from exc
+            ),
+            dsn,
+        )
         assert pool is not None
         try:
             async with pool.acquire() as conn:

@@ -61,8 +61,22 @@ def clear_stale_handles(pgdata: Path) -> list[int]:
     return stale
 
 
+class EmbeddedPostgresMissing(Exception):
+    """No DATABASE_URL and no pgserver: the image installs only the runtime lock, which leaves
+    the embedded PostgreSQL out (it is the `embedded` extra, for `make run` and the tests)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed "
+            "(the `embedded` extra, pgserver): set DATABASE_URL=postgresql://user:password@host/db"
+        )
+
+
 def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
-    import pgserver  # imported here: only needed when no DATABASE_URL is set
+    try:
+        import pgserver  # imported here: only needed when no DATABASE_URL is set
+    except ImportError:
+        raise EmbeddedPostgresMissing() from None
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
