@@ -20,7 +20,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from service.domain.usage import Answer, Counter, Period, Reservation
+from service.domain.usage import Answer, Counter, Kind, Period, Reservation, UsageEvent
 
 T = TypeVar("T")
 
@@ -155,12 +155,14 @@ class UsageRepository(Protocol):
         subject: str,
         meter: str,
         counter: Counter,
-        kind: str,
+        kind: Kind,
         key: str,
         amount: int,
         answer: Answer,
+        at_ms: int,
     ) -> None:
-        """Store the counter and record the call (`kind`, its key, the amount and answer)."""
+        """Store the counter and record the call (`kind`, its key, the amount, the answer and
+        when), in order."""
 
     async def hold(self, reservation: Reservation) -> None: ...
 
@@ -227,6 +229,14 @@ class Snapshot(DeliveryLog, StateReader, Protocol):
 
     async def verification_rows(self) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
         """Every item row (rebuild.ITEM_STATE_COLUMNS) and every subject's deletion time."""
+
+    async def usage_counters(self) -> dict[tuple[str, str], Counter]:
+        """Every usage counter by (subject, meter)."""
+
+    async def usage_events_page(
+        self, after: tuple[str, str, int], limit: int
+    ) -> list[tuple[str, str, int, UsageEvent]]:
+        """Recorded usage calls after `after` in (subject, meter, seq) order."""
 
 
 class Operations(DeliveryLog, StateReader, Protocol):

@@ -22,8 +22,10 @@ from service.domain.subjects import require_subject
 from service.domain.usage import (
     Answer,
     Counter,
+    Kind,
     Period,
     Reservation,
+    applied,
     period_at,
     reservation_ttl_ms,
 )
@@ -101,7 +103,7 @@ class Usage:
             after, decision = counter.at(now, period).consume(value, amount)
             answer = Answer.of(after, value, decision.allowed)
             recorded = amount if decision.allowed else 0
-            await uow.usage.save(subject, limit, after, "consume", key, recorded, answer)
+            await uow.usage.save(subject, limit, after, Kind.CONSUME, key, recorded, answer, now)
             return answer, False
 
         return await self._tx.run(work)
@@ -125,9 +127,11 @@ class Usage:
             counter, prior = await uow.usage.lock(subject, limit, period, now, key)
             if prior is not None:
                 return prior, True
-            after = counter.at(now, period).report(delta=delta, set_to=total)
+            kind, amount = (Kind.SET, total) if total is not None else (Kind.REPORT, delta)
+            assert amount is not None
+            after = applied(counter.at(now, period), kind, amount)
             answer = Answer.of(after, value, True)
-            await uow.usage.save(subject, limit, after, "report", key, after.used, answer)
+            await uow.usage.save(subject, limit, after, kind, key, amount, answer, now)
             return answer, False
 
         return await self._tx.run(work)
@@ -154,7 +158,7 @@ class Usage:
             fits = value.unlimited or counter.used + counter.reserved + amount <= value.value
             if not fits:
                 answer = Answer.of(counter, value, False)
-                await uow.usage.save(subject, limit, counter, "reserve", key, 0, answer)
+                await uow.usage.save(subject, limit, counter, Kind.RESERVE, key, 0, answer, now)
                 return answer, False
             reservation = Reservation(
                 "rsv_" + uuid.uuid4().hex, subject, limit, amount, now + ttl_ms
@@ -164,7 +168,7 @@ class Usage:
             answer = Answer.of(
                 held, value, True, reservation.reservation_id, reservation.expires_at_ms
             )
-            await uow.usage.save(subject, limit, counter, "reserve", key, amount, answer)
+            await uow.usage.save(subject, limit, counter, Kind.RESERVE, key, amount, answer, now)
             return answer, False
 
         return await self._tx.run(work)
@@ -203,9 +207,8 @@ class Usage:
                 return Answer.of(counter, value, True)
             if reservation.holds_at(now):  # what it held is no longer held
                 counter = replace(counter, reserved=max(0, counter.reserved - reservation.amount))
-            kind = "release" if amount is None else "commit"
-            if amount:
-                counter = counter.report(delta=amount)
+            kind = Kind.RELEASE if amount is None else Kind.COMMIT
+            counter = applied(counter, kind, amount or 0)
             answer = Answer.of(counter, value, True, reservation_id)
             await uow.usage.finish(reservation_id, amount)
             await uow.usage.save(
@@ -213,9 +216,10 @@ class Usage:
                 reservation.meter,
                 counter,
                 kind,
-                f"{kind}:{reservation_id}",
+                f"{kind.value}:{reservation_id}",
                 amount or 0,
                 answer,
+                now,
             )
             return answer
 

@@ -18,6 +18,7 @@ from service.application.records import DeliverySelector
 from service.domain.catalog import Catalog
 from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
 from service.domain.resolution import SubjectState, resolve
+from service.domain.usage import Counter, UsageEvent, replayed
 
 PAGE = 2000
 
@@ -50,7 +51,9 @@ class VerifyState:
                     rebuild.apply(read_stored(delivery))
                 done += len(page)
                 yield Progress(done, max(total, done))
-            yield await self._compare(snapshot, rebuild)
+            report = await self._compare(snapshot, rebuild)
+            usage = await _usage_differences(snapshot)
+            yield VerifyReport(report.subjects_checked, report.differences + usage)
 
     async def _compare(self, live: Snapshot, rebuilt: Rebuild) -> VerifyReport:
         now = self._clock.now_ms()
@@ -83,6 +86,34 @@ class VerifyState:
             if old_plan != new_plan:
                 differences.append((subject, f"plan: live {old_plan}, rebuilt {new_plan}"))
         return VerifyReport(len(subjects), differences)
+
+
+async def _usage_differences(live: Snapshot) -> list[tuple[str, str]]:
+    """Each usage counter against what its recorded calls replay to (domain/usage.replayed):
+    a call counted twice, or lost, shows here."""
+    counters = await live.usage_counters()
+    replays: dict[tuple[str, str], Counter | None] = {}
+    after: tuple[str, str, int] = ("", "", 0)
+    chain: list[UsageEvent] = []
+    key: tuple[str, str] | None = None
+    while page := await live.usage_events_page(after, PAGE):
+        for subject, meter, seq, event in page:
+            if (subject, meter) != key:
+                if key is not None:
+                    replays[key] = replayed(chain)
+                key, chain = (subject, meter), []
+            chain.append(event)
+            after = (subject, meter, seq)
+    if key is not None:
+        replays[key] = replayed(chain)
+    differences = []
+    for subject, meter in sorted(counters.keys() | replays.keys()):
+        stored, rebuilt = counters.get((subject, meter)), replays.get((subject, meter))
+        used = stored.used if stored else 0
+        again = rebuilt.used if rebuilt else 0
+        if used != again:
+            differences.append((subject, f"usage of {meter}: live {used}, rebuilt {again}"))
+    return differences
 
 
 def _item_diff(old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> str:

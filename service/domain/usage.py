@@ -16,8 +16,10 @@ every rule about that counter lives here, once:
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from service.domain.bounds import INT64_MAX
 from service.domain.catalog import LimitValue, Reset
@@ -27,10 +29,13 @@ __all__ = [
     "BillingPeriod",
     "Counter",
     "Decision",
+    "Kind",
     "Period",
     "Reservation",
     "Reset",
+    "applied",
     "period_at",
+    "replayed",
 ]
 
 DAY_MS = 86_400_000
@@ -235,3 +240,45 @@ def reservation_ttl_ms(ttl_seconds: int) -> int | None:
     if not MIN_RESERVATION_TTL_S <= ttl <= MAX_RESERVATION_TTL_S:
         return None
     return ttl * 1000
+
+
+class Kind(StrEnum):
+    """What a recorded call did to its counter (usage_records.kind)."""
+
+    CONSUME = "consume"  # allowed: `amount` added; refused: amount 0
+    REPORT = "report"  # a delta added (may be negative; never below 0)
+    SET = "set"  # the period's total set
+    RESERVE = "reserve"  # units held elsewhere (reservations); `used` unchanged
+    COMMIT = "commit"  # a reservation's actual amount added
+    RELEASE = "release"  # a reservation given back; `used` unchanged
+
+
+def applied(counter: Counter, kind: Kind, amount: int) -> Counter:
+    """The counter after a recorded call of `kind` (the one rule both the use cases and
+    `replayed` follow)."""
+    if kind in (Kind.CONSUME, Kind.REPORT, Kind.COMMIT):
+        return counter.report(delta=amount)
+    if kind is Kind.SET:
+        return counter.report(set_to=amount)
+    return counter
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One stored call, as `verify` replays it: its kind, amount, when and in which period."""
+
+    kind: Kind
+    amount: int
+    at_ms: int
+    period: Period
+
+
+def replayed(events: Iterable[UsageEvent]) -> Counter | None:
+    """The counter the stored calls of one subject's meter arrive at, in their order, from
+    zero (None when there are none)."""
+    counter: Counter | None = None
+    for event in events:
+        if counter is None:
+            counter = Counter(event.period)
+        counter = applied(counter.at(event.at_ms, event.period), event.kind, event.amount)
+    return counter

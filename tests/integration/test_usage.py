@@ -12,12 +12,13 @@ import grpc
 import pytest
 from grpc import aio
 
+from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from tests.conftest import Harness, rpc_code, start_harness
 from tests.support import Clock, event, now_ms
-from tests.support.rpc import apply, subject
+from tests.support.rpc import apply, sql_rows, subject
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +216,35 @@ async def test_concurrent_consumers_on_two_replicas_never_pass_the_limit(
     assert allowed == min(20, len(keys))  # exactly the limit: never past it, none lost
     got = await stubs[0].GetUsage(usage_pb.GetUsageRequest(subject=who))
     assert got.usage[0].used == allowed
+
+
+async def test_verify_replays_the_recorded_calls_to_every_counter(
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, database_url: str
+) -> None:
+    who = subject("verify")
+    await consume(usage, who, 5)
+    await consume(usage, who, 30)  # refused: recorded, counts nothing
+    await usage.ReportUsage(
+        usage_pb.ReportUsageRequest(subject=who, limit=METER, delta=2, idempotency_key=key())
+    )
+    held = await usage.Reserve(
+        usage_pb.ReserveRequest(subject=who, limit=METER, amount=4, idempotency_key=key())
+    )
+    await usage.CommitReservation(
+        usage_pb.CommitReservationRequest(reservation_id=held.reservation_id, amount=3)
+    )
+    await usage.ReportUsage(
+        usage_pb.ReportUsageRequest(subject=who, limit=METER, set=9, idempotency_key=key())
+    )
+    await consume(usage, who, 1)
+
+    async def differences() -> list[str]:
+        stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+        last = [m async for m in stream][-1]
+        return [d.description for d in last.differences if d.subject == who]
+
+    assert await differences() == []
+    await sql_rows(
+        database_url, "UPDATE usage_counters SET used = used + 1 WHERE subject = $1", who
+    )
+    assert await differences() == [f"usage of {METER}: live 11, rebuilt 10"]

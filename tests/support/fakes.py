@@ -17,7 +17,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from service.domain.usage import Answer, Counter, Period, Reservation
+from service.domain.usage import Answer, Counter, Kind, Period, Reservation
 
 T = TypeVar("T")
 
@@ -339,10 +339,11 @@ class FakeUsage:
         subject: str,
         meter: str,
         counter: Counter,
-        kind: str,
+        kind: Kind,
         key: str,
         amount: int,
         answer: Answer,
+        at_ms: int,
     ) -> None:
         self._data.counters[(subject, meter)] = replace(counter, reserved=0)
         self._data.records[(subject, meter, key)] = answer

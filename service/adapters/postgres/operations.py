@@ -19,6 +19,7 @@ from service.application.ports import StoreUnavailable
 from service.application.records import DeliverySelector, HistoryRow, StoredDelivery
 from service.domain.rebuild import ITEM_STATE_COLUMNS
 from service.domain.resolution import Grant, SubjectState
+from service.domain.usage import Counter, Kind, Period, UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,43 @@ class StoreSnapshot:
 
     async def verification_rows(self) -> VerificationRows:
         return await _verification_rows(self._conn)
+
+    async def usage_counters(self) -> dict[tuple[str, str], Counter]:
+        rows = await self._conn.fetch(
+            "SELECT subject, meter, period_start_ms, period_end_ms, used FROM usage_counters"
+        )
+        return {
+            (r["subject"], r["meter"]): Counter(
+                Period(r["period_start_ms"], r["period_end_ms"]), r["used"]
+            )
+            for r in rows
+        }
+
+    async def usage_events_page(
+        self, after: tuple[str, str, int], limit: int
+    ) -> list[tuple[str, str, int, UsageEvent]]:
+        rows = await self._conn.fetch(
+            """SELECT subject, meter, seq, kind, amount, recorded_at_ms, period_start_ms,
+                      resets_at_ms
+                 FROM usage_records WHERE (subject, meter, seq) > ($1, $2, $3)
+                ORDER BY subject, meter, seq LIMIT $4""",
+            *after,
+            limit,
+        )
+        return [
+            (
+                r["subject"],
+                r["meter"],
+                r["seq"],
+                UsageEvent(
+                    Kind(r["kind"]),
+                    r["amount"],
+                    r["recorded_at_ms"],
+                    Period(r["period_start_ms"], r["resets_at_ms"]),
+                ),
+            )
+            for r in rows
+        ]
 
     async def load_states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
         return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))

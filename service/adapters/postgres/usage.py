@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from service.adapters.postgres.base import Conn, StoreBase
-from service.domain.usage import Answer, Counter, Period, Reservation
+from service.domain.usage import Answer, Counter, Kind, Period, Reservation
 
 # Made when new, locked either way (one statement; the row lock lasts until commit).
 LOCK_COUNTER = """
@@ -37,8 +37,8 @@ WITH c AS (
      WHERE subject = $1 AND meter = $2)
 INSERT INTO usage_records (subject, meter, idempotency_key, kind, amount, allowed, used_after,
                            remaining_after, unlimited, limit_value, period_start_ms,
-                           resets_at_ms, reservation_id)
-VALUES ($1, $2, $6, $7, $8, $9, $10, $11, $12, $13, $3, $4, $14)
+                           resets_at_ms, reservation_id, recorded_at_ms)
+VALUES ($1, $2, $6, $7, $8, $9, $10, $11, $12, $13, $3, $4, $14, $15)
 """
 COUNTERS = """
 SELECT c.meter, c.period_start_ms, c.period_end_ms, c.used,
@@ -82,10 +82,11 @@ class PgUsage:
         subject: str,
         meter: str,
         counter: Counter,
-        kind: str,
+        kind: Kind,
         key: str,
         amount: int,
         answer: Answer,
+        at_ms: int,
     ) -> None:
         await self._conn.execute(
             SAVE,
@@ -95,7 +96,7 @@ class PgUsage:
             counter.period.end_ms,
             counter.used,
             key,
-            kind,
+            kind.value,
             amount,
             answer.allowed,
             answer.used,
@@ -103,6 +104,7 @@ class PgUsage:
             answer.unlimited,
             answer.limit_value,
             answer.reservation_id,
+            at_ms,
         )
 
     async def hold(self, reservation: Reservation) -> None:

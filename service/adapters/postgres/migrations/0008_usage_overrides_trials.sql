@@ -37,8 +37,11 @@ CREATE TABLE usage_counters (
 );
 
 -- Every recorded call with its idempotency key and the answer it got (a retry gets the same
--- answer, counted once). Rolled up and pruned after the retention (housekeeping).
+-- answer, counted once), in order (`seq`): `verify` replays them through the domain's rules and
+-- must arrive at each counter. `amount` is what the call did: consume (allowed) and commit add
+-- it, report adds it (a delta), set makes it the total, reserve and release leave `used` as is.
 CREATE TABLE usage_records (
+    seq              bigserial NOT NULL,
     subject          text NOT NULL,
     meter            text NOT NULL,
     idempotency_key  text NOT NULL,
@@ -52,9 +55,11 @@ CREATE TABLE usage_records (
     period_start_ms  bigint NOT NULL,
     resets_at_ms     bigint,
     reservation_id   text,
+    recorded_at_ms   bigint NOT NULL,
     recorded_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subject, meter, idempotency_key)
 );
+CREATE INDEX usage_records_in_order ON usage_records (subject, meter, seq);
 CREATE INDEX usage_records_by_time ON usage_records (recorded_at);
 
 -- Units held for work whose cost is known only after it ran: they count as used while held
