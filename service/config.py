@@ -40,6 +40,9 @@ class ServiceSettings:
     change_log_retention_seconds: float = 7 * 24 * 3600.0
     workers: int = 1
     payload_retention_seconds: float = 90 * 24 * 3600.0
+    # Recorded usage calls older than this are rolled up into one total per subject and limit
+    # (their idempotency keys are forgotten then).
+    usage_retention_seconds: float = 90 * 24 * 3600.0
     tls: ServerTls | None = None
     # Reconciliation with Clerk's Backend API: off (None) without CLERK_SECRET_KEY.
     clerk: ClerkApiSettings | None = None
@@ -109,6 +112,9 @@ class ServiceSettings:
                 _positive_int(env, "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * 24 * 3600)
             ),
             workers=_positive_int(env, "ENTITLEMENTS_WORKERS", 1),
+            usage_retention_seconds=float(
+                _positive_int(env, "ENTITLEMENTS_USAGE_RETENTION_SECONDS", 90 * 24 * 3600)
+            ),
             payload_retention_seconds=float(
                 _positive_int(env, "ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * 24 * 3600)
             ),

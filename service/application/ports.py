@@ -256,6 +256,11 @@ class Operations(DeliveryLog, StateReader, Protocol):
 
     async def prune_change_log(self, retention_seconds: float) -> int: ...
 
+    async def roll_up_usage(self, retention_seconds: float) -> int:
+        """Replace each subject's and limit's usage records older than the retention by one
+        `set` record of the total they reached (verify's replay arrives at the same counter);
+        how many records went."""
+
     async def drop_abandoned_scratch_schemas(self) -> list[str]: ...
 
 

@@ -318,7 +318,10 @@ async def start_server(
         asyncio.create_task(release_forever()),
         asyncio.create_task(
             run_housekeeping(
-                store, settings.change_log_retention_seconds, settings.payload_retention_seconds
+                store,
+                settings.change_log_retention_seconds,
+                settings.payload_retention_seconds,
+                settings.usage_retention_seconds,
             )
         ),
     ]

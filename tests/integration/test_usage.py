@@ -248,3 +248,30 @@ async def test_verify_replays_the_recorded_calls_to_every_counter(
         database_url, "UPDATE usage_counters SET used = used + 1 WHERE subject = $1", who
     )
     assert await differences() == [f"usage of {METER}: live 11, rebuilt 10"]
+
+
+async def test_old_records_roll_up_and_verify_still_agrees(
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, database_url: str
+) -> None:
+    who = subject("rollup")
+    for amount in (3, 4, 5):
+        await consume(usage, who, amount)
+    await sql_rows(
+        database_url,
+        "UPDATE usage_records SET recorded_at = now() - interval '100 days' WHERE subject = $1",
+        who,
+    )
+    await consume(usage, who, 1)  # a recent one stays as it is
+    assert await harness.store.roll_up_usage(90 * 86_400) >= 3
+    rows = await sql_rows(
+        database_url,
+        "SELECT kind, amount FROM usage_records WHERE subject = $1 ORDER BY seq",
+        who,
+    )
+    assert [(r["kind"], r["amount"]) for r in rows] == [("set", 12), ("consume", 1)]
+    got = await usage.GetUsage(usage_pb.GetUsageRequest(subject=who))
+    assert got.usage[0].used == 13
+    stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+    last = [m async for m in stream][-1]
+    assert [d for d in last.differences if d.subject == who] == []
+    assert await harness.store.roll_up_usage(90 * 86_400) == 0  # nothing more to do

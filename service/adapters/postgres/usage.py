@@ -146,8 +146,48 @@ class PgUsage:
         )
 
 
+# Per (subject, meter) with records past the retention: everything up to its newest such record
+# becomes one `set` record of the total reached there (same seq, so the order holds).
+ROLL_UP = """
+WITH old AS (
+    SELECT subject, meter, max(seq) AS top FROM usage_records
+     WHERE recorded_at < now() - make_interval(secs => $1)
+       AND idempotency_key NOT LIKE 'rollup:%'
+     GROUP BY subject, meter LIMIT $2),
+last AS (
+    SELECT r.* FROM usage_records r JOIN old ON (r.subject, r.meter, r.seq) = (old.subject,
+                                                                             old.meter, old.top)),
+gone AS (
+    DELETE FROM usage_records r USING old
+     WHERE r.subject = old.subject AND r.meter = old.meter AND r.seq <= old.top RETURNING 1),
+kept AS (
+    INSERT INTO usage_records (seq, subject, meter, idempotency_key, kind, amount, allowed,
+                               used_after, remaining_after, unlimited, limit_value,
+                               period_start_ms, resets_at_ms, recorded_at_ms, recorded_at)
+    SELECT seq, subject, meter, 'rollup:' || seq, 'set', used_after, true, used_after,
+           remaining_after, unlimited, limit_value, period_start_ms, resets_at_ms,
+           recorded_at_ms, recorded_at
+      FROM last)
+SELECT count(*) FROM gone
+"""
+
+
 class UsageStore(StoreBase):
-    """UsageReader over the pool (GetUsage and the usage shown with entitlements)."""
+    """UsageReader over the pool (GetUsage and the usage shown with entitlements), and the
+    roll-up of old records (housekeeping)."""
+
+    async def roll_up_usage(self, retention_seconds: float, batch: int = 1000) -> int:
+        total = 0
+        while True:
+
+            async def work(conn: Conn) -> int:
+                async with conn.transaction():
+                    return int(await conn.fetchval(ROLL_UP, retention_seconds, batch))
+
+            gone = await self._run(work)
+            total += gone
+            if gone == 0:
+                return total
 
     async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
         async def work(conn: Conn) -> dict[str, Counter]:
