@@ -53,7 +53,7 @@ class EntitlementReader:
         entry = cache.get(subject)
         if entry is None:
             return None
-        until = entry.entitlements.valid_until_ms
+        until = entry.entitlements.shown_until_ms
         if until is not None and now_ms >= until:
             entry = CacheEntry(entry.state, self._resolve(entry.state, now_ms))
             cache.replace(subject, entry)

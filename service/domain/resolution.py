@@ -115,6 +115,15 @@ class Entitlements:
     meter_periods: Mapping[str, Period] = field(default_factory=dict)
     trial: bool = False
     trial_ends_at_ms: int | None = None
+    # The earliest metered-limit reset: what GetLimits and GetEntitlements show (a period and
+    # its usage) changes then, though features do not (CanUse's `valid_until` leaves it out).
+    next_reset_ms: int | None = None
+
+    @property
+    def shown_until_ms(self) -> int | None:
+        """Until when an answer that shows metered periods holds: `valid_until_ms` or the
+        next reset, whichever comes first (what caches must re-resolve by)."""
+        return _earliest(self.valid_until_ms, self.next_reset_ms)
 
 
 def plan_entitlements(
@@ -245,7 +254,8 @@ def _earliest(*instants: int | None) -> int | None:
 
 def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
     """The subject's entitlements at `now_ms`, with the instant they next change by time: a
-    plan's end, an override's expiry, or a metered limit's reset."""
+    plan's end or an override's expiry (`valid_until_ms`), and a metered limit's reset
+    (`next_reset_ms`)."""
     candidates = _candidates(state, catalog, now_ms)
     best = _best_candidate(candidates)
     plan, status = (
@@ -273,11 +283,8 @@ def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
     if item is not None and item.period_start_ms is not None and item.period_end_ms is not None:
         billing = BillingPeriod(item.period_start_ms, item.period_end_ms)
     periods = {name: period_at(reset, now_ms, billing) for name, reset in catalog.meters.items()}
-    valid_until = _earliest(
-        valid_until,
-        *(o.expires_at_ms for o in overrides),
-        *(p.end_ms for p in periods.values()),
-    )
+    valid_until = _earliest(valid_until, *(o.expires_at_ms for o in overrides))
+    next_reset = _earliest(*(p.end_ms for p in periods.values()))
     trial = item is not None and item.free_trial
     return Entitlements(
         state.subject,
@@ -293,6 +300,7 @@ def resolve(state: SubjectState, catalog: Catalog, now_ms: int) -> Entitlements:
         periods,
         trial,
         item.period_end_ms if trial and item is not None else None,
+        next_reset,
     )
 
 

@@ -110,10 +110,11 @@ def test_the_fingerprint_follows_what_answers_depend_on_not_the_spelling() -> No
     bundled = load_catalog(None)
     assert bundled.fingerprint == load_catalog(None).fingerprint
     text = (Path(__file__).parents[2] / "service" / "default_catalog.toml").read_text()
-    respelled = "# a comment\n" + text.replace("maxGoals = 3 }", "maxGoals   = 3 }")
+    respelled = "# a comment\n" + text.replace("maxGoals = 3,", "maxGoals   = 3,")
     assert parse_catalog_text(respelled).fingerprint == bundled.fingerprint
     for changed in (
-        text.replace("maxGoals = 3 }", "maxGoals = 4 }"),
+        text.replace("maxGoals = 3,", "maxGoals = 4,"),
+        text.replace('reset = "billing_period"', 'reset = "month"'),
         text.replace('features = ["aiInsights"]', 'features = ["aiInsights", "dataExport"]'),
         text.replace('default_plan = "free"', 'default_plan = "pro"'),
         text.replace("past_due_grace_seconds = 259200", "past_due_grace_seconds = 1"),

@@ -67,7 +67,7 @@ def limits_message(ent: Entitlements) -> pb.GetLimitsResponse:
     return pb.GetLimitsResponse(
         plan=ent.plan.name,
         limits=limits(ent.limits),
-        valid_until=timestamp(ent.valid_until_ms),
+        valid_until=timestamp(ent.shown_until_ms),
         metered=metered_periods(ent),
     )
 
@@ -91,7 +91,7 @@ def entitlements_message(ent: Entitlements) -> pb.GetEntitlementsResponse:
         features=sorted(ent.features),
         limits=limits(ent.limits),
         status=STATUSES.get(ent.status, pb.ENTITLEMENT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
-        valid_until=timestamp(ent.valid_until_ms),
+        valid_until=timestamp(ent.shown_until_ms),
         version=ent.version,
         overrides=[override_message(o) for o in ent.overrides],
         trial=ent.trial,

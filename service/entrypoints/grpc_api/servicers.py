@@ -161,7 +161,9 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             remaining=decision.remaining,
             unlimited=decision.limit.unlimited,
             plan=ent.plan.name,
-            valid_until=timestamp(ent.valid_until_ms),
+            valid_until=timestamp(
+                ent.shown_until_ms if request.limit in self._catalog.meters else ent.valid_until_ms
+            ),
         )
 
     async def GetEntitlements(
