@@ -127,11 +127,12 @@ async def test_an_override_reaches_watchers(harness: Harness) -> None:
     who = subject("ovr_watch")
     stream = harness.entitlements.WatchEntitlements(pb.WatchEntitlementsRequest(subjects=[who]))
     first = await stream.read()
-    assert first.subject == ""  # caught up
+    assert isinstance(first, pb.WatchEntitlementsResponse) and first.subject == ""
     await set_override(harness, subject=who, feature="dataExport", enabled=True)
     async with asyncio.timeout(5):
         while True:
             message = await stream.read()
+            assert isinstance(message, pb.WatchEntitlementsResponse)
             if message.subject == who:
                 break
     assert "dataExport" in message.entitlements.features
