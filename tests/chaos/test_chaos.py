@@ -1,7 +1,11 @@
 """Chaos: ≥ 5 000 signed events over ≥ 500 subjects through a Svix-like sender (retries,
 duplicates, shuffled order) while PostgreSQL, the service and the gateway are killed (-9) and
 restarted at random moments. The end state must equal the in-order oracle's, every delivery
-must be stored exactly once, and nothing may be applied twice."""
+must be stored exactly once, and nothing may be applied twice.
+
+Meanwhile consumers spend a metered limit (SPEC §10.1) through the same faults, retrying each
+call with its idempotency key until it is answered: every subject ends with exactly its limit
+used, each allowed call counted once, none lost."""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements.v1 import usage_service_pb2 as usage_pb
+from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from service.config import load_catalog
 from tests.support import SYNC_SECRET, db_query, kill_postgres, now_ms
 from tests.support.oracle import expected_states
@@ -38,6 +44,9 @@ SUBJECTS = int(os.environ.get("CHAOS_SUBJECTS", "500"))
 EVENTS_PER_SUBJECT = int(os.environ.get("CHAOS_EVENTS_PER_SUBJECT", "10"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261127"))
 DAY = 86_400_000
+METER = "aiInsightsPerMonth"
+METER_SUBJECTS = 20
+CALLS_PER_METER_SUBJECT = 40  # twice the free plan's 20
 STATUSES = ["active", "active", "canceled", "past_due", "ended", "upcoming", "incomplete"]
 SLUGS = ["pro", "pro", "pro_yearly", "lifetime", "free_user", "pro_monthly"]
 
@@ -112,6 +121,44 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
+class Consumers:
+    """Spends the free limit of METER_SUBJECTS subjects, one unit per call, each call retried
+    with the same idempotency key until the service answers it (as a client should)."""
+
+    def __init__(self, target: str, seed: int) -> None:
+        self.target = target
+        self.rng = random.Random(seed)
+        self.answers: dict[str, tuple[str, bool]] = {}  # key -> (subject, allowed)
+        self.retries = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        calls = [
+            (f"user_meter_{s}", f"k_{s}_{c}")
+            for s in range(METER_SUBJECTS)
+            for c in range(CALLS_PER_METER_SUBJECT)
+        ]
+        self.rng.shuffle(calls)
+        with grpc.insecure_channel(self.target) as channel:
+            stub = usage_grpc.UsageServiceStub(channel)
+            for who, key in calls:
+                while not self.stop.is_set():
+                    try:
+                        answer = stub.Consume(
+                            usage_pb.ConsumeRequest(
+                                subject=who, limit=METER, amount=1, idempotency_key=key
+                            ),
+                            timeout=5,
+                        )
+                    except grpc.RpcError:
+                        self.retries += 1
+                        time.sleep(self.rng.uniform(0.05, 0.3))
+                        continue
+                    self.answers[key] = (who, answer.allowed)
+                    break
+                time.sleep(self.rng.uniform(0.02, 0.15))  # spread over the faults
+
+
 def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
     import pgserver
 
@@ -167,6 +214,9 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=run_sender)
         thread.start()
+        consumers = Consumers(svc_target, SEED)
+        consuming = threading.Thread(target=consumers.run)
+        consuming.start()
         while not done.wait(rng.uniform(1.0, 3.0)):
             fault = rng.choice(list(faults))
             faults[fault] += 1
@@ -180,6 +230,8 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
                 time.sleep(rng.uniform(0.1, 1.0))
                 proc.start()
         thread.join()
+        consuming.join(timeout=120)
+        consumers.stop.set()
         elapsed = time.monotonic() - started
         stats = sender.stats
 
@@ -201,6 +253,15 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
             # not the shuffled arrival order).
             sync = sync_grpc.BillingSyncServiceStub(channel)
             auth = (("authorization", f"Bearer {SYNC_SECRET}"),)
+            usage_stub = usage_grpc.UsageServiceStub(channel)
+            used = {
+                f"user_meter_{s}": usage_stub.GetUsage(
+                    usage_pb.GetUsageRequest(subject=f"user_meter_{s}"), timeout=10
+                )
+                .usage[0]
+                .used
+                for s in range(METER_SUBJECTS)
+            }
             verify_started = time.monotonic()
             verified = list(sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=auth))[-1]
             verify_seconds = time.monotonic() - verify_started
@@ -211,7 +272,8 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
             f"statuses {dict(sorted(stats.statuses.items()))}; "
             f"stored {len(ids)} ({len(set(ids))} distinct); final mismatches {len(mismatches)}; "
             f"verify: {verified.subjects_checked} subjects, "
-            f"{len(verified.differences)} differences in {verify_seconds:.1f} s"
+            f"{len(verified.differences)} differences in {verify_seconds:.1f} s; "
+            f"consumption: {len(consumers.answers)} calls answered, {consumers.retries} retries"
         )
         assert not stats.failed, f"{len(stats.failed)} deliveries never got a 2xx"
         assert sum(faults.values()) >= 3, "too few faults injected to mean anything"
@@ -219,6 +281,12 @@ def test_chaos_ends_in_the_oracle_state(tmp_path: Path) -> None:
         assert all(r["outcome"] != "PENDING" for r in stored)
         assert mismatches == [], mismatches[:10]
         assert verified.finished and list(verified.differences) == []
+        # Consumption through the same faults: every call answered, exactly the limit used
+        # per subject, and the usage equals the allowed calls (none counted twice or lost).
+        assert len(consumers.answers) == METER_SUBJECTS * CALLS_PER_METER_SUBJECT
+        for who, total in used.items():
+            allowed = sum(1 for s, ok in consumers.answers.values() if s == who and ok)
+            assert (total, allowed) == (20, 20), (who, total, allowed)
         for log in (tmp_path / "service.log", tmp_path / "gateway.log"):
             text = log.read_text(errors="replace")
             assert SYNC_SECRET not in text and "chaos@example.com" not in text
