@@ -15,10 +15,13 @@ from tqdm import tqdm
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements.v1 import usage_service_pb2 as usage_pb
+from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from entitlements_cli.errors import CliError, UsageError
-from entitlements_cli.output import dump_json, print_message, to_dicts
+from entitlements_cli.output import dump_json, print_message, to_dicts, when
 from entitlements_cli.settings import read_auth, sync_secret, target, tls
 from entitlements_client import AdminClient, connect
+from entitlements_client.usage import consume_request
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
@@ -67,18 +70,98 @@ def cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_stub(args: argparse.Namespace) -> usage_grpc.UsageServiceStub:
+    return usage_grpc.UsageServiceStub(connect(target(args), tls()))
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    r = _usage_stub(args).GetUsage(
+        usage_pb.GetUsageRequest(subject=args.subject), timeout=10, metadata=read_auth()
+    )
+    if args.json:
+        print_message(r, True)
+        return 0
+    print(f"{'limit':<24} {'used':>10} {'reserved':>10} {'remaining':>10}  resets at")
+    for u in r.usage:
+        remaining = "unlimited" if u.unlimited else str(u.remaining)
+        resets = when(u, "resets_at") or "never"
+        print(f"{u.limit:<24} {u.used:>10} {u.reserved:>10} {remaining:>10}  {resets}")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Exit 0 when recorded, 1 when it did not fit (nothing recorded). The key is printed
+    (not under --json, which is the response as grpcurl prints it): retry with `--key` it."""
+    try:
+        request = consume_request(args.subject, args.limit, args.amount, args.key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    r = _usage_stub(args).Consume(request, timeout=10, metadata=read_auth())
+    print_message(r, args.json)
+    if not args.json:
+        print(f"{'idempotency_key':<22} {request.idempotency_key}")
+    return 0 if r.allowed else 1
+
+
 def _admin(args: argparse.Namespace) -> AdminClient:
     return AdminClient(target(args), secret=sync_secret(), tls=tls())
 
 
-def cmd_grant(args: argparse.Namespace) -> int:
-    expires: datetime | None = None
-    if args.expires:
+def _time(flag: str, text: str | None) -> datetime | None:
+    """An ISO 8601 time given on the command line (no zone: UTC)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag}: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_override_flags(args: argparse.Namespace) -> None:
+    """The flags' own words for what AdminClient would refuse (argparse cannot say "--on or
+    --off with --feature only")."""
+    if args.feature is not None:
+        if args.enabled is None:
+            raise UsageError("--feature needs --on (grant it) or --off (withhold it)")
+        if args.value is not None or args.unlimited:
+            raise UsageError("--value and --unlimited go with --limit, not --feature")
+    else:
+        if args.enabled is not None:
+            raise UsageError("--on and --off go with --feature, not --limit")
+        if args.value is None and not args.unlimited:
+            raise UsageError("--limit needs --value N or --unlimited")
+
+
+def cmd_override_set(args: argparse.Namespace) -> int:
+    _check_override_flags(args)
+    expires = _time("--expires-at", args.expires_at)
+    with _admin(args) as admin:
         try:
-            expires = datetime.fromisoformat(args.expires)
-        except ValueError:
-            raise UsageError(f"--expires: not an ISO 8601 time: {args.expires!r}") from None
-        expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+            r = admin.set_override(
+                args.subject,
+                feature=args.feature,
+                limit=args.limit,
+                enabled=args.enabled,
+                value=args.value,
+                unlimited=args.unlimited,
+                expires_at=expires,
+                reason=args.reason,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print_message(r, args.json)
+    return 0
+
+
+def cmd_override_remove(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        print_message(admin.remove_override(args.override_id, args.reason or ""), args.json)
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    expires = _time("--expires", args.expires)
     with _admin(args) as admin:
         print_message(admin.grant(args.subject, args.plan, args.reason, expires), args.json)
     return 0
@@ -103,6 +186,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             detail = f"{e.from_plan} → {e.to_plan}  ({e.type} {e.event_id})"
         elif e.kind == sync_pb.HISTORY_KIND_GRANT:
             detail = f"{e.to_plan}  {e.event_id}  {e.note}"
+        elif e.kind == sync_pb.HISTORY_KIND_OVERRIDE:
+            detail = f"{e.event_id}  {e.note}"
         else:
             source = f"  [{e.source}]" if e.source and e.source != "webhook" else ""
             detail = f"{e.type}  {sync_pb.Outcome.Name(e.outcome)}  {e.event_id}{source}  {e.note}"

@@ -9,10 +9,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+
+def when(message: Message, field: str) -> str | None:
+    """A Timestamp field as `YYYY-MM-DD HH:MM:SS` UTC for the tables; None when unset."""
+    if not message.HasField(field):
+        return None
+    moment = getattr(message, field).ToDatetime(tzinfo=UTC)
+    return str(moment.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -93,6 +93,17 @@ def build_parser(description: str | None = None) -> Parser:
     command("limits", "SUBJECT's plan and limits", commands.cmd_limits).add_argument("subject")
     command("show", "everything resolved for SUBJECT", commands.cmd_show).add_argument("subject")
     command("plans", "the plan catalog", commands.cmd_plans)
+    p = command("usage", "SUBJECT's usage of each metered limit this period", commands.cmd_usage)
+    p.add_argument("subject")
+    p = command(
+        "consume",
+        "record AMOUNT (default 1) units of a metered limit when they fit (exit 1 when not)",
+        commands.cmd_consume,
+    )
+    p.add_argument("subject")
+    p.add_argument("limit")
+    p.add_argument("amount", nargs="?", type=int, default=1)
+    p.add_argument("--key", help="idempotency key: pass the same one to retry (default: a new one)")
     p = command("grant", "give SUBJECT a plan (needs the sync secret)", commands.cmd_grant)
     p.add_argument("subject")
     p.add_argument("plan")
@@ -116,6 +127,7 @@ def build_parser(description: str | None = None) -> Parser:
         "rebuild state from the stored log and compare (exit 1 on differences)",
         commands.cmd_verify,
     )
+    add_override_commands(command("override", "per-customer terms (needs the sync secret)"), common)
     catalog = command("catalog", "catalog commands").add_subparsers(
         dest="catalog_command", required=True, metavar="COMMAND"
     )
@@ -125,3 +137,38 @@ def build_parser(description: str | None = None) -> Parser:
         parents=[common],
     ).set_defaults(func=commands.cmd_catalog_check)
     return parser
+
+
+def add_override_commands(parent: argparse.ArgumentParser, common: Parser) -> None:
+    """`override set SUBJECT (--feature F (--on|--off) | --limit L (--value N | --unlimited))
+    [--expires-at ISO] --reason R` and `override remove OVERRIDE_ID [--reason R]`."""
+    sub = parent.add_subparsers(dest="override_command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "set",
+        help="grant or withhold a feature, or replace a limit's value, for one SUBJECT",
+        description="grant or withhold a feature, or replace a limit's value, for one SUBJECT",
+        parents=[common],
+    )
+    p.set_defaults(func=commands.cmd_override_set)
+    p.add_argument("subject")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--feature", help="a feature of the catalog (with --on or --off)")
+    what.add_argument("--limit", help="a limit of the catalog (with --value or --unlimited)")
+    on_off = p.add_mutually_exclusive_group()
+    on_off.add_argument(
+        "--on", dest="enabled", action="store_const", const=True, default=None, help="grant it"
+    )
+    on_off.add_argument(
+        "--off", dest="enabled", action="store_const", const=False, help="withhold it"
+    )
+    value = p.add_mutually_exclusive_group()
+    value.add_argument("--value", type=int, help="the limit's value for SUBJECT")
+    value.add_argument("--unlimited", action="store_true")
+    p.add_argument("--expires-at", help="ISO 8601 time (default: until removed)")
+    p.add_argument("--reason", required=True, help="why (shown in the history)")
+    p = sub.add_parser(
+        "remove", help="end an override", description="end an override", parents=[common]
+    )
+    p.set_defaults(func=commands.cmd_override_remove)
+    p.add_argument("override_id")
+    p.add_argument("--reason")

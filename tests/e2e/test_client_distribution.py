@@ -27,9 +27,14 @@ with EntitlementsClient(target, local_cache=True) as client:
     assert client.wait_synced(20)
     assert client.can_use("user_dist", "aiInsights")
     assert not client.can_use("user_dist", "dataExport")
+    used = client.consume("user_dist", "aiInsightsPerMonth", 2)
+    assert used.allowed and used.used == 2 and used.resets_at is not None
+    assert client.check_limit("user_dist", "aiInsightsPerMonth").remaining == 18
 async def main():
     async with AsyncEntitlementsClient(target) as client:
         assert (await client.get_limits("user_dist")).plan == "free"
+        usage = await client.get_usage("user_dist")
+        assert usage.meters["aiInsightsPerMonth"].used == 2
 asyncio.run(main())
 print("client works")
 """

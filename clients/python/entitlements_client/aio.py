@@ -13,13 +13,15 @@ from grpc import aio
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements.v1 import usage_service_pb2 as usage_pb
+from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from entitlements_client.answers import (
     Decision,
     LimitCheck,
     Limits,
     Snapshot,
     decision_from,
-    limit_check,
+    limit_check_from,
 )
 from entitlements_client.core import (
     DEFAULT_MAX_STALENESS,
@@ -27,6 +29,18 @@ from entitlements_client.core import (
     Tls,
     channel_options,
     metadata,
+)
+from entitlements_client.usage import (
+    Consumption,
+    Reservation,
+    Settlement,
+    Usage,
+    UsageReport,
+    commit_request,
+    consume_request,
+    release_request,
+    report_request,
+    reserve_request,
 )
 
 
@@ -51,6 +65,7 @@ class AsyncEntitlementsClient:
             else aio.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.EntitlementServiceStub(self._channel)
+        self._usage = usage_grpc.UsageServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = metadata(token)
         self.cache = LocalCache(max_cached_subjects, max_staleness) if local_cache else None
@@ -116,9 +131,97 @@ class AsyncEntitlementsClient:
         return Limits(snap.plan, snap.limits)
 
     async def check_limit(
-        self, subject: str, limit: str, current_usage: int, requested: int = 1
+        self, subject: str, limit: str, current_usage: int = 0, requested: int = 1
     ) -> LimitCheck:
-        return limit_check(await self.snapshot(subject), limit, current_usage, requested)
+        """Do `requested` more units fit? A limit the service does not meter is answered
+        locally while the cache is fresh enough (`current_usage` is the caller's count); a
+        metered one always by the service, which counts its usage itself (`current_usage` 0)."""
+        cache = self.cache
+        if cache is not None and limit not in cache.metered:
+            snap = cache.fresh(subject)
+            if snap is None and cache.synced:
+                snap = await self.snapshot(subject)  # one RPC; cached for the next check
+            if snap is not None:
+                answer = cache.limit_answer(snap, limit, current_usage, requested)
+                if answer is not None:
+                    return answer
+        response = await self._stub.CheckLimit(
+            pb.CheckLimitRequest(
+                subject=subject, limit=limit, current_usage=current_usage, requested=requested
+            ),
+            timeout=self._timeout,
+            metadata=self._metadata,
+        )
+        return limit_check_from(response)
+
+    # ---- metered usage (always the service; see entitlements_client.usage) ---------------
+
+    async def consume(
+        self, subject: str, limit: str, amount: int = 1, idempotency_key: str | None = None
+    ) -> Consumption:
+        """Record `amount` units of a metered limit when they fit (atomic), else nothing.
+        Without `idempotency_key` a random one is used: a caller that retries must pass its
+        own, the same on every attempt, or a retried call may be counted twice."""
+        request = consume_request(subject, limit, amount, idempotency_key)
+        response = await self._usage.Consume(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+        return Consumption.from_message(response)
+
+    async def report_usage(
+        self,
+        subject: str,
+        limit: str,
+        delta: int | None = None,
+        set: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageReport:
+        """Record usage without a check: add `delta`, or `set` the period's total (one of
+        them). Retrying callers pass their own `idempotency_key`, as for `consume`."""
+        request = report_request(subject, limit, delta, set, idempotency_key)
+        response = await self._usage.ReportUsage(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+        return UsageReport.from_message(response)
+
+    async def reserve(
+        self,
+        subject: str,
+        limit: str,
+        amount: int,
+        ttl_seconds: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Reservation:
+        """Hold `amount` units (counted as used) until `commit`, `release` or the TTL
+        (0: the service's default). Retrying callers pass their own `idempotency_key`."""
+        request = reserve_request(subject, limit, amount, ttl_seconds, idempotency_key)
+        response = await self._usage.Reserve(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+        return Reservation.from_message(response)
+
+    async def commit(self, reservation_id: str, amount: int) -> Settlement:
+        """Record the actual `amount` (at most the reserved one) and end the reservation."""
+        response = await self._usage.CommitReservation(
+            commit_request(reservation_id, amount), timeout=self._timeout, metadata=self._metadata
+        )
+        return Settlement.from_message(response)
+
+    async def release(self, reservation_id: str) -> Settlement:
+        """Give a reservation's units back."""
+        response = await self._usage.ReleaseReservation(
+            release_request(reservation_id), timeout=self._timeout, metadata=self._metadata
+        )
+        return Settlement.from_message(response)
+
+    async def get_usage(self, subject: str) -> Usage:
+        """Every metered limit's usage in its current period."""
+        response = await self._usage.GetUsage(
+            usage_pb.GetUsageRequest(subject=subject),
+            timeout=self._timeout,
+            metadata=self._metadata,
+        )
+        return Usage.from_message(response)
 
     async def _follow(self) -> None:
         cache = self.cache

@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from entitlements_client.answers import Snapshot
+from entitlements_client.answers import LimitCheck, Snapshot, answers_locally, limit_check
 
 DEFAULT_MAX_STALENESS = 5.0
 # The service beats every second: a bound below two beats would flicker between local and RPC.
@@ -163,6 +163,9 @@ class LocalCache:
         self.generation = 0
         self.resume_version: int | None = None
         self.features: frozenset[str] = frozenset()
+        # The catalog's metered limits, as every snapshot lists them (kept across subjects,
+        # so that one snapshot missing them never lets a metered check be answered here).
+        self.metered: frozenset[str] = frozenset()
         # What the answers held depend on, as the stream last said (SPEC §10.5).
         self.log_id = ""
         self.catalog_fingerprint = ""
@@ -210,6 +213,15 @@ class LocalCache:
         if feature in self.features:
             return False
         raise ValueError(f"unknown feature {feature!r}")
+
+    def limit_answer(
+        self, snap: Snapshot, limit: str, current_usage: int, requested: int
+    ) -> LimitCheck | None:
+        """The local answer for a limit check, or None when only the service may answer it:
+        a metered limit, whose usage moves with every consumption anywhere (SPEC §10.1)."""
+        if not answers_locally(snap, limit, self.metered):
+            return None
+        return limit_check(snap, limit, current_usage, requested)
 
     def put_from_rpc(self, snap: Snapshot, generation: int) -> None:
         """Cache an RPC answer unless the stream moved on since it was asked for, or showed a
@@ -262,6 +274,7 @@ class LocalCache:
         if plans.catalog_fingerprint and plans.catalog_fingerprint != self.catalog_fingerprint:
             if self.catalog_fingerprint:
                 self._forget()
+                self.metered = frozenset()  # the new catalog's snapshots name its meters
             self.catalog_fingerprint = plans.catalog_fingerprint
         self.catalog_stale = False
 
@@ -272,6 +285,8 @@ class LocalCache:
         self._watched.clear()
 
     def _store(self, snap: Snapshot) -> None:
+        if not self.metered.issuperset(snap.metered):
+            self.metered = self.metered.union(snap.metered)
         self.entries[snap.subject] = snap
         self.entries.move_to_end(snap.subject)
         if len(self.entries) > self.max_subjects:
