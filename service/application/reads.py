@@ -25,11 +25,18 @@ from service.metrics import READ_FAILURES
 log = logging.getLogger(__name__)
 
 
-def default_entitlements(catalog: Catalog, subject: str, version: int = 0) -> Entitlements:
-    """What a subject gets when its stored state cannot be read: the default plan."""
-    return plan_entitlements(
-        subject, catalog.default_plan, EntitlementStatus.DEFAULT, None, version
-    )
+def default_entitlements(
+    catalog: Catalog, subject: str, now_ms: int, version: int = 0
+) -> Entitlements:
+    """What a subject gets when its stored state cannot be read: the default plan (with its
+    metered limits' periods, as any answer)."""
+    try:
+        return resolve(SubjectState(subject, version=version), catalog, now_ms)
+    except Exception:  # broad on purpose: this is the answer of last resort, it must not raise
+        log.exception("cannot resolve the default plan for %s", subject)
+        return plan_entitlements(
+            subject, catalog.default_plan, EntitlementStatus.DEFAULT, None, version
+        )
 
 
 class EntitlementReader:
@@ -66,7 +73,7 @@ class EntitlementReader:
         except Exception:
             READ_FAILURES.inc()
             log.exception("cannot resolve %s; answering the default plan", state.subject)
-            return default_entitlements(self._catalog, state.subject, state.version)
+            return default_entitlements(self._catalog, state.subject, now_ms, state.version)
 
     async def get(self, subject: str) -> CacheEntry:
         """One subject: the cache is looked in once, PostgreSQL read on a miss."""

@@ -172,7 +172,7 @@ class WatchStreams:
         else:
             log.error("watch: no entitlements loaded for %s", subject)
         WATCH_MESSAGE_FAILURES.inc()
-        body = self._to_message(default_entitlements(self._catalog, subject))
+        body = self._to_message(default_entitlements(self._catalog, subject, int(wall_ms())))
         return pb.WatchEntitlementsResponse(subject=subject, entitlements=body, version=version)
 
     def _heartbeat_message(self, position: int) -> pb.WatchEntitlementsResponse:
