@@ -32,6 +32,9 @@ PORTS = {
     "ENTITLEMENTS_HTTP_LISTEN": 8081,
     "ENTITLEMENTS_METRICS_LISTEN": 9464,
 }
+# Ports README examples listen on besides make run's (a second service, "Your own catalog"):
+# free ones here too.
+EXAMPLE_PORTS = (50052,)
 DROPPED = (
     "BILLING_WEBHOOK_SYNC_SECRET",
     "CLERK_WEBHOOK_SIGNING_SECRET",
@@ -135,6 +138,7 @@ def test_every_command_block_of_the_readme(pg_admin_dsn: str, tmp_path: Path) ->
     data = tmp_path / ".data"
     listen = {name: free_port() for name in PORTS}
     local = {PORTS[name]: port for name, port in listen.items()}
+    local |= {shown: free_port() for shown in EXAMPLE_PORTS}
     with fresh_database(pg_admin_dsn) as dsn:
         env = {
             **base_env(data),
