@@ -146,7 +146,10 @@ def test_every_command_block_of_the_readme(pg_admin_dsn: str, tmp_path: Path) ->
             **{name: f"127.0.0.1:{port}" for name, port in listen.items()},
         }
         with make_run(env, tmp_path / "make-run.console"):
-            terminal = second_terminal(base_env(data))
+            # make run's database as a user who ran `DATABASE_URL=… make run` has it exported
+            # (a second service, "Your own catalog", uses it; without it, make run's embedded
+            # one, which the test's make run does not start).
+            terminal = {**second_terminal(base_env(data)), "DATABASE_URL": dsn}
             problems = [
                 p for b in blocks if b.skip is None for p in check_block(b, terminal, local)
             ]
