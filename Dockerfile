@@ -40,7 +40,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     ENTITLEMENTS_DATA_DIR=/tmp/entitlements
 WORKDIR /tmp
 USER 10001:10001
-EXPOSE 50051 8080 9464
+# 50051 gRPC, 8081 Connect / gRPC-Web (ENTITLEMENTS_HTTP_LISTEN), 9464 metrics: the service; 8080: the gateway.
+EXPOSE 50051 8080 8081 9464
 # Kubernetes probes gRPC health itself (deploy/k8s); compose.yaml has its own healthchecks.
 HEALTHCHECK NONE
 CMD ["entitlements-service"]

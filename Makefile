@@ -101,12 +101,20 @@ lock-check: $(STAMP)
 ## install (runtime.lock + the packages, from that context alone) started in a fresh venv
 ## against the local PostgreSQL (scripts/check_image_context.py: no container engine here); the
 ## Kubernetes manifests against the API schemas kubernetes-validate ships (no network, no
-## cluster); compose.yaml parsed.
+## cluster; kustomization.yaml is not an API object: with kubectl installed, what
+## `kubectl kustomize deploy/k8s` renders is validated too); compose.yaml parsed.
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 deploy-check: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold info --no-color Dockerfile
 	$(PY) scripts/check_image_context.py
 	$(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.30 \
-	  deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
+	  $(K8S_MANIFESTS) deploy/k8s/examples/*.yaml
+	@if command -v kubectl >/dev/null; then \
+	  out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	  kubectl kustomize deploy/k8s >"$$out/rendered.yaml" && \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.30 "$$out/rendered.yaml" && \
+	  echo "kubectl kustomize deploy/k8s: valid"; \
+	else echo "kubectl not installed: the rendered kustomization is not validated"; fi
 	$(PY) -c "import sys, yaml; yaml.safe_load(open(sys.argv[1]))['services']" compose.yaml
 
 lint: $(STAMP)

@@ -32,6 +32,9 @@ PORTS = {
     "ENTITLEMENTS_HTTP_LISTEN": 8081,
     "ENTITLEMENTS_METRICS_LISTEN": 9464,
 }
+# Ports README examples listen on besides make run's (a second service, "Your own catalog"):
+# free ones here too.
+EXAMPLE_PORTS = (50052,)
 DROPPED = (
     "BILLING_WEBHOOK_SYNC_SECRET",
     "CLERK_WEBHOOK_SIGNING_SECRET",
@@ -135,6 +138,7 @@ def test_every_command_block_of_the_readme(pg_admin_dsn: str, tmp_path: Path) ->
     data = tmp_path / ".data"
     listen = {name: free_port() for name in PORTS}
     local = {PORTS[name]: port for name, port in listen.items()}
+    local |= {shown: free_port() for shown in EXAMPLE_PORTS}
     with fresh_database(pg_admin_dsn) as dsn:
         env = {
             **base_env(data),
@@ -142,7 +146,10 @@ def test_every_command_block_of_the_readme(pg_admin_dsn: str, tmp_path: Path) ->
             **{name: f"127.0.0.1:{port}" for name, port in listen.items()},
         }
         with make_run(env, tmp_path / "make-run.console"):
-            terminal = second_terminal(base_env(data))
+            # make run's database as a user who ran `DATABASE_URL=… make run` has it exported
+            # (a second service, "Your own catalog", uses it; without it, make run's embedded
+            # one, which the test's make run does not start).
+            terminal = {**second_terminal(base_env(data)), "DATABASE_URL": dsn}
             problems = [
                 p for b in blocks if b.skip is None for p in check_block(b, terminal, local)
             ]
