@@ -339,6 +339,8 @@ async def start_server(
 
 async def serve(settings: ServiceSettings) -> None:
     catalog = load_catalog(settings.catalog_path)
+    for warning in catalog.warnings:  # allowed, but probably not meant
+        log.warning("catalog: %s", warning)
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
     if dsn is None:
