@@ -241,6 +241,7 @@ async def start_server(
         hub=hub,
         clerk=clerk_connector(settings.clerk),
         usage=store,
+        unknown_plan=settings.unknown_plan,
     )
 
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
