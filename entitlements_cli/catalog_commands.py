@@ -36,12 +36,17 @@ def _read(path: str) -> str:
         raise UsageError(f"{path}: not UTF-8 text") from None
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _summary(catalog: Catalog) -> str:
     metered = f" ({len(catalog.meters)} metered)" if catalog.meters else ""
     return (
-        f"{len(catalog.plans)} plans ({', '.join(p.name for p in catalog.plans_by_rank())}; "
-        f"default {catalog.default_plan_name}), {len(catalog.features)} features, "
-        f"{len(catalog.limit_names)} limits{metered}"
+        f"{_count(len(catalog.plans), 'plan')} "
+        f"({', '.join(p.name for p in catalog.plans_by_rank())}; "
+        f"default {catalog.default_plan_name}), {_count(len(catalog.features), 'feature')}, "
+        f"{_count(len(catalog.limit_names), 'limit')}{metered}"
     )
 
 
