@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo shell bench test test-chaos test-unit test-integration test-e2e check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
+.PHONY: install run demo shell bench test test-chaos test-unit test-integration test-e2e check catalog-check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -78,8 +78,12 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP) $(TOOLS) $(TS_STAMP)
 	$(PY) -m pytest tests/e2e
 
-## Lint, types, and stale generated stubs.
-check: lint typecheck stubs-check lock-check deploy-check buf-check ts-check
+## Lint, types, stale generated stubs, and the bundled catalog.
+check: catalog-check lint typecheck stubs-check lock-check deploy-check buf-check ts-check
+
+## The bundled plan catalog, checked offline as the service checks it at start.
+catalog-check: $(STAMP)
+	$(VENV)/bin/entitlements catalog validate service/default_catalog.toml
 
 ## buf lint (buf.yaml) and buf breaking against the previous commit (scripts/buf_breaking.sh).
 buf-check: $(TOOLS)

@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from entitlements_cli import commands
+from entitlements_cli import catalog_commands, commands
 
 GLOBAL_DEFAULTS = {"target": None, "json": False, "progress": None}
 
@@ -136,6 +136,21 @@ def build_parser(description: str | None = None) -> Parser:
         help="Clerk plans the catalog does not map, and catalog slugs Clerk lacks",
         parents=[common],
     ).set_defaults(func=commands.cmd_catalog_check)
+    p = catalog.add_parser(
+        "validate",
+        help="check a catalog file offline, as the service would at start (exit 1: invalid)",
+        parents=[common],
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=catalog_commands.cmd_catalog_validate)
+    p = catalog.add_parser(
+        "import",
+        help="write a catalog from Clerk's plans (CLERK_SECRET_KEY), for you to add limits to",
+        parents=[common],
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write FILE (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(func=catalog_commands.cmd_catalog_import)
     return parser
 
 

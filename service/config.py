@@ -15,6 +15,7 @@ from entitlements_common.settings import ConfigError, check_sync_secret, split_s
 from entitlements_common.tracing import tracing_enabled
 from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
+from service.domain.unknown_plans import UnknownPlanPolicy
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ServiceSettings:
     max_concurrent_rpcs: int = 12_000
     # Connections are closed after this age (clients reconnect and resume, gracefully).
     max_connection_age_seconds: int = 1800
+    # A delivery naming a Clerk plan the catalog lacks: the default plan, or held back.
+    unknown_plan: UnknownPlanPolicy = UnknownPlanPolicy.DEFAULT
     # Bearer tokens required on EntitlementService (none: the read side is open).
     read_tokens: tuple[str, ...] = ()
     # ENTITLEMENTS_HTTP_LISTEN: EntitlementService over Connect / gRPC-Web (None: off).
@@ -104,6 +107,7 @@ class ServiceSettings:
             database_url=env.get("DATABASE_URL") or None,
             listen=listen,
             catalog_path=env.get("ENTITLEMENTS_CATALOG") or None,
+            unknown_plan=_unknown_plan(env),
             sync_secret=secret,
             data_dir=Path(env.get("ENTITLEMENTS_DATA_DIR") or ".data"),
             cache_enabled=cache == "on",
@@ -165,6 +169,15 @@ def max_concurrent_rpcs(env: Mapping[str, str]) -> int:
             f"ENTITLEMENTS_WATCH_MAX_STREAMS ({watch}): Watch streams count among them"
         )
     return value
+
+
+def _unknown_plan(env: Mapping[str, str]) -> UnknownPlanPolicy:
+    raw = (env.get("ENTITLEMENTS_UNKNOWN_PLAN") or UnknownPlanPolicy.DEFAULT.value).strip()
+    try:
+        return UnknownPlanPolicy(raw.lower())
+    except ValueError:
+        choices = " or ".join(p.value for p in UnknownPlanPolicy)
+        raise ConfigError(f"ENTITLEMENTS_UNKNOWN_PLAN must be {choices}, got {raw!r}") from None
 
 
 def clerk_api_settings(env: Mapping[str, str]) -> ClerkApiSettings | None:

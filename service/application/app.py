@@ -25,6 +25,7 @@ from service.application.usage import Usage
 from service.application.verify import VerifyState
 from service.domain.catalog import Catalog
 from service.domain.errors import FailedPrecondition
+from service.domain.unknown_plans import UnknownPlanPolicy
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ def build_application(
     hub: ChangeHub,
     clerk: ClerkConnector | None,
     usage: UsageReader,
+    unknown_plan: UnknownPlanPolicy = UnknownPlanPolicy.DEFAULT,
 ) -> Application:
-    rules = DeliveryRules(catalog, clock)
+    rules = DeliveryRules(catalog, clock, unknown_plan)
     reads = EntitlementReader(operations, catalog, cache, clock)
     apply_delivery = ApplyDelivery(transactions, rules, hub)
     replay_delivery = ReplayDelivery(transactions, rules, hub)
@@ -81,7 +83,7 @@ def build_application(
         grants=Grants(transactions, catalog, clock, hub),
         overrides=Overrides(transactions, catalog, clock, hub),
         usage=Usage(transactions, reads, usage, catalog, clock),
-        verify=VerifyState(operations, catalog, clock),
+        verify=VerifyState(operations, catalog, clock, unknown_plan),
         operations=operations,
         change_log=change_log,
         reconciler=None

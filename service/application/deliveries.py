@@ -38,6 +38,12 @@ from service.domain.resolution import (
     resolve,
     with_items,
 )
+from service.domain.unknown_plans import (
+    NOTE_PREFIX,
+    UnknownPlanPolicy,
+    held,
+    unknown_plan_notes,
+)
 from service.metrics import DELIVERIES, UNKNOWN_PLANS
 
 log = logging.getLogger(__name__)
@@ -73,21 +79,21 @@ class DeliveryRules:
     """Applying one normalised event to its subject inside a unit of work: the outcome policy,
     the notes, and which changes are visible. Shared by first deliveries and replays."""
 
-    def __init__(self, catalog: Catalog, clock: Clock) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        clock: Clock,
+        unknown_plan: UnknownPlanPolicy = UnknownPlanPolicy.DEFAULT,
+    ) -> None:
         self.catalog = catalog
         self.clock = clock
+        self.unknown_plan = unknown_plan
 
-    def notes_for(self, event: NormalizedEvent) -> list[str]:
+    def notes_for(self, event: NormalizedEvent, held_back: bool = False) -> list[str]:
         notes = list(event.notes)
         if event.error:
             notes.append(event.error)
-        for item in event.items:
-            match = self.catalog.match(item.plan_slug, item.plan_id)
-            if not match.known:
-                notes.append(
-                    f"unknown plan slug {item.plan_slug!r} (id {item.plan_id!r}) "
-                    f"mapped to default plan {match.plan.name!r}"
-                )
+        notes += unknown_plan_notes(event, self.catalog, held_back)
         return notes
 
     async def apply_stored(
@@ -99,7 +105,11 @@ class DeliveryRules:
     ) -> ApplyResult:
         """Apply a delivery whose row exists (and whose subject is locked) and record the
         outcome. A replay that finds its effect already stored keeps the APPLIED outcome."""
-        notes = self.notes_for(event)
+        # A delivery already APPLIED is not held back on replay: its effect is stored.
+        held_back = previous_outcome != Outcome.APPLIED and held(
+            event, self.catalog, self.unknown_plan
+        )
+        notes = self.notes_for(event, held_back)
         if event.kind is EventKind.UNPARSEABLE:
             result = ApplyResult(Outcome.UNPARSEABLE, event.subject, None, None, 0)
         elif event.kind is EventKind.IGNORED:
@@ -109,6 +119,8 @@ class DeliveryRules:
             result = ApplyResult(Outcome.IGNORED, event.subject, None, None, 0)
         elif event.subject is None:
             result = ApplyResult(Outcome.APPLIED, None, None, None, 0)
+        elif held_back:  # ENTITLEMENTS_UNKNOWN_PLAN=keep: stored, linked, not applied
+            result = ApplyResult(Outcome.IGNORED, event.subject, None, None, 0)
         else:
             result = await self._apply_to_subject(uow, event_id, event, event.subject, notes)
         if previous_outcome == Outcome.APPLIED and result.outcome is Outcome.STALE:
@@ -272,7 +284,7 @@ class ApplyDelivery:
 def _log_result(delivery: Delivery, event: NormalizedEvent, result: ApplyResult) -> None:
     DELIVERIES.labels(result.outcome.name).inc()
     for note in result.notes:
-        if note.startswith("unknown plan slug"):
+        if note.startswith(NOTE_PREFIX):
             UNKNOWN_PLANS.inc()
             log.warning("event %s for %s: %s", delivery.event_id, result.subject, note)
     if result.outcome is Outcome.UNPARSEABLE:

@@ -16,8 +16,10 @@ from service.application.ports import Clock, Operations, Snapshot
 from service.application.progress import Progress
 from service.application.records import DeliverySelector
 from service.domain.catalog import Catalog
+from service.domain.deliveries import Outcome
 from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
 from service.domain.resolution import SubjectState, resolve
+from service.domain.unknown_plans import UnknownPlanPolicy, held
 from service.domain.usage import Counter, UsageEvent, replayed
 
 PAGE = 2000
@@ -30,10 +32,17 @@ class VerifyReport:
 
 
 class VerifyState:
-    def __init__(self, operations: Operations, catalog: Catalog, clock: Clock) -> None:
+    def __init__(
+        self,
+        operations: Operations,
+        catalog: Catalog,
+        clock: Clock,
+        unknown_plan: UnknownPlanPolicy = UnknownPlanPolicy.DEFAULT,
+    ) -> None:
         self._operations = operations
         self._catalog = catalog
         self._clock = clock
+        self._unknown_plan = unknown_plan
 
     async def __call__(self) -> AsyncIterator[Progress[Any] | VerifyReport]:
         """Progress while reading the log, then the report."""
@@ -48,7 +57,13 @@ class VerifyState:
             while page := await snapshot.deliveries_page(everything, after, PAGE):
                 after = page[-1].event_id
                 for delivery in page:
-                    rebuild.apply(read_stored(delivery))
+                    event = read_stored(delivery)
+                    # Held back by ENTITLEMENTS_UNKNOWN_PLAN=keep, as the store did.
+                    if delivery.outcome == Outcome.IGNORED and held(
+                        event, self._catalog, self._unknown_plan
+                    ):
+                        continue
+                    rebuild.apply(event)
                 done += len(page)
                 yield Progress(done, max(total, done))
             report = await self._compare(snapshot, rebuild)

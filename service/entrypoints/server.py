@@ -241,6 +241,7 @@ async def start_server(
         hub=hub,
         clerk=clerk_connector(settings.clerk),
         usage=store,
+        unknown_plan=settings.unknown_plan,
     )
 
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
@@ -339,6 +340,8 @@ async def start_server(
 
 async def serve(settings: ServiceSettings) -> None:
     catalog = load_catalog(settings.catalog_path)
+    for warning in catalog.warnings:  # allowed, but probably not meant
+        log.warning("catalog: %s", warning)
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
     if dsn is None:

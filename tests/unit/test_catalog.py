@@ -161,3 +161,119 @@ def test_metered_limits_are_declared_under_meters() -> None:
 def test_a_bad_meter_is_refused_by_name(old: str, new: str) -> None:
     with pytest.raises(CatalogError, match="meters"):
         parse_catalog_text(METERED.replace(old, new))
+
+
+# ---- the strict schema (issue 21): each of these was accepted before -------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        (
+            'clerk_slugs = ["pro"]',
+            'clerk_slug = ["pro"]',
+            12,
+            "plans.pro: unknown key `clerk_slug` (did you mean `clerk_slugs`?)",
+        ),
+        (
+            'features = ["a", "b"]\nlimits = { n = "unlimited" }',
+            'feature = ["a", "b"]\nlimits = { n = "unlimited" }',
+            14,
+            "plans.pro: unknown key `feature` (did you mean `features`?)",
+        ),
+        (
+            'default_plan = "free"',
+            'default_plan = "free"\ndefault_plans = "free"',
+            3,
+            "top level: unknown key `default_plans` (did you mean `default_plan`?)",
+        ),
+        ("[plans.pro]", "[plan.pro]", 10, "top level: unknown key `plan` (did you mean `plans`?)"),
+        ("rank = 10", 'rank = 10\n"lifetim" = true', 12, "plans.pro: unknown key `lifetim`"),
+    ],
+)
+def test_an_unknown_key_is_refused_with_its_line_and_a_suggestion(
+    old: str, new: str, line: int, message: str
+) -> None:
+    assert old in GOOD
+    with pytest.raises(CatalogError) as err:
+        parse_catalog_text(GOOD.replace(old, new, 1), "my.toml")
+    assert str(err.value).startswith(f"my.toml:{line}: ")
+    assert message in str(err.value)
+
+
+def test_every_unknown_key_is_reported_at_once() -> None:
+    text = GOOD.replace("rank = 0", "rank = 0\nfeatur = []").replace("rank = 10", "rnk = 10")
+    with pytest.raises(CatalogError) as err:
+        parse_catalog_text(text, "my.toml")
+    assert len(err.value.problems) == 2
+    assert "my.toml:7: plans.free: unknown key `featur` (did you mean `features`?)" in str(
+        err.value
+    )
+    assert "my.toml:12: plans.pro: unknown key `rnk` (did you mean `rank`?)" in str(err.value)
+
+
+def test_a_paid_plan_no_clerk_plan_reaches_is_refused() -> None:
+    text = GOOD.replace('clerk_slugs = ["pro"]\nclerk_plan_ids = ["cplan_pro"]\n', "")
+    with pytest.raises(CatalogError) as err:
+        parse_catalog_text(text, "my.toml")
+    assert str(err.value).startswith("my.toml:10: plan 'pro' can never be reached")
+    # A plan given only by `entitlements grant` says so.
+    granted = parse_catalog_text(text.replace("rank = 10", "rank = 10\ngrant_only = true"))
+    assert granted.plans["pro"].grant_only
+    # The default plan needs no slug: it is what everyone without a paid plan has.
+    assert parse_catalog_text(GOOD.replace('clerk_slugs = ["free"]\n', "")).default_plan
+
+
+def test_a_paid_plan_without_features_is_a_warning() -> None:
+    assert parse_catalog_text(GOOD).warnings == ()
+    catalog = parse_catalog_text(
+        GOOD.replace('features = ["a", "b"]\nlimits = { n = "u', 'limits = { n = "u')
+    )
+    assert catalog.warnings == (
+        "plan 'pro' has no features (it differs from others only by its limits)",
+        "feature 'b' is declared but no plan has it (only an override can grant it)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'features = ["a"]',
+            'features = ["aa"]',
+            "feature 'aa' is not declared in `features` (did you mean `a`?)",
+        ),
+        (
+            "limits = { n = 1 }",
+            "limits = { n = 1, nn = 2 }",
+            "limit 'nn' is not declared in `limits` (did you mean `n`?)",
+        ),
+        (
+            'default_plan = "free"',
+            'default_plan = "fre"',
+            "default_plan 'fre' is not a declared plan (did you mean `free`?)",
+        ),
+    ],
+)
+def test_an_undeclared_name_gets_a_suggestion_and_a_line(old: str, new: str, message: str) -> None:
+    with pytest.raises(CatalogError) as err:
+        parse_catalog_text(GOOD.replace(old, new, 1), "my.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("my.toml:")
+
+
+def test_key_lines_skip_multi_line_values() -> None:
+    from service.domain.catalog_schema import KeyLines
+
+    text = 'a = [\n  "x = 1",\n  "[y]",\n]\ns = """\nb = 2\n"""\n[t]\n"q.k" = 1\nd.e = 2\n'
+    lines = KeyLines(text)
+    assert lines.line(("a",)) == 1
+    assert lines.line(("b",)) is None
+    assert lines.line(("y",)) is None
+    assert lines.line(("t", "q.k")) == 9
+    assert lines.line(("t", "d", "e")) == 10
+    assert lines.line(("t", "missing")) == 8
+
+
+def test_the_bundled_catalog_has_no_warning() -> None:
+    assert load_catalog(None).warnings == ()

@@ -108,3 +108,13 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
         ServiceSettings.from_env(
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "json"}
         )
+
+
+def test_the_unknown_plan_policy_is_read_and_checked() -> None:
+    from service.domain.unknown_plans import UnknownPlanPolicy
+
+    assert ServiceSettings.from_env({}).unknown_plan is UnknownPlanPolicy.DEFAULT  # TC-09
+    keep = ServiceSettings.from_env({"ENTITLEMENTS_UNKNOWN_PLAN": "keep"})
+    assert keep.unknown_plan is UnknownPlanPolicy.KEEP
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_UNKNOWN_PLAN must be default or keep"):
+        ServiceSettings.from_env({"ENTITLEMENTS_UNKNOWN_PLAN": "free"})

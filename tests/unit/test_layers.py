@@ -35,7 +35,15 @@ ALLOWED = {
         "service.metrics",
     ),
     "webhook_gateway": ("webhook_gateway", "entitlements_common"),
-    "entitlements_cli": ("entitlements_cli", "entitlements_client"),
+    # The offline catalog commands use the service's own parser and Clerk client.
+    "entitlements_cli": (
+        "entitlements_cli",
+        "entitlements_client",
+        "entitlements_common.settings",
+        "service.domain",
+        "service.config",
+        "service.adapters.clerk_api",
+    ),
     "entitlements_client": ("entitlements_client",),
 }
 
