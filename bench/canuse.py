@@ -30,6 +30,7 @@ import psutil
 CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+PAIR_ROUNDS = int(os.environ.get("BENCH_PAIR_ROUNDS", "8"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 STREAMS = int(os.environ.get("BENCH_STREAMS", "16"))
 
