@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo shell bench test test-chaos test-unit test-integration test-e2e check catalog-check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
+.PHONY: install run demo shell bench h2load test test-chaos test-unit test-integration test-e2e check catalog-check lint typecheck stubs-check lock-check deploy-check protos lock clean tools buf-check ts-install ts-gen ts-check test-ts
 
 # Every dependency, transitive ones included, comes from a hashed lock (requirements/*.lock,
 # made by `make lock`); the project itself is installed without resolving anything more.
@@ -57,9 +57,21 @@ shell: $(STAMP)
 	@. scripts/dev_env.sh && exec "$${SHELL:-bash}"
 
 ## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
-bench: $(STAMP)
+bench: $(STAMP) h2load
 	$(PY) -m pip install --quiet --require-hashes -r requirements/bench.lock
 	$(PY) -m bench.run
+
+# The benchmark's load generator: Debian's nghttp2-client, installed when h2load is missing
+# (package lists refreshed only if the first attempt fails); a clear error if it cannot be.
+h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+	  echo "h2load not found: installing Debian's nghttp2-client"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-client >/dev/null 2>&1; }; \
+	  command -v h2load >/dev/null 2>&1 || { \
+	    echo "make bench needs h2load (Debian package nghttp2-client) and could not install it:" \
+	      "run 'apt-get install nghttp2-client' as root, or put an h2load on PATH" >&2; exit 1; }; }
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
 test: $(STAMP) $(TOOLS) $(TS_STAMP)

@@ -30,6 +30,7 @@ import psutil
 CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+PAIR_ROUNDS = int(os.environ.get("BENCH_PAIR_ROUNDS", "8"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 STREAMS = int(os.environ.get("BENCH_STREAMS", "16"))
 
@@ -39,28 +40,65 @@ def log(message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Load:
+    """h2load's shape: connections, each with this many calls in flight."""
+
+    connections: int = CONNECTIONS
+    streams: int = STREAMS
+
+    def __str__(self) -> str:
+        return f"{self.connections}x{self.streams}"
+
+
+# The issue's external measurement (h2load -c 4 -m 16), run beside the default shape.
+_second = os.environ.get("BENCH_SECOND_LOAD", "4x16").partition("x")
+SECOND_LOAD = Load(int(_second[0]), int(_second[2]))
+
+
+@dataclass(frozen=True)
 class Contender:
     name: str
     target: str
     process: psutil.Process
     headers: tuple[str, ...] = ()
+    load: Load = Load()
+
+
+H2LOAD_MISSING = (
+    "make bench needs h2load, the HTTP/2 load generator of Debian's nghttp2-client package, "
+    "and could not install it: run `apt-get install nghttp2-client` as root (or put an h2load "
+    "on PATH) and run it again"
+)
 
 
 def ensure_h2load() -> str:
+    """h2load's path; Debian's nghttp2-client installed first when it is missing (the Makefile
+    does the same before `make bench`), with a clear message when that cannot be done."""
     found = shutil.which("h2load")
     if found:
         return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise SystemExit(H2LOAD_MISSING)
     log("h2load not found: installing Debian's nghttp2-client …")
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nghttp2-client"],
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        capture_output=True,
-    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-qq", "nghttp2-client"]
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        # A fresh image has no package lists yet.
+        subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, check=False)
+        subprocess.run(install, env=env, capture_output=True, check=False)
     found = shutil.which("h2load")
     if not found:
-        raise SystemExit("h2load is needed (apt-get install nghttp2-client)")
+        raise SystemExit(H2LOAD_MISSING)
     return found
+
+
+def paired_ratio(runs: Runs, floor: Runs) -> dict[str, Any]:
+    """Throughput relative to the floor round by round (each pair measured within seconds of
+    each other, so the machine's drift from one minute to the next cancels out): the median,
+    and every round's ratio."""
+    ratios = [run["rps"] / base["rps"] for run, base in zip(runs, floor, strict=True)]
+    return {"median": statistics.median(ratios), "rounds": [round(r, 3) for r in ratios]}
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -68,7 +106,12 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load(
-    target: str, data_file: Path, workdir: Path, n: int, headers: tuple[str, ...] = ()
+    target: str,
+    data_file: Path,
+    workdir: Path,
+    n: int,
+    headers: tuple[str, ...] = (),
+    load: Load = Load(),
 ) -> dict[str, float]:
     """Throughput and latency percentiles of n CanUse calls (h2load's per-request log)."""
     log_file = workdir / f"h2load-{secrets.token_hex(4)}.tsv"
@@ -78,9 +121,9 @@ def h2load(
             "-n",
             str(n),
             "-c",
-            str(CONNECTIONS),
+            str(load.connections),
             "-m",
-            str(STREAMS),
+            str(load.streams),
             "-t",
             "1",
             "-H",
@@ -112,14 +155,27 @@ def h2load(
     }
 
 
+def main_thread_cpu(process: psutil.Process) -> float:
+    """CPU seconds of the process's main thread: the event loop, where all of grpc.aio's
+    Python work runs (grpc core's own threads are the rest of the process's time)."""
+    fields = Path(f"/proc/{process.pid}/task/{process.pid}/stat").read_text().rpartition(")")
+    utime, stime = fields[2].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(c: Contender, data_file: Path, workdir: Path, n: int = REQUESTS) -> dict[str, float]:
-    """One h2load run (after a short warm-up), with the server's CPU time per call."""
-    h2load(c.target, data_file, workdir, max(1000, n // 10), c.headers)
-    before = c.process.cpu_times()
-    result = h2load(c.target, data_file, workdir, n, c.headers)
-    after = c.process.cpu_times()
+    """One h2load run (after a short warm-up), with the server's CPU time per call, all of
+    it and its event loop's."""
+    h2load(c.target, data_file, workdir, max(1000, n // 10), c.headers, c.load)
+    before, loop_before = c.process.cpu_times(), main_thread_cpu(c.process)
+    result = h2load(c.target, data_file, workdir, n, c.headers, c.load)
+    after, loop_after = c.process.cpu_times(), main_thread_cpu(c.process)
     cpu = (after.user - before.user) + (after.system - before.system)
-    return {**result, "cpu_us_per_call": cpu / n * 1e6}
+    return {
+        **result,
+        "cpu_us_per_call": cpu / n * 1e6,
+        "loop_cpu_us_per_call": (loop_after - loop_before) / n * 1e6,
+    }
 
 
 Runs = list[dict[str, float]]
@@ -142,7 +198,7 @@ def side_by_side(
 
 def summary(runs: Runs) -> dict[str, Any]:
     """Medians of runs (of one server, or pooled over servers of one configuration)."""
-    keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_call")
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_call", "loop_cpu_us_per_call")
     return {
         **{k: statistics.median(run[k] for run in runs) for k in keys},
         "requests": REQUESTS,

@@ -1,9 +1,9 @@
 """What metrics and tracing add to each call, measured in-process and exactly: the service's
-own interceptor chain (as grpc.aio runs it: each interceptor's intercept_service, then the
-handler they return) around a handler that does nothing, for a CanUse call that carries no
-trace context. Shared-core noise moves whole-server figures by more than this; it barely
-moves a tight loop of one process, so this is the cost as such, and the side-by-side runs in
-canuse.py show it within the noise of a real server."""
+own interceptors as the server runs them (stages of one Dispatch lookup, tracing's as an
+interceptor around it) and the handler they return, around a handler that does nothing, for
+a CanUse call that carries no trace context. Shared-core noise moves whole-server figures by
+more than this; it barely moves a tight loop of one process, so this is the cost as such, and
+the side-by-side runs in canuse.py show it within the noise of a real server."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from entitlements_common.otel_sdk import new_tracer_provider
 from service.entrypoints.grpc_api import tracing
+from service.entrypoints.grpc_api.dispatch import Dispatch, Stage
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
@@ -49,11 +50,18 @@ async def _answer(request: Any, context: Any) -> int:
     return 1
 
 
-def _chain(interceptors: list[aio.ServerInterceptor]) -> Callable[[Any], Awaitable[Any]]:
+def _chain(
+    stages: list[Stage], interceptors: list[aio.ServerInterceptor]
+) -> Callable[[Any], Awaitable[Any]]:
+    """The lookup as the server runs it: our interceptors as stages of one Dispatch, the
+    others (tracing's) as grpc.aio's chain around it."""
+    dispatch = Dispatch(stages)
+    service, _, method = DETAILS.method.lstrip("/").rpartition("/")
     handler: Any = grpc.unary_unary_rpc_method_handler(_answer)
+    dispatch.add_registered_method_handlers(service, {method: handler})
 
     async def registered(details: Any) -> Any:
-        return handler
+        return dispatch.service(details)
 
     step: Callable[[Any], Awaitable[Any]] = registered
     for interceptor in reversed(interceptors):
@@ -70,8 +78,10 @@ def _chain(interceptors: list[aio.ServerInterceptor]) -> Callable[[Any], Awaitab
     return step
 
 
-async def _per_call_us(interceptors: list[aio.ServerInterceptor]) -> float:
-    chain, context = _chain(interceptors), _Context()
+async def _per_call_us(
+    stages: list[Stage], interceptors: list[aio.ServerInterceptor] | None = None
+) -> float:
+    chain, context = _chain(stages, interceptors or []), _Context()
     samples = []
     for _ in range(REPEATS):
         started = time.perf_counter()
@@ -90,11 +100,8 @@ async def _measure() -> dict[str, float]:
         [ErrorInterceptor(Receiving(128), metrics=True), BillingAuthInterceptor(secret)]
     )
     both = await _per_call_us(
-        [
-            tracing.server_interceptor(provider),
-            ErrorInterceptor(Receiving(128), metrics=True),
-            BillingAuthInterceptor(secret),
-        ]
+        [ErrorInterceptor(Receiving(128), metrics=True), BillingAuthInterceptor(secret)],
+        [tracing.server_interceptor(provider)],
     )
     provider.shutdown()
     return {

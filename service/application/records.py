@@ -3,8 +3,9 @@ values: stored deliveries, which of them a job walks, history rows, change batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from service.domain.deliveries import ApplyResult, Delivery
 from service.domain.events import NormalizedEvent
@@ -76,10 +77,13 @@ class ChangeBatch:
     complete: bool
 
 
-@dataclass(slots=True, eq=False, weakref_slot=True)
+@dataclass(slots=True, eq=False)
 class CacheEntry:
     """A subject's stored state and its resolution; immutable once made, so an entrypoint
-    may memoise what it builds from one (keyed by the entry itself, weakly)."""
+    may memoise what it builds from one in `memo` (a response per feature, say), which lives
+    and dies with the entry: the cache alone decides how long. A slot rather than a weak
+    mapping of entries: CanUse looks it up on every call."""
 
     state: SubjectState
     entitlements: Entitlements
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)

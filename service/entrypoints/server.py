@@ -51,6 +51,7 @@ from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
 from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
 from service.entrypoints.grpc_api import tracing
+from service.entrypoints.grpc_api.dispatch import Dispatch
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
     ErrorInterceptor,
@@ -215,15 +216,19 @@ async def start_server(
     on `settings.listen` (port 0 picks a free port); with `tracer_provider`, RPCs and their
     SQL are traced."""
     clock = clock or SystemClock()
-    server = aio.server(
-        # Each interceptor costs every call: tracing's and the read-token one are there only
-        # when configured; the error interceptor counts the calls' metrics too.
-        interceptors=[
-            *([tracing.server_interceptor(tracer_provider)] if tracer_provider else []),
+    # Our own interceptors run as stages of one synchronous lookup (dispatch.py), not as
+    # grpc.aio's chain of coroutines: the read-token one only when configured; the error one
+    # counts the calls' metrics and receives requests within bounds. Only tracing's is an
+    # interceptor, and only when on.
+    dispatch = Dispatch(
+        [
             ErrorInterceptor(Receiving(settings.max_receiving), metrics=settings.metrics),
             BillingAuthInterceptor(settings.sync_secret),
             *([ReadAuthInterceptor(list(settings.read_tokens))] if settings.read_tokens else []),
-        ],
+        ]
+    )
+    server = aio.server(
+        interceptors=[tracing.server_interceptor(tracer_provider)] if tracer_provider else [],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -248,11 +253,12 @@ async def start_server(
         return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
 
     entitlement_servicer = EntitlementServicer(app, settings.watch_max_subjects)
-    pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
-    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
-    usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), server)
+    pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, dispatch)  # type: ignore[arg-type]
+    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), dispatch)  # type: ignore[arg-type]
+    usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), dispatch)  # type: ignore[arg-type]
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatch)  # type: ignore[arg-type]
+    server.add_generic_rpc_handlers((dispatch,))
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

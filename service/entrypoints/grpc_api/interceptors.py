@@ -102,7 +102,13 @@ class ErrorInterceptor(aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+        return self.apply(await continuation(handler_call_details), handler_call_details)
+
+    def apply(
+        self, handler: Handler | None, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """The handler to run: `handler` wrapped (the server runs this as a stage of
+        dispatch.Dispatch, synchronously, rather than as an interceptor)."""
         if handler is None:
             return None
         wrapped = self._wrapped.get(handler)
@@ -236,7 +242,12 @@ class _BearerAuth(aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+        return self.apply(await continuation(handler_call_details), handler_call_details)
+
+    def apply(
+        self, handler: Handler | None, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """The handler to run: `handler`, or a denial (a stage of dispatch.Dispatch)."""
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
         if not self._accepted:

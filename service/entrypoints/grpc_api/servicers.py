@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -60,21 +59,13 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self._features = app.catalog.features
         self._watch = WatchStreams(app, entitlements_message, watch_max_subjects)
         self._plans = plans_message(app.catalog)  # the catalog never changes while serving
-        # Responses built from a cache entry, memoised per entry (immutable, so is its
-        # answer); weak keys: the cache alone decides how long an entry lives.
-        self._memo: weakref.WeakKeyDictionary[CacheEntry, dict[Any, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
 
-    def _memo_of(self, entry: CacheEntry) -> dict[Any, Any]:
-        memo = self._memo.get(entry)
-        if memo is None:
-            memo = self._memo[entry] = {}
-        return memo
+    # Responses built from a cache entry are memoised in the entry (immutable, so is its
+    # answer), living as long as the cache keeps it.
 
     def _memoised(self, entry: CacheEntry, key: Any, build: Callable[[Entitlements], R]) -> R:
         """The response `build` makes of the entry's entitlements, built once per entry."""
-        memo = self._memo_of(entry)
+        memo = entry.memo
         response: R | None = memo.get(key)
         if response is None:
             response = memo[key] = build(entry.entitlements)
@@ -97,7 +88,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             raise InvalidArgument(f"unknown feature {echo(feature)}")
 
     def _can_use(self, entry: CacheEntry, feature: str) -> pb.CanUseResponse:
-        memo = self._memo_of(entry)
+        memo = entry.memo
         response: pb.CanUseResponse | None = memo.get(feature)
         if response is None:
             ent = entry.entitlements
