@@ -81,10 +81,16 @@ def _apply(target: str, payload: dict[str, object]) -> None:
 
 
 def _held_locally(client: EntitlementsClient, subject: str, expected: bool) -> None:
-    """The client answers `expected` from its local cache (synced, the subject held)."""
+    """The client answers `expected` from its local cache (synced, the subject held). An RPC
+    answer is not cached when a heartbeat arrived while it was asked: ask until it is."""
     assert client.wait_synced(10)
-    assert client.can_use(subject, FEATURE) is expected
-    assert client.cache is not None and client.cache.fresh(subject) is not None
+    deadline = time.monotonic() + 5
+    while True:
+        assert client.can_use(subject, FEATURE) is expected
+        if client.cache is not None and client.cache.fresh(subject) is not None:
+            return
+        assert time.monotonic() < deadline, "never held locally"
+        time.sleep(0.05)
 
 
 def _wrong_after(

@@ -29,6 +29,7 @@ def test_readme_grpcurl_session_through_reflection(database_url: str, tmp_path: 
             assert client.list() == [
                 "entitlements.v1.BillingSyncService",
                 "entitlements.v1.EntitlementService",
+                "entitlements.v1.UsageService",
                 "grpc.health.v1.Health",
                 "grpc.reflection.v1alpha.ServerReflection",
             ]
@@ -40,9 +41,17 @@ def test_readme_grpcurl_session_through_reflection(database_url: str, tmp_path: 
             limits = client.call(
                 "entitlements.v1.EntitlementService/GetLimits", {"subject": SUBJECT}
             )
+            metered = limits.pop("metered")  # the metered limit's period (SPEC §10.1)
+            assert [m["limit"] for m in metered] == ["aiInsightsPerMonth"]
+            assert metered[0]["remaining"] == "20" and "resetsAt" in metered[0]
+            assert limits.pop("validUntil") == metered[0]["resetsAt"]  # a reset is a change
             assert limits == {
                 "plan": "free",
-                "limits": {"maxHabits": {"value": "10"}, "maxGoals": {"value": "3"}},
+                "limits": {
+                    "maxHabits": {"value": "10"},
+                    "maxGoals": {"value": "3"},
+                    "aiInsightsPerMonth": {"value": "20"},
+                },
             }
             payload = event("item_active_pro_month", at_ms=now_ms(), subject=SUBJECT)
             import base64

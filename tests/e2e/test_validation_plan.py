@@ -66,7 +66,8 @@ def test_tc02_subscription_item_active_pro_month(stack: Stack) -> None:
     assert ok(stack, event("item_active_pro_month", at_ms=now_ms(), subject=s)) == "APPLIED"
     ent = stack.entitlements(s)
     assert ent.plan == "pro" and len(ent.features) == 7
-    assert all(limit.unlimited for limit in ent.limits.values())
+    assert ent.limits["aiInsightsPerMonth"].value == 500  # metered (SPEC §10.1)
+    assert all(v.unlimited for k, v in ent.limits.items() if k != "aiInsightsPerMonth")
     assert f"[Webhook] Updating plan for {s} → pro" in stack.logs()
 
 

@@ -49,7 +49,9 @@ async def test_tc02_active_pro_monthly(harness: Harness) -> None:
     ent = await entitlements(harness, who)
     assert ent.plan == "pro" and list(ent.features) == PRO_FEATURES
     assert ent.status == pb.ENTITLEMENT_STATUS_ACTIVE
+    metered = ent.limits.pop("aiInsightsPerMonth")  # the metered addition (SPEC §10.1)
     assert all(limit.unlimited for limit in ent.limits.values())
+    assert metered.value == 500 and not metered.unlimited
     assert (await can_use(harness, who, "advancedAnalytics")).allowed
 
 

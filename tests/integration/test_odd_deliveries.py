@@ -235,10 +235,16 @@ async def test_grant_expiry_past_year_9999_is_invalid_argument(harness: Harness)
 async def test_echoed_values_are_cut(harness: Harness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await harness.entitlements.CanUse(
-            pb.CanUseRequest(subject="user_1", feature="f" * 1_000_000)
+            pb.CanUseRequest(subject="user_1", feature="f" * 60_000)  # under the read cap
         )
     assert rpc_code(err.value) is grpc.StatusCode.INVALID_ARGUMENT
     assert len(err.value.details() or "") < 600
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # over it: refused before it is parsed
+        await harness.entitlements.CanUse(
+            pb.CanUseRequest(subject="user_1", feature="f" * 1_000_000)
+        )
+    assert rpc_code(err.value) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.details() == "request message too large"
 
 
 @pytest.mark.parametrize(
