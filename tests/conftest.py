@@ -47,41 +47,54 @@ for _name in ("ENTITLEMENTS_LISTEN", "ENTITLEMENTS_HTTP_LISTEN", "GATEWAY_LISTEN
 MAKE_RUN_PORTS = (50051, 8080, 8081, 9464)
 
 
+def _listen_on(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(16)
+    except OSError:  # taken (make run is up): just as good while it stays
+        sock.close()
+        return None
+    return sock
+
+
 @pytest.fixture(scope="session", autouse=True)
-def hold_make_run_ports() -> Iterator[list[int]]:
-    """Listen on make run's ports for the whole session (those not already taken, say by a
-    running `make run`): a test or a process it starts that binds one fails at once, here as
-    beside a running dev stack, so every run checks that no test binds a fixed port. A client
-    that dials one by default is accepted and closed at once (a failed call, not a hang)."""
-    held: list[socket.socket] = []
-    for port in MAKE_RUN_PORTS:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen(16)
-        except OSError:  # taken already (make run is up): just as good
-            sock.close()
-            continue
-        held.append(sock)
+def hold_make_run_ports() -> Iterator[None]:
+    """Listen on make run's ports for the whole session: a test or a process it starts that
+    binds one fails at once, here as beside a running dev stack, so every run checks that no
+    test binds a fixed port. A port another process holds (a `make run` that is up) is taken
+    over within 0.2 s of its release. A client that dials one by default is accepted and
+    closed at once (a failed call, not a hang)."""
+    held: dict[int, socket.socket] = {}
     stop = threading.Event()
 
-    def refuse() -> None:
+    def hold() -> None:
         with selectors.DefaultSelector() as selector:
-            for sock in held:
+            for sock in held.values():
                 selector.register(sock, selectors.EVENT_READ)
             while not stop.is_set():
+                for port in MAKE_RUN_PORTS:
+                    if port not in held and (sock := _listen_on(port)) is not None:
+                        held[port] = sock
+                        selector.register(sock, selectors.EVENT_READ)
+                if not held:
+                    stop.wait(0.2)
+                    continue
                 for key, _ in selector.select(timeout=0.2):
                     with contextlib.suppress(OSError):
                         key.fileobj.accept()[0].close()  # type: ignore[union-attr]
 
-    refuser = threading.Thread(target=refuse, name="make-run-ports", daemon=True)
-    refuser.start()
+    for port in MAKE_RUN_PORTS:  # before any test runs
+        if (sock := _listen_on(port)) is not None:
+            held[port] = sock
+    holder = threading.Thread(target=hold, name="make-run-ports", daemon=True)
+    holder.start()
     try:
-        yield [s.getsockname()[1] for s in held]
+        yield
     finally:
         stop.set()
-        refuser.join()
-        for sock in held:
+        holder.join()
+        for sock in held.values():
             sock.close()
 
 
