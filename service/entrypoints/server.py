@@ -250,7 +250,8 @@ async def start_server(
     entitlement_servicer = EntitlementServicer(app, settings.watch_max_subjects)
     pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, server)
     sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), server)
-    usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), server)
+    usage_servicer = UsageServicer(app)
+    usage_grpc.add_UsageServiceServicer_to_server(usage_servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -279,10 +280,11 @@ async def start_server(
                 settings.metrics_listen, settings.http_header_timeout_seconds
             )
         if settings.http_listen is not None:
-            # The same servicer, in this process and loop: Connect, gRPC-Web (connect_api.py).
+            # The same servicers, in this process and loop: Connect, gRPC-Web (connect_api.py).
             running.http = await start_http(
                 settings.http_listen,
                 entitlement_servicer,
+                usage_servicer,
                 settings.read_tokens,
                 settings.grace_seconds,
                 reuse_port=settings.reuse_port,
