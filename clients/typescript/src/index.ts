@@ -1,6 +1,7 @@
 /**
- * `@plan-entitlements/client`: a small typed wrapper over the generated Connect-ES client for
- * `entitlements.v1.EntitlementService`. It works over any Connect-ES transport:
+ * `@plan-entitlements/client`: a small typed wrapper over the generated Connect-ES clients for
+ * `entitlements.v1.EntitlementService` and `entitlements.v1.UsageService` (metered limits:
+ * usage.ts). It works over any Connect-ES transport:
  *
  * - `connectTransport()` (here): the Connect protocol over plain `fetch` (browsers, Next.js,
  *   edge runtimes, Node ≥ 18), to the service's `ENTITLEMENTS_HTTP_LISTEN` address;
@@ -29,10 +30,22 @@ import {
   Reason,
   ReasonSchema,
 } from "./gen/entitlements/v1/entitlement_service_pb.js";
+import { UsageService } from "./gen/entitlements/v1/usage_service_pb.js";
+import { type UsageMethods, usageMethods } from "./usage.js";
 
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { Transport } from "@connectrpc/connect";
 export { EntitlementService } from "./gen/entitlements/v1/entitlement_service_pb.js";
+export {
+  type ConsumeResult,
+  type MeteredUsage,
+  type ReportUsageResult,
+  type ReserveResult,
+  type UsageChange,
+  type UsageMethods,
+  type UsageTotals,
+  UsageService,
+} from "./usage.js";
 
 /** Why a `canUse` answer is what it is: the proto names of `entitlements.v1.Reason`. */
 export type ReasonName = `REASON_${keyof typeof Reason}`;
@@ -113,7 +126,9 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
-export interface EntitlementsClient {
+/** Entitlement checks, and the usage of metered limits (`consume`, `reportUsage`, `reserve`,
+ * `commit`, `release`, `getUsage`: usage.ts). */
+export interface EntitlementsClient extends UsageMethods {
   canUse(subject: string, feature: string, options?: CallOptions): Promise<CanUseResult>;
   getLimits(subject: string, options?: CallOptions): Promise<LimitsResult>;
   checkLimit(
@@ -129,6 +144,8 @@ export interface EntitlementsClient {
   watch(options?: WatchOptions): AsyncIterable<WatchEvent>;
   /** The generated Connect-ES client, for what the wrapper does not cover (ListPlans). */
   readonly raw: Client<typeof EntitlementService>;
+  /** The generated Connect-ES client of UsageService. */
+  readonly rawUsage: Client<typeof UsageService>;
 }
 
 /** The Connect protocol over `fetch` (JSON by default; `binary: true` for protobuf). */
@@ -159,8 +176,12 @@ export function createEntitlementsClient(
     headers: { ...auth, ...headerRecord(extra?.headers) },
   });
 
+  const rawUsage = createClient(UsageService, transport);
+
   return {
     raw,
+    rawUsage,
+    ...usageMethods(rawUsage, call),
     async canUse(subject, feature, extra) {
       return canUseResult(await raw.canUse({ subject, feature }, call(extra)));
     },
