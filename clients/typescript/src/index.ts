@@ -24,6 +24,8 @@ import {
   type CanUseResponse,
   type GetEntitlementsResponse,
   type Limit as LimitMessage,
+  type MeteredLimit as MeteredLimitMessage,
+  type Override as OverrideMessage,
   EntitlementService,
   EntitlementStatus,
   EntitlementStatusSchema,
@@ -58,6 +60,29 @@ export interface Limit {
   unlimited: boolean;
 }
 
+/** A metered limit's current period, and its usage in answers read from the service. */
+export interface MeteredLimit {
+  limit: string;
+  periodStart: Date | null;
+  /** `null` for `reset = "never"`. */
+  resetsAt: Date | null;
+  /** `null` where the answer carries no usage (watch events: it would go stale). */
+  usage: { used: bigint; reserved: bigint; remaining: bigint } | null;
+}
+
+/** A per-customer override in force (one of `feature` and `limit` is set, the other ""). */
+export interface Override {
+  overrideId: string;
+  feature: string;
+  limit: string;
+  /** For a feature: granted (`true`) or withheld (`false`). */
+  enabled: boolean;
+  /** For a limit: the value that replaces the plan's. */
+  value: Limit | null;
+  expiresAt: Date | null;
+  reason: string;
+}
+
 export interface CanUseResult {
   allowed: boolean;
   plan: string;
@@ -70,6 +95,7 @@ export interface LimitsResult {
   plan: string;
   limits: Record<string, Limit>;
   validUntil: Date | null;
+  metered: MeteredLimit[];
 }
 
 export interface CheckLimitResult {
@@ -92,6 +118,11 @@ export interface Entitlements {
   validUntil: Date | null;
   /** Per-subject change counter. */
   version: bigint;
+  overrides: Override[];
+  /** The entitling item is a free trial, ending at `trialEndsAt`. */
+  trial: boolean;
+  trialEndsAt: Date | null;
+  metered: MeteredLimit[];
 }
 
 export interface FeatureCheck {
@@ -187,7 +218,12 @@ export function createEntitlementsClient(
     },
     async getLimits(subject, extra) {
       const r = await raw.getLimits({ subject }, call(extra));
-      return { plan: r.plan, limits: limitsRecord(r.limits), validUntil: date(r.validUntil) };
+      return {
+        plan: r.plan,
+        limits: limitsRecord(r.limits),
+        validUntil: date(r.validUntil),
+        metered: r.metered.map(meteredLimit),
+      };
     },
     async checkLimit(subject, limit, currentUsage, requested = 1n, extra) {
       const r = await raw.checkLimit(
@@ -268,6 +304,27 @@ function limitsRecord(limits: { [key: string]: LimitMessage }): Record<string, L
   return out;
 }
 
+function meteredLimit(m: MeteredLimitMessage): MeteredLimit {
+  return {
+    limit: m.limit,
+    periodStart: date(m.periodStart),
+    resetsAt: date(m.resetsAt),
+    usage: m.hasUsage ? { used: m.used, reserved: m.reserved, remaining: m.remaining } : null,
+  };
+}
+
+function override(o: OverrideMessage): Override {
+  return {
+    overrideId: o.overrideId,
+    feature: o.feature,
+    limit: o.limit,
+    enabled: o.enabled,
+    value: o.value ? { value: o.value.value, unlimited: o.value.unlimited } : null,
+    expiresAt: date(o.expiresAt),
+    reason: o.reason,
+  };
+}
+
 function canUseResult(r: CanUseResponse): CanUseResult {
   return {
     allowed: r.allowed,
@@ -290,5 +347,9 @@ function entitlements(r: GetEntitlementsResponse): Entitlements {
     ),
     validUntil: date(r.validUntil),
     version: r.version,
+    overrides: r.overrides.map(override),
+    trial: r.trial,
+    trialEndsAt: date(r.trialEndsAt),
+    metered: r.metered.map(meteredLimit),
   };
 }

@@ -89,6 +89,13 @@ for (const [name, makeTransport] of Object.entries(transports)) {
       assert.deepEqual(free.limits.maxGoals, { value: 3n, unlimited: false });
       const paid = await client.getLimits(stack.info.paid);
       assert.equal(paid.limits.maxHabits?.unlimited, true);
+      // The metered limit: its period, and its usage as the service keeps it.
+      assert.deepEqual(free.limits.aiInsightsPerMonth, { value: 20n, unlimited: false });
+      assert.deepEqual(
+        free.metered.map((m) => [m.limit, m.periodStart instanceof Date, m.resetsAt instanceof Date]),
+        [["aiInsightsPerMonth", true, true]],
+      );
+      assert.deepEqual(free.metered[0]?.usage, { used: 0n, reserved: 0n, remaining: 20n });
     });
 
     test("checkLimit", async () => {
@@ -124,6 +131,11 @@ for (const [name, makeTransport] of Object.entries(transports)) {
       assert.equal(typeof e.version, "bigint");
       assert.ok(e.version > 0n);
       assert.ok(e.features.includes("dataExport"));
+      assert.deepEqual([e.trial, e.trialEndsAt, e.overrides], [false, null, []]);
+      assert.deepEqual(
+        e.metered.map((m) => [m.limit, m.usage?.remaining]),
+        [["aiInsightsPerMonth", 500n]],
+      );
     });
 
     test("an unknown feature is InvalidArgument, naming it", async () => {
