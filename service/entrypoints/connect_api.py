@@ -28,6 +28,7 @@ from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1.entitlement_service_connect import EntitlementServiceASGIApplication
 from entitlements.v1.usage_service_connect import UsageServiceASGIApplication
+from service.config import ServiceSettings
 from service.entrypoints import http_server
 from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors, routes
 from service.entrypoints.connect_replies import CONNECT_CODES, GRPC_CODES, PublicError
@@ -61,6 +62,7 @@ __all__ = [
     "asgi_app",
     "connect_error",
     "listen_socket",
+    "start_configured_http",
     "start_http",
 ]
 
@@ -278,3 +280,22 @@ async def start_http(
     sock = listen_socket(listen, reuse_port)
     app = asgi_app(servicer, usage, read_tokens, metrics, limits)
     return serve_asgi(app, sock, header_timeout=header_timeout, grace=grace, log=log)
+
+
+async def start_configured_http(
+    settings: ServiceSettings, servicer: EntitlementServicer, usage: UsageServicer
+) -> HttpServer:
+    """`start_http` on ENTITLEMENTS_HTTP_LISTEN with the service's settings (token, grace,
+    body and header bounds)."""
+    assert settings.http_listen is not None
+    return await start_http(
+        settings.http_listen,
+        servicer,
+        usage,
+        settings.read_tokens,
+        settings.grace_seconds,
+        reuse_port=settings.reuse_port,
+        metrics=settings.metrics,
+        limits=BodyLimits(settings.http_body_timeout_seconds, settings.http_body_budget_bytes),
+        header_timeout=settings.http_header_timeout_seconds,
+    )

@@ -49,7 +49,7 @@ from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
-from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
+from service.entrypoints.connect_api import HttpServer, start_configured_http
 from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
@@ -281,18 +281,8 @@ async def start_server(
             )
         if settings.http_listen is not None:
             # The same servicers, in this process and loop: Connect, gRPC-Web (connect_api.py).
-            running.http = await start_http(
-                settings.http_listen,
-                entitlement_servicer,
-                usage_servicer,
-                settings.read_tokens,
-                settings.grace_seconds,
-                reuse_port=settings.reuse_port,
-                metrics=settings.metrics,
-                limits=BodyLimits(
-                    settings.http_body_timeout_seconds, settings.http_body_budget_bytes
-                ),
-                header_timeout=settings.http_header_timeout_seconds,
+            running.http = await start_configured_http(
+                settings, entitlement_servicer, usage_servicer
             )
     except BaseException:
         # A listener that cannot start (say its port is taken) stops what did, here, in this
