@@ -10,8 +10,9 @@ PATH="$(dirname "$PY"):$PATH" "$PY" -m grpc_tools.protoc -Iprotos \
   --python_out="$OUT" --grpc_python_out="$OUT" \
   --mypy_out="$OUT" --mypy_grpc_out="$OUT" \
   protos/entitlements/v1/*.proto
-# The Connect (HTTP/JSON, gRPC-Web) routes of EntitlementService, for the service's
-# ENTITLEMENTS_HTTP_LISTEN (service/entrypoints/connect_api.py); the client library never imports it.
+# The Connect (HTTP/JSON, gRPC-Web) routes of EntitlementService and UsageService, for the
+# service's ENTITLEMENTS_HTTP_LISTEN (service/entrypoints/connect_api.py); the client library
+# never imports them.
 PATH="$(dirname "$PY"):$PATH" "$PY" -m grpc_tools.protoc -Iprotos \
   --connectrpc_out="$OUT" --connectrpc_opt=protobuf=google,io=async \
-  protos/entitlements/v1/entitlement_service.proto
+  protos/entitlements/v1/entitlement_service.proto protos/entitlements/v1/usage_service.proto

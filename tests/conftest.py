@@ -70,13 +70,13 @@ def hold_make_run_ports() -> Iterator[None]:
 
     def hold() -> None:
         with selectors.DefaultSelector() as selector:
-            for sock in held.values():
-                selector.register(sock, selectors.EVENT_READ)
+            for initial in held.values():
+                selector.register(initial, selectors.EVENT_READ)
             while not stop.is_set():
                 for port in MAKE_RUN_PORTS:
-                    if port not in held and (sock := _listen_on(port)) is not None:
-                        held[port] = sock
-                        selector.register(sock, selectors.EVENT_READ)
+                    if port not in held and (taken := _listen_on(port)) is not None:
+                        held[port] = taken
+                        selector.register(taken, selectors.EVENT_READ)
                 if not held:
                     stop.wait(0.2)
                     continue
@@ -85,8 +85,8 @@ def hold_make_run_ports() -> Iterator[None]:
                         key.fileobj.accept()[0].close()  # type: ignore[union-attr]
 
     for port in MAKE_RUN_PORTS:  # before any test runs
-        if (sock := _listen_on(port)) is not None:
-            held[port] = sock
+        if (first := _listen_on(port)) is not None:
+            held[port] = first
     holder = threading.Thread(target=hold, name="make-run-ports", daemon=True)
     holder.start()
     try:

@@ -1,9 +1,10 @@
-"""`EntitlementService` over HTTP (ENTITLEMENTS_HTTP_LISTEN): the Connect protocol (unary over
-HTTP/1.1 with JSON or binary protobuf, and the server-streaming Watch), gRPC-Web and gRPC,
-served by `connectrpc` on hypercorn in the service's own process and event loop.
+"""`EntitlementService` and `UsageService` over HTTP (ENTITLEMENTS_HTTP_LISTEN): the Connect
+protocol (unary over HTTP/1.1 with JSON or binary protobuf, and the server-streaming Watch),
+gRPC-Web and gRPC, served by `connectrpc` on hypercorn in the service's own process and event
+loop.
 
-There is no rule here. Each handler calls the very `EntitlementServicer` method the gRPC
-server calls; the service's errors reach callers through the one table of the error
+There is no rule here. Each handler calls the very `EntitlementServicer` or `UsageServicer`
+method the gRPC server calls; the service's errors reach callers through the one table of the error
 interceptor (`ServiceError.code` → status code, same message, same cut), renamed to Connect's
 spelling of the same code; the read token is checked by the gRPC read-auth interceptor's own
 comparison. So `curl`, a Connect-ES client and grpcurl get the same answers and the same codes.
@@ -24,9 +25,12 @@ from connectrpc.code import Code
 from connectrpc.request import RequestContext
 
 from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1.entitlement_service_connect import EntitlementServiceASGIApplication
+from entitlements.v1.usage_service_connect import UsageServiceASGIApplication
+from service.config import ServiceSettings
 from service.entrypoints import http_server
-from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors
+from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors, routes
 from service.entrypoints.connect_replies import CONNECT_CODES, GRPC_CODES, PublicError
 from service.entrypoints.grpc_api.interceptors import (
     ENTITLEMENT_PREFIX,
@@ -34,6 +38,7 @@ from service.entrypoints.grpc_api.interceptors import (
     public_status,
 )
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
+from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.http_server import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     App,
@@ -57,6 +62,7 @@ __all__ = [
     "asgi_app",
     "connect_error",
     "listen_socket",
+    "start_configured_http",
     "start_http",
 ]
 
@@ -86,6 +92,18 @@ class _Peer:
         return self._peer
 
 
+async def _unary(
+    call: Callable[[Req, Context], Awaitable[Res]],
+    request: Req,
+    ctx: RequestContext[Req, Res],
+) -> Res:
+    """One unary call of a gRPC servicer's method, its error made public."""
+    try:
+        return await call(request, cast(Context, _Peer(ctx.client_address)))
+    except Exception as exc:
+        raise connect_error(exc, ctx.method.name) from None
+
+
 class ConnectEntitlements:
     """The generated `EntitlementService` protocol, answered by the gRPC servicer. The token
     and the count are the guard's (connect_guard.py); errors become public ones here."""
@@ -94,56 +112,45 @@ class ConnectEntitlements:
         self._servicer = servicer
         self._series = series_for if metrics else uncounted
 
-    async def _unary(
-        self,
-        call: Callable[[Req, Context], Awaitable[Res]],
-        request: Req,
-        ctx: RequestContext[Req, Res],
-    ) -> Res:
-        try:
-            return await call(request, cast(Context, _Peer(ctx.client_address)))
-        except Exception as exc:
-            raise connect_error(exc, ctx.method.name) from None
-
     async def can_use(
         self, request: pb.CanUseRequest, ctx: RequestContext[pb.CanUseRequest, pb.CanUseResponse]
     ) -> pb.CanUseResponse:
-        return await self._unary(self._servicer.CanUse, request, ctx)
+        return await _unary(self._servicer.CanUse, request, ctx)
 
     async def get_limits(
         self,
         request: pb.GetLimitsRequest,
         ctx: RequestContext[pb.GetLimitsRequest, pb.GetLimitsResponse],
     ) -> pb.GetLimitsResponse:
-        return await self._unary(self._servicer.GetLimits, request, ctx)
+        return await _unary(self._servicer.GetLimits, request, ctx)
 
     async def check_limit(
         self,
         request: pb.CheckLimitRequest,
         ctx: RequestContext[pb.CheckLimitRequest, pb.CheckLimitResponse],
     ) -> pb.CheckLimitResponse:
-        return await self._unary(self._servicer.CheckLimit, request, ctx)
+        return await _unary(self._servicer.CheckLimit, request, ctx)
 
     async def get_entitlements(
         self,
         request: pb.GetEntitlementsRequest,
         ctx: RequestContext[pb.GetEntitlementsRequest, pb.GetEntitlementsResponse],
     ) -> pb.GetEntitlementsResponse:
-        return await self._unary(self._servicer.GetEntitlements, request, ctx)
+        return await _unary(self._servicer.GetEntitlements, request, ctx)
 
     async def batch_can_use(
         self,
         request: pb.BatchCanUseRequest,
         ctx: RequestContext[pb.BatchCanUseRequest, pb.BatchCanUseResponse],
     ) -> pb.BatchCanUseResponse:
-        return await self._unary(self._servicer.BatchCanUse, request, ctx)
+        return await _unary(self._servicer.BatchCanUse, request, ctx)
 
     async def list_plans(
         self,
         request: pb.ListPlansRequest,
         ctx: RequestContext[pb.ListPlansRequest, pb.ListPlansResponse],
     ) -> pb.ListPlansResponse:
-        return await self._unary(self._servicer.ListPlans, request, ctx)
+        return await _unary(self._servicer.ListPlans, request, ctx)
 
     async def watch_entitlements(
         self,
@@ -160,26 +167,95 @@ class ConnectEntitlements:
             raise connect_error(exc, ctx.method.name) from None
 
 
+class ConnectUsage:
+    """The generated `UsageService` protocol, answered by the gRPC port's `UsageServicer`
+    (usage_api.py): the same use cases, the same validation, the same errors."""
+
+    def __init__(self, servicer: UsageServicer) -> None:
+        self._servicer = servicer
+
+    async def consume(
+        self,
+        request: usage_pb.ConsumeRequest,
+        ctx: RequestContext[usage_pb.ConsumeRequest, usage_pb.ConsumeResponse],
+    ) -> usage_pb.ConsumeResponse:
+        return await _unary(self._servicer.Consume, request, ctx)
+
+    async def report_usage(
+        self,
+        request: usage_pb.ReportUsageRequest,
+        ctx: RequestContext[usage_pb.ReportUsageRequest, usage_pb.ReportUsageResponse],
+    ) -> usage_pb.ReportUsageResponse:
+        return await _unary(self._servicer.ReportUsage, request, ctx)
+
+    async def reserve(
+        self,
+        request: usage_pb.ReserveRequest,
+        ctx: RequestContext[usage_pb.ReserveRequest, usage_pb.ReserveResponse],
+    ) -> usage_pb.ReserveResponse:
+        return await _unary(self._servicer.Reserve, request, ctx)
+
+    async def commit_reservation(
+        self,
+        request: usage_pb.CommitReservationRequest,
+        ctx: RequestContext[usage_pb.CommitReservationRequest, usage_pb.CommitReservationResponse],
+    ) -> usage_pb.CommitReservationResponse:
+        return await _unary(self._servicer.CommitReservation, request, ctx)
+
+    async def release_reservation(
+        self,
+        request: usage_pb.ReleaseReservationRequest,
+        ctx: RequestContext[
+            usage_pb.ReleaseReservationRequest, usage_pb.ReleaseReservationResponse
+        ],
+    ) -> usage_pb.ReleaseReservationResponse:
+        return await _unary(self._servicer.ReleaseReservation, request, ctx)
+
+    async def get_usage(
+        self,
+        request: usage_pb.GetUsageRequest,
+        ctx: RequestContext[usage_pb.GetUsageRequest, usage_pb.GetUsageResponse],
+    ) -> usage_pb.GetUsageResponse:
+        return await _unary(self._servicer.GetUsage, request, ctx)
+
+
 def asgi_app(
     servicer: EntitlementServicer,
+    usage: UsageServicer,
     read_tokens: Sequence[str],
     metrics: bool = True,
     limits: BodyLimits | None = None,
 ) -> ConnectGuard:
-    """The ASGI application serving EntitlementService over Connect, gRPC-Web and gRPC:
-    connectrpc's, twice (the reads' message cap and the list methods'), behind the guard."""
-    service = ConnectEntitlements(servicer, metrics)
+    """The ASGI application serving EntitlementService and UsageService over Connect,
+    gRPC-Web and gRPC: connectrpc's, one per service and message cap (the reads' and the list
+    methods'; UsageService's are reads'), behind the guard."""
+    entitlements = ConnectEntitlements(servicer, metrics)
 
-    def connectrpc_app(read_max_bytes: int) -> App:
+    def entitlements_app(read_max_bytes: int) -> App:
         app = EntitlementServiceASGIApplication(
-            service, interceptors=[PublicErrors()], read_max_bytes=read_max_bytes
+            entitlements, interceptors=[PublicErrors()], read_max_bytes=read_max_bytes
         )
         return cast(App, app)
 
-    reads, lists = connectrpc_app(READ_MAX_BYTES), connectrpc_app(LIST_MAX_BYTES)
-    apps: dict[str, App] = {"": reads, **dict.fromkeys(LIST_METHODS, lists)}
+    reads, lists = entitlements_app(READ_MAX_BYTES), entitlements_app(LIST_MAX_BYTES)
+    usage_app = cast(
+        App,
+        UsageServiceASGIApplication(
+            ConnectUsage(usage), interceptors=[PublicErrors()], read_max_bytes=READ_MAX_BYTES
+        ),
+    )
+    guarded = routes(
+        [
+            (
+                pb.DESCRIPTOR.services_by_name["EntitlementService"],
+                lambda name: lists if name in LIST_METHODS else reads,
+            ),
+            (usage_pb.DESCRIPTOR.services_by_name["UsageService"], lambda name: usage_app),
+        ]
+    )
     auth = ReadAuthInterceptor(list(read_tokens)) if read_tokens else None
-    return ConnectGuard(apps, auth, limits or BodyLimits(), series_for if metrics else uncounted)
+    series = series_for if metrics else uncounted
+    return ConnectGuard(guarded, reads, auth, limits or BodyLimits(), series)
 
 
 def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
@@ -190,6 +266,7 @@ def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
 async def start_http(
     listen: str,
     servicer: EntitlementServicer,
+    usage: UsageServicer,
     read_tokens: Sequence[str],
     grace: float,
     *,
@@ -198,7 +275,27 @@ async def start_http(
     limits: BodyLimits | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
 ) -> HttpServer:
-    """Serve EntitlementService on `listen` in this event loop, until `stop()`."""
+    """Serve EntitlementService and UsageService on `listen` in this event loop, until
+    `stop()`."""
     sock = listen_socket(listen, reuse_port)
-    app = asgi_app(servicer, read_tokens, metrics, limits)
+    app = asgi_app(servicer, usage, read_tokens, metrics, limits)
     return serve_asgi(app, sock, header_timeout=header_timeout, grace=grace, log=log)
+
+
+async def start_configured_http(
+    settings: ServiceSettings, servicer: EntitlementServicer, usage: UsageServicer
+) -> HttpServer:
+    """`start_http` on ENTITLEMENTS_HTTP_LISTEN with the service's settings (token, grace,
+    body and header bounds)."""
+    assert settings.http_listen is not None
+    return await start_http(
+        settings.http_listen,
+        servicer,
+        usage,
+        settings.read_tokens,
+        settings.grace_seconds,
+        reuse_port=settings.reuse_port,
+        metrics=settings.metrics,
+        limits=BodyLimits(settings.http_body_timeout_seconds, settings.http_body_budget_bytes),
+        header_timeout=settings.http_header_timeout_seconds,
+    )

@@ -2,7 +2,7 @@
 token, the size and time of request bodies, the fixed public text of every error, and the
 grpc_server_* count of every call (rpc_metrics.py), whatever the outcome.
 
-In order, for a POST to a method of EntitlementService:
+In order, for a POST to a method of EntitlementService or UsageService:
 1. the read token (ENTITLEMENTS_READ_TOKEN) is checked from the headers, before any byte of the
    body is read (the gRPC port's own comparison, `ReadAuthInterceptor.accepts`);
 2. a declared Content-Length over the method's cap (message_limits.py) is refused at once;
@@ -21,15 +21,15 @@ response); each is counted under its code and logged through RefusalLog.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from connectrpc.code import Code
 from connectrpc.request import RequestContext
+from google.protobuf.descriptor import ServiceDescriptor
 
-from entitlements.v1 import entitlement_service_pb2 as pb
 from service.entrypoints.connect_replies import (
     CALL,
     Call,
@@ -48,7 +48,7 @@ from service.entrypoints.message_limits import (
     NEEDS_HTTP2_MESSAGE,
     TOO_LARGE_MESSAGE,
     UNAUTHENTICATED_MESSAGE,
-    max_message_bytes,
+    request_cap,
 )
 from service.entrypoints.rpc_metrics import RpcSeries
 
@@ -87,21 +87,43 @@ class BodyLimits:
     budget: int = 16 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Route:
+    """One guarded method: its bare name (for logs), whether it streams its answer, the
+    largest request message it takes (message_limits.request_cap), the connectrpc app for it."""
+
+    name: str
+    streaming: bool
+    cap: int
+    app: App
+
+
+def routes(
+    services: Sequence[tuple[ServiceDescriptor, Callable[[str], App]]],
+) -> dict[str, Route]:
+    """Every method of `services` by its path ("/package.Service/Method"), each with its cap
+    and the app its service's factory gives for that method's name."""
+    found: dict[str, Route] = {}
+    for service, app_for in services:
+        for m in service.methods:
+            path = f"/{service.full_name}/{m.name}"
+            found[path] = Route(m.name, m.server_streaming, request_cap(path), app_for(m.name))
+    return found
+
+
 class ConnectGuard:
     """The ASGI application in front of connectrpc's (see the module docstring)."""
 
     def __init__(
         self,
-        apps: Mapping[str, App],
+        routes: Mapping[str, Route],
+        fallback: App,
         auth: ReadAuthInterceptor | None,
         limits: BodyLimits,
         series: Callable[[str, bool], RpcSeries],
     ) -> None:
-        service = pb.DESCRIPTOR.services_by_name["EntitlementService"]
-        self._methods = {
-            f"/{service.full_name}/{m.name}": (m.name, m.server_streaming) for m in service.methods
-        }
-        self._apps = apps  # by method name; "" for anything else (404, 405)
+        self._routes = routes  # by path
+        self._fallback = fallback  # anything else: connectrpc's 404 / 405, uncounted
         self._auth = auth
         self._limits = limits
         self._series = series
@@ -114,17 +136,16 @@ class ConnectGuard:
         if scope["type"] != "http":
             await send({"type": "websocket.close"})
             return
-        method = self._methods.get(scope["path"])
-        if method is None or scope["method"] != "POST":
-            await self._apps[""](scope, receive, send)  # connectrpc's 404 / 405, uncounted
+        route = self._routes.get(scope["path"])
+        if route is None or scope["method"] != "POST":
+            await self._fallback(scope, receive, send)  # connectrpc's 404 / 405, uncounted
             return
-        name, streaming = method
-        series = self._series(scope["path"], streaming)
+        series = self._series(scope["path"], route.streaming)
         started = series.start()
         call = Call()
         token = CALL.set(call)
         try:
-            await self._guarded(name, scope, receive, send, call)
+            await self._guarded(route, scope, receive, send, call)
         finally:
             CALL.reset(token)
             if call.ended:
@@ -136,8 +157,9 @@ class ConnectGuard:
             series.done(code, started)
 
     async def _guarded(
-        self, name: str, scope: Scope, receive: Receive, send: Send, call: Call
+        self, route: Route, scope: Scope, receive: Receive, send: Send, call: Call
     ) -> None:
+        name = route.name
         headers = _headers(scope)
         reply = Reply(send, headers.get("content-type", ""), call)
         if self._auth is not None and not self._auth.accepts(headers.get("authorization")):
@@ -148,16 +170,15 @@ class ConnectGuard:
             refusals.refused("connect: gRPC over HTTP/1.1", name)
             await reply.error(Code.UNIMPLEMENTED, NEEDS_HTTP2_MESSAGE)
             return
-        cap = max_message_bytes(name) + ENVELOPE_BYTES
+        cap = route.cap + ENVELOPE_BYTES
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             refusals.refused("connect: declared body over the method's cap", name)
             await reply.error(Code.RESOURCE_EXHAUSTED, TOO_LARGE_MESSAGE)
             return
         body = _Body(self, receive, cap, asyncio.get_running_loop().time())
-        app = self._apps.get(name, self._apps[""])
         try:
-            await app(scope, body.receive, Responses(send, call).send)
+            await route.app(scope, body.receive, Responses(send, call).send)
         except Exception as exc:  # connectrpc re-raises what is not a ConnectError
             if not call.started:
                 error = public_error(exc)

@@ -4,9 +4,10 @@ gets the same answer either way.
 
 Reads carry a subject and a feature or limit name: 64 KiB is far above any real one. Watch
 (a list of subjects) and BatchCanUse (a list of checks, ~300 KB at the longest names) may
-legitimately be larger: 1 MiB. The write side (BillingSyncService, gRPC only) carries a raw
-webhook body (the gateway accepts up to 1 MiB, webhook_gateway/config.py max_body_bytes) and is
-reached only with the sync secret.
+legitimately be larger: 1 MiB. UsageService's requests (a subject, a metered limit's name, an
+amount, an idempotency key or a reservation id) are as small as a read's: 64 KiB. The write
+side (BillingSyncService, gRPC only) carries a raw webhook body (the gateway accepts up to
+1 MiB, webhook_gateway/config.py max_body_bytes) and is reached only with the sync secret.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ WATCH_MAX_SUBJECTS = 10_000
 
 _ENTITLEMENTS = "/entitlements.v1.EntitlementService/"
 _SYNC = "/entitlements.v1.BillingSyncService/"
+_USAGE = "/entitlements.v1.UsageService/"
 
 # The fixed messages a caller is told (never parser or exception text).
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
@@ -73,9 +75,12 @@ def public_message(code: grpc.StatusCode) -> str:
 
 def request_cap(method_full_name: str) -> int:
     """The request cap of `method_full_name` ("/package.Service/Method"): the sync service its
-    own, EntitlementService's methods as above, anything else (health, reflection) a read's."""
+    own, EntitlementService's methods as above, UsageService's and anything else (health,
+    reflection) a read's."""
     if method_full_name.startswith(_SYNC):
         return SYNC_MESSAGE_BYTES
+    if method_full_name.startswith(_USAGE):
+        return READ_MESSAGE_BYTES
     if method_full_name.startswith(_ENTITLEMENTS):
         return max_message_bytes(method_full_name.removeprefix(_ENTITLEMENTS))
     return READ_MESSAGE_BYTES

@@ -49,7 +49,7 @@ from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
-from service.entrypoints.connect_api import BodyLimits, HttpServer, start_http
+from service.entrypoints.connect_api import HttpServer, start_configured_http
 from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.dispatch import Dispatch
 from service.entrypoints.grpc_api.interceptors import (
@@ -255,7 +255,8 @@ async def start_server(
     entitlement_servicer = EntitlementServicer(app, settings.watch_max_subjects)
     pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, dispatch)  # type: ignore[arg-type]
     sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), dispatch)  # type: ignore[arg-type]
-    usage_grpc.add_UsageServiceServicer_to_server(UsageServicer(app), dispatch)  # type: ignore[arg-type]
+    usage_servicer = UsageServicer(app)
+    usage_grpc.add_UsageServiceServicer_to_server(usage_servicer, dispatch)  # type: ignore[arg-type]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatch)  # type: ignore[arg-type]
     server.add_generic_rpc_handlers((dispatch,))
@@ -285,18 +286,9 @@ async def start_server(
                 settings.metrics_listen, settings.http_header_timeout_seconds
             )
         if settings.http_listen is not None:
-            # The same servicer, in this process and loop: Connect, gRPC-Web (connect_api.py).
-            running.http = await start_http(
-                settings.http_listen,
-                entitlement_servicer,
-                settings.read_tokens,
-                settings.grace_seconds,
-                reuse_port=settings.reuse_port,
-                metrics=settings.metrics,
-                limits=BodyLimits(
-                    settings.http_body_timeout_seconds, settings.http_body_budget_bytes
-                ),
-                header_timeout=settings.http_header_timeout_seconds,
+            # The same servicers, in this process and loop: Connect, gRPC-Web (connect_api.py).
+            running.http = await start_configured_http(
+                settings, entitlement_servicer, usage_servicer
             )
     except BaseException:
         # A listener that cannot start (say its port is taken) stops what did, here, in this

@@ -33,6 +33,8 @@ from tests.support.service_process import free_port, service_process
 pytestmark = pytest.mark.e2e
 
 SERVICE = "/entitlements.v1.EntitlementService/"
+USAGE_SERVICE = "entitlements.v1.UsageService"
+USAGE = f"/{USAGE_SERVICE}/"
 TOKEN = "connect-bounds-token-0123456789"
 HANDLED = "grpc_server_handled_total"
 MIB = 1024 * 1024
@@ -133,6 +135,83 @@ def test_a_flood_of_slow_4mb_bodies_holds_memory_bounded(
         assert all(r.cut for r in results), [r for r in results if not r.cut][:3]  # type: ignore[attr-defined]
         # The allocator keeps freed arenas: memory after stays within the bound, no higher.
         assert after < rss.baseline + BOUND_MIB
+
+
+def test_usage_service_floods_are_refused_by_token_and_cap_in_bounded_memory(
+    database_url: str, tmp_path: Path
+) -> None:
+    """UsageService over Connect, token set: 100 connections trickling 4 MB bodies to Consume
+    and GetUsage, half with the right token (cut at the reads' 64 KiB cap, declared or
+    chunked), half with a wrong one (cut before any body byte). A real Consume is answered
+    during it, memory stays bounded, and every refusal is counted under its code. Before
+    UsageService was on the listener, the legitimate Consume was a 404."""
+    with _service(database_url, tmp_path, ENTITLEMENTS_READ_TOKEN=TOKEN) as svc:
+        rss = PeakRss(svc.pid)
+        right = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+        wrong = {**right, "authorization": "Bearer wrong-token"}
+        # i % 4: 0 Consume, right token, declared; 1 the same, chunked; 2 GetUsage, wrong
+        # token, declared; 3 Consume, wrong token, chunked.
+        flood = [
+            (USAGE + ("GetUsage" if i % 4 == 2 else "Consume"), right if i % 4 < 2 else wrong)
+            for i in range(100)
+        ]
+
+        async def attack() -> tuple[list[object], dict[str, object]]:
+            floods = [
+                asyncio.create_task(
+                    slow_body(svc.http, path, headers, total=4 * MIB, chunk=256 * 1024,
+                              interval=0.15, declare=i % 2 == 0)
+                )
+                for i, (path, headers) in enumerate(flood)
+            ]  # fmt: skip
+            legit: dict[str, object] = {}
+            for tick in range(20):
+                await asyncio.sleep(0.15)
+                rss.sample()
+                if tick == 5:
+                    legit = await _legit_consume(svc.http)
+            results = await asyncio.gather(*floods)
+            rss.sample()
+            return list(results), legit
+
+        results, legit = asyncio.run(attack())
+        assert (legit["allowed"], legit["used"]) == (True, "1"), legit
+        growth = rss.peak - rss.baseline
+        time.sleep(0.5)
+        after = rss.sample()
+        print(f"RSS baseline {rss.baseline:.0f} MiB, peak {rss.peak:.0f}, after {after:.0f}")
+        assert growth < BOUND_MIB, f"RSS grew {growth:.0f} MiB under the flood"
+        assert all(r.cut for r in results), [r for r in results if not r.cut][:3]  # type: ignore[attr-defined]
+        assert after < rss.baseline + BOUND_MIB
+        consume = {"grpc_type": "unary", **rpc("Consume", USAGE_SERVICE)}
+        get_usage = {"grpc_type": "unary", **rpc("GetUsage", USAGE_SERVICE)}
+        samples = scrape_until(
+            svc.metrics_url,
+            lambda s: (
+                value(s, HANDLED, **get_usage, grpc_code="UNAUTHENTICATED") == 25
+                and value(s, HANDLED, **consume, grpc_code="RESOURCE_EXHAUSTED") == 50
+            ),
+        )
+        assert value(samples, HANDLED, **consume, grpc_code="RESOURCE_EXHAUSTED") == 50
+        assert value(samples, HANDLED, **consume, grpc_code="UNAUTHENTICATED") == 25
+        assert value(samples, HANDLED, **get_usage, grpc_code="UNAUTHENTICATED") == 25
+        assert value(samples, HANDLED, **consume, grpc_code="OK") == 1
+
+
+async def _legit_consume(port: int) -> dict[str, object]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}{USAGE}Consume",
+            data=json.dumps({"subject": "user_legit_usage", "limit": "aiInsightsPerMonth",
+                             "amount": 1, "idempotencyKey": "legit-1"}),
+            headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as r,
+    ):  # fmt: skip
+        assert r.status == 200, await r.text()
+        answer: dict[str, object] = await r.json()
+        return answer
 
 
 def test_a_trickled_body_is_cut_at_the_body_deadline(database_url: str, tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """One service, four ways in, the same answers: curl (Connect JSON on ENTITLEMENTS_HTTP_LISTEN),
 the TypeScript client over its Connect and its gRPC transports, and grpcurl (gRPC with
-reflection), for a paid and a free subject, with the read token on."""
+reflection), for a paid and a free subject, with the read token on. UsageService likewise: one
+consume sequence (to the free limit of 20, refused after, a retried key) and GetUsage over raw
+gRPC stubs, curl and the TypeScript client's two transports, and a call without the token
+refused alike by each."""
 
 from __future__ import annotations
 
@@ -11,11 +14,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from connectrpc.code import Code
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements.v1 import usage_service_pb2 as usage_pb
+from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+from service.entrypoints.connect_replies import GRPC_CODES
+from service.entrypoints.message_limits import UNAUTHENTICATED_MESSAGE
 from tests.support.service_process import free_port, service_process
 from tests.support.ts_stack import READ_TOKEN, grant, service_env
 
@@ -99,3 +108,125 @@ def test_curl_typescript_and_grpcurl_agree(tmp_path: Path, database_url: str) ->
                 if method == "CanUse":
                     assert isinstance(expected, pb.CanUseResponse)
                     assert expected.plan == plan and expected.allowed is (plan == "pro")
+
+
+USAGE = "entitlements.v1.UsageService"
+METER = "aiInsightsPerMonth"
+# Consumed in this order on a free subject (limit 20): allowed, refused, allowed to the limit,
+# refused at it, and the first key again (its first answer, marked a duplicate).
+STEPS = [
+    {"amount": 15, "key": "same-1"},
+    {"amount": 6, "key": "same-2"},
+    {"amount": 5, "key": "same-3"},
+    {"amount": 1, "key": "same-4"},
+    {"amount": 15, "key": "same-1"},
+]
+# (allowed, used, remaining, duplicate) of each step.
+EXPECTED = [
+    (True, 15, 5, False),
+    (False, 15, 5, False),
+    (True, 20, 0, False),
+    (False, 20, 0, False),
+    (True, 15, 5, True),
+]
+
+
+def _consume_request(subject: str, step: dict[str, Any]) -> dict[str, Any]:
+    return {"subject": subject, "limit": METER, "amount": step["amount"],
+            "idempotencyKey": step["key"]}  # fmt: skip
+
+
+def _curl(url: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
+    auth = ["-H", f"authorization: Bearer {token}"] if token else []
+    out = _run(["curl", "-sS", "-w", "\n%{http_code}", "-H", "content-type: application/json",
+                *auth, "-d", json.dumps(body), url])  # fmt: skip
+    text, _, status = out.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def _usage(answer: Message) -> usage_pb.GetUsageResponse:
+    """A GetUsage answer without its subject (each way uses a subject of its own)."""
+    assert isinstance(answer, usage_pb.GetUsageResponse)
+    usage = usage_pb.GetUsageResponse()
+    usage.CopyFrom(answer)
+    usage.subject = ""
+    return usage
+
+
+def test_usage_answers_agree_over_grpc_curl_and_typescript(
+    tmp_path: Path, database_url: str
+) -> None:
+    npm = shutil.which("npm")
+    assert npm and shutil.which("curl"), "npm and curl are needed"
+    _run([npm, "run", "--silent", "build:test"], cwd=CLIENT)
+    http_port = free_port()
+    http = f"http://127.0.0.1:{http_port}"
+    auth = (("authorization", f"Bearer {READ_TOKEN}"),)
+    with (
+        service_process(service_env(database_url, http_port), tmp_path / "service.log") as (
+            _,
+            target,
+        ),
+        grpc.insecure_channel(target) as channel,
+    ):
+        stub = usage_grpc.UsageServiceStub(channel)
+
+        def get_usage(subject: str) -> usage_pb.GetUsageResponse:
+            answer: usage_pb.GetUsageResponse = stub.GetUsage(
+                usage_pb.GetUsageRequest(subject=subject), metadata=auth, timeout=10
+            )
+            return answer
+
+        # Raw gRPC stubs: the reference answers.
+        ref = "user_same_usage_rawgrpc"
+        expected = [
+            stub.Consume(json_format.ParseDict(_consume_request(ref, step),
+                                               usage_pb.ConsumeRequest()),
+                         metadata=auth, timeout=10)
+            for step in STEPS
+        ]  # fmt: skip
+        assert [(a.allowed, a.used, a.remaining, a.duplicate) for a in expected] == EXPECTED
+        assert {(a.limit_value, a.unlimited) for a in expected} == {(20, False)}
+        expected_usage = _usage(get_usage(ref))
+        assert [(u.limit, u.used, u.reserved, u.remaining) for u in expected_usage.usage] == [
+            (METER, 20, 0, 0)
+        ]
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.Consume(
+                json_format.ParseDict(_consume_request(ref, STEPS[0]), usage_pb.ConsumeRequest()),
+                timeout=10,
+            )
+        refusal = (denied.value.code().value[0], denied.value.details())
+        assert refusal == (grpc.StatusCode.UNAUTHENTICATED.value[0], UNAUTHENTICATED_MESSAGE)
+
+        # curl: Connect JSON on the HTTP listener.
+        subject = "user_same_usage_curl"
+        url = f"{http}/{USAGE}/"
+        for step, reference in zip(STEPS, expected, strict=True):
+            status, answer = _curl(url + "Consume", _consume_request(subject, step), READ_TOKEN)
+            assert status == 200, answer
+            assert json_format.ParseDict(answer, usage_pb.ConsumeResponse()) == reference, step
+        status, answer = _curl(url + "GetUsage", {"subject": subject}, READ_TOKEN)
+        assert _usage(json_format.ParseDict(answer, usage_pb.GetUsageResponse())) == (
+            expected_usage
+        )
+        status, answer = _curl(url + "Consume", _consume_request(subject, STEPS[0]), None)
+        assert status == 401
+        assert (GRPC_CODES[Code(answer["code"])].value[0], answer["message"]) == refusal
+
+        # The TypeScript client, over Connect and over gRPC.
+        ts = json.loads(
+            _run(["node", "build-test/test/usage_answers.js", http, f"http://{target}",
+                  READ_TOKEN, "user_same_usage_ts", json.dumps(STEPS)], cwd=CLIENT)
+        )  # fmt: skip
+        for transport, answers in ts.items():
+            got = [json_format.ParseDict(a, usage_pb.ConsumeResponse()) for a in answers["consume"]]
+            assert got == expected, (transport, answers["consume"])
+            usage = json_format.ParseDict(answers["usage"], usage_pb.GetUsageResponse())
+            assert _usage(usage) == expected_usage, (transport, answers["usage"])
+            refused = answers["unauthenticated"]
+            assert (refused["code"], refused["message"]) == refusal, transport
+
+        # The refused calls recorded nothing.
+        for who in (ref, subject, "user_same_usage_ts_connect", "user_same_usage_ts_grpc"):
+            assert _usage(get_usage(who)) == expected_usage, who

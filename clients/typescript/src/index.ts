@@ -1,6 +1,7 @@
 /**
- * `@plan-entitlements/client`: a small typed wrapper over the generated Connect-ES client for
- * `entitlements.v1.EntitlementService`. It works over any Connect-ES transport:
+ * `@plan-entitlements/client`: a small typed wrapper over the generated Connect-ES clients for
+ * `entitlements.v1.EntitlementService` and `entitlements.v1.UsageService` (metered limits:
+ * usage.ts). It works over any Connect-ES transport:
  *
  * - `connectTransport()` (here): the Connect protocol over plain `fetch` (browsers, Next.js,
  *   edge runtimes, Node ≥ 18), to the service's `ENTITLEMENTS_HTTP_LISTEN` address;
@@ -23,16 +24,30 @@ import {
   type CanUseResponse,
   type GetEntitlementsResponse,
   type Limit as LimitMessage,
+  type MeteredLimit as MeteredLimitMessage,
+  type Override as OverrideMessage,
   EntitlementService,
   EntitlementStatus,
   EntitlementStatusSchema,
   Reason,
   ReasonSchema,
 } from "./gen/entitlements/v1/entitlement_service_pb.js";
+import { UsageService } from "./gen/entitlements/v1/usage_service_pb.js";
+import { type UsageMethods, usageMethods } from "./usage.js";
 
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { Transport } from "@connectrpc/connect";
 export { EntitlementService } from "./gen/entitlements/v1/entitlement_service_pb.js";
+export {
+  type ConsumeResult,
+  type MeteredUsage,
+  type ReportUsageResult,
+  type ReserveResult,
+  type UsageChange,
+  type UsageMethods,
+  type UsageTotals,
+  UsageService,
+} from "./usage.js";
 
 /** Why a `canUse` answer is what it is: the proto names of `entitlements.v1.Reason`. */
 export type ReasonName = `REASON_${keyof typeof Reason}`;
@@ -43,6 +58,29 @@ export interface Limit {
   /** Meaningless when `unlimited`. */
   value: bigint;
   unlimited: boolean;
+}
+
+/** A metered limit's current period, and its usage in answers read from the service. */
+export interface MeteredLimit {
+  limit: string;
+  periodStart: Date | null;
+  /** `null` for `reset = "never"`. */
+  resetsAt: Date | null;
+  /** `null` where the answer carries no usage (watch events: it would go stale). */
+  usage: { used: bigint; reserved: bigint; remaining: bigint } | null;
+}
+
+/** A per-customer override in force (one of `feature` and `limit` is set, the other ""). */
+export interface Override {
+  overrideId: string;
+  feature: string;
+  limit: string;
+  /** For a feature: granted (`true`) or withheld (`false`). */
+  enabled: boolean;
+  /** For a limit: the value that replaces the plan's. */
+  value: Limit | null;
+  expiresAt: Date | null;
+  reason: string;
 }
 
 export interface CanUseResult {
@@ -57,6 +95,7 @@ export interface LimitsResult {
   plan: string;
   limits: Record<string, Limit>;
   validUntil: Date | null;
+  metered: MeteredLimit[];
 }
 
 export interface CheckLimitResult {
@@ -79,6 +118,11 @@ export interface Entitlements {
   validUntil: Date | null;
   /** Per-subject change counter. */
   version: bigint;
+  overrides: Override[];
+  /** The entitling item is a free trial, ending at `trialEndsAt`. */
+  trial: boolean;
+  trialEndsAt: Date | null;
+  metered: MeteredLimit[];
 }
 
 export interface FeatureCheck {
@@ -113,7 +157,9 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
-export interface EntitlementsClient {
+/** Entitlement checks, and the usage of metered limits (`consume`, `reportUsage`, `reserve`,
+ * `commit`, `release`, `getUsage`: usage.ts). */
+export interface EntitlementsClient extends UsageMethods {
   canUse(subject: string, feature: string, options?: CallOptions): Promise<CanUseResult>;
   getLimits(subject: string, options?: CallOptions): Promise<LimitsResult>;
   checkLimit(
@@ -129,6 +175,8 @@ export interface EntitlementsClient {
   watch(options?: WatchOptions): AsyncIterable<WatchEvent>;
   /** The generated Connect-ES client, for what the wrapper does not cover (ListPlans). */
   readonly raw: Client<typeof EntitlementService>;
+  /** The generated Connect-ES client of UsageService. */
+  readonly rawUsage: Client<typeof UsageService>;
 }
 
 /** The Connect protocol over `fetch` (JSON by default; `binary: true` for protobuf). */
@@ -159,14 +207,23 @@ export function createEntitlementsClient(
     headers: { ...auth, ...headerRecord(extra?.headers) },
   });
 
+  const rawUsage = createClient(UsageService, transport);
+
   return {
     raw,
+    rawUsage,
+    ...usageMethods(rawUsage, call),
     async canUse(subject, feature, extra) {
       return canUseResult(await raw.canUse({ subject, feature }, call(extra)));
     },
     async getLimits(subject, extra) {
       const r = await raw.getLimits({ subject }, call(extra));
-      return { plan: r.plan, limits: limitsRecord(r.limits), validUntil: date(r.validUntil) };
+      return {
+        plan: r.plan,
+        limits: limitsRecord(r.limits),
+        validUntil: date(r.validUntil),
+        metered: r.metered.map(meteredLimit),
+      };
     },
     async checkLimit(subject, limit, currentUsage, requested = 1n, extra) {
       const r = await raw.checkLimit(
@@ -247,6 +304,27 @@ function limitsRecord(limits: { [key: string]: LimitMessage }): Record<string, L
   return out;
 }
 
+function meteredLimit(m: MeteredLimitMessage): MeteredLimit {
+  return {
+    limit: m.limit,
+    periodStart: date(m.periodStart),
+    resetsAt: date(m.resetsAt),
+    usage: m.hasUsage ? { used: m.used, reserved: m.reserved, remaining: m.remaining } : null,
+  };
+}
+
+function override(o: OverrideMessage): Override {
+  return {
+    overrideId: o.overrideId,
+    feature: o.feature,
+    limit: o.limit,
+    enabled: o.enabled,
+    value: o.value ? { value: o.value.value, unlimited: o.value.unlimited } : null,
+    expiresAt: date(o.expiresAt),
+    reason: o.reason,
+  };
+}
+
 function canUseResult(r: CanUseResponse): CanUseResult {
   return {
     allowed: r.allowed,
@@ -269,5 +347,9 @@ function entitlements(r: GetEntitlementsResponse): Entitlements {
     ),
     validUntil: date(r.validUntil),
     version: r.version,
+    overrides: r.overrides.map(override),
+    trial: r.trial,
+    trialEndsAt: date(r.trialEndsAt),
+    metered: r.metered.map(meteredLimit),
   };
 }

@@ -8,6 +8,7 @@ import {
   type CanUseResult,
   type EntitlementsClient,
   type Limit,
+  type MeteredLimit,
   connectTransport,
   createEntitlementsClient,
 } from "../src/index.js";
@@ -15,8 +16,24 @@ import { grpcTransport } from "../src/node.js";
 
 type Json = Record<string, unknown>;
 
-function when(date: Date | null): Json {
-  return date ? { validUntil: date.toISOString() } : {};
+function when(date: Date | null, name = "validUntil"): Json {
+  return date ? { [name]: date.toISOString() } : {};
+}
+
+function metered(m: MeteredLimit): Json {
+  return {
+    limit: m.limit,
+    ...when(m.periodStart, "periodStart"),
+    ...when(m.resetsAt, "resetsAt"),
+    ...(m.usage
+      ? {
+          hasUsage: true,
+          used: String(m.usage.used),
+          reserved: String(m.usage.reserved),
+          remaining: String(m.usage.remaining),
+        }
+      : {}),
+  };
 }
 
 function limits(record: Record<string, Limit>): Json {
@@ -38,7 +55,12 @@ async function answers(client: EntitlementsClient, subject: string): Promise<Jso
   ]);
   return {
     CanUse: canUse(await client.canUse(subject, "dataExport")),
-    GetLimits: { plan: l.plan, limits: limits(l.limits), ...when(l.validUntil) },
+    GetLimits: {
+      plan: l.plan,
+      limits: limits(l.limits),
+      ...when(l.validUntil),
+      metered: l.metered.map(metered),
+    },
     CheckLimit: {
       allowed: c.allowed,
       limit: String(c.limit),

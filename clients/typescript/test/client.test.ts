@@ -34,6 +34,17 @@ const transports: Record<string, (s: Stack) => Transport> = {
   "grpc (connect-node)": (s) => grpcTransport({ baseUrl: s.info.grpc }),
 };
 
+let keys = 0;
+/** A fresh idempotency key. */
+function key(): string {
+  keys += 1;
+  return `ts-key-${process.pid}-${keys}`;
+}
+
+function slug(name: string): string {
+  return name.replace(/\W+/g, "_");
+}
+
 async function rejectsWith(promise: Promise<unknown>, code: Code): Promise<ConnectError> {
   try {
     await promise;
@@ -78,6 +89,13 @@ for (const [name, makeTransport] of Object.entries(transports)) {
       assert.deepEqual(free.limits.maxGoals, { value: 3n, unlimited: false });
       const paid = await client.getLimits(stack.info.paid);
       assert.equal(paid.limits.maxHabits?.unlimited, true);
+      // The metered limit: its period, and its usage as the service keeps it.
+      assert.deepEqual(free.limits.aiInsightsPerMonth, { value: 20n, unlimited: false });
+      assert.deepEqual(
+        free.metered.map((m) => [m.limit, m.periodStart instanceof Date, m.resetsAt instanceof Date]),
+        [["aiInsightsPerMonth", true, true]],
+      );
+      assert.deepEqual(free.metered[0]?.usage, { used: 0n, reserved: 0n, remaining: 20n });
     });
 
     test("checkLimit", async () => {
@@ -113,6 +131,11 @@ for (const [name, makeTransport] of Object.entries(transports)) {
       assert.equal(typeof e.version, "bigint");
       assert.ok(e.version > 0n);
       assert.ok(e.features.includes("dataExport"));
+      assert.deepEqual([e.trial, e.trialEndsAt, e.overrides], [false, null, []]);
+      assert.deepEqual(
+        e.metered.map((m) => [m.limit, m.usage?.remaining]),
+        [["aiInsightsPerMonth", 500n]],
+      );
     });
 
     test("an unknown feature is InvalidArgument, naming it", async () => {
@@ -123,6 +146,76 @@ for (const [name, makeTransport] of Object.entries(transports)) {
     test("without the read token: Unauthenticated", async () => {
       const anonymous = createEntitlementsClient(makeTransport(stack));
       await rejectsWith(anonymous.canUse(stack.info.free, "aiInsights"), Code.Unauthenticated);
+    });
+
+    test("consume: allowed up to the free limit (20), refused after, nothing recorded", async () => {
+      const subject = `user_ts_consume_${slug(name)}`;
+      const first = await client.consume(subject, "aiInsightsPerMonth", 15, key());
+      assert.deepEqual(
+        [first.allowed, first.used, first.remaining, first.limitValue, first.duplicate],
+        [true, 15n, 5n, 20n, false],
+      );
+      assert.ok(first.resetsAt instanceof Date && first.resetsAt.getTime() > Date.now());
+      const over = await client.consume(subject, "aiInsightsPerMonth", 6n, key());
+      assert.deepEqual([over.allowed, over.used, over.remaining], [false, 15n, 5n]);
+      const last = await client.consume(subject, "aiInsightsPerMonth", 5, key());
+      assert.deepEqual([last.allowed, last.used, last.remaining], [true, 20n, 0n]);
+      const refused = await client.consume(subject, "aiInsightsPerMonth", 1, key());
+      assert.deepEqual([refused.allowed, refused.used, refused.remaining], [false, 20n, 0n]);
+    });
+
+    test("consume: a retried idempotency key is the first answer, counted once", async () => {
+      const subject = `user_ts_retry_${slug(name)}`;
+      const k = key();
+      const first = await client.consume(subject, "aiInsightsPerMonth", 3, k);
+      const again = await client.consume(subject, "aiInsightsPerMonth", 3, k);
+      assert.deepEqual(again, { ...first, duplicate: true });
+      const usage = await client.getUsage(subject);
+      assert.deepEqual(
+        usage.map((u) => [u.limit, u.used, u.reserved, u.remaining, u.limitValue, u.unlimited]),
+        [["aiInsightsPerMonth", 3n, 0n, 17n, 20n, false]],
+      );
+      assert.ok(usage[0]?.periodStart instanceof Date);
+    });
+
+    test("reserve, commit, release and reportUsage", async () => {
+      const subject = `user_ts_reserve_${slug(name)}`;
+      const held = await client.reserve(subject, "aiInsightsPerMonth", 12, key(), 60);
+      assert.equal(held.allowed, true);
+      assert.ok(held.reservationId && held.expiresAt instanceof Date);
+      assert.equal(held.remaining, 8n);
+      const refused = await client.reserve(subject, "aiInsightsPerMonth", 9, key());
+      assert.deepEqual([refused.allowed, refused.reservationId], [false, null]);
+      assert.deepEqual(await client.commit(held.reservationId, 7), {
+        used: 7n,
+        remaining: 13n,
+        unlimited: false,
+      });
+      const second = await client.reserve(subject, "aiInsightsPerMonth", 13, key());
+      assert.ok(second.reservationId);
+      assert.equal((await client.release(second.reservationId)).remaining, 13n);
+      const over = await client.reportUsage(subject, "aiInsightsPerMonth", { delta: 25 }, key());
+      assert.deepEqual([over.used, over.remaining], [32n, 0n]);
+      const set = await client.reportUsage(subject, "aiInsightsPerMonth", { set: 4n }, key());
+      assert.deepEqual([set.used, set.remaining], [4n, 16n]);
+    });
+
+    test("usage errors: a limit that is not metered, a missing token", async () => {
+      const err = await rejectsWith(
+        client.consume(stack.info.free, "maxHabits", 1, key()),
+        Code.InvalidArgument,
+      );
+      assert.match(err.rawMessage, /maxHabits/);
+      await rejectsWith(
+        client.consume(stack.info.free, "aiInsightsPerMonth", 0, key()),
+        Code.InvalidArgument,
+      );
+      const anonymous = createEntitlementsClient(makeTransport(stack));
+      await rejectsWith(
+        anonymous.consume(stack.info.free, "aiInsightsPerMonth", 1, key()),
+        Code.Unauthenticated,
+      );
+      await rejectsWith(anonymous.getUsage(stack.info.free), Code.Unauthenticated);
     });
 
     test("watch: a heartbeat, then the change of a subject granted meanwhile", async () => {
