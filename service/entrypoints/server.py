@@ -51,6 +51,7 @@ from service.domain.catalog import Catalog
 from service.domain.resolution import Entitlements
 from service.entrypoints.connect_api import HttpServer, start_configured_http
 from service.entrypoints.grpc_api import tracing
+from service.entrypoints.grpc_api.billing_sync import BillingSyncServicer
 from service.entrypoints.grpc_api.dispatch import Dispatch
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
@@ -58,7 +59,7 @@ from service.entrypoints.grpc_api.interceptors import (
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.receiving import Receiving
-from service.entrypoints.grpc_api.servicers import BillingSyncServicer, EntitlementServicer
+from service.entrypoints.grpc_api.servicers import EntitlementServicer
 from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.launch import (
     PortInUse,
