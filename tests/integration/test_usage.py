@@ -275,3 +275,42 @@ async def test_old_records_roll_up_and_verify_still_agrees(
     last = [m async for m in stream][-1]
     assert [d for d in last.differences if d.subject == who] == []
     assert await harness.store.roll_up_usage(90 * 86_400) == 0  # nothing more to do
+
+
+async def test_a_cancel_keeps_the_period_until_its_end_then_free_counts_by_month(
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
+) -> None:
+    """Clerk's cancel-to-period-end: pro and its period (and count) hold until period_end;
+    then the subject is free, counted by calendar month, from zero."""
+    who = subject("cancel")
+    start = now_ms() - 10 * DAY
+    pro = event("item_active_pro_month", at_ms=start, subject=who)
+    pro["data"]["period_start"], pro["data"]["period_end"] = start, start + 30 * DAY
+    await apply(harness, pro)
+    assert (await consume(usage, who, 100)).used == 100
+    canceled = event("item_canceled_pro", at_ms=now_ms(), subject=who)
+    canceled["data"].update(id=pro["data"]["id"], period_start=start, period_end=start + 30 * DAY)
+    await apply(harness, canceled)
+    still = await consume(usage, who, 1)
+    assert (still.used, still.limit_value) == (101, 500)
+    assert still.resets_at.ToMilliseconds() == start + 30 * DAY
+    clock.freeze(start + 30 * DAY + 1000)  # the paid period is over: free, from zero
+    after = await consume(usage, who, 1)
+    assert (after.allowed, after.used, after.limit_value) == (True, 1, 20)
+
+
+async def test_a_free_subject_starts_again_when_the_utc_month_turns(
+    usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
+) -> None:
+    from datetime import UTC, datetime
+
+    who = subject("month")
+    clock.freeze(int(datetime(2031, 1, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000))
+    january = await consume(usage, who, 20)
+    assert january.allowed and january.remaining == 0
+    assert january.resets_at.ToDatetime(tzinfo=UTC) == datetime(2031, 2, 1, tzinfo=UTC)
+    assert not (await consume(usage, who, 1)).allowed
+    clock.freeze(int(datetime(2031, 2, 1, 0, 0, 0, tzinfo=UTC).timestamp() * 1000))
+    february = await consume(usage, who, 1)
+    assert (february.allowed, february.used) == (True, 1)
+    assert february.resets_at.ToDatetime(tzinfo=UTC) == datetime(2031, 3, 1, tzinfo=UTC)
