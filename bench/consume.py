@@ -6,7 +6,7 @@ CONCURRENCY calls in flight over 4 channels, each call a fresh key. Reported: th
 p99 latency, and exactness checked after the run (the usage the service reports equals the
 allowed calls, each counted once).
 
-    .venv/bin/python -m bench.consume        (not yet part of `make bench`)
+Part of `make bench`; alone: `.venv/bin/python -m bench.run consume`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from bench import run
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import usage_service_pb2 as usage_pb
@@ -79,36 +76,32 @@ async def _load(target: str, subjects: list[str], calls: int) -> dict[str, Any]:
     }
 
 
-def _unlimited_for(target: str, subject: str) -> None:
+def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
     """The hot subject gets an unlimited override, so every call takes the write path."""
     with grpc.insecure_channel(target) as channel:
         sync_grpc.BillingSyncServiceStub(channel).SetOverride(
             sync_pb.SetOverrideRequest(
                 subject=subject, limit=METER, unlimited=True, reason="bench"
             ),
-            metadata=(("authorization", f"Bearer {run.SYNC_SECRET}"),),
+            metadata=(("authorization", f"Bearer {sync_secret}"),),
             timeout=10,
         )
 
 
-def bench() -> dict[str, Any]:
-    logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
-    with run.database() as dsn:
-        manager, target = run.service(dsn, logs, "consume")
-        with manager:
-            run.wait_serving(target)
-            _unlimited_for(target, HOT)
-            hot = asyncio.run(_load(target, [HOT], CALLS))
-            spread = [f"user_bench_{i}" for i in range(SUBJECTS)]
-            many = asyncio.run(_load(target, spread, CALLS))
+def measure(target: str, sync_secret: str) -> dict[str, Any]:
+    """Both loads against a serving service with a fresh database."""
+    _unlimited_for(target, HOT, sync_secret)
+    hot = asyncio.run(_load(target, [HOT], CALLS))
+    many = asyncio.run(_load(target, [f"user_bench_{i}" for i in range(SUBJECTS)], CALLS))
     return {"hot_subject": hot, "distinct_subjects": many, "concurrency": CONCURRENCY}
 
 
-if __name__ == "__main__":
-    results = bench()
+def describe(results: dict[str, Any]) -> str:
+    lines = []
     for name in ("hot_subject", "distinct_subjects"):
         r = results[name]
-        print(
+        lines.append(
             f"Consume, {name.replace('_', ' ')}: {r['per_second']}/s, p50 {r['p50_ms']} ms, "
             f"p99 {r['p99_ms']} ms, {r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
         )
+    return "\n".join(lines)

@@ -39,7 +39,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import canuse, instrumentation_cost, scale
+from bench import canuse, consume, instrumentation_cost, scale
 from bench.canuse import log
 from bench.webhooks import (
     SIGNING_SECRET,
@@ -326,7 +326,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def bench_consume() -> dict[str, Any]:
+    """Consume on a service of its own over a fresh database (bench/consume.py)."""
+    logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
+    with database() as dsn:
+        manager, target = service(dsn, logs, "consume")
+        with manager:
+            wait_serving(target)
+            return consume.measure(target, SYNC_SECRET)
+
+
 def main() -> int:
+    if sys.argv[1:] == ["consume"]:
+        print(consume.describe(bench_consume()))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     canuse.ensure_h2load()
     work = Path(tempfile.mkdtemp(prefix="ent-bench-"))
@@ -410,6 +423,9 @@ def main() -> int:
         results["memory"] = bench_memory(proc_a, target_a, 100_000)
         log(f"  {results['memory']}")
         results["growth"] = scale.growth(url, proc_a, target_a, target_b, dsn, work, SYNC_SECRET)
+    log("Consume: one hot subject, then 10 000 subjects …")
+    results["consume"] = bench_consume()
+    log(consume.describe(results["consume"]))
 
     c, f, o = (
         results["canuse"]["cached"],
@@ -441,6 +457,23 @@ def main() -> int:
         },
         "freshness_p99_ms": {"value": results["freshness"]["p99_ms"], "target": "<= 100"},
         "ingest_per_second": {"value": results["ingest"]["per_second"], "target": ">= 300"},
+        "consume_hot_subject_per_second": {
+            "value": results["consume"]["hot_subject"]["per_second"],
+            "target": ">= 2000",
+        },
+        "consume_hot_subject_p99_ms": {
+            "value": results["consume"]["hot_subject"]["p99_ms"],
+            "target": "<= 25",
+        },
+        "consume_10k_subjects_per_second": {
+            "value": results["consume"]["distinct_subjects"]["per_second"],
+            "target": ">= 2000",
+        },
+        "consume_exact": {
+            "value": results["consume"]["hot_subject"]["exact"]
+            and results["consume"]["distinct_subjects"]["exact"],
+            "target": "true",
+        },
         **scale.growth_targets(results["growth"]),
     }
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
