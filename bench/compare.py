@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import canuse, run
+from bench.stack import database, free_port, process, service, wait_serving
 from entitlements.v1 import entitlement_service_pb2 as pb
 
 LOADS = [
@@ -41,22 +42,22 @@ def main(builds: list[str]) -> int:
     data_file = work / "canuse.bin"
     request = pb.CanUseRequest(subject=run.SUBJECT, feature="dataExport")
     data_file.write_bytes(canuse.grpc_frame(request.SerializeToString()))
-    with run.database() as dsn, ExitStack() as stack:
-        port = run.free_port()
+    with database() as dsn, ExitStack() as stack:
+        port = free_port()
         floor_cmd = [sys.executable, str(run.ROOT / "bench" / "noop_server.py")]
         floor = canuse.Contender(
             "floor",
             f"127.0.0.1:{port}",
-            stack.enter_context(run.process([*floor_cmd, f"127.0.0.1:{port}"], {}, "floor", work)),
+            stack.enter_context(process([*floor_cmd, f"127.0.0.1:{port}"], {}, "floor", work)),
         )
         contenders = [floor]
         for build in builds:
             name, _, tree = build.partition("=")
             path = str(Path(tree).resolve())
-            cm, target = run.service(dsn, work, name, env={"PYTHONPATH": path})
+            cm, target = service(dsn, work, name, env={"PYTHONPATH": path})
             contenders.append(canuse.Contender(name, target, stack.enter_context(cm)))
         for c in contenders:
-            run.wait_serving(c.target)
+            wait_serving(c.target)
         for load in LOADS:
             shaped = [replace(c, load=load) for c in contenders]
             canuse.log(f"h2load {load} (connections x streams), {canuse.PAIR_ROUNDS} rounds")

@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc import aio
 
+from bench.stack import SYNC_SECRET, database, service, wait_serving
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import usage_service_pb2 as usage_pb
@@ -94,6 +97,16 @@ def measure(target: str, sync_secret: str) -> dict[str, Any]:
     hot = asyncio.run(_load(target, [HOT], CALLS))
     many = asyncio.run(_load(target, [f"user_bench_{i}" for i in range(SUBJECTS)], CALLS))
     return {"hot_subject": hot, "distinct_subjects": many, "concurrency": CONCURRENCY}
+
+
+def bench() -> dict[str, Any]:
+    """Consume on a service of its own over a fresh database."""
+    logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
+    with database() as dsn:
+        manager, target = service(dsn, logs, "consume")
+        with manager:
+            wait_serving(target)
+            return measure(target, SYNC_SECRET)
 
 
 def describe(results: dict[str, Any]) -> str:

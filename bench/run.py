@@ -21,26 +21,30 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import canuse, consume, instrumentation_cost, scale
 from bench.canuse import log
+from bench.stack import (
+    BIN,
+    SYNC_SECRET,
+    database,
+    free_port,
+    process,
+    service,
+    wait_serving,
+)
 from bench.webhooks import (
     SIGNING_SECRET,
     bench_freshness,
@@ -53,64 +57,7 @@ from entitlements_client import EntitlementsClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BIN = Path(sys.executable).parent
-SYNC_SECRET = "bench-sync-secret-" + secrets.token_hex(16)
 SUBJECT = "user_bench_pro"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(target: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    return  # the no-op floor has no health service: it answers, so it is up
-            time.sleep(0.1)
-    raise TimeoutError(target)
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str], name: str, logs: Path
-) -> Iterator[psutil.Process]:
-    with open(logs / f"{name}.log", "wb") as out:
-        proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out)
-    try:
-        yield psutil.Process(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def service(
-    dsn: str, logs: Path, name: str, *extra: str, env: dict[str, str] | None = None
-) -> tuple[Any, str]:
-    """A service as configured by default (metrics on, on a port of its own; tracing off)."""
-    port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET,
-        "ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}",
-        "ENTITLEMENTS_CACHE_MAX_SUBJECTS": "200000",
-        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-        **(env or {}),
-    }
-    return process(
-        [str(BIN / "entitlements-service"), "--log-level", "WARNING", *extra], env, name, logs
-    ), f"127.0.0.1:{port}"
 
 
 def bench_local_client(target: str) -> dict[str, float]:
@@ -155,37 +102,6 @@ def bench_memory(proc: psutil.Process, target: str, subjects: int) -> dict[str, 
             stub.BatchCanUse(pb.BatchCanUseRequest(checks=checks), timeout=60)
         after = proc.memory_info().rss
     return {"subjects": subjects, "rss_growth_mib": (after - before) / 2**20}
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    admin = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    name = f"ent_bench_{secrets.token_hex(4)}"
-
-    async def admin_sql(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError):
-        import pgserver
-
-        with tempfile.TemporaryDirectory(prefix="ent-bench-pg-") as tmp:
-            server = pgserver.get_server(Path(tmp), cleanup_mode="stop")
-            try:
-                yield server.get_uri()
-            finally:
-                server.cleanup()
-        return
-    head, _, _ = admin.partition("?")[0].rpartition("/")
-    try:
-        yield f"{head}/{name}"
-    finally:
-        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def bench_canuse(
@@ -326,19 +242,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def bench_consume() -> dict[str, Any]:
-    """Consume on a service of its own over a fresh database (bench/consume.py)."""
-    logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
-    with database() as dsn:
-        manager, target = service(dsn, logs, "consume")
-        with manager:
-            wait_serving(target)
-            return consume.measure(target, SYNC_SECRET)
-
-
 def main() -> int:
     if sys.argv[1:] == ["consume"]:
-        print(consume.describe(bench_consume()))
+        print(consume.describe(consume.bench()))
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     canuse.ensure_h2load()
@@ -424,7 +330,7 @@ def main() -> int:
         log(f"  {results['memory']}")
         results["growth"] = scale.growth(url, proc_a, target_a, target_b, dsn, work, SYNC_SECRET)
     log("Consume: one hot subject, then 10 000 subjects …")
-    results["consume"] = bench_consume()
+    results["consume"] = consume.bench()
     log(consume.describe(results["consume"]))
 
     c, f, o = (
