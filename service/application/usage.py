@@ -188,10 +188,7 @@ class Usage:
                 raise NotFound(f"no reservation {echo(reservation_id)}")
             return reservation
 
-        async def peek(uow: UnitOfWork) -> Reservation:
-            return await locked(uow)
-
-        first = await self._tx.run(peek)
+        first = await self._tx.run(locked)  # whose it is: their terms are read outside
         _, value, period = await self._terms(first.subject, first.meter)
 
         async def work(uow: UnitOfWork) -> Answer:
@@ -225,9 +222,12 @@ class Usage:
 
         return await self._tx.run(work)
 
-    async def usage(self, subject: str) -> list[MeterUsage]:
-        """Every metered limit's usage in its current period (a meter never used: 0)."""
-        ent = (await self._reads.get(require_subject(subject))).entitlements
+    async def usage(
+        self, subject: str, entitlements: Entitlements | None = None
+    ) -> list[MeterUsage]:
+        """Every metered limit's usage in its current period (a meter never used: 0);
+        `entitlements`: the subject's, when the caller has just read them."""
+        ent = entitlements or (await self._reads.get(require_subject(subject))).entitlements
         now = self._clock.now_ms()
         stored = await self._counters.counters(subject, now) if self._catalog.meters else {}
         found = []

@@ -151,8 +151,7 @@ class Counter:
 
     def at(self, ms: int, current: Period) -> Counter:
         """This counter at `ms`, where `current` is the period `period_at` gives now."""
-        ended = self.period.end_ms is not None and ms >= self.period.end_ms
-        if ended or current.start_ms >= (self.period.end_ms or INT64_MAX):
+        if self.period.end_ms is not None and ms >= self.period.end_ms:  # the period ended
             return Counter(current, 0, self.reserved)
         if current != self.period:  # the plan changed within the period: keep the count
             return replace(self, period=current)

@@ -67,7 +67,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         now, read from PostgreSQL on every call: usage moves with every consumption."""
         if not self._catalog.meters:
             return message
-        found = await self._app.usage.usage(entry.entitlements.subject)
+        found = await self._app.usage.usage(entry.entitlements.subject, entry.entitlements)
         answer = type(message)()
         answer.CopyFrom(message)
         del answer.metered[:]
@@ -132,7 +132,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         ent = (await self._reader.get(request.subject)).entitlements
         usage = request.current_usage
         if usage == 0 and request.limit in self._catalog.meters:  # none passed: the stored
-            found = await self._app.usage.usage(request.subject)
+            found = await self._app.usage.usage(request.subject, ent)
             usage = next(
                 u.counter.used + u.counter.reserved for u in found if u.limit == request.limit
             )
