@@ -126,10 +126,35 @@ const NAMES: Record<Code, ErrorCode> = {
   [Code.Unauthenticated]: "Unauthenticated",
 };
 
-/** Any failure as an `EntitlementsError` (the one mapping from Connect/gRPC codes). */
-export function entitlementsError(err: unknown): EntitlementsError {
+// Node's codes for a connection or TLS handshake that failed: the service was not reached, as
+// gRPC's own clients (and so the Python client) report it (UNAVAILABLE), whatever code the
+// transport chose (connect-node says Internal for a certificate it cannot verify).
+const UNREACHED =
+  /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|SELF_SIGNED|DEPTH_ZERO|E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH|NOTFOUND|AI_AGAIN)$)/;
+
+function unreached(connect: ConnectError): string | undefined {
+  const cause: unknown = connect.cause;
+  if (cause instanceof Error && "code" in cause && typeof cause.code === "string") {
+    if (UNREACHED.test(cause.code)) return `the service could not be reached (${cause.message})`;
+  }
+  return undefined;
+}
+
+/**
+ * Any failure as an `EntitlementsError` (the one mapping from Connect/gRPC codes).
+ * `callerAborted`: the caller's own signal aborted the call; otherwise a stream the transport
+ * closed with CANCEL (a TLS peer that refused the client's certificate) is `Unavailable`.
+ */
+export function entitlementsError(err: unknown, callerAborted = false): EntitlementsError {
   if (err instanceof EntitlementsError) return err;
   const connect = ConnectError.from(err);
+  const lost = unreached(connect);
+  if (lost !== undefined) return new Unavailable(lost, { cause: connect });
+  if (connect.code === Code.Canceled && !callerAborted) {
+    return new Unavailable(`the connection closed before an answer (${connect.rawMessage})`, {
+      cause: connect,
+    });
+  }
   const Class = CLASSES[connect.code];
   // rawMessage: the service's own message ("unknown feature 'teleport'"), without the
   // "[invalid_argument]" prefix ConnectError adds.
@@ -148,10 +173,17 @@ export function guarded<T extends object>(methods: T): T {
             try {
               return await (value as (...a: unknown[]) => Promise<unknown>)(...args);
             } catch (err) {
-              throw entitlementsError(err);
+              throw entitlementsError(err, args.some(aborted));
             }
           }
         : value;
   }
   return out as T;
+}
+
+/** A call's options whose `signal` has aborted. */
+function aborted(arg: unknown): boolean {
+  if (typeof arg !== "object" || arg === null || !("signal" in arg)) return false;
+  const signal: unknown = arg.signal;
+  return signal instanceof AbortSignal && signal.aborted;
 }
