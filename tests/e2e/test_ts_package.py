@@ -58,7 +58,7 @@ def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (CLIENT / "node_modules").is_dir(), "run `make ts-install`"
     out = tmp_path_factory.mktemp("pack")
     packed = json.loads(run([npm, "pack", "--json", "--pack-destination", str(out)], CLIENT))
-    path = out / packed[0]["filename"]
+    path = out / str(packed[0]["filename"])
     assert path.is_file()
     return path
 
@@ -87,9 +87,13 @@ def test_installed_into_an_empty_folder_the_readme_example_runs(
     assert npm and node
     app = tmp_path / "app"
     app.mkdir()
-    (app / "package.json").write_text(json.dumps({"name": "app", "private": True, "type": "module"}))
+    (app / "package.json").write_text(
+        json.dumps({"name": "app", "private": True, "type": "module"})
+    )
     run([npm, "install", "--no-audit", "--no-fund", "--prefer-offline", str(tarball)], app)
-    installed = json.loads((app / "node_modules/@plan-entitlements/client/package.json").read_text())
+    installed = json.loads(
+        (app / "node_modules/@plan-entitlements/client/package.json").read_text()
+    )
     assert installed["license"] == "Apache-2.0"
 
     code, shown = readme_example()

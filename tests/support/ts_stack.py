@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -121,7 +122,7 @@ def tls_service(env: dict[str, str], log_path: Path, tls: TlsFiles) -> Iterator[
     try:
         deadline = time.monotonic() + 60
         with _channel(target, tls) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # typeshed stub lacks the methods
             while True:
                 try:
                     answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -165,9 +166,7 @@ class Plain:
     def start(self) -> str:
         log = self.tmp / "service.log"
         try:
-            self.proc, target = self._stack.enter_context(
-                service_process(self.env, log, self.port)
-            )
+            self.proc, target = self._stack.enter_context(service_process(self.env, log, self.port))
         except Exception:
             sys.stderr.write(log.read_text(errors="replace") if log.exists() else "")
             raise
@@ -206,7 +205,7 @@ def main(argv: list[str]) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ts-stack-")))
         admin = stack.enter_context(admin_dsn(tmp))
         dsn = stack.enter_context(fresh_database(admin))
-        info = {"token": READ_TOKEN, "paid": PAID, "free": FREE}
+        info: dict[str, object] = {"token": READ_TOKEN, "paid": PAID, "free": FREE}
         if "--tls" in argv:
             tls = make_tls_files(tmp)
             target = stack.enter_context(
