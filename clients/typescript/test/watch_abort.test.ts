@@ -45,13 +45,13 @@ for (const [name, makeTransport] of Object.entries(transports)) {
           events += 1;
           assert.equal(event.kind, "heartbeat");
           if (events === 2) {
-            // Mid-read: the next heartbeat is ~800 ms away when the abort comes.
+            // Mid-read: the consumer waits for the next heartbeat, ~1 s away.
             setTimeout(() => {
               gc?.();
               gc?.();
               abortedAt = performance.now();
               abort.abort();
-            }, 200);
+            }, 20);
           }
         }
         return performance.now() - abortedAt;
