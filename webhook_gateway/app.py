@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,7 +24,7 @@ from webhook_gateway import allocator
 from webhook_gateway.body import BodyRefused, discard_buffered, read_body
 from webhook_gateway.budget import BodyBudget
 from webhook_gateway.config import GatewaySettings
-from webhook_gateway.forwarding import Forwarder, ForwardResult
+from webhook_gateway.forwarding import DeliveryForwarder, Forwarder, ForwardFailed, ForwardResult
 from webhook_gateway.metrics import GatewayMetrics
 from webhook_gateway.server_log import ParserRefusals, server_logger
 from webhook_gateway.verification import HEADER_NAMES, VerificationFailed, Verifier
@@ -40,7 +41,7 @@ CONFIG_ERROR = "Server config error"
 SETTINGS = web.AppKey("settings", GatewaySettings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 VERIFIER = web.AppKey("verifier", Verifier)
-FORWARDER = web.AppKey("forwarder", Forwarder)
+FORWARDER = web.AppKey("forwarder", DeliveryForwarder)
 BUDGET = web.AppKey("budget", BodyBudget)
 REFUSALS = web.AppKey("refusals", RefusalLog)
 
@@ -153,7 +154,7 @@ async def _verify_and_forward(request: web.Request, body: bytes) -> web.Response
         result = await request.app[FORWARDER].forward(
             verified.event_id, event_type, body, verified.signed_at_seconds
         )
-    except grpc.aio.AioRpcError as exc:
+    except ForwardFailed as exc:
         return _forward_failed(request, verified.event_id, exc)
     finally:
         metrics.forward_seconds.observe(time.perf_counter() - started)
@@ -161,8 +162,8 @@ async def _verify_and_forward(request: web.Request, body: bytes) -> web.Response
     return _answer(request, 200, result.outcome, {"outcome": result.outcome})
 
 
-def _forward_failed(request: web.Request, event_id: str, exc: grpc.aio.AioRpcError) -> web.Response:
-    code = exc.code()
+def _forward_failed(request: web.Request, event_id: str, exc: ForwardFailed) -> web.Response:
+    code = exc.code
     if code is grpc.StatusCode.UNAUTHENTICATED:
         log.error(
             "Error processing %s: the entitlement service rejected our "
@@ -174,7 +175,7 @@ def _forward_failed(request: web.Request, event_id: str, exc: grpc.aio.AioRpcErr
         log.error("Error processing %s: the entitlement service has no sync secret", event_id)
         return _answer(request, 500, "config_error", {"error": CONFIG_ERROR})
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        log.warning("Error processing %s: refused by the service: %s", event_id, exc.details())
+        log.warning("Error processing %s: refused by the service: %s", event_id, exc.details)
         return _answer(request, 400, "rejected", {"error": "delivery refused as invalid"})
     level = logging.WARNING if code in _RETRYABLE_CODES else logging.ERROR
     log.log(level, "Error processing %s: service %s; answering 503", event_id, code.name)
@@ -215,11 +216,30 @@ EXCLUDED_URLS_VARS = ("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", "OTEL_PYTHON_E
 UNTRACED_PATHS = ("/healthz$", "/readyz$", "/metrics$")
 
 
+@contextmanager
+def _untraced_probes() -> Iterator[None]:
+    """Probes and scrapes every few seconds are not traces anyone wants. The middleware reads
+    the paths to leave alone from its environment variable once, when instrumented, and has no
+    argument for them: unless the operator set their own, ours are there for that moment only,
+    and the environment is left as it was."""
+    if any(os.environ.get(name) for name in EXCLUDED_URLS_VARS):
+        yield
+        return
+    os.environ[EXCLUDED_URLS_VARS[0]] = ",".join(UNTRACED_PATHS)
+    try:
+        yield
+    finally:
+        del os.environ[EXCLUDED_URLS_VARS[0]]
+
+
 def create_app(
-    settings: GatewaySettings, tracer_provider: TracerProvider | None = None
+    settings: GatewaySettings,
+    tracer_provider: TracerProvider | None = None,
+    forwarder: DeliveryForwarder | None = None,
 ) -> web.Application:
     """The gateway; with `tracer_provider`, each request is traced through the forwarded call
-    (OpenTelemetry's aiohttp-server middleware and gRPC client interceptors)."""
+    (OpenTelemetry's aiohttp-server middleware and gRPC client interceptors). `forwarder`:
+    where verified deliveries go (default: BillingSyncService at `settings.target`)."""
     client_interceptors: list[grpc.aio.ClientInterceptor] = []
     instrumentor = None
     if tracer_provider is not None:
@@ -228,12 +248,10 @@ def create_app(
 
         # The instrumentor's way: web.Application, made after it, carries its middleware
         # (undone when this app is cleaned up).
-        if not any(os.environ.get(name) for name in EXCLUDED_URLS_VARS):
-            # Probes and scrapes every few seconds are not traces anyone wants.
-            os.environ[EXCLUDED_URLS_VARS[0]] = ",".join(UNTRACED_PATHS)
         instrumentor = AioHttpServerInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(tracer_provider=tracer_provider)
+            with _untraced_probes():
+                instrumentor.instrument(tracer_provider=tracer_provider)
         client_interceptors = aio_client_interceptors(tracer_provider)  # type: ignore[no-untyped-call]
     # client_max_size also caps anything aiohttp itself would read into memory.
     app = web.Application(client_max_size=settings.max_body_bytes)
@@ -244,14 +262,13 @@ def create_app(
     app[REFUSALS] = RefusalLog(log)
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
-        forwarder = Forwarder(
+        app[FORWARDER] = forwarder or Forwarder(
             settings.target,
             settings.sync_secret,
             settings.forward_timeout_seconds,
             settings.tls,
             client_interceptors,
         )
-        app[FORWARDER] = forwarder
         parser_refusals = ParserRefusals(app[METRICS], app[REFUSALS])
         server_logger.addFilter(parser_refusals)
         trimmer = asyncio.create_task(allocator.trim_when_settled(app[BUDGET].settled))
@@ -259,7 +276,7 @@ def create_app(
         trimmer.cancel()
         server_logger.removeFilter(parser_refusals)
         app[REFUSALS].flush()
-        await forwarder.close()
+        await app[FORWARDER].close()
         if instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
 

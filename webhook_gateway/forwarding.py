@@ -1,11 +1,15 @@
-"""Forwarding verified deliveries to BillingSyncService over one long-lived gRPC channel."""
+"""Forwarding verified deliveries to BillingSyncService over one long-lived gRPC channel.
+
+`DeliveryForwarder` is what the gateway's handlers need (create_app takes any): `Forwarder`
+is the gRPC one; its failures reach the handlers as `ForwardFailed`, with the status code, so
+the status table in app.py is the same for any forwarder and tested with a fake one."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -24,6 +28,26 @@ class ForwardResult:
     subject: str
     plan: str
     previous_plan: str
+
+
+class ForwardFailed(Exception):
+    """The service did not apply a delivery: its gRPC status and the status's details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class DeliveryForwarder(Protocol):
+    async def forward(
+        self, event_id: str, event_type: str, body: bytes, signed_at_seconds: int
+    ) -> ForwardResult:
+        """Apply one delivery; raises `ForwardFailed` when the service did not."""
+
+    async def service_ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class Forwarder:
@@ -56,7 +80,7 @@ class Forwarder:
     async def forward(
         self, event_id: str, event_type: str, body: bytes, signed_at_seconds: int
     ) -> ForwardResult:
-        """Apply one delivery; raises `grpc.aio.AioRpcError` on failure."""
+        """Apply one delivery; raises `ForwardFailed` on failure."""
         received = Timestamp()
         received.FromNanoseconds(time.time_ns())
         request = sync_pb.ApplyBillingEventRequest(
@@ -66,9 +90,12 @@ class Forwarder:
             received_at=received,
             signed_at=Timestamp(seconds=signed_at_seconds),
         )
-        response = await self._stub.ApplyBillingEvent(
-            request, metadata=self._metadata, timeout=self._timeout, wait_for_ready=False
-        )
+        try:
+            response = await self._stub.ApplyBillingEvent(
+                request, metadata=self._metadata, timeout=self._timeout, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ForwardFailed(exc.code(), exc.details() or "") from exc
         return ForwardResult(
             outcome=sync_pb.Outcome.Name(response.outcome),
             subject=response.subject,
