@@ -17,12 +17,15 @@ grpc_server_* count of every call. hypercorn's own bounds are set in http_server
 from __future__ import annotations
 
 import logging
+import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, cast
 
 from connectrpc.code import Code
 from connectrpc.request import RequestContext
+from google.protobuf.descriptor import ServiceDescriptor
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
@@ -32,11 +35,7 @@ from service.config import ServiceSettings
 from service.entrypoints import http_server
 from service.entrypoints.connect_guard import BodyLimits, ConnectGuard, PublicErrors, routes
 from service.entrypoints.connect_replies import CONNECT_CODES, GRPC_CODES, PublicError
-from service.entrypoints.grpc_api.interceptors import (
-    ENTITLEMENT_PREFIX,
-    ReadAuthInterceptor,
-    public_status,
-)
+from service.entrypoints.grpc_api.interceptors import ReadAuthInterceptor, public_status
 from service.entrypoints.grpc_api.servicers import Context, EntitlementServicer
 from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.http_server import (
@@ -61,15 +60,13 @@ __all__ = [
     "HttpServer",
     "asgi_app",
     "connect_error",
+    "connect_handlers",
     "listen_socket",
     "start_configured_http",
     "start_http",
 ]
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Res = TypeVar("Res")
 
 
 def connect_error(exc: Exception, method: str) -> PublicError:
@@ -80,8 +77,9 @@ def connect_error(exc: Exception, method: str) -> PublicError:
 
 
 class _Peer:
-    """The part of a gRPC context the Watch stream reads: the caller's address, in gRPC's
-    spelling ("ipv4:10.0.0.7:5123"), so per-client stream limits count both protocols alike."""
+    """The caller's context a servicer reads (servicers.Context): the caller's address, in
+    gRPC's spelling ("ipv4:10.0.0.7:5123"), so per-client stream limits count both protocols
+    alike."""
 
     def __init__(self, client_address: str | None) -> None:
         host, _, port = (client_address or "unknown:0").rpartition(":")
@@ -92,131 +90,48 @@ class _Peer:
         return self._peer
 
 
-async def _unary(
-    call: Callable[[Req, Context], Awaitable[Res]],
-    request: Req,
-    ctx: RequestContext[Req, Res],
-) -> Res:
-    """One unary call of a gRPC servicer's method, its error made public."""
-    try:
-        return await call(request, cast(Context, _Peer(ctx.client_address)))
-    except Exception as exc:
-        raise connect_error(exc, ctx.method.name) from None
+Series = Callable[[str, bool], Any]
 
 
-class ConnectEntitlements:
-    """The generated `EntitlementService` protocol, answered by the gRPC servicer. The token
-    and the count are the guard's (connect_guard.py); errors become public ones here."""
+def _handler(call: Callable[[Any, Context], Any], streaming: bool, series: Series) -> Any:
+    """A Connect handler calling the servicer's gRPC method `call`; what it raises is made
+    public (connect_error). A stream's messages are counted as gRPC's are."""
+    if not streaming:
 
-    def __init__(self, servicer: EntitlementServicer, metrics: bool = True) -> None:
-        self._servicer = servicer
-        self._series = series_for if metrics else uncounted
+        async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+            try:
+                return await call(request, _Peer(ctx.client_address))
+            except Exception as exc:
+                raise connect_error(exc, ctx.method.name) from None
 
-    async def can_use(
-        self, request: pb.CanUseRequest, ctx: RequestContext[pb.CanUseRequest, pb.CanUseResponse]
-    ) -> pb.CanUseResponse:
-        return await _unary(self._servicer.CanUse, request, ctx)
+        return unary
 
-    async def get_limits(
-        self,
-        request: pb.GetLimitsRequest,
-        ctx: RequestContext[pb.GetLimitsRequest, pb.GetLimitsResponse],
-    ) -> pb.GetLimitsResponse:
-        return await _unary(self._servicer.GetLimits, request, ctx)
-
-    async def check_limit(
-        self,
-        request: pb.CheckLimitRequest,
-        ctx: RequestContext[pb.CheckLimitRequest, pb.CheckLimitResponse],
-    ) -> pb.CheckLimitResponse:
-        return await _unary(self._servicer.CheckLimit, request, ctx)
-
-    async def get_entitlements(
-        self,
-        request: pb.GetEntitlementsRequest,
-        ctx: RequestContext[pb.GetEntitlementsRequest, pb.GetEntitlementsResponse],
-    ) -> pb.GetEntitlementsResponse:
-        return await _unary(self._servicer.GetEntitlements, request, ctx)
-
-    async def batch_can_use(
-        self,
-        request: pb.BatchCanUseRequest,
-        ctx: RequestContext[pb.BatchCanUseRequest, pb.BatchCanUseResponse],
-    ) -> pb.BatchCanUseResponse:
-        return await _unary(self._servicer.BatchCanUse, request, ctx)
-
-    async def list_plans(
-        self,
-        request: pb.ListPlansRequest,
-        ctx: RequestContext[pb.ListPlansRequest, pb.ListPlansResponse],
-    ) -> pb.ListPlansResponse:
-        return await _unary(self._servicer.ListPlans, request, ctx)
-
-    async def watch_entitlements(
-        self,
-        request: pb.WatchEntitlementsRequest,
-        ctx: RequestContext[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse],
-    ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        series = self._series(ENTITLEMENT_PREFIX + ctx.method.name, True)
+    async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+        counted = series(f"/{ctx.method.service_name}/{ctx.method.name}", True)
         try:
-            peer = cast(Context, _Peer(ctx.client_address))
-            async for message in self._servicer.WatchEntitlements(request, peer):
-                series.sent += 1
+            async for message in call(request, _Peer(ctx.client_address)):
+                counted.sent += 1
                 yield message
         except Exception as exc:
             raise connect_error(exc, ctx.method.name) from None
 
+    return stream
 
-class ConnectUsage:
-    """The generated `UsageService` protocol, answered by the gRPC port's `UsageServicer`
-    (usage_api.py): the same use cases, the same validation, the same errors."""
 
-    def __init__(self, servicer: UsageServicer) -> None:
-        self._servicer = servicer
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
-    async def consume(
-        self,
-        request: usage_pb.ConsumeRequest,
-        ctx: RequestContext[usage_pb.ConsumeRequest, usage_pb.ConsumeResponse],
-    ) -> usage_pb.ConsumeResponse:
-        return await _unary(self._servicer.Consume, request, ctx)
 
-    async def report_usage(
-        self,
-        request: usage_pb.ReportUsageRequest,
-        ctx: RequestContext[usage_pb.ReportUsageRequest, usage_pb.ReportUsageResponse],
-    ) -> usage_pb.ReportUsageResponse:
-        return await _unary(self._servicer.ReportUsage, request, ctx)
-
-    async def reserve(
-        self,
-        request: usage_pb.ReserveRequest,
-        ctx: RequestContext[usage_pb.ReserveRequest, usage_pb.ReserveResponse],
-    ) -> usage_pb.ReserveResponse:
-        return await _unary(self._servicer.Reserve, request, ctx)
-
-    async def commit_reservation(
-        self,
-        request: usage_pb.CommitReservationRequest,
-        ctx: RequestContext[usage_pb.CommitReservationRequest, usage_pb.CommitReservationResponse],
-    ) -> usage_pb.CommitReservationResponse:
-        return await _unary(self._servicer.CommitReservation, request, ctx)
-
-    async def release_reservation(
-        self,
-        request: usage_pb.ReleaseReservationRequest,
-        ctx: RequestContext[
-            usage_pb.ReleaseReservationRequest, usage_pb.ReleaseReservationResponse
-        ],
-    ) -> usage_pb.ReleaseReservationResponse:
-        return await _unary(self._servicer.ReleaseReservation, request, ctx)
-
-    async def get_usage(
-        self,
-        request: usage_pb.GetUsageRequest,
-        ctx: RequestContext[usage_pb.GetUsageRequest, usage_pb.GetUsageResponse],
-    ) -> usage_pb.GetUsageResponse:
-        return await _unary(self._servicer.GetUsage, request, ctx)
+def connect_handlers(servicer: object, service: ServiceDescriptor, series: Series) -> Any:
+    """The generated Connect protocol of `service` (a snake_case method per RPC, as its ASGI
+    application calls them), each answered by the servicer's method of the same RPC — made
+    from the service's descriptor, the one table of its methods."""
+    return SimpleNamespace(
+        **{
+            _snake(m.name): _handler(getattr(servicer, m.name), m.server_streaming, series)
+            for m in service.methods
+        }
+    )
 
 
 def asgi_app(
@@ -229,7 +144,10 @@ def asgi_app(
     """The ASGI application serving EntitlementService and UsageService over Connect,
     gRPC-Web and gRPC: connectrpc's, one per service and message cap (the reads' and the list
     methods'; UsageService's are reads'), behind the guard."""
-    entitlements = ConnectEntitlements(servicer, metrics)
+    series = series_for if metrics else uncounted
+    entitlement_service = pb.DESCRIPTOR.services_by_name["EntitlementService"]
+    usage_service = usage_pb.DESCRIPTOR.services_by_name["UsageService"]
+    entitlements = connect_handlers(servicer, entitlement_service, series)
 
     def entitlements_app(read_max_bytes: int) -> App:
         app = EntitlementServiceASGIApplication(
@@ -241,20 +159,18 @@ def asgi_app(
     usage_app = cast(
         App,
         UsageServiceASGIApplication(
-            ConnectUsage(usage), interceptors=[PublicErrors()], read_max_bytes=READ_MAX_BYTES
+            connect_handlers(usage, usage_service, series),
+            interceptors=[PublicErrors()],
+            read_max_bytes=READ_MAX_BYTES,
         ),
     )
     guarded = routes(
         [
-            (
-                pb.DESCRIPTOR.services_by_name["EntitlementService"],
-                lambda name: lists if name in LIST_METHODS else reads,
-            ),
-            (usage_pb.DESCRIPTOR.services_by_name["UsageService"], lambda name: usage_app),
+            (entitlement_service, lambda name: lists if name in LIST_METHODS else reads),
+            (usage_service, lambda name: usage_app),
         ]
     )
     auth = ReadAuthInterceptor(list(read_tokens)) if read_tokens else None
-    series = series_for if metrics else uncounted
     return ConnectGuard(guarded, reads, auth, limits or BodyLimits(), series)
 
 

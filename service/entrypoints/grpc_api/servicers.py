@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
-
-from grpc import aio
+from typing import Any, Protocol, TypeVar
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
@@ -35,7 +33,14 @@ MAX_EVENT_ID_BYTES = 255
 DEFAULT_HISTORY_PAGE = 100
 MAX_HISTORY_PAGE = 1000
 
-Context = aio.ServicerContext[Any, Any]
+
+class Context(Protocol):
+    """What a servicer reads of its call: the caller's address (per-client Watch limits).
+    gRPC's ServicerContext is one; the Connect adapter passes its own (connect_api._Peer)."""
+
+    def peer(self) -> str: ...
+
+
 R = TypeVar("R")
 M = TypeVar("M", pb.GetLimitsResponse, pb.GetEntitlementsResponse)
 
