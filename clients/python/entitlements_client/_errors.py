@@ -7,6 +7,7 @@ uses it too)."""
 from __future__ import annotations
 
 import grpc
+import grpc.aio
 
 
 class EntitlementsError(Exception):
@@ -121,8 +122,9 @@ _BY_CODE: dict[grpc.StatusCode, type[EntitlementsError]] = {
 def error_from_rpc(exc: grpc.RpcError) -> EntitlementsError:
     """The library's error for a failed gRPC call: the class of its status code (UNKNOWN and
     codes without a class of their own: `EntitlementsError`) and the service's details."""
-    status = exc.code() if isinstance(exc, grpc.Call) else None
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
+    call = exc if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
+    status = call.code() if call is not None else None
+    details = (call.details() if call is not None else None) or ""
     if status is None:
         return EntitlementsError(details or "the call failed")
     message = details or status.name.lower().replace("_", " ")
