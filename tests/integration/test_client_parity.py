@@ -71,49 +71,74 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
 ]
 
 
-def _outcome(run: Callable[[], Any]) -> Any:
+def _raised(exc: EntitlementsError) -> tuple[str, str, str, str]:
+    return ("raised", type(exc).__name__, exc.code, exc.message)
+
+
+def _sync_outcome(call: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
     try:
-        answer = run()
+        return call(*args, **kwargs)
     except EntitlementsError as exc:
-        return ("raised", type(exc).__name__, exc.code, exc.message)
-    return answer
+        return _raised(exc)
+
+
+class _CountCanUse:
+    """Counts CanUse RPCs made while `can_use` cases run: none when the cache answers."""
+
+    def __init__(self, rpcs: dict[str, Any]) -> None:
+        self.real, self.calls = rpcs["CanUse"], 0
+        rpcs["CanUse"] = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.real(*args, **kwargs)
 
 
 async def _table(harness: Harness, kind: str, cached: bool, free: str, pro: str) -> list[Any]:
     fresh = subject(f"parity_{kind}_{cached}")
     names = {FREE: free, PRO: pro, FRESH: fresh}
     outcomes: list[Any] = []
-    if kind == "sync":
-        client = EntitlementsClient(harness.target, local_cache=cached)
-        await asyncio.to_thread(client.start)
-        if cached:
-            assert await asyncio.to_thread(client.wait_synced, 10)
-            for who in (free, pro):  # held locally from here on
-                await asyncio.to_thread(client.snapshot, who)
-        for method, args, kwargs in CASES:
-            call = getattr(client, method)
-            real = [names.get(a, a) if isinstance(a, str) else a for a in args]
-            outcomes.append(
-                await asyncio.to_thread(_outcome, lambda c=call, a=real, k=kwargs: c(*a, **k))
-            )
-        await asyncio.to_thread(client.close)
-        return outcomes
-    aclient = AsyncEntitlementsClient(harness.target, local_cache=cached)
-    await aclient.start()
-    if cached:
-        assert await aclient.wait_synced(10)
-        for who in (free, pro):
-            await aclient.snapshot(who)
-    for method, args, kwargs in CASES:
-        real = [names.get(a, a) if isinstance(a, str) else a for a in args]
-        try:
-            answer = await getattr(aclient, method)(*real, **kwargs)
-        except EntitlementsError as exc:
-            outcomes.append(("raised", type(exc).__name__, exc.code, exc.message))
+    client: EntitlementsClient | AsyncEntitlementsClient
+    client = (EntitlementsClient if kind == "sync" else AsyncEntitlementsClient)(
+        harness.target, local_cache=cached
+    )
+    counted = _CountCanUse(client._rpcs)
+    local_can_use_rpcs = 0
+    for method, args, kwargs in [("start", (), {}), *CASES]:
+        if method == "start" and cached:  # synced, and the two subjects held locally
+            await _call(client, "start", [], {})
+            assert await _call(client, "wait_synced", [10], {})
+            for who in (free, pro):
+                await _call(client, "snapshot", [who], {})
             continue
-        outcomes.append(_outcome(lambda a=answer: a))
-    await aclient.close()
+        before = counted.calls
+        real = [names.get(a, a) if isinstance(a, str) else a for a in args]
+        answer = await _call(client, method, real, {**kwargs})
+        if method != "start":
+            outcomes.append(answer)
+        if method == "can_use":
+            local_can_use_rpcs += counted.calls - before
+    await _call(client, "close", [], {})
+    if cached:
+        assert local_can_use_rpcs == 0  # every can_use, refusals too, answered locally
     return outcomes
+
+
+async def _call(
+    client: EntitlementsClient | AsyncEntitlementsClient,
+    method: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One call through either client: the sync one in a worker thread (the server runs in
+    this event loop), its answer or the exception it raised, as `_raised` shows it."""
+    bound = getattr(client, method)
+    if isinstance(client, EntitlementsClient):
+        return await asyncio.to_thread(_sync_outcome, bound, args, kwargs)
+    try:
+        return await bound(*args, **kwargs)
+    except EntitlementsError as exc:
+        return _raised(exc)
 
 
 async def test_the_same_table_gives_the_same_outcomes_through_every_client(
