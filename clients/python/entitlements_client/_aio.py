@@ -140,15 +140,22 @@ class AsyncEntitlementsClient(BaseClient):
 
     async def snapshot(self, subject: str) -> Snapshot:
         """The subject's resolved entitlements (local when fresh, else by RPC)."""
-        return await self._run(self._snapshot_op(subject))
+        local = self._local_snapshot(subject)
+        return local if local is not None else await self._run(self._snapshot_op(subject))
 
     async def get_limits(self, subject: str) -> Limits:
+        snap = self._local_snapshot(subject)
+        if snap is not None:
+            return Limits(snap.plan, snap.limits)
         return await self._run(self._get_limits_op(subject))
 
     async def check_limit(
         self, subject: str, limit: str, current_usage: int = 0, requested: int = 1
     ) -> LimitCheck:
         """As `EntitlementsClient.check_limit`."""
+        local = self._local_check_limit(subject, limit, current_usage, requested)
+        if local is not None:
+            return local
         return await self._run(self._check_limit_op(subject, limit, current_usage, requested))
 
     # ---- metered usage (always the service; see _usage.py) ----------------------------------

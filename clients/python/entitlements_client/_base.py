@@ -139,6 +139,19 @@ class BaseClient:
         snap = cache.fresh(subject)
         return None if snap is None else cache.decide(snap, feature)
 
+    def _local_check_limit(
+        self, subject: str, limit: str, current_usage: int, requested: int
+    ) -> LimitCheck | None:
+        """The hot path of a limit check: the local answer, else None (see `_check_limit_op`)."""
+        cache = self.cache
+        if cache is None or limit in cache.metered:
+            return None
+        snap = cache.fresh(subject)
+        return None if snap is None else cache.limit_answer(snap, limit, current_usage, requested)
+
+    def _local_snapshot(self, subject: str) -> Snapshot | None:
+        return None if self.cache is None else self.cache.fresh(subject)
+
     def _can_use_op(self, subject: str, feature: str) -> Op[bool]:
         cache = self.cache
         if cache is not None and cache.synced:

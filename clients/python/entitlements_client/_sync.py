@@ -133,9 +133,13 @@ class EntitlementsClient(BaseClient):
 
     def snapshot(self, subject: str) -> Snapshot:
         """The subject's resolved entitlements (local when fresh, else by RPC)."""
-        return self._run(self._snapshot_op(subject))
+        local = self._local_snapshot(subject)
+        return local if local is not None else self._run(self._snapshot_op(subject))
 
     def get_limits(self, subject: str) -> Limits:
+        snap = self._local_snapshot(subject)
+        if snap is not None:
+            return Limits(snap.plan, snap.limits)
         return self._run(self._get_limits_op(subject))
 
     def check_limit(
@@ -144,6 +148,9 @@ class EntitlementsClient(BaseClient):
         """Do `requested` more units fit? A limit the service does not meter is answered
         locally while the cache is fresh enough (`current_usage` is the caller's count); a
         metered one always by the service, which counts its usage itself (`current_usage` 0)."""
+        local = self._local_check_limit(subject, limit, current_usage, requested)
+        if local is not None:
+            return local
         return self._run(self._check_limit_op(subject, limit, current_usage, requested))
 
     # ---- metered usage (always the service; see _usage.py) ----------------------------------
