@@ -16,6 +16,7 @@ from service.application.records import (
     HistoryRow,
     StoredDelivery,
 )
+from service.domain.consumption import Recorded
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
@@ -150,6 +151,15 @@ class UsageRepository(Protocol):
         transaction ends, with what live reservations hold at `now_ms`; and the answer a call
         with idempotency `key` got before, if any."""
 
+    async def lock_many(
+        self,
+        counters: Sequence[tuple[str, str, Period]],
+        calls: Sequence[tuple[str, str, str]],
+        now_ms: int,
+    ) -> tuple[dict[tuple[str, str], Counter], list[Answer | None]]:
+        """`lock` for several counters at once (given in (subject, meter) order, each once),
+        and the answer each call's (subject, meter, key) got before (aligned with `calls`)."""
+
     async def save(
         self,
         subject: str,
@@ -163,6 +173,10 @@ class UsageRepository(Protocol):
     ) -> None:
         """Store the counter and record the call (`kind`, its key, the amount, the answer and
         when), in order."""
+
+    async def save_many(self, records: Sequence[Recorded], at_ms: int) -> None:
+        """`save` for several calls, recorded in their order; each counter ends as its last
+        record leaves it."""
 
     async def hold(self, reservation: Reservation) -> None: ...
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 
+from service.application.consume_queue import ConsumeQueue
 from service.application.ports import Clock, Transactions, UnitOfWork, UsageReader
 from service.application.reads import EntitlementReader
 from service.domain.bounds import INT64_MAX, echo
 from service.domain.catalog import Catalog, LimitValue
+from service.domain.consumption import ConsumeCall
 from service.domain.errors import InvalidArgument, NotFound
 from service.domain.resolution import Entitlements
 from service.domain.subjects import require_subject
@@ -74,6 +76,7 @@ class Usage:
         self._counters = counters
         self._catalog = catalog
         self._clock = clock
+        self._queue = ConsumeQueue(transactions, clock)
 
     def metered(self, limit: str) -> str:
         if limit not in self._catalog.meters:
@@ -89,24 +92,13 @@ class Usage:
         return ent, ent.limits[limit], period
 
     async def consume(self, subject: str, limit: str, amount: int, key: str) -> tuple[Answer, bool]:
-        """Record `amount` when it fits (atomic); the answer and whether it is a retry's."""
+        """Record `amount` when it fits (atomic); the answer and whether it is a retry's.
+        Calls waiting at the same moment share one transaction (consume_queue.py)."""
         self.metered(limit)
         _checked_amount(amount)
         _checked_key(key)
         _, value, period = await self._terms(subject, limit)
-
-        async def work(uow: UnitOfWork) -> tuple[Answer, bool]:
-            now = self._clock.now_ms()
-            counter, prior = await uow.usage.lock(subject, limit, period, now, key)
-            if prior is not None:
-                return prior, True
-            after, decision = counter.at(now, period).consume(value, amount)
-            answer = Answer.of(after, value, decision.allowed)
-            recorded = amount if decision.allowed else 0
-            await uow.usage.save(subject, limit, after, Kind.CONSUME, key, recorded, answer, now)
-            return answer, False
-
-        return await self._tx.run(work)
+        return await self._queue.consume(ConsumeCall(subject, limit, amount, key, value, period))
 
     async def report(
         self, subject: str, limit: str, delta: int | None, total: int | None, key: str

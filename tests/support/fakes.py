@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from service.application.ports import UnitOfWork
 from service.application.records import DeliverySelector, StoredDelivery
+from service.domain.consumption import Recorded
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
@@ -333,6 +334,19 @@ class FakeUsage:
         held = self._data.held(subject, meter, now_ms)
         prior = self._data.records.get((subject, meter, key)) if key else None
         return replace(counter, reserved=held), prior
+
+    async def lock_many(
+        self,
+        counters: Sequence[tuple[str, str, Period]],
+        calls: Sequence[tuple[str, str, str]],
+        now_ms: int,
+    ) -> tuple[dict[tuple[str, str], Counter], list[Answer | None]]:
+        locked = {(s, m): (await self.lock(s, m, p, now_ms, None))[0] for s, m, p in counters}
+        return locked, [self._data.records.get(call) for call in calls]
+
+    async def save_many(self, records: Sequence[Recorded], at_ms: int) -> None:
+        for r in records:
+            await self.save(r.subject, r.meter, r.counter, r.kind, r.key, r.amount, r.answer, at_ms)
 
     async def save(
         self,

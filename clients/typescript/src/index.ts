@@ -3,41 +3,64 @@
  * `entitlements.v1.EntitlementService` and `entitlements.v1.UsageService` (metered limits:
  * usage.ts). It works over any Connect-ES transport:
  *
- * - `connectTransport()` (here): the Connect protocol over plain `fetch` (browsers, Next.js,
- *   edge runtimes, Node ≥ 18), to the service's `ENTITLEMENTS_HTTP_LISTEN` address;
+ * - `connectTransport()` (transport.ts): the Connect protocol over plain `fetch` (browsers,
+ *   Next.js, edge runtimes, Node ≥ 20), to the service's `ENTITLEMENTS_HTTP_LISTEN` address;
  * - `grpcTransport()` (`@plan-entitlements/client/node`): gRPC over HTTP/2 with
- *   `@connectrpc/connect-node`, to `ENTITLEMENTS_LISTEN`.
+ *   `@connectrpc/connect-node`, to `ENTITLEMENTS_LISTEN`, TLS and mutual TLS included.
  *
- * Answers are plain objects: int64 values are `bigint`, enums are their proto names
- * (`"REASON_FEATURE_IN_PLAN"`, as grpcurl and the JSON API show them), timestamps are `Date`
- * or `null` (unset: the answer does not change by time alone). Errors are `ConnectError`s with
- * the service's codes (`Code.InvalidArgument` for an unknown feature, `Code.Unauthenticated`
- * without the read token, …).
+ * Answers are plain objects (types.ts): int64 values are `bigint`, enums are their proto names
+ * (`"REASON_FEATURE_IN_PLAN"`), timestamps are `Date` or `null`. Errors are `EntitlementsError`s
+ * (errors.ts), named as the Python client's exceptions (`Unavailable`, `InvalidArgument`, …).
+ *
+ * With `localCache: true` the client follows WatchEntitlements (follow.ts) and answers
+ * `allowed()` and `snapshot()` in-process while the cache is fresh (cache.ts: the Python
+ * client's staleness contract); every other method always asks the service.
  */
 
-import type { DescEnum } from "@bufbuild/protobuf";
-import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import { type CallOptions, type Client, type Transport, createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-web";
 
 import {
-  type CanUseResponse,
-  type GetEntitlementsResponse,
-  type Limit as LimitMessage,
-  type MeteredLimit as MeteredLimitMessage,
-  type Override as OverrideMessage,
-  EntitlementService,
-  EntitlementStatus,
-  EntitlementStatusSchema,
-  Reason,
-  ReasonSchema,
-} from "./gen/entitlements/v1/entitlement_service_pb.js";
+  DEFAULT_MAX_CACHED_SUBJECTS,
+  DEFAULT_MAX_STALENESS_MS,
+  LocalCache,
+  type Snapshot,
+  snapshotOf,
+} from "./cache.js";
+import { canUseResult, date, entitlements, headerRecord, limitsRecord, meteredLimit } from "./convert.js";
+import { entitlementsError, guarded } from "./errors.js";
+import { Follower } from "./follow.js";
+import { EntitlementService } from "./gen/entitlements/v1/entitlement_service_pb.js";
 import { UsageService } from "./gen/entitlements/v1/usage_service_pb.js";
+import type {
+  CanUseResult,
+  CheckLimitResult,
+  Entitlements,
+  FeatureCheck,
+  LimitsResult,
+  WatchEvent,
+  WatchOptions,
+} from "./types.js";
 import { type UsageMethods, usageMethods } from "./usage.js";
 
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { Transport } from "@connectrpc/connect";
+export { DEFAULT_MAX_STALENESS_MS, MIN_MAX_STALENESS_MS } from "./cache.js";
+export {
+  DeadlineExceeded,
+  EntitlementsError,
+  type ErrorCode,
+  FailedPrecondition,
+  Internal,
+  InvalidArgument,
+  NotFound,
+  PermissionDenied,
+  ResourceExhausted,
+  Unauthenticated,
+  Unavailable,
+} from "./errors.js";
 export { EntitlementService } from "./gen/entitlements/v1/entitlement_service_pb.js";
+export { connectTransport } from "./transport.js";
+export type * from "./types.js";
 export {
   type ConsumeResult,
   type MeteredUsage,
@@ -49,117 +72,36 @@ export {
   UsageService,
 } from "./usage.js";
 
-/** Why a `canUse` answer is what it is: the proto names of `entitlements.v1.Reason`. */
-export type ReasonName = `REASON_${keyof typeof Reason}`;
-/** Where the effective plan comes from: the proto names of `entitlements.v1.EntitlementStatus`. */
-export type EntitlementStatusName = `ENTITLEMENT_STATUS_${keyof typeof EntitlementStatus}`;
-
-export interface Limit {
-  /** Meaningless when `unlimited`. */
-  value: bigint;
-  unlimited: boolean;
-}
-
-/** A metered limit's current period, and its usage in answers read from the service. */
-export interface MeteredLimit {
-  limit: string;
-  periodStart: Date | null;
-  /** `null` for `reset = "never"`. */
-  resetsAt: Date | null;
-  /** `null` where the answer carries no usage (watch events: it would go stale). */
-  usage: { used: bigint; reserved: bigint; remaining: bigint } | null;
-}
-
-/** A per-customer override in force (one of `feature` and `limit` is set, the other ""). */
-export interface Override {
-  overrideId: string;
-  feature: string;
-  limit: string;
-  /** For a feature: granted (`true`) or withheld (`false`). */
-  enabled: boolean;
-  /** For a limit: the value that replaces the plan's. */
-  value: Limit | null;
-  expiresAt: Date | null;
-  reason: string;
-}
-
-export interface CanUseResult {
-  allowed: boolean;
-  plan: string;
-  reason: ReasonName;
-  /** The earliest instant this answer changes by time alone; `null`: never. */
-  validUntil: Date | null;
-}
-
-export interface LimitsResult {
-  plan: string;
-  limits: Record<string, Limit>;
-  validUntil: Date | null;
-  metered: MeteredLimit[];
-}
-
-export interface CheckLimitResult {
-  allowed: boolean;
-  /** The limit's value (meaningless when `unlimited`). */
-  limit: bigint;
-  /** max(0, limit − currentUsage); meaningless when `unlimited`. */
-  remaining: bigint;
-  unlimited: boolean;
-  plan: string;
-  validUntil: Date | null;
-}
-
-export interface Entitlements {
-  subject: string;
-  plan: string;
-  features: string[];
-  limits: Record<string, Limit>;
-  status: EntitlementStatusName;
-  validUntil: Date | null;
-  /** Per-subject change counter. */
-  version: bigint;
-  overrides: Override[];
-  /** The entitling item is a free trial, ending at `trialEndsAt`. */
-  trial: boolean;
-  trialEndsAt: Date | null;
-  metered: MeteredLimit[];
-}
-
-export interface FeatureCheck {
-  subject: string;
-  feature: string;
-}
-
-/** One message of `watch()`: a changed subject, or a heartbeat ("caught up"). */
-export type WatchEvent =
-  | { kind: "change"; subject: string; version: bigint; entitlements: Entitlements }
-  | {
-      kind: "heartbeat";
-      /** Resume from here (`sinceVersion`) after a reconnect: nothing is missed. */
-      version: bigint;
-      serverTime: Date | null;
-      /** Every change committed before `serverTime − lagMs` has been sent. */
-      lagMs: number;
-    };
-
-export interface WatchOptions {
-  /** Empty or unset: every subject. */
-  subjects?: string[];
-  /** Resume point: every change with a higher version, then live. */
-  sinceVersion?: bigint;
-  signal?: AbortSignal;
-}
-
 export interface ClientOptions {
   /** ENTITLEMENTS_READ_TOKEN of the service, sent as `authorization: Bearer <token>`. */
   token?: string;
   /** Deadline of each unary call (default 5000 ms); `watch` has none. */
   timeoutMs?: number;
+  /**
+   * Follow WatchEntitlements and answer `allowed()` / `snapshot()` in-process while fresh
+   * (the Python client's `local_cache=True`). Call `close()` when done.
+   */
+  localCache?: boolean;
+  /** Local answers only within this long of the last heartbeat (default 5000, at least 2000;
+   * Python's `max_staleness`). */
+  maxStalenessMs?: number;
+  /** Subjects held, least recently stored dropped first (default 100 000). */
+  maxCachedSubjects?: number;
 }
 
 /** Entitlement checks, and the usage of metered limits (`consume`, `reportUsage`, `reserve`,
  * `commit`, `release`, `getUsage`: usage.ts). */
 export interface EntitlementsClient extends UsageMethods {
+  /**
+   * May `subject` use `feature`? From the local cache while it is fresh (`localCache: true`),
+   * else the service's answer (an `EntitlementsError` when it cannot answer). An unknown
+   * feature is `InvalidArgument` either way.
+   */
+  allowed(subject: string, feature: string): Promise<boolean>;
+  /** The subject's entitlements as the local cache holds them (one RPC when it does not, or
+   * when it is not fresh); metered periods without usage (`usage: null`). */
+  snapshot(subject: string): Promise<Entitlements>;
+  /** The service's answer, with its reason (always an RPC). */
   canUse(subject: string, feature: string, options?: CallOptions): Promise<CanUseResult>;
   getLimits(subject: string, options?: CallOptions): Promise<LimitsResult>;
   checkLimit(
@@ -172,24 +114,20 @@ export interface EntitlementsClient extends UsageMethods {
   getEntitlements(subject: string, options?: CallOptions): Promise<Entitlements>;
   /** Up to 1000 checks; results in request order. */
   batchCanUse(checks: FeatureCheck[], options?: CallOptions): Promise<CanUseResult[]>;
+  /** The stream of changes and heartbeats; it ends (no error) when `signal` aborts. */
   watch(options?: WatchOptions): AsyncIterable<WatchEvent>;
+  /** True only while a local answer cannot be older than `maxStalenessMs`. */
+  readonly synced: boolean;
+  /** Resolves true once the local cache has caught up, false after `timeoutMs` (default 10 s). */
+  waitSynced(timeoutMs?: number): Promise<boolean>;
+  /** Stops following the stream (with `localCache`); the client still answers by RPC. */
+  close(): Promise<void>;
+  /** The local cache (`localCache: true`), for inspection; `null` without one. */
+  readonly cache: LocalCache | null;
   /** The generated Connect-ES client, for what the wrapper does not cover (ListPlans). */
   readonly raw: Client<typeof EntitlementService>;
   /** The generated Connect-ES client of UsageService. */
   readonly rawUsage: Client<typeof UsageService>;
-}
-
-/** The Connect protocol over `fetch` (JSON by default; `binary: true` for protobuf). */
-export function connectTransport(options: {
-  baseUrl: string;
-  binary?: boolean;
-  fetch?: typeof globalThis.fetch;
-}): Transport {
-  return createConnectTransport({
-    baseUrl: options.baseUrl,
-    useBinaryFormat: options.binary ?? false,
-    ...(options.fetch ? { fetch: options.fetch } : {}),
-  });
 }
 
 export function createEntitlementsClient(
@@ -197,6 +135,7 @@ export function createEntitlementsClient(
   options: ClientOptions = {},
 ): EntitlementsClient {
   const raw = createClient(EntitlementService, transport);
+  const rawUsage = createClient(UsageService, transport);
   const auth: Record<string, string> = options.token
     ? { authorization: `Bearer ${options.token}` }
     : {};
@@ -206,17 +145,41 @@ export function createEntitlementsClient(
     ...extra,
     headers: { ...auth, ...headerRecord(extra?.headers) },
   });
+  const cache = options.localCache
+    ? new LocalCache(
+        options.maxCachedSubjects ?? DEFAULT_MAX_CACHED_SUBJECTS,
+        options.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS,
+      )
+    : null;
+  const follower = cache ? new Follower(raw, cache, auth, timeoutMs) : null;
 
-  const rawUsage = createClient(UsageService, transport);
+  /** The subject's snapshot: fresh from the cache, else one RPC (cached when still trusted). */
+  async function snapshotFor(subject: string): Promise<Snapshot> {
+    const held = cache?.fresh(subject);
+    if (held) return held;
+    const generation = cache?.generation ?? 0;
+    const snap = snapshotOf(await raw.getEntitlements({ subject }, call()));
+    cache?.putFromRpc(snap, generation);
+    return snap;
+  }
 
-  return {
-    raw,
-    rawUsage,
+  const rpc = guarded({
     ...usageMethods(rawUsage, call),
-    async canUse(subject, feature, extra) {
+    async allowed(subject: string, feature: string): Promise<boolean> {
+      if (cache) {
+        let snap = cache.fresh(subject);
+        if (snap === undefined && cache.synced) snap = await snapshotFor(subject);
+        if (snap !== undefined) return cache.decide(snap, feature);
+      }
+      return (await raw.canUse({ subject, feature }, call())).allowed;
+    },
+    async snapshot(subject: string): Promise<Entitlements> {
+      return (await snapshotFor(subject)).entitlements;
+    },
+    async canUse(subject: string, feature: string, extra?: CallOptions): Promise<CanUseResult> {
       return canUseResult(await raw.canUse({ subject, feature }, call(extra)));
     },
-    async getLimits(subject, extra) {
+    async getLimits(subject: string, extra?: CallOptions): Promise<LimitsResult> {
       const r = await raw.getLimits({ subject }, call(extra));
       return {
         plan: r.plan,
@@ -225,7 +188,13 @@ export function createEntitlementsClient(
         metered: r.metered.map(meteredLimit),
       };
     },
-    async checkLimit(subject, limit, currentUsage, requested = 1n, extra) {
+    async checkLimit(
+      subject: string,
+      limit: string,
+      currentUsage: bigint | number,
+      requested: bigint | number = 1n,
+      extra?: CallOptions,
+    ): Promise<CheckLimitResult> {
       const r = await raw.checkLimit(
         { subject, limit, currentUsage: BigInt(currentUsage), requested: BigInt(requested) },
         call(extra),
@@ -239,117 +208,79 @@ export function createEntitlementsClient(
         validUntil: date(r.validUntil),
       };
     },
-    async getEntitlements(subject, extra) {
+    async getEntitlements(subject: string, extra?: CallOptions): Promise<Entitlements> {
       return entitlements(await raw.getEntitlements({ subject }, call(extra)));
     },
-    async batchCanUse(checks, extra) {
+    async batchCanUse(checks: FeatureCheck[], extra?: CallOptions): Promise<CanUseResult[]> {
       const r = await raw.batchCanUse({ checks }, call(extra));
       return r.results.map(canUseResult);
     },
-    async *watch(watchOptions = {}) {
-      const stream = raw.watchEntitlements(
-        {
-          subjects: watchOptions.subjects ?? [],
-          ...(watchOptions.sinceVersion !== undefined
-            ? { sinceVersion: watchOptions.sinceVersion }
-            : {}),
-        },
-        {
-          headers: auth,
-          ...(watchOptions.signal ? { signal: watchOptions.signal } : {}),
-        },
-      );
-      for await (const m of stream) {
-        if (m.subject === "") {
-          const lag = m.lag;
-          yield {
-            kind: "heartbeat",
-            version: m.version,
-            serverTime: date(m.serverTime),
-            lagMs: lag ? Number(lag.seconds) * 1000 + lag.nanos / 1e6 : 0,
-          };
-        } else if (m.entitlements) {
-          yield {
-            kind: "change",
-            subject: m.subject,
-            version: m.version,
-            entitlements: entitlements(m.entitlements),
-          };
-        }
+  });
+
+  return {
+    ...rpc,
+    raw,
+    rawUsage,
+    cache,
+    get synced() {
+      return cache?.synced ?? false;
+    },
+    async waitSynced(waitMs = 10_000) {
+      const until = performance.now() + waitMs;
+      while (!(cache?.synced ?? false)) {
+        if (!cache || performance.now() >= until) return false;
+        await new Promise((resolve) => setTimeout(resolve, 10));
       }
+      return true;
+    },
+    async close() {
+      await follower?.close();
+    },
+    watch(watchOptions = {}) {
+      return watchEvents(raw, auth, watchOptions);
     },
   };
 }
 
-function headerRecord(init: HeadersInit | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (init) new Headers(init).forEach((value, key) => (out[key] = value));
-  return out;
-}
-
-/** The proto name of an enum value (`REASON_FEATURE_IN_PLAN`), as the JSON API spells it. */
-function enumName<T extends string>(schema: DescEnum, value: number, prefix: string): T {
-  return (schema.value[value]?.name ?? `${prefix}UNSPECIFIED`) as T;
-}
-
-function date(ts: Timestamp | undefined): Date | null {
-  return ts ? timestampDate(ts) : null;
-}
-
-function limitsRecord(limits: { [key: string]: LimitMessage }): Record<string, Limit> {
-  const out: Record<string, Limit> = {};
-  for (const [name, l] of Object.entries(limits)) {
-    out[name] = { value: l.value, unlimited: l.unlimited };
+/** `watch()`: ends quietly when the caller's signal aborts, on either transport. */
+async function* watchEvents(
+  raw: Client<typeof EntitlementService>,
+  auth: Record<string, string>,
+  watchOptions: WatchOptions,
+): AsyncGenerator<WatchEvent> {
+  const signal = watchOptions.signal;
+  if (signal?.aborted) return;
+  const stream = raw.watchEntitlements(
+    {
+      subjects: watchOptions.subjects ?? [],
+      ...(watchOptions.sinceVersion !== undefined
+        ? { sinceVersion: watchOptions.sinceVersion }
+        : {}),
+    },
+    { headers: auth, ...(signal ? { signal } : {}) },
+  );
+  try {
+    for await (const m of stream) {
+      if (m.subject === "") {
+        const lag = m.lag;
+        yield {
+          kind: "heartbeat",
+          version: m.version,
+          serverTime: date(m.serverTime),
+          lagMs: lag ? Number(lag.seconds) * 1000 + lag.nanos / 1e6 : 0,
+        };
+      } else if (m.entitlements) {
+        yield {
+          kind: "change",
+          subject: m.subject,
+          version: m.version,
+          entitlements: entitlements(m.entitlements),
+        };
+      }
+      if (signal?.aborted) return;
+    }
+  } catch (err) {
+    if (signal?.aborted) return;
+    throw entitlementsError(err);
   }
-  return out;
-}
-
-function meteredLimit(m: MeteredLimitMessage): MeteredLimit {
-  return {
-    limit: m.limit,
-    periodStart: date(m.periodStart),
-    resetsAt: date(m.resetsAt),
-    usage: m.hasUsage ? { used: m.used, reserved: m.reserved, remaining: m.remaining } : null,
-  };
-}
-
-function override(o: OverrideMessage): Override {
-  return {
-    overrideId: o.overrideId,
-    feature: o.feature,
-    limit: o.limit,
-    enabled: o.enabled,
-    value: o.value ? { value: o.value.value, unlimited: o.value.unlimited } : null,
-    expiresAt: date(o.expiresAt),
-    reason: o.reason,
-  };
-}
-
-function canUseResult(r: CanUseResponse): CanUseResult {
-  return {
-    allowed: r.allowed,
-    plan: r.plan,
-    reason: enumName<ReasonName>(ReasonSchema, r.reason, "REASON_"),
-    validUntil: date(r.validUntil),
-  };
-}
-
-function entitlements(r: GetEntitlementsResponse): Entitlements {
-  return {
-    subject: r.subject,
-    plan: r.plan,
-    features: [...r.features],
-    limits: limitsRecord(r.limits),
-    status: enumName<EntitlementStatusName>(
-      EntitlementStatusSchema,
-      r.status,
-      "ENTITLEMENT_STATUS_",
-    ),
-    validUntil: date(r.validUntil),
-    version: r.version,
-    overrides: r.overrides.map(override),
-    trial: r.trial,
-    trialEndsAt: date(r.trialEndsAt),
-    metered: r.metered.map(meteredLimit),
-  };
 }

@@ -2,9 +2,9 @@
  * The usage of metered limits (`entitlements.v1.UsageService`, SPEC §10.1): `consume`,
  * `reportUsage`, `reserve`, `commit`, `release` and `getUsage`, on the same transport, token
  * and deadline as the rest of the client (see index.ts). Consumption is always answered by the
- * service: nothing here counts or approves usage locally. Errors are the service's
- * `ConnectError`s, as for every other method (`Code.InvalidArgument` for an unknown or
- * non-metered limit, an amount ≤ 0 or an empty idempotency key; `Code.Unavailable` when the
+ * service: nothing here counts or approves usage locally. Errors are `EntitlementsError`s
+ * (index.ts maps them, errors.ts), as for every other method (`InvalidArgument` for an unknown
+ * or non-metered limit, an amount ≤ 0 or an empty idempotency key; `Unavailable` when the
  * database is down, nothing recorded).
  */
 

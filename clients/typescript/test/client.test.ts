@@ -8,10 +8,14 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import {
-  Code,
   ConnectError,
+  EntitlementsError,
   type EntitlementsClient,
+  type ErrorCode,
+  InvalidArgument,
   type Transport,
+  Unauthenticated,
+  Unavailable,
   connectTransport,
   createEntitlementsClient,
 } from "../src/index.js";
@@ -45,16 +49,43 @@ function slug(name: string): string {
   return name.replace(/\W+/g, "_");
 }
 
-async function rejectsWith(promise: Promise<unknown>, code: Code): Promise<ConnectError> {
+/** The call fails with an EntitlementsError of `code`, an instance of `Class`, whose cause
+ * is the transport's ConnectError. */
+async function rejectsWith(
+  promise: Promise<unknown>,
+  code: ErrorCode,
+  Class: new (...args: never[]) => EntitlementsError = EntitlementsError,
+): Promise<EntitlementsError> {
   try {
     await promise;
   } catch (err) {
-    assert.ok(err instanceof ConnectError, `not a ConnectError: ${String(err)}`);
+    assert.ok(err instanceof EntitlementsError, `not an EntitlementsError: ${String(err)}`);
+    assert.ok(err instanceof Class, `not a ${Class.name}: ${err.name}`);
     assert.equal(err.code, code, err.message);
+    assert.equal(err.name, code);
+    assert.ok(err.cause instanceof ConnectError);
     return err;
   }
-  assert.fail(`expected ${Code[code]}`);
+  assert.fail(`expected ${code}`);
 }
+
+/** A port nothing listens on (bound, then closed). */
+async function closedPort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const server = createServer();
+  await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+  const address = server.address();
+  await new Promise((ok) => server.close(ok));
+  assert.ok(address && typeof address === "object");
+  return address.port;
+}
+
+const unreachable: Record<string, (port: number) => Transport> = {
+  "connect (fetch, JSON)": (port) => connectTransport({ baseUrl: `http://127.0.0.1:${port}` }),
+  "connect (fetch, binary)": (port) =>
+    connectTransport({ baseUrl: `http://127.0.0.1:${port}`, binary: true }),
+  "grpc (connect-node)": (port) => grpcTransport({ baseUrl: `http://127.0.0.1:${port}` }),
+};
 
 for (const [name, makeTransport] of Object.entries(transports)) {
   describe(name, () => {
@@ -139,13 +170,30 @@ for (const [name, makeTransport] of Object.entries(transports)) {
     });
 
     test("an unknown feature is InvalidArgument, naming it", async () => {
-      const err = await rejectsWith(client.canUse(stack.info.free, "teleport"), Code.InvalidArgument);
-      assert.match(err.rawMessage, /unknown feature 'teleport'/);
+      const err = await rejectsWith(
+        client.canUse(stack.info.free, "teleport"),
+        "InvalidArgument",
+        InvalidArgument,
+      );
+      assert.equal(err.message, "unknown feature 'teleport'");
+      await rejectsWith(client.allowed(stack.info.free, "teleport"), "InvalidArgument");
     });
 
     test("without the read token: Unauthenticated", async () => {
       const anonymous = createEntitlementsClient(makeTransport(stack));
-      await rejectsWith(anonymous.canUse(stack.info.free, "aiInsights"), Code.Unauthenticated);
+      await rejectsWith(
+        anonymous.canUse(stack.info.free, "aiInsights"),
+        "Unauthenticated",
+        Unauthenticated,
+      );
+    });
+
+    test("an unreachable service is Unavailable (as in Python), not Unknown", async () => {
+      const make = unreachable[name];
+      assert.ok(make);
+      const nowhere = createEntitlementsClient(make(await closedPort()));
+      await rejectsWith(nowhere.canUse(stack.info.free, "aiInsights"), "Unavailable", Unavailable);
+      await rejectsWith(nowhere.getUsage(stack.info.free), "Unavailable", Unavailable);
     });
 
     test("consume: allowed up to the free limit (20), refused after, nothing recorded", async () => {
@@ -203,19 +251,19 @@ for (const [name, makeTransport] of Object.entries(transports)) {
     test("usage errors: a limit that is not metered, a missing token", async () => {
       const err = await rejectsWith(
         client.consume(stack.info.free, "maxHabits", 1, key()),
-        Code.InvalidArgument,
+        "InvalidArgument",
       );
-      assert.match(err.rawMessage, /maxHabits/);
+      assert.match(err.message, /maxHabits/);
       await rejectsWith(
         client.consume(stack.info.free, "aiInsightsPerMonth", 0, key()),
-        Code.InvalidArgument,
+        "InvalidArgument",
       );
       const anonymous = createEntitlementsClient(makeTransport(stack));
       await rejectsWith(
         anonymous.consume(stack.info.free, "aiInsightsPerMonth", 1, key()),
-        Code.Unauthenticated,
+        "Unauthenticated",
       );
-      await rejectsWith(anonymous.getUsage(stack.info.free), Code.Unauthenticated);
+      await rejectsWith(anonymous.getUsage(stack.info.free), "Unauthenticated");
     });
 
     test("watch: a heartbeat, then the change of a subject granted meanwhile", async () => {

@@ -11,10 +11,13 @@ import { fileURLToPath } from "node:url";
 export interface StackInfo {
   grpc: string;
   grpcTarget: string;
+  /** Unset with `--tls` (the service serves no HTTP beside a TLS port). */
   http: string;
   token: string;
   paid: string;
   free: string;
+  /** With `--tls`: PEM files (the CA, a client cert from it, one from another CA). */
+  tls?: { ca: string; cert: string; key: string; rogueCert: string; rogueKey: string };
 }
 
 // build-test/test/stack.js → the repository root, four levels up.
@@ -27,9 +30,10 @@ export class Stack {
     private readonly lines: Interface,
   ) {}
 
-  static async start(): Promise<Stack> {
+  /** `args`: `["--tls"]` for a mutual-TLS gRPC port. */
+  static async start(args: string[] = []): Promise<Stack> {
     const python = process.env.ENTITLEMENTS_PYTHON ?? join(REPO, ".venv", "bin", "python");
-    const proc = spawn(python, ["-m", "tests.support.ts_stack"], { cwd: REPO });
+    const proc = spawn(python, ["-m", "tests.support.ts_stack", ...args], { cwd: REPO });
     proc.stderr.on("data", (chunk: Buffer) => {
       if (process.env.TS_STACK_VERBOSE) process.stderr.write(chunk);
     });
@@ -47,10 +51,28 @@ export class Stack {
 
   /** Put `subject` on the pro plan (a grant through the write side). */
   async grant(subject: string): Promise<void> {
+    await this.send(`grant ${subject}`);
+  }
+
+  /** SIGSTOP the service (its streams stop, its sockets stay open); `resume()` undoes it. */
+  async pause(): Promise<void> {
+    await this.send("pause");
+  }
+
+  async resume(): Promise<void> {
+    await this.send("resume");
+  }
+
+  /** Stop the service, drop and recreate its database, start it on the same ports. */
+  async wipe(): Promise<void> {
+    await this.send("wipe");
+  }
+
+  private async send(command: string): Promise<void> {
     const answer = new Promise<string>((ok) => this.lines.once("line", ok));
-    this.proc.stdin.write(`grant ${subject}\n`);
+    this.proc.stdin.write(`${command}\n`);
     const line = await answer;
-    if (line !== "ok") throw new Error(`grant ${subject}: ${line}`);
+    if (line !== "ok") throw new Error(`${command}: ${line}`);
   }
 
   async stop(): Promise<void> {

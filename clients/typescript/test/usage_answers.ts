@@ -14,6 +14,7 @@ import {
   type EntitlementsClient,
   type MeteredUsage,
   type Transport,
+  Unauthenticated,
   connectTransport,
   createEntitlementsClient,
 } from "../src/index.js";
@@ -72,8 +73,9 @@ async function answers(
   try {
     await createEntitlementsClient(transport).consume(subject, METER, 1, "anonymous");
   } catch (err) {
-    if (!(err instanceof ConnectError)) throw err;
-    unauthenticated = { code: err.code, message: err.rawMessage };
+    // An EntitlementsError named as Python's exception; the wire code is its cause's.
+    if (!(err instanceof Unauthenticated) || !(err.cause instanceof ConnectError)) throw err;
+    unauthenticated = { code: err.cause.code, message: err.message };
   }
   return { consume, usage, unauthenticated };
 }

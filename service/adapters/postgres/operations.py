@@ -96,7 +96,7 @@ class StoreSnapshot:
         rows = await self._conn.fetch(
             """SELECT subject, meter, seq, kind, amount, recorded_at_ms, period_start_ms,
                       resets_at_ms
-                 FROM usage_records WHERE (subject, meter, seq) > ($1, $2, $3)
+                 FROM usage_records WHERE (subject, meter, seq) > ($1, $2, $3) AND seq > 0
                 ORDER BY subject, meter, seq LIMIT $4""",
             *after,
             limit,

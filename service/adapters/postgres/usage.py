@@ -8,37 +8,58 @@ consumers on any number of replicas are serialised there and the limit is never 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from service.adapters.postgres.base import Conn, StoreBase
+from service.domain.consumption import Recorded
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation
 
-# Made when new, locked either way (one statement; the row lock lasts until commit).
-LOCK_COUNTER = """
+# Made when new, locked either way, in (subject, meter) order so that two batches never wait
+# on each other in a cycle (one statement; the row locks last until commit).
+LOCK_COUNTERS = """
 INSERT INTO usage_counters (subject, meter, period_start_ms, period_end_ms)
-VALUES ($1, $2, $3, $4)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ORDER BY 1, 2
 ON CONFLICT (subject, meter) DO UPDATE SET subject = EXCLUDED.subject
-RETURNING period_start_ms, period_end_ms, used
+RETURNING subject, meter, period_start_ms, period_end_ms, used
 """
-# A later statement (a new snapshot, after the lock was granted): what live reservations hold,
-# and the answer a call with this key got before.
+# A later statement (a new snapshot, after the locks were granted): what live reservations
+# hold on each locked counter, and the answer a call with each key got before.
 HELD_AND_PRIOR = """
-SELECT (SELECT COALESCE(sum(amount), 0)::bigint FROM usage_reservations
-         WHERE subject = $1 AND meter = $2 AND state = 'held' AND expires_at_ms > $3) AS held,
+WITH calls AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+           AS k(subject, meter, key, n))
+SELECT c.n,
+       (SELECT COALESCE(sum(amount), 0)::bigint FROM usage_reservations r
+         WHERE r.subject = c.subject AND r.meter = c.meter AND r.state = 'held'
+           AND r.expires_at_ms > $4) AS held,
        (SELECT json_build_array(allowed, used_after, remaining_after, unlimited, limit_value,
                                 period_start_ms, resets_at_ms, reservation_id)
-          FROM usage_records
-         WHERE subject = $1 AND meter = $2 AND idempotency_key = $4) AS prior
+          FROM usage_records u
+         WHERE u.subject = c.subject AND u.meter = c.meter AND u.idempotency_key = c.key
+       ) AS prior
+  FROM calls c ORDER BY c.n
 """
+# Each counter's final state, and every call recorded in the order it was applied (seq).
 SAVE = """
 WITH c AS (
-    UPDATE usage_counters SET period_start_ms = $3, period_end_ms = $4, used = $5,
-                              updated_at = now()
-     WHERE subject = $1 AND meter = $2)
+    UPDATE usage_counters u SET period_start_ms = t.start_ms, period_end_ms = t.end_ms,
+                                used = t.used, updated_at = now()
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+           AS t(subject, meter, start_ms, end_ms, used)
+     WHERE u.subject = t.subject AND u.meter = t.meter)
 INSERT INTO usage_records (subject, meter, idempotency_key, kind, amount, allowed, used_after,
                            remaining_after, unlimited, limit_value, period_start_ms,
                            resets_at_ms, reservation_id, recorded_at_ms)
-VALUES ($1, $2, $6, $7, $8, $9, $10, $11, $12, $13, $3, $4, $14, $15)
+SELECT subject, meter, key, kind, amount, allowed, used_after, remaining_after, unlimited,
+       limit_value, start_ms, end_ms, reservation_id, $19
+  FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::boolean[],
+              $12::bigint[], $13::bigint[], $14::boolean[], $15::bigint[], $16::bigint[],
+              $17::bigint[], $18::text[])
+       WITH ORDINALITY AS r(subject, meter, key, kind, amount, allowed, used_after,
+                            remaining_after, unlimited, limit_value, start_ms, end_ms,
+                            reservation_id, n)
+ ORDER BY n
 """
 COUNTERS = """
 SELECT c.meter, c.period_start_ms, c.period_end_ms, c.used,
@@ -65,17 +86,42 @@ class PgUsage:
     async def lock(
         self, subject: str, meter: str, period: Period, now_ms: int, key: str | None
     ) -> tuple[Counter, Answer | None]:
-        row = await self._conn.fetchrow(
-            LOCK_COUNTER, subject, meter, period.start_ms, period.end_ms
+        counters, priors = await self.lock_many(
+            [(subject, meter, period)], [(subject, meter, key or "")], now_ms
         )
-        assert row is not None
-        extra = await self._conn.fetchrow(HELD_AND_PRIOR, subject, meter, now_ms, key or "")
-        assert extra is not None
-        counter = Counter(
-            Period(row["period_start_ms"], row["period_end_ms"]), row["used"], extra["held"]
+        return counters[(subject, meter)], priors[0] if key else None
+
+    async def lock_many(
+        self,
+        counters: Sequence[tuple[str, str, Period]],
+        calls: Sequence[tuple[str, str, str]],
+        now_ms: int,
+    ) -> tuple[dict[tuple[str, str], Counter], list[Answer | None]]:
+        rows = await self._conn.fetch(
+            LOCK_COUNTERS,
+            [c[0] for c in counters],
+            [c[1] for c in counters],
+            [c[2].start_ms for c in counters],
+            [c[2].end_ms for c in counters],
         )
-        prior = _answer(json.loads(extra["prior"])) if key and extra["prior"] else None
-        return counter, prior
+        extra = await self._conn.fetch(
+            HELD_AND_PRIOR,
+            [c[0] for c in calls],
+            [c[1] for c in calls],
+            [c[2] for c in calls],
+            now_ms,
+        )
+        held = {(s, m): e["held"] for (s, m, _), e in zip(calls, extra, strict=True)}
+        locked = {
+            (r["subject"], r["meter"]): Counter(
+                Period(r["period_start_ms"], r["period_end_ms"]),
+                r["used"],
+                held.get((r["subject"], r["meter"]), 0),
+            )
+            for r in rows
+        }
+        priors = [_answer(json.loads(e["prior"])) if e["prior"] else None for e in extra]
+        return locked, priors
 
     async def save(
         self,
@@ -88,22 +134,30 @@ class PgUsage:
         answer: Answer,
         at_ms: int,
     ) -> None:
+        await self.save_many([Recorded(subject, meter, counter, kind, key, amount, answer)], at_ms)
+
+    async def save_many(self, records: Sequence[Recorded], at_ms: int) -> None:
+        final = {(r.subject, r.meter): r.counter for r in records}
         await self._conn.execute(
             SAVE,
-            subject,
-            meter,
-            counter.period.start_ms,
-            counter.period.end_ms,
-            counter.used,
-            key,
-            kind.value,
-            amount,
-            answer.allowed,
-            answer.used,
-            answer.remaining,
-            answer.unlimited,
-            answer.limit_value,
-            answer.reservation_id,
+            [s for s, _ in final],
+            [m for _, m in final],
+            [c.period.start_ms for c in final.values()],
+            [c.period.end_ms for c in final.values()],
+            [c.used for c in final.values()],
+            [r.subject for r in records],
+            [r.meter for r in records],
+            [r.key for r in records],
+            [r.kind.value for r in records],
+            [r.amount for r in records],
+            [r.answer.allowed for r in records],
+            [r.answer.used for r in records],
+            [r.answer.remaining for r in records],
+            [r.answer.unlimited for r in records],
+            [r.answer.limit_value for r in records],
+            [r.counter.period.start_ms for r in records],
+            [r.counter.period.end_ms for r in records],
+            [r.answer.reservation_id for r in records],
             at_ms,
         )
 
@@ -146,6 +200,7 @@ class PgUsage:
         )
 
 
+# (`seq > 0` lets these use the order index, partial on it: migration 0009.)
 # Per (subject, meter) with records past the retention: everything up to its newest such record
 # becomes one `set` record of the total reached there (same seq, so the order holds).
 ROLL_UP = """
@@ -156,10 +211,12 @@ WITH old AS (
      GROUP BY subject, meter LIMIT $2),
 last AS (
     SELECT r.* FROM usage_records r JOIN old ON (r.subject, r.meter, r.seq) = (old.subject,
-                                                                             old.meter, old.top)),
+                                                                             old.meter, old.top)
+     WHERE r.seq > 0),
 gone AS (
     DELETE FROM usage_records r USING old
-     WHERE r.subject = old.subject AND r.meter = old.meter AND r.seq <= old.top RETURNING 1),
+     WHERE r.subject = old.subject AND r.meter = old.meter AND r.seq <= old.top AND r.seq > 0
+    RETURNING 1),
 kept AS (
     INSERT INTO usage_records (seq, subject, meter, idempotency_key, kind, amount, allowed,
                                used_after, remaining_after, unlimited, limit_value,

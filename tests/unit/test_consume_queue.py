@@ -1,0 +1,143 @@
+"""Group commit for Consume (domain/consumption.py, application/consume_queue.py): a batch
+answers exactly what the same calls would answer one at a time, a key seen earlier in the batch
+counts once, a caller that gave up is left out, and a failed transaction fails its whole batch
+and stores nothing (the in-memory store; tests/integration/test_usage.py runs PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.application.consume_queue import ConsumeQueue
+from service.domain.catalog import LimitValue
+from service.domain.consumption import ConsumeCall, consume_in_order
+from service.domain.errors import Unavailable
+from service.domain.usage import Answer, Counter, Period
+from tests.support import Clock
+from tests.support.fakes import InMemoryStore
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_767_225_600_000  # 2026-01-01
+MONTH = Period(NOW, NOW + 31 * 86_400_000)
+NEXT = Period(MONTH.end_ms or 0, (MONTH.end_ms or 0) + 28 * 86_400_000)
+
+calls = st.lists(
+    st.builds(
+        ConsumeCall,
+        subject=st.sampled_from(["user_a", "user_b"]),
+        meter=st.sampled_from(["m1", "m2"]),
+        amount=st.integers(min_value=1, max_value=9),
+        key=st.sampled_from([f"k{i}" for i in range(12)]),
+        limit=st.sampled_from(
+            [LimitValue(0), LimitValue(10), LimitValue(25), LimitValue(0, unlimited=True)]
+        ),
+        period=st.sampled_from([MONTH, NEXT]),
+    ),
+    max_size=40,
+)
+
+
+def one_at_a_time(
+    batch: list[ConsumeCall], stored: dict[tuple[str, str], Counter], now_ms: int
+) -> list[tuple[Answer, bool]]:
+    """The reference: each call in its own transaction, as Consume ran before batching."""
+    counters = dict(stored)
+    answers: dict[tuple[str, str, str], Answer] = {}
+    out = []
+    for call in batch:
+        prior = answers.get((call.subject, call.meter, call.key))
+        if prior is not None:
+            out.append((prior, True))
+            continue
+        counter = counters.get((call.subject, call.meter), Counter(call.period))
+        after, decision = counter.at(now_ms, call.period).consume(call.limit, call.amount)
+        counters[(call.subject, call.meter)] = after
+        answers[(call.subject, call.meter, call.key)] = Answer.of(
+            after, call.limit, decision.allowed
+        )
+        out.append((answers[(call.subject, call.meter, call.key)], False))
+    return out
+
+
+@given(calls, st.sampled_from([NOW, MONTH.end_ms or 0]))
+def test_a_batch_answers_what_the_calls_would_answer_one_at_a_time(
+    batch: list[ConsumeCall], now_ms: int
+) -> None:
+    locked = {(c.subject, c.meter): Counter(MONTH, used=3) for c in batch}
+    results, records = consume_in_order(batch, locked, [None] * len(batch), now_ms)
+    assert results == one_at_a_time(batch, locked, now_ms)
+    # One record per first use of a key, in arrival order; a limit is never passed.
+    firsts = list(dict.fromkeys((c.subject, c.meter, c.key) for c in batch))
+    assert [(r.subject, r.meter, r.key) for r in records] == firsts
+    for r in records:
+        assert r.answer.unlimited or r.counter.used <= r.answer.limit_value or r.amount == 0
+
+
+def test_a_key_answered_before_the_batch_counts_nothing() -> None:
+    call = ConsumeCall("user_a", "m1", 5, "k", LimitValue(10), MONTH)
+    before = Answer(True, 5, 5, False, 10, MONTH)
+    results, records = consume_in_order(
+        [call, call], {("user_a", "m1"): Counter(MONTH, 5)}, [before, before], NOW
+    )
+    assert results == [(before, True), (before, True)] and records == []
+
+
+def queue(store: InMemoryStore) -> ConsumeQueue:
+    clock = Clock()
+    clock.freeze(NOW)
+    return ConsumeQueue(store, clock, batch=64, writers=2)
+
+
+async def test_calls_waiting_together_share_few_transactions_and_stay_exact() -> None:
+    store = InMemoryStore()
+    q = queue(store)
+    many = [ConsumeCall("user_a", "m1", 1, f"k{i}", LimitValue(50), MONTH) for i in range(200)]
+    answers = await asyncio.gather(*(q.consume(c) for c in many + many))
+    assert sum(1 for a, dup in answers if a.allowed and not dup) == 50
+    assert sum(1 for _, dup in answers if dup) == 200  # every retry got the first answer
+    assert store.units <= 8  # 400 calls, batches of at most 64, two writers
+    assert store.data.usage.counters[("user_a", "m1")].used == 50
+
+
+async def test_a_failed_transaction_fails_its_batch_and_stores_nothing() -> None:
+    store = InMemoryStore()
+    q = queue(store)
+    store.fail_with = Unavailable("the database is unreachable")
+    batch = [ConsumeCall("user_a", "m1", 1, f"k{i}", LimitValue(5), MONTH) for i in range(3)]
+    outcomes = await asyncio.gather(*(q.consume(c) for c in batch), return_exceptions=True)
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert store.data.usage.counters == {} and store.data.usage.records == {}
+    answer, duplicate = await q.consume(batch[0])  # the retry is counted, once
+    assert (answer.allowed, answer.used, duplicate) == (True, 1, False)
+
+
+async def test_a_caller_that_gave_up_before_its_batch_is_left_out() -> None:
+    store = InMemoryStore()
+    q = queue(store)
+    gone = asyncio.ensure_future(
+        q.consume(ConsumeCall("user_a", "m1", 3, "a", LimitValue(5), MONTH))
+    )
+    await asyncio.sleep(0)  # queued; its writer has not run yet
+    gone.cancel()
+    kept = await q.consume(ConsumeCall("user_a", "m1", 5, "b", LimitValue(5), MONTH))
+    assert kept[0].allowed and kept[0].used == 5
+    assert ("user_a", "m1", "a") not in store.data.usage.records
+
+
+async def test_a_call_after_the_last_flusher_finished_is_never_stranded() -> None:
+    # The flusher sets its last answer, then finds the queue empty and stops: the caller, woken
+    # first, queues its next call before the flusher's task is done. It must get a flusher.
+    store = InMemoryStore()
+    clock = Clock()
+    clock.freeze(NOW)
+    q = ConsumeQueue(store, clock, writers=1)
+    async with asyncio.timeout(5):  # awaited directly: wait_for's own task would hide it
+        for i in range(20):
+            answer, _ = await q.consume(
+                ConsumeCall("user_a", "m1", 1, f"k{i}", LimitValue(50), MONTH)
+            )
+            assert answer.used == i + 1
