@@ -1,11 +1,13 @@
 """The CLI's commands: each takes the parsed arguments, prints its answer and returns the exit
 code (0 success; 1 the answer was "no"). Errors are raised (`CliError`, `grpc.RpcError`) and
-reported by `main`."""
+reported by `main`. The service checks every value it is sent (and refuses, changing nothing):
+the CLI checks only what its flags alone can get wrong."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,18 +16,15 @@ from tqdm import tqdm
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
-from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements.v1 import usage_service_pb2 as usage_pb
-from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from entitlements_cli.errors import CliError, UsageError
 from entitlements_cli.output import dump_json, print_message, to_dicts, when
-from entitlements_cli.settings import read_auth, sync_secret, target, tls
-from entitlements_client import AdminClient, connect
-from entitlements_client.usage import consume_request
+from entitlements_cli.rpc import Operator, read_stub, usage_stub
+from entitlements_cli.settings import read_auth
 
-
-def _stub(args: argparse.Namespace) -> pb_grpc.EntitlementServiceStub:
-    return pb_grpc.EntitlementServiceStub(connect(target(args), tls()))
+INT64_MAX = 2**63 - 1
+_stub = read_stub
+_usage_stub = usage_stub
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -70,10 +69,6 @@ def cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage_stub(args: argparse.Namespace) -> usage_grpc.UsageServiceStub:
-    return usage_grpc.UsageServiceStub(connect(target(args), tls()))
-
-
 def cmd_usage(args: argparse.Namespace) -> int:
     r = _usage_stub(args).GetUsage(
         usage_pb.GetUsageRequest(subject=args.subject), timeout=10, metadata=read_auth()
@@ -93,9 +88,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
     """Exit 0 when recorded, 1 when it did not fit (nothing recorded). The key is printed
     (not under --json, which is the response as grpcurl prints it): retry with `--key` it."""
     try:
-        request = consume_request(args.subject, args.limit, args.amount, args.key)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        request = usage_pb.ConsumeRequest(
+            subject=args.subject,
+            limit=args.limit,
+            amount=args.amount,
+            idempotency_key=uuid.uuid4().hex if args.key is None else args.key,
+        )
+    except ValueError:  # beyond int64: the service is never asked
+        raise UsageError(f"amount must be 1 to {INT64_MAX}, got {args.amount}") from None
     r = _usage_stub(args).Consume(request, timeout=10, metadata=read_auth())
     print_message(r, args.json)
     if not args.json:
@@ -103,8 +103,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0 if r.allowed else 1
 
 
-def _admin(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(target(args), secret=sync_secret(), tls=tls())
+def _admin(args: argparse.Namespace) -> Operator:
+    return Operator(args)
 
 
 def _time(flag: str, text: str | None) -> datetime | None:
@@ -119,7 +119,7 @@ def _time(flag: str, text: str | None) -> datetime | None:
 
 
 def _check_override_flags(args: argparse.Namespace) -> None:
-    """The flags' own words for what AdminClient would refuse (argparse cannot say "--on or
+    """The flags' own words for what the service would refuse (argparse cannot say "--on or
     --off with --feature only")."""
     if args.feature is not None:
         if args.enabled is None:
@@ -136,21 +136,18 @@ def _check_override_flags(args: argparse.Namespace) -> None:
 def cmd_override_set(args: argparse.Namespace) -> int:
     _check_override_flags(args)
     expires = _time("--expires-at", args.expires_at)
+    request = sync_pb.SetOverrideRequest(subject=args.subject, reason=args.reason)
+    if args.feature is not None:
+        request.feature, request.enabled = args.feature, args.enabled
+    else:
+        request.limit, request.unlimited = args.limit, args.unlimited
+        if not 0 <= (args.value or 0) <= INT64_MAX:  # the service says so below int64
+            raise UsageError(f"--value must be 0 to {INT64_MAX}, got {args.value}")
+        request.value = args.value or 0
+    if expires is not None:
+        request.expires_at.FromDatetime(expires)
     with _admin(args) as admin:
-        try:
-            r = admin.set_override(
-                args.subject,
-                feature=args.feature,
-                limit=args.limit,
-                enabled=args.enabled,
-                value=args.value,
-                unlimited=args.unlimited,
-                expires_at=expires,
-                reason=args.reason,
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        print_message(r, args.json)
+        print_message(admin.set_override(request), args.json)
     return 0
 
 
@@ -225,9 +222,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if bool(args.subjects) == args.all:
         raise UsageError("give SUBJECT... or --all")
     with _admin(args) as admin:
-        results, _ = _stream(
-            args, "reconcile", admin.reconcile(args.subjects, all_subjects=args.all)
-        )
+        results, _ = _stream(args, "reconcile", admin.reconcile(args.subjects, args.all))
     failed = [r for r in results if r.status == sync_pb.RECONCILE_STATUS_FAILED]
     if args.json:
         dump_json({"results": to_dicts(results), "failed": len(failed)})
@@ -250,9 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if sum((args.all, args.subject is not None, args.unparseable)) != 1:
         raise UsageError("choose one of --all, --subject SUBJECT or --unparseable")
     with _admin(args) as admin:
-        calls = admin.replay(
-            all_deliveries=args.all, subject=args.subject or "", unparseable=args.unparseable
-        )
+        calls = admin.replay(args.all, args.subject or "", args.unparseable)
         results, _ = _stream(args, "replay", calls)
     changed = [r for r in results if r.changed]
     if args.json:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import grpc
 
+from entitlements_client import (
+    EntitlementsError,
+    FailedPrecondition,
+    InvalidArgument,
+    error_from_rpc,
+)
+
 EXIT_USAGE = 2
 EXIT_SERVICE = 3
-# Status codes that say the call itself was wrong (bad value, server not configured for it).
-_USAGE_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 class CliError(Exception):
@@ -47,11 +52,13 @@ class ServiceError(CliError):
     """The service answered with an error status (shown as `error: CODE: details`)."""
 
 
+def from_client_error(exc: EntitlementsError) -> ServiceError:
+    """The client library's error as the CLI reports it: its code name and message; exit
+    code 2 for INVALID_ARGUMENT and FAILED_PRECONDITION (the call was wrong), else 3."""
+    wrong = isinstance(exc, InvalidArgument | FailedPrecondition)
+    return ServiceError(exc.message, code=exc.code, exit_code=EXIT_USAGE if wrong else EXIT_SERVICE)
+
+
 def from_rpc_error(exc: grpc.RpcError) -> ServiceError:
-    """The service's status as the CLI reports it: its code name and details; exit code 2 for
-    INVALID_ARGUMENT and FAILED_PRECONDITION (the call was wrong), else 3."""
-    status = exc.code() if isinstance(exc, grpc.Call) else None
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    name = status.name if status is not None else "UNKNOWN"
-    exit_code = EXIT_USAGE if status in _USAGE_CODES else EXIT_SERVICE
-    return ServiceError(details, code=name, exit_code=exit_code)
+    """A failed call of the CLI's own, mapped by the client library's one mapping."""
+    return from_client_error(error_from_rpc(exc))

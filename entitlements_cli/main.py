@@ -1,5 +1,6 @@
-"""`entitlements`: the operator CLI, built on the client library (`entitlements_client`):
-reads through its channel and read token, operators' calls through its `AdminClient`.
+"""`entitlements`: the operator CLI, on the client library's public API (`entitlements_client`:
+its channel, TLS settings and error mapping) and the service's generated stubs (rpc.py), whose
+messages it prints as grpcurl does.
 
 Global options (--target, --json, --progress) go before or after the command. Under --json
 every command prints one JSON document on stdout (the proto field names, as grpcurl prints
@@ -19,9 +20,16 @@ from collections.abc import Sequence
 
 import grpc
 
-from entitlements_cli.errors import EXIT_USAGE, CliError, ServiceError, from_rpc_error
+from entitlements_cli.errors import (
+    EXIT_USAGE,
+    CliError,
+    ServiceError,
+    from_client_error,
+    from_rpc_error,
+)
 from entitlements_cli.output import error_json
 from entitlements_cli.parser import ArgumentsError, build_parser, wants_json
+from entitlements_client import EntitlementsError
 
 EXIT_INTERRUPTED = 130
 
@@ -44,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return _report(exc, args.json)
     except grpc.RpcError as exc:
         return _report(from_rpc_error(exc), args.json)
+    except EntitlementsError as exc:  # e.g. ClientConfigError: a TLS file unreadable
+        return _report(from_client_error(exc), args.json)
     except KeyboardInterrupt:
         interrupted = CliError("interrupted", code="CANCELLED", exit_code=EXIT_INTERRUPTED)
         return _report(interrupted, args.json)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from entitlements_cli.errors import ConfigError
 from entitlements_client import ClientConfigError, Tls
-from entitlements_client.core import first_secret, metadata
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -47,9 +46,20 @@ def tls() -> Tls | None:
         raise ConfigError(str(exc)) from None
 
 
+def first_secret(listed: str | None) -> str | None:
+    """The first of a comma- or space-separated list of secrets (the one to send while the
+    server accepts several, during a rotation); None when there is none."""
+    return next(iter((listed or "").replace(",", " ").split()), None)
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The header a read token or the sync secret travels in (none without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
-    return metadata(first_secret(setting("ENTITLEMENTS_READ_TOKEN")) or "")
+    return bearer(first_secret(setting("ENTITLEMENTS_READ_TOKEN")))
 
 
 def sync_secret() -> str:

@@ -324,23 +324,6 @@ def feature_decision(entitlements: Entitlements, feature: str) -> tuple[bool, Re
     return True, _REASON_BY_STATUS.get(entitlements.status, Reason.FEATURE_IN_PLAN)
 
 
-@dataclass(frozen=True, slots=True)
-class LimitDecision:
-    allowed: bool
-    limit: LimitValue
-    remaining: int
-
-
-def limit_decision(
-    entitlements: Entitlements, limit_name: str, current_usage: int, requested: int
-) -> LimitDecision:
-    """Whether `requested` more units (0 taken as 1) fit under the limit given current usage."""
-    limit = entitlements.limits[limit_name]
-    wanted = requested if requested > 0 else 1
-    remaining = 0 if limit.unlimited else max(0, limit.value - current_usage)
-    return LimitDecision(limit.allows(current_usage, wanted), limit, remaining)
-
-
 def _observed(old: ItemState | None, update: ItemUpdate) -> PastDueTrack:
     track = old.past_due if old is not None else PastDueTrack()
     return track.observe(

@@ -24,8 +24,8 @@ import pytest
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
-from entitlements_client import EntitlementsClient
-from entitlements_client import core as client_core
+from entitlements_client import EntitlementsClient, EntitlementsError
+from entitlements_client import _cache as client_cache
 from service.config import load_catalog
 from tests.support import SYNC_SECRET, body, database_dsn, event, new_event_id, now_ms
 from tests.support.service_process import free_port, service_process
@@ -104,7 +104,7 @@ def _wrong_after(
         at = time.monotonic() - since
         try:
             answer = client.can_use(subject, FEATURE)
-        except grpc.RpcError:
+        except EntitlementsError:
             continue  # not an answer: the service is still coming back
         if at > BOUND and answer is not expected:
             wrong.append((round(at, 2), answer))
@@ -127,6 +127,7 @@ def test_a_wiped_database_drops_the_local_answers(
     with _service(dsn, port, tmp_path / "a.log") as (_, target):
         _apply(target, event("item_active_pro_month", at_ms=now_ms(), subject=who))
         client = EntitlementsClient(target, local_cache=True, max_staleness=BOUND)
+        client.start()
         try:
             _held_locally(client, who, True)
             log_id = getattr(client.cache, "log_id", "")
@@ -166,6 +167,7 @@ def test_a_restored_backup_drops_the_local_answers(
         ended["data"]["id"] = pro["data"]["id"]
         _apply(target, ended)
         client = EntitlementsClient(target, local_cache=True, max_staleness=BOUND)
+        client.start()
         try:
             _held_locally(client, who, False)
         except BaseException:
@@ -217,6 +219,7 @@ def test_a_new_catalog_drops_the_local_answers(database: tuple[str, str], tmp_pa
     with _service(dsn, port, tmp_path / "a.log") as (_, target):
         _apply(target, event("item_active_pro_month", at_ms=now_ms(), subject=who))
         client = EntitlementsClient(target, local_cache=True, max_staleness=BOUND)
+        client.start()
         try:
             _held_locally(client, who, True)
         except BaseException:
@@ -253,7 +256,7 @@ def test_expiry_is_judged_on_the_servers_clock(
     # The client library's view of the wall clock, `skew` seconds off (its monotonic clock,
     # which no wall-clock change moves, stays right).
     skewed = types.SimpleNamespace(time=lambda: time.time() + skew, monotonic=time.monotonic)
-    monkeypatch.setattr(client_core, "time", skewed)
+    monkeypatch.setattr(client_cache, "time", skewed)
     with _service(dsn, free_port(), tmp_path / "s.log") as (_, target):
         period_end = now_ms() + 6_000
         canceled = event("item_canceled_pro", at_ms=now_ms(), subject=who)

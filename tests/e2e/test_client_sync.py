@@ -14,7 +14,7 @@ import pytest
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
-from entitlements_client import EntitlementsClient
+from entitlements_client import EntitlementsClient, EntitlementsError
 from tests.support import SYNC_SECRET, event, now_ms
 from tests.support.service_process import free_port, service_process
 
@@ -41,7 +41,7 @@ def _answers(client: EntitlementsClient, subject: str, feature: str) -> bool:
     it cannot answer, and says so)."""
     try:
         return client.can_use(subject, feature)
-    except grpc.RpcError:
+    except EntitlementsError:
         return False
 
 
@@ -54,16 +54,17 @@ def test_sync_client_local_checks_and_resume_after_restart(
     with service_process(env, tmp_path / "b.log") as (_, target_b):
         with service_process(env, tmp_path / "a.log", port=port_a) as (_, target_a):
             client = EntitlementsClient(target_a, local_cache=True)
+            client.start()
             assert client.wait_synced()
             assert client.can_use(who, "aiInsights") and not client.can_use(who, "dataExport")
             assert client.cache is not None and client.cache.fresh(who) is not None
             # Answered in-process: with the check RPCs taken away, checks still answer.
-            stub: Any = client._stub
-            rpcs = stub.CanUse, stub.GetEntitlements
-            stub.CanUse = stub.GetEntitlements = _no_rpc
+            rpcs: dict[str, Any] = client._rpcs
+            real = dict(rpcs)
+            rpcs["CanUse"] = rpcs["GetEntitlements"] = _no_rpc
             assert all(client.can_use(who, "aiInsights") for _ in range(10_000))
             assert not client.can_use(who, "dataExport")
-            stub.CanUse, stub.GetEntitlements = rpcs
+            rpcs.update(real)
             assert client.check_limit(who, "maxHabits", 9).allowed
             assert not client.check_limit(who, "maxHabits", 10).allowed
         # Replica A is down: the change happens on B; the client cannot be in sync.

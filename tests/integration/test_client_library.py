@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from entitlements_client import AsyncEntitlementsClient
+from entitlements_client import AsyncEntitlementsClient, InvalidArgument
 from tests.conftest import Harness
 from tests.support import event, now_ms
 from tests.support.rpc import apply, subject
@@ -42,7 +42,7 @@ async def test_async_local_cache_follows_changes(harness: Harness) -> None:
             while not await client.can_use(who, "dataExport"):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
         assert client.cache.fresh(who) is not None and client.cache.fresh(who).plan == "pro"  # type: ignore[union-attr]
-        with pytest.raises(ValueError, match="teleport"):
+        with pytest.raises(InvalidArgument, match="teleport"):
             await client.can_use(who, "teleport")
 
 

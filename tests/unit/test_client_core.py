@@ -7,8 +7,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from entitlements_client.answers import Snapshot
-from entitlements_client.core import ClientConfigError, LocalCache
+from entitlements_client import ClientConfigError, Snapshot
+from entitlements_client._cache import LocalCache
 
 pytestmark = pytest.mark.unit
 

@@ -10,10 +10,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from entitlements_client.admin import override_request
-from entitlements_client.answers import LimitValue, Snapshot
-from entitlements_client.core import LocalCache
-from entitlements_client.usage import (
+from entitlements_client import InvalidArgument, LimitValue, Snapshot
+from entitlements_client._admin import override_request
+from entitlements_client._cache import LocalCache
+from entitlements_client._usage import (
     INT64_MAX,
     commit_request,
     consume_request,
@@ -96,7 +96,7 @@ def test_a_metered_limit_is_never_answered_locally() -> None:
     assert cache.limit_answer(snap, METER, 5, 1) is None  # even with the caller's count
     local = cache.limit_answer(snap, "maxHabits", 9, 1)
     assert local is not None and local.allowed and local.remaining == 1
-    with pytest.raises(ValueError, match="unknown limit"):
+    with pytest.raises(InvalidArgument, match="unknown limit"):
         cache.limit_answer(snap, "teleports", 0, 1)
 
 
@@ -122,7 +122,7 @@ def test_usage_requests_get_a_fresh_key_unless_given() -> None:
     assert first.idempotency_key and first.idempotency_key != second.idempotency_key
     assert consume_request("user_a", METER, 2, "mine").idempotency_key == "mine"
     assert reserve_request("user_a", METER, 1, 0, None).idempotency_key
-    with pytest.raises(ValueError, match="idempotency_key"):
+    with pytest.raises(InvalidArgument, match="idempotency_key"):
         consume_request("user_a", METER, 1, "")
 
 
@@ -139,7 +139,7 @@ def test_usage_requests_get_a_fresh_key_unless_given() -> None:
     ],
 )
 def test_bad_usage_arguments_are_refused_before_sending(build: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         build()  # type: ignore[operator]
 
 
@@ -153,7 +153,7 @@ def test_report_and_commit_edges() -> None:
 
 
 def test_an_override_request_never_sends_a_forgotten_enabled_as_withhold() -> None:
-    with pytest.raises(ValueError, match="enabled"):
+    with pytest.raises(InvalidArgument, match="enabled"):
         override_request("u", "dataExport", None, None, None, False, None, "r")
     off = override_request("u", "dataExport", None, False, None, False, None, "r")
     assert off.feature == "dataExport" and off.enabled is False

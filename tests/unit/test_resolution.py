@@ -6,6 +6,7 @@ import pytest
 
 from service.config import load_catalog
 from service.domain.events import ItemStatus
+from service.domain.limits import limit_decision
 from service.domain.resolution import (
     EntitlementStatus,
     Grant,
@@ -13,7 +14,6 @@ from service.domain.resolution import (
     Reason,
     SubjectState,
     feature_decision,
-    limit_decision,
     resolve,
 )
 

@@ -13,7 +13,8 @@ from service.application.app import Application
 from service.application.records import CacheEntry
 from service.domain.bounds import echo
 from service.domain.errors import InvalidArgument, OutOfRange
-from service.domain.resolution import Entitlements, feature_decision, limit_decision
+from service.domain.limits import limit_decision, require_limit_request
+from service.domain.resolution import Entitlements, feature_decision
 from service.domain.subjects import require_subject
 from service.entrypoints.grpc_api.mapping import (
     REASONS,
@@ -130,10 +131,9 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def CheckLimit(
         self, request: pb.CheckLimitRequest, context: Context
     ) -> pb.CheckLimitResponse:
-        if request.limit not in self._catalog.limit_names:
-            raise InvalidArgument(f"unknown limit {echo(request.limit)}")
-        if request.current_usage < 0 or request.requested < 0:
-            raise InvalidArgument("current_usage and requested must not be negative")
+        require_limit_request(
+            self._catalog.limit_names, request.limit, request.current_usage, request.requested
+        )
         ent = (await self._reader.get(request.subject)).entitlements
         usage = request.current_usage
         if usage == 0 and request.limit in self._catalog.meters:  # none passed: the stored

@@ -3,7 +3,11 @@
 A `Snapshot` holds what may be answered locally: features (overrides already applied) and
 limit *values*, with the overrides, trial and metered periods for display. It never holds
 usage: usage moves with every consumption anywhere, so only the service answers it
-(`check_limit` on a metered limit, `consume`, `get_usage`; see usage.py)."""
+(`check_limit` on a metered limit, `consume`, `get_usage`; see _usage.py).
+
+`limit_check` is the service's CheckLimit rule answered locally; it is proved equal to the
+service's (service/domain/resolution.py) by shared test vectors (tests/vectors/limit_check.json,
+run against both), not trusted to stay equal by inspection."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlement_service_pb2 as pb
+from entitlements_client._errors import InvalidArgument
 
 
 def when(message: Any, field: str) -> datetime | None:
@@ -26,6 +31,8 @@ def when(message: Any, field: str) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class LimitValue:
+    """A limit's value in a subject's terms; `value` means nothing when `unlimited`."""
+
     value: int
     unlimited: bool
 
@@ -105,6 +112,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """CanUse's full answer; `reason` is the service's Reason name (e.g. "FEATURE_IN_PLAN")."""
+
     allowed: bool
     plan: str
     reason: str
@@ -112,12 +121,18 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """A subject's plan and every limit's value."""
+
     plan: str
     limits: dict[str, LimitValue]
 
 
 @dataclass(frozen=True, slots=True)
 class LimitCheck:
+    """CheckLimit's answer. `remaining` is what is left *before* the requested units
+    (limit - current usage, never below 0), so after them `remaining - requested` are left;
+    when `unlimited`, `limit` and `remaining` mean nothing (both come as the service sends them)."""
+
     allowed: bool
     limit: int
     remaining: int
@@ -125,15 +140,16 @@ class LimitCheck:
 
 
 def limit_check(snapshot: Snapshot, name: str, current_usage: int, requested: int) -> LimitCheck:
-    """The local answer for a limit the service does not meter (see `answers_locally`)."""
+    """The local answer for a limit the service does not meter (see `answers_locally`): the
+    service's rule, refusals included, as tests/vectors/limit_check.json pins it."""
     if name not in snapshot.limits:
-        raise ValueError(f"unknown limit {name!r}")
+        raise InvalidArgument(f"unknown limit {name!r}")
     if current_usage < 0 or requested < 0:
-        raise ValueError("current_usage and requested must not be negative")
+        raise InvalidArgument("current_usage and requested must not be negative")
     limit = snapshot.limits[name]
     wanted = requested if requested > 0 else 1
     if limit.unlimited:
-        return LimitCheck(True, 0, 0, True)
+        return LimitCheck(True, limit.value, 0, True)
     return LimitCheck(
         current_usage + wanted <= limit.value,
         limit.value,

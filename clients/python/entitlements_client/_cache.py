@@ -1,6 +1,5 @@
-"""The pure core shared by the sync and async clients (as httpx's `BaseClient`): settings,
-channel options and credentials, and the local cache with its freshness rules. No I/O here:
-the two clients only move bytes, so they cannot drift apart in behaviour.
+"""The local cache and its freshness rules (pure: no I/O; the clients' base, _base.py, feeds
+it from the watch stream and asks it before every check).
 
 The freshness contract (SPEC §9, §10.5): the service sends a heartbeat on the watch stream at
 least every second, carrying how far behind the stream may be (`lag`). A local answer is given
@@ -16,118 +15,17 @@ so a client whose clock is off never answers past a period end the server has pa
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-
-import grpc
+from collections.abc import Callable
 
 from entitlements.v1 import entitlement_service_pb2 as pb
-from entitlements_client.answers import LimitCheck, Snapshot, answers_locally, limit_check
+from entitlements_client._answers import LimitCheck, Snapshot, answers_locally, limit_check
+from entitlements_client._errors import ClientConfigError, InvalidArgument
 
 DEFAULT_MAX_STALENESS = 5.0
 # The service beats every second: a bound below two beats would flicker between local and RPC.
 MIN_MAX_STALENESS = 2.0
-# Client keepalive: a ping every 10 s even while idle, the connection dropped when no answer
-# comes within 5 s (the service permits pings every 5 s).
-KEEPALIVE_TIME_MS = 10_000
-KEEPALIVE_TIMEOUT_MS = 5_000
-
-
-class ClientConfigError(ValueError):
-    """A client setting is unusable; the message names it."""
-
-
-def _read(path: str | Path | None, name: str) -> bytes | None:
-    if path is None or path == "":
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ClientConfigError(f"{name}={path}: cannot be read ({exc.strerror})") from None
-
-
-@dataclass(frozen=True)
-class Tls:
-    """TLS to the service: `ca` (PEM) trusts its certificate; `cert` + `key` add a client
-    certificate (mutual TLS). The CLI's settings, by the same environment names."""
-
-    ca: bytes
-    cert: bytes | None = None
-    key: bytes | None = None
-
-    @classmethod
-    def from_files(
-        cls,
-        ca: str | Path,
-        cert: str | Path | None = None,
-        key: str | Path | None = None,
-    ) -> Tls:
-        if (cert is None) != (key is None):
-            raise ClientConfigError("a client certificate and its key go together")
-        ca_pem = _read(ca, "ca")
-        assert ca_pem is not None
-        return cls(ca_pem, _read(cert, "cert"), _read(key, "key"))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Tls | None:
-        """ENTITLEMENTS_TLS_CA, ENTITLEMENTS_TLS_CLIENT_CERT, ENTITLEMENTS_TLS_CLIENT_KEY."""
-        env = os.environ if env is None else env
-        ca = env.get("ENTITLEMENTS_TLS_CA") or None
-        cert = env.get("ENTITLEMENTS_TLS_CLIENT_CERT") or None
-        key = env.get("ENTITLEMENTS_TLS_CLIENT_KEY") or None
-        if ca is None:
-            if cert or key:
-                raise ClientConfigError("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA")
-            return None
-        if (cert is None) != (key is None):
-            raise ClientConfigError(
-                "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY go together"
-            )
-        return cls.from_files(ca, cert, key)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
-        )
-
-
-def channel_options() -> list[tuple[str, int]]:
-    return [
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
-    ]
-
-
-def connect(target: str, tls: Tls | None = None) -> grpc.Channel:
-    """A blocking channel to the service with this library's keepalive and TLS settings (what
-    `EntitlementsClient` uses; the `entitlements` CLI and `AdminClient` use it too)."""
-    options = channel_options()
-    if tls is None:
-        return grpc.insecure_channel(target, options=options)
-    return grpc.secure_channel(target, tls.credentials(), options=options)
-
-
-def first_secret(listed: str | None) -> str | None:
-    """The first of a comma- or space-separated list of secrets (the one to send while the
-    server accepts several, during a rotation); None when there is none."""
-    return next(iter((listed or "").replace(",", " ").split()), None)
-
-
-def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The bearer header for `token` (the read token the service requires, its
-    ENTITLEMENTS_READ_TOKEN). Without `token=`, the first token of ENTITLEMENTS_READ_TOKEN in
-    this process's environment, if set."""
-    if token is None:
-        token = first_secret(os.environ.get("ENTITLEMENTS_READ_TOKEN"))
-    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def _system_time() -> float:
@@ -212,7 +110,7 @@ class LocalCache:
             return True
         if feature in self.features:
             return False
-        raise ValueError(f"unknown feature {feature!r}")
+        raise InvalidArgument(f"unknown feature {feature!r}")
 
     def limit_answer(
         self, snap: Snapshot, limit: str, current_usage: int, requested: int
@@ -234,8 +132,9 @@ class LocalCache:
 
     # ---- the stream ---------------------------------------------------------------------------
 
-    def apply(self, message: pb.WatchEntitlementsResponse) -> None:
-        """One watch message: a change, or a heartbeat ("caught up", with the lag)."""
+    def apply(self, message: pb.WatchEntitlementsResponse) -> Snapshot | None:
+        """One watch message: a change (its snapshot is returned, for `on_change`), or a
+        heartbeat ("caught up", with the lag; None is returned)."""
         self.generation += 1
         self._heard_at = self._clock()
         if message.subject:
@@ -245,14 +144,16 @@ class LocalCache:
             if len(self._watched) > 2 * self.max_subjects:
                 self._watched.popitem(last=False)
             self._store(snap)
-        else:
-            if message.HasField("server_time"):
-                self.clock_offset_ms = message.server_time.ToMilliseconds() - self._wall() * 1000
-            self._check_identity(message.log_id, message.catalog_fingerprint)
-            if not self.catalog_stale:
-                lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0.0
-                self._trust_until = self._clock() + self.max_staleness - lag
+            self.resume_version = message.version
+            return snap
+        if message.HasField("server_time"):
+            self.clock_offset_ms = message.server_time.ToMilliseconds() - self._wall() * 1000
+        self._check_identity(message.log_id, message.catalog_fingerprint)
+        if not self.catalog_stale:
+            lag = message.lag.ToMilliseconds() / 1000 if message.HasField("lag") else 0.0
+            self._trust_until = self._clock() + self.max_staleness - lag
         self.resume_version = message.version
+        return None
 
     def _check_identity(self, log_id: str, fingerprint: str) -> None:
         """Drop every local answer when the change log or the catalog is not the one they came

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from entitlements.v1 import usage_service_pb2 as usage_pb
-from entitlements_client.answers import when
+from entitlements_client._answers import when
+from entitlements_client._errors import InvalidArgument
 
 INT64_MAX = 2**63 - 1
 
@@ -157,7 +158,7 @@ def _key(idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return uuid.uuid4().hex
     if not idempotency_key:
-        raise ValueError("idempotency_key must not be empty (None: a random one)")
+        raise InvalidArgument("idempotency_key must not be empty (None: a random one)")
     return idempotency_key
 
 
@@ -165,7 +166,7 @@ def _amount(amount: int, name: str = "amount", minimum: int = 1) -> int:
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise TypeError(f"{name} must be an int")
     if not minimum <= amount <= INT64_MAX:
-        raise ValueError(f"{name} must be {minimum} … {INT64_MAX}, got {amount}")
+        raise InvalidArgument(f"{name} must be {minimum} … {INT64_MAX}, got {amount}")
     return amount
 
 
@@ -182,7 +183,7 @@ def report_request(
 ) -> usage_pb.ReportUsageRequest:
     """Exactly one of `delta` (may be negative, a correction) and `total` (the period's)."""
     if (delta is None) == (total is None):
-        raise ValueError("give exactly one of delta and set")
+        raise InvalidArgument("give exactly one of delta and set")
     request = usage_pb.ReportUsageRequest(
         subject=subject, limit=limit, idempotency_key=_key(idempotency_key)
     )
