@@ -22,7 +22,7 @@ import type {
   WatchEntitlementsResponse,
 } from "./gen/entitlements/v1/entitlement_service_pb.js";
 import { entitlements } from "./convert.js";
-import { EntitlementsError } from "./errors.js";
+import { InvalidArgument } from "./errors.js";
 import type { Entitlements } from "./types.js";
 
 export const DEFAULT_MAX_STALENESS_MS = 5_000;
@@ -76,10 +76,8 @@ export class LocalCache {
     private readonly wall: () => number = () => Date.now(),
   ) {
     if (!(maxStalenessMs >= MIN_MAX_STALENESS_MS)) {
-      throw new EntitlementsError(
-        `maxStalenessMs must be at least ${MIN_MAX_STALENESS_MS} (heartbeats come every second)`,
-        "InvalidArgument",
-      );
+      throw new InvalidArgument(
+        `maxStalenessMs must be at least ${MIN_MAX_STALENESS_MS} (heartbeats come every second)`);
     }
   }
 
@@ -106,7 +104,7 @@ export class LocalCache {
   decide(snap: Snapshot, feature: string): boolean {
     if (snap.features.has(feature)) return true;
     if (this.features.has(feature)) return false;
-    throw new EntitlementsError(`unknown feature '${feature}'`, "InvalidArgument");
+    throw new InvalidArgument(`unknown feature '${feature}'`);
   }
 
   /** Cache an RPC answer unless the stream moved on since it was asked for, or showed a

@@ -12,84 +12,85 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-/** The gRPC status names, spelled as the Python client's exception classes. */
+/** The gRPC status names, spelled as the Python client's `EntitlementsError.code` is
+ * (`"INVALID_ARGUMENT"`); the classes carry the Python exceptions' names (`InvalidArgument`). */
 export type ErrorCode =
-  | "Canceled"
-  | "Unknown"
-  | "InvalidArgument"
-  | "DeadlineExceeded"
-  | "NotFound"
-  | "AlreadyExists"
-  | "PermissionDenied"
-  | "ResourceExhausted"
-  | "FailedPrecondition"
-  | "Aborted"
-  | "OutOfRange"
-  | "Unimplemented"
-  | "Internal"
-  | "Unavailable"
-  | "DataLoss"
-  | "Unauthenticated";
+  | "CANCELLED"
+  | "UNKNOWN"
+  | "INVALID_ARGUMENT"
+  | "DEADLINE_EXCEEDED"
+  | "NOT_FOUND"
+  | "ALREADY_EXISTS"
+  | "PERMISSION_DENIED"
+  | "RESOURCE_EXHAUSTED"
+  | "FAILED_PRECONDITION"
+  | "ABORTED"
+  | "OUT_OF_RANGE"
+  | "UNIMPLEMENTED"
+  | "INTERNAL"
+  | "UNAVAILABLE"
+  | "DATA_LOSS"
+  | "UNAUTHENTICATED";
 
 export class EntitlementsError extends Error {
-  /** What went wrong, by gRPC status name (`"Unavailable"`, `"InvalidArgument"`, …). */
+  /** What went wrong, by gRPC status name (`"UNAVAILABLE"`, `"INVALID_ARGUMENT"`, …). */
   readonly code: ErrorCode;
 
-  constructor(message: string, code: ErrorCode = "Unknown", options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = "UNKNOWN", options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
-    this.name = code === "Unknown" ? "EntitlementsError" : code;
+    this.name = new.target.name; // the class: "Unavailable", … (the Python exception's name)
   }
 }
 
 /** The service cannot be reached, or cannot answer now (its database is down): retry later. */
 export class Unavailable extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "Unavailable", options);
+    super(message, "UNAVAILABLE", options);
   }
 }
 /** The request is wrong (an unknown feature or limit, a bad amount): the message says how. */
 export class InvalidArgument extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "InvalidArgument", options);
+    super(message, "INVALID_ARGUMENT", options);
   }
 }
 export class PermissionDenied extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "PermissionDenied", options);
+    super(message, "PERMISSION_DENIED", options);
   }
 }
 /** No read token, or a wrong one (the service's ENTITLEMENTS_READ_TOKEN). */
 export class Unauthenticated extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "Unauthenticated", options);
+    super(message, "UNAUTHENTICATED", options);
   }
 }
 export class NotFound extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "NotFound", options);
+    super(message, "NOT_FOUND", options);
   }
 }
 /** A bound of the service was reached (streams, subjects per watch, message size). */
 export class ResourceExhausted extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "ResourceExhausted", options);
+    super(message, "RESOURCE_EXHAUSTED", options);
   }
 }
 /** No answer within the call's deadline (`timeoutMs`). */
 export class DeadlineExceeded extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "DeadlineExceeded", options);
+    super(message, "DEADLINE_EXCEEDED", options);
   }
 }
 export class FailedPrecondition extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "FailedPrecondition", options);
+    super(message, "FAILED_PRECONDITION", options);
   }
 }
 export class Internal extends EntitlementsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "Internal", options);
+    super(message, "INTERNAL", options);
   }
 }
 
@@ -108,22 +109,22 @@ const CLASSES: Partial<Record<Code, Subclass>> = {
 };
 
 const NAMES: Record<Code, ErrorCode> = {
-  [Code.Canceled]: "Canceled",
-  [Code.Unknown]: "Unknown",
-  [Code.InvalidArgument]: "InvalidArgument",
-  [Code.DeadlineExceeded]: "DeadlineExceeded",
-  [Code.NotFound]: "NotFound",
-  [Code.AlreadyExists]: "AlreadyExists",
-  [Code.PermissionDenied]: "PermissionDenied",
-  [Code.ResourceExhausted]: "ResourceExhausted",
-  [Code.FailedPrecondition]: "FailedPrecondition",
-  [Code.Aborted]: "Aborted",
-  [Code.OutOfRange]: "OutOfRange",
-  [Code.Unimplemented]: "Unimplemented",
-  [Code.Internal]: "Internal",
-  [Code.Unavailable]: "Unavailable",
-  [Code.DataLoss]: "DataLoss",
-  [Code.Unauthenticated]: "Unauthenticated",
+  [Code.Canceled]: "CANCELLED",
+  [Code.Unknown]: "UNKNOWN",
+  [Code.InvalidArgument]: "INVALID_ARGUMENT",
+  [Code.DeadlineExceeded]: "DEADLINE_EXCEEDED",
+  [Code.NotFound]: "NOT_FOUND",
+  [Code.AlreadyExists]: "ALREADY_EXISTS",
+  [Code.PermissionDenied]: "PERMISSION_DENIED",
+  [Code.ResourceExhausted]: "RESOURCE_EXHAUSTED",
+  [Code.FailedPrecondition]: "FAILED_PRECONDITION",
+  [Code.Aborted]: "ABORTED",
+  [Code.OutOfRange]: "OUT_OF_RANGE",
+  [Code.Unimplemented]: "UNIMPLEMENTED",
+  [Code.Internal]: "INTERNAL",
+  [Code.Unavailable]: "UNAVAILABLE",
+  [Code.DataLoss]: "DATA_LOSS",
+  [Code.Unauthenticated]: "UNAUTHENTICATED",
 };
 
 // Node's codes for a connection or TLS handshake that failed: the service was not reached, as

@@ -14,7 +14,7 @@ import { readFileSync } from "node:fs";
 import type { Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
-import { EntitlementsError } from "./errors.js";
+import { InvalidArgument } from "./errors.js";
 
 /** PEM text or bytes (read them with `tlsFromFiles` / `tlsFromEnv`). */
 export interface GrpcTls {
@@ -42,7 +42,7 @@ const PING_TIMEOUT_MS = 5_000;
 export function grpcTransport(options: GrpcTransportOptions): Transport {
   const { tls } = options;
   if (tls && (tls.cert === undefined) !== (tls.key === undefined)) {
-    throw new EntitlementsError("a client certificate and its key go together", "InvalidArgument");
+    throw new InvalidArgument("a client certificate and its key go together");
   }
   let baseUrl = options.baseUrl;
   if (tls && baseUrl.startsWith("http://")) baseUrl = `https://${baseUrl.slice("http://".length)}`;
@@ -81,7 +81,7 @@ export function tlsFromFiles(files: {
       return readFileSync(path);
     } catch (err) {
       const why = err instanceof Error && "code" in err ? String(err.code) : "unreadable";
-      throw new EntitlementsError(`${name}=${path}: cannot be read (${why})`, "InvalidArgument");
+      throw new InvalidArgument(`${name}=${path}: cannot be read (${why})`);
     }
   };
   const tls: GrpcTls = {};
@@ -105,15 +105,13 @@ export function tlsFromEnv(env: Record<string, string | undefined> = process.env
   const key = env.ENTITLEMENTS_TLS_CLIENT_KEY || undefined;
   if (!ca) {
     if (cert || key) {
-      throw new EntitlementsError("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA", "InvalidArgument");
+      throw new InvalidArgument("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA");
     }
     return undefined;
   }
   if ((cert === undefined) !== (key === undefined)) {
-    throw new EntitlementsError(
-      "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY go together",
-      "InvalidArgument",
-    );
+    throw new InvalidArgument(
+      "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY go together");
   }
   return tlsFromFiles({ ca, cert, key });
 }

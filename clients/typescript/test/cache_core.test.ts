@@ -119,7 +119,7 @@ test("a lost stream is not trusted until it beats again; silence is noticed", ()
   clock.now += 1_500;
   assert.ok(cache.silentTooLong());
   assert.throws(() => new LocalCache(100, 500), (err: unknown) => {
-    return err instanceof EntitlementsError && err.code === "InvalidArgument" && /maxStalenessMs/.test(err.message);
+    return err instanceof EntitlementsError && err.code === "INVALID_ARGUMENT" && /maxStalenessMs/.test(err.message);
   });
 });
 
@@ -187,7 +187,7 @@ test("decide: a feature of the snapshot, one the catalog has, an unknown one", (
   assert.equal(cache.decide(pro, "dataExport"), true);
   assert.equal(cache.decide(pro, "aiInsights"), false);
   assert.throws(() => cache.decide(pro, "teleport"), (err: unknown) => {
-    return err instanceof EntitlementsError && err.code === "InvalidArgument" && err.message === "unknown feature 'teleport'";
+    return err instanceof EntitlementsError && err.code === "INVALID_ARGUMENT" && err.message === "unknown feature 'teleport'";
   });
 });
 

@@ -37,7 +37,7 @@ function client(tls: GrpcTls, baseUrl = stack.info.grpc): EntitlementsClient {
 async function refused(c: EntitlementsClient): Promise<void> {
   await assert.rejects(c.canUse(stack.info.paid, "dataExport"), (err: unknown) => {
     assert.ok(err instanceof EntitlementsError, String(err));
-    assert.equal(err.code, "Unavailable", err.message);
+    assert.equal(err.code, "UNAVAILABLE", err.message);
     return true;
   });
 }
