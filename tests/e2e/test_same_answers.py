@@ -2,15 +2,17 @@
 the TypeScript client over its Connect and its gRPC transports, and grpcurl (gRPC with
 reflection), for a paid and a free subject, with the read token on. UsageService likewise: one
 consume sequence (to the free limit of 20, refused after, a retried key) and GetUsage over raw
-gRPC stubs, curl and the TypeScript client's two transports, and a call without the token
-refused alike by each."""
+gRPC stubs, curl, the TypeScript client's two transports and the Python client (sync and
+async), and a call without the token refused alike by each."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,13 @@ from google.protobuf.message import Message
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+from entitlements_client import (
+    AsyncEntitlementsClient,
+    Consumption,
+    EntitlementsClient,
+    EntitlementsError,
+    Usage,
+)
 from service.entrypoints.connect_replies import GRPC_CODES
 from service.entrypoints.message_limits import UNAUTHENTICATED_MESSAGE
 from tests.support.service_process import free_port, service_process
@@ -114,7 +123,7 @@ USAGE = "entitlements.v1.UsageService"
 METER = "aiInsightsPerMonth"
 # Consumed in this order on a free subject (limit 20): allowed, refused, allowed to the limit,
 # refused at it, and the first key again (its first answer, marked a duplicate).
-STEPS = [
+STEPS: list[dict[str, Any]] = [
     {"amount": 15, "key": "same-1"},
     {"amount": 6, "key": "same-2"},
     {"amount": 5, "key": "same-3"},
@@ -227,6 +236,67 @@ def test_usage_answers_agree_over_grpc_curl_and_typescript(
             refused = answers["unauthenticated"]
             assert (refused["code"], refused["message"]) == refusal, transport
 
+        # The Python client, sync and async (over gRPC; the local cache never answers usage).
+        for name, py in _python_client_answers(target).items():
+            assert [_consumption(a) for a in py["consume"]] == [
+                _consumption(r) for r in expected
+            ], name
+            assert py["usage"] == _meters(expected_usage), name
+            assert py["unauthenticated"] == ("UNAUTHENTICATED", refusal[1]), name
+
         # The refused calls recorded nothing.
-        for who in (ref, subject, "user_same_usage_ts_connect", "user_same_usage_ts_grpc"):
+        for who in (ref, subject, "user_same_usage_ts_connect", "user_same_usage_ts_grpc",
+                    "user_same_usage_py_sync", "user_same_usage_py_async"):  # fmt: skip
             assert _usage(get_usage(who)) == expected_usage, who
+
+
+def _consumption(answer: Any) -> tuple[Any, ...]:
+    """What a Consume answered, from a ConsumeResponse or the Python client's Consumption."""
+    if isinstance(answer, usage_pb.ConsumeResponse):
+        resets = answer.resets_at.ToDatetime(tzinfo=UTC) if answer.HasField("resets_at") else None
+        return (answer.allowed, answer.used, answer.remaining, answer.unlimited,
+                answer.limit_value, resets, answer.duplicate)  # fmt: skip
+    assert isinstance(answer, Consumption)
+    return (answer.allowed, answer.used, answer.remaining, answer.unlimited, answer.limit,
+            answer.resets_at, answer.duplicate)  # fmt: skip
+
+
+def _meters(answer: usage_pb.GetUsageResponse | Usage) -> list[tuple[Any, ...]]:
+    if isinstance(answer, Usage):
+        return [(m.limit, m.used, m.reserved, m.remaining, m.unlimited, m.limit_value)
+                for m in answer.meters.values()]  # fmt: skip
+    return [(u.limit, u.used, u.reserved, u.remaining, u.unlimited, u.limit_value)
+            for u in answer.usage]  # fmt: skip
+
+
+def _python_client_answers(target: str) -> dict[str, dict[str, Any]]:
+    """STEPS consumed and GetUsage read by the sync and the async client, each on a subject of
+    its own; and a Consume without the token (the error's code and message)."""
+    out: dict[str, dict[str, Any]] = {}
+    with EntitlementsClient(target, token=READ_TOKEN) as client:
+        who = "user_same_usage_py_sync"
+        consumed = [client.consume(who, METER, s["amount"], s["key"]) for s in STEPS]
+        out["sync"] = {"consume": consumed, "usage": _meters(client.get_usage(who))}
+    with EntitlementsClient(target) as anonymous:
+        try:
+            anonymous.consume(who, METER, 1, "same-anonymous")
+        except EntitlementsError as exc:
+            out["sync"]["unauthenticated"] = (exc.code, str(exc))
+
+    async def async_answers() -> dict[str, Any]:
+        who = "user_same_usage_py_async"
+        async with AsyncEntitlementsClient(target, token=READ_TOKEN) as client:
+            consumed = [await client.consume(who, METER, s["amount"], s["key"]) for s in STEPS]
+            answers: dict[str, Any] = {
+                "consume": consumed,
+                "usage": _meters(await client.get_usage(who)),
+            }
+        async with AsyncEntitlementsClient(target) as anonymous:
+            try:
+                await anonymous.consume(who, METER, 1, "same-anonymous")
+            except EntitlementsError as exc:
+                answers["unauthenticated"] = (exc.code, str(exc))
+        return answers
+
+    out["async"] = asyncio.run(async_answers())
+    return out
