@@ -204,16 +204,21 @@ class ChangeHub:
     # ---- the follower --------------------------------------------------------------------
 
     async def follow(self, horizon: Horizon, read: Follow, load: Load, identity: Identity) -> None:
-        """Follow the change log until cancelled (one task per replica)."""
+        """Follow the change log until cancelled (one task per replica). A failure is logged
+        with its traceback when a run of failures starts, counted while it lasts and reported
+        when it ends; the follower retries every poll interval meanwhile (the lag grows, and
+        the staleness bound of every cache built on it holds: SPEC §9)."""
+        failing = _Failures("change follower")
         while self.position is None:
             try:
                 log_id = await identity()
                 self.position, _ = await horizon()
                 self.log_id = log_id
                 self._identity_checked_ms = wall_ms()
-            except Exception as exc:  # database not there yet: the lag grows meanwhile
-                log.warning("change follower cannot start yet (%s)", type(exc).__name__)
+            except Exception:  # broad on purpose: the database not there yet, whatever it is
+                failing.failed("cannot start yet")
                 await asyncio.sleep(self.poll_seconds)
+        failing.recovered()
         self.started.set()
         while True:
             self._wake.clear()
@@ -223,9 +228,11 @@ class ChangeHub:
                 complete = await self._step(read, load)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("change follower: %s; retrying", type(exc).__name__)
+            except Exception:  # broad on purpose: following must outlive any one failure
+                failing.failed("cannot read the change log")
                 complete = True
+            else:
+                failing.recovered()
             if complete:
                 # asyncio.timeout, not wait_for: wait_for may swallow a cancellation that
                 # arrives as the wake-up does, and the follower would never stop.
@@ -287,3 +294,24 @@ class ChangeHub:
             targets.update(self._by_subject.get(subject, ()))
         for subscription in targets:  # the others learn the new position from the next tick
             self._offer(subscription, batch)
+
+
+class _Failures:
+    """A run of failures logged once with its traceback, not once per retry."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._count = 0
+
+    def failed(self, doing: str) -> None:
+        """Call from an `except` block."""
+        self._count += 1
+        if self._count == 1:
+            log.warning("%s %s; retrying", self._what, doing, exc_info=True)
+        else:
+            log.debug("%s %s (%d in a row)", self._what, doing, self._count, exc_info=True)
+
+    def recovered(self) -> None:
+        if self._count:
+            log.warning("%s recovered after %d failed attempts", self._what, self._count)
+            self._count = 0

@@ -248,7 +248,7 @@ class ApplyDelivery:
             result = await self._record_only(
                 delivery, event, Outcome.IGNORED, [*event.notes, str(exc)]
             )
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: a verified delivery is always stored
             log.exception(
                 "event %s (%s) could not be applied; stored as UNPARSEABLE",
                 delivery.event_id,
@@ -347,7 +347,7 @@ class ReplayDelivery:
             replayed = await self._tx.run(replay)
         except StoreUnavailable:
             raise
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: a replay of one delivery never stops a run
             # Applying failed again (rolled back): the delivery keeps its stored outcome, except
             # that one moving an item to another subject is now known to be IGNORED.
             owned_elsewhere = isinstance(exc, ItemOwnedElsewhere)

@@ -37,7 +37,7 @@ async def housekeeping_pass(
             done = await job()
         except StoreUnavailable:
             continue
-        except Exception:
+        except Exception:  # broad on purpose: one failed job must not stop the others
             log.exception("housekeeping: could not %s; retrying next pass", what)
             continue
         if done:

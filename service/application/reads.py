@@ -70,7 +70,7 @@ class EntitlementReader:
         """Resolve one subject; a failure is logged, counted and isolated to that subject."""
         try:
             return resolve(state, self._catalog, now_ms)
-        except Exception:
+        except Exception:  # broad on purpose: one subject's odd state must not fail the read
             READ_FAILURES.inc()
             log.exception("cannot resolve %s; answering the default plan", state.subject)
             return default_entitlements(self._catalog, state.subject, now_ms, state.version)

@@ -101,7 +101,7 @@ def _handler(call: Callable[[Any, Context], Any], streaming: bool, series: Serie
         async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
             try:
                 return await call(request, _Peer(ctx.client_address))
-            except Exception as exc:
+            except Exception as exc:  # broad on purpose: every error made public, as gRPC's
                 raise connect_error(exc, ctx.method.name) from None
 
         return unary
@@ -112,7 +112,7 @@ def _handler(call: Callable[[Any, Context], Any], streaming: bool, series: Serie
             async for message in call(request, _Peer(ctx.client_address)):
                 counted.sent += 1
                 yield message
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: every error made public, as gRPC's
             raise connect_error(exc, ctx.method.name) from None
 
     return stream

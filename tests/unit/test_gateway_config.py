@@ -112,3 +112,9 @@ def test_non_utf8_body() -> None:
     with pytest.raises(VerificationFailed) as err:
         Verifier([S1]).verify(b"\xff", headers("x", S1))
     assert err.value.reason == "malformed_body"
+
+
+@pytest.mark.parametrize("bad", ["whsec_!!!", "whsec_", "whsec_a", "whsec_AAAAA", "whsec_%%%%"])
+def test_a_signing_secret_that_holds_no_key_is_a_start_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"CLERK_WEBHOOK_SIGNING_SECRET: secret #2 is not"):
+        GatewaySettings.from_env({"CLERK_WEBHOOK_SIGNING_SECRET": f"{S1} {bad}"})

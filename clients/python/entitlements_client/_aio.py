@@ -231,7 +231,7 @@ class AsyncEntitlementsClient(BaseClient):
             outcome = self._on_change(snap.subject, snap)
             if inspect.isawaitable(outcome):
                 await outcome
-        except Exception:
+        except Exception:  # broad on purpose: the app's callback must not stop the watch
             self._callback_failed(snap.subject)
 
     async def _watchdog(self) -> None:

@@ -224,7 +224,7 @@ class EntitlementsClient(BaseClient):
         assert self._on_change is not None
         try:
             self._on_change(snap.subject, snap)
-        except Exception:
+        except Exception:  # broad on purpose: the app's callback must not stop the watch
             self._callback_failed(snap.subject)
 
     def _watchdog(self) -> None:

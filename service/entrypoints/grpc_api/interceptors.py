@@ -151,7 +151,7 @@ def _with_error_mapping(
         except asyncio.CancelledError:
             cancelled = True
             raise
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: the one place errors become public statuses
             await fail(exc, context)
         finally:
             series.done(grpc.StatusCode.CANCELLED if cancelled else context.code(), started)
@@ -171,7 +171,7 @@ def _with_error_mapping(
         except (asyncio.CancelledError, GeneratorExit):
             cancelled = True
             raise
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: the one place errors become public statuses
             await fail(exc, context)
         finally:
             series.done(grpc.StatusCode.CANCELLED if cancelled else context.code(), started)

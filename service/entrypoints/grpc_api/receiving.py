@@ -59,8 +59,8 @@ def capped_deserializer(
             return TOO_LARGE
         try:
             return inner(data)
-        except Exception:
-            return UNDECODABLE
+        except Exception:  # broad on purpose: whatever a hostile message makes protobuf raise,
+            return UNDECODABLE  # it is INVALID_ARGUMENT; no log (a caller must not choose it)
 
     return deserialize
 

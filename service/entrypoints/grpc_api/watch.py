@@ -167,7 +167,7 @@ class WatchStreams:
                 return pb.WatchEntitlementsResponse(
                     subject=subject, entitlements=body, version=version
                 )
-            except Exception:
+            except Exception:  # broad on purpose: one subject's message never ends the stream
                 log.exception("watch: cannot build the message for %s", subject)
         else:
             log.error("watch: no entitlements loaded for %s", subject)
