@@ -20,6 +20,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation, UsageEvent
 
 T = TypeVar("T")
@@ -245,6 +246,10 @@ class Operations(DeliveryLog, StateReader, Protocol):
     def snapshot(self) -> AbstractAsyncContextManager[Snapshot]: ...
 
     async def history(self, subject: str, limit: int) -> list[HistoryRow]: ...
+
+    async def unknown_plan_deliveries(self, since_ms: int, limit: int) -> list[NotedDelivery]:
+        """Stored deliveries since `since_ms` with a note naming an unknown plan, newest
+        first, at most `limit`."""
 
     async def known_subjects(self, after: str, limit: int) -> list[str]: ...
 

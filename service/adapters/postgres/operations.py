@@ -19,6 +19,7 @@ from service.application.ports import StoreUnavailable
 from service.application.records import DeliverySelector, HistoryRow, StoredDelivery
 from service.domain.rebuild import ITEM_STATE_COLUMNS
 from service.domain.resolution import Grant, SubjectState
+from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Counter, Kind, Period, UsageEvent
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,28 @@ class OperationsStore(StoreBase):
                 limit,
             )
             return [HistoryRow(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    async def unknown_plan_deliveries(self, since_ms: int, limit: int) -> list[NotedDelivery]:
+        """Stored deliveries since `since_ms` whose notes name an unknown plan, newest first
+        (the partial index of migration 0010)."""
+
+        async def work(conn: Conn) -> list[NotedDelivery]:
+            rows = await conn.fetch(
+                """SELECT event_id, subject, notes,
+                          (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at_ms
+                     FROM deliveries
+                    WHERE names_unknown_plan(notes)
+                      AND recorded_at >= to_timestamp($1 / 1000.0)
+                    ORDER BY recorded_at DESC LIMIT $2""",
+                since_ms,
+                limit,
+            )
+            return [
+                NotedDelivery(r["event_id"], r["subject"], r["recorded_at_ms"], tuple(r["notes"]))
+                for r in rows
+            ]
 
         return await self._run(work)
 
