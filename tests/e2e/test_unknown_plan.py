@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
 
 from service.domain.catalog import parse_catalog_text
 from tests.support import SYNC_SECRET, event, fresh_database, now_ms
