@@ -19,6 +19,7 @@ from service.application.records import (
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
+from service.domain.override_log import OverrideEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
 from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation, UsageEvent
@@ -230,6 +231,12 @@ class Snapshot(DeliveryLog, StateReader, Protocol):
 
     async def verification_rows(self) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
         """Every item row (rebuild.ITEM_STATE_COLUMNS) and every subject's deletion time."""
+
+    async def override_rows(self) -> dict[str, tuple[Any, ...]]:
+        """Every override's row (override_log.OVERRIDE_COLUMNS) by its id."""
+
+    async def override_events(self) -> list[OverrideEvent]:
+        """The log of every override set and remove, in order."""
 
     async def usage_counters(self) -> dict[tuple[str, str], Counter]:
         """Every usage counter by (subject, meter)."""

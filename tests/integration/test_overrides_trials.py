@@ -15,7 +15,7 @@ from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from tests.conftest import Harness, rpc_code
 from tests.support import Clock, event, now_ms
-from tests.support.rpc import apply, can_use, entitlements, subject
+from tests.support.rpc import apply, can_use, entitlements, sql_rows, subject
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +168,44 @@ async def test_a_free_trial_shows_with_its_end_and_the_ending_notice_is_kept(
     paid["data"]["id"] = active["data"]["id"]
     await apply(harness, paid)
     assert not (await entitlements(harness, who)).trial
+
+
+async def test_verify_rebuilds_overrides_from_their_log(
+    harness: Harness, database_url: str
+) -> None:
+    """Each override row is rebuilt from its logged set and remove: untouched, no difference;
+    a row edited in SQL (a limit raised, a removal undone) is reported, naming the column."""
+    who = subject("ovr_verify")
+    limit = await set_override(harness, subject=who, limit="maxHabits", value=5)
+    feature = await set_override(harness, subject=who, feature="dataExport", enabled=True)
+    await harness.sync.RemoveOverride(
+        sync_pb.RemoveOverrideRequest(override_id=feature.override_id, reason="trial over"),
+        metadata=harness.auth,
+    )
+
+    async def differences() -> list[str]:
+        stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+        last = [m async for m in stream][-1]
+        assert last.finished
+        return sorted(d.description for d in last.differences if d.subject == who)
+
+    assert await differences() == []
+    await sql_rows(
+        database_url,
+        "UPDATE overrides SET limit_value = 999 WHERE override_id = $1",
+        limit.override_id,
+    )
+    await sql_rows(
+        database_url,
+        "UPDATE overrides SET removed_at_ms = NULL, remove_reason = NULL WHERE override_id = $1",
+        feature.override_id,
+    )
+    found = await differences()
+    assert (
+        found[0]
+        == f"override {feature.override_id}: removed_at_ms live None, rebuilt "
+        + (found[0].split("rebuilt ", 1)[1])
+    )
+    assert "remove_reason live None, rebuilt 'trial over'" in found[0]
+    assert found[1] == f"override {limit.override_id}: limit_value live 999, rebuilt 5"
+    assert len(found) == 2

@@ -17,6 +17,7 @@ from service.adapters.postgres.deliveries import (
 from service.adapters.postgres.subjects import load_subject_states
 from service.application.ports import StoreUnavailable
 from service.application.records import DeliverySelector, HistoryRow, StoredDelivery
+from service.domain.override_log import OVERRIDE_COLUMNS, OverrideEvent
 from service.domain.rebuild import ITEM_STATE_COLUMNS
 from service.domain.resolution import Grant, SubjectState
 from service.domain.unknown_plans import NotedDelivery
@@ -79,6 +80,20 @@ class StoreSnapshot:
 
     async def verification_rows(self) -> VerificationRows:
         return await _verification_rows(self._conn)
+
+    async def override_rows(self) -> dict[str, tuple[Any, ...]]:
+        rows = await self._conn.fetch(
+            f"SELECT override_id, {', '.join(OVERRIDE_COLUMNS)} FROM overrides"
+        )
+        return {r["override_id"]: tuple(r)[1:] for r in rows}
+
+    async def override_events(self) -> list[OverrideEvent]:
+        rows = await self._conn.fetch(
+            """SELECT override_id, kind, reason, at_ms, subject, feature, limit_name, enabled,
+                      limit_value, unlimited, expires_at_ms
+                 FROM override_events ORDER BY seq"""
+        )
+        return [OverrideEvent(**dict(r)) for r in rows]
 
     async def usage_counters(self) -> dict[tuple[str, str], Counter]:
         rows = await self._conn.fetch(
