@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,6 +14,7 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+from service.adapters.postgres.migrate import migrate
 from tests.conftest import Harness, rpc_code
 from tests.support import Clock, event, now_ms
 from tests.support.rpc import apply, can_use, entitlements, sql_rows, subject
@@ -201,11 +203,39 @@ async def test_verify_rebuilds_overrides_from_their_log(
         feature.override_id,
     )
     found = await differences()
-    assert (
-        found[0]
-        == f"override {feature.override_id}: removed_at_ms live None, rebuilt "
-        + (found[0].split("rebuilt ", 1)[1])
-    )
-    assert "remove_reason live None, rebuilt 'trial over'" in found[0]
-    assert found[1] == f"override {limit.override_id}: limit_value live 999, rebuilt 5"
     assert len(found) == 2
+    assert f"override {limit.override_id}: limit_value live 999, rebuilt 5" in found
+    (undone,) = [d for d in found if feature.override_id in d]
+    assert undone.startswith(f"override {feature.override_id}: removed_at_ms live None, rebuilt ")
+    assert undone.endswith("; remove_reason live None, rebuilt 'trial over'")
+
+
+async def test_overrides_set_before_the_log_existed_are_backfilled(
+    harness: Harness, database_url: str
+) -> None:
+    """Migration 0011 logs the overrides already there (set, and removed): verify agrees."""
+    who = subject("ovr_backfill")
+    await set_override(harness, subject=who, limit="maxGoals", unlimited=True)
+    gone = await set_override(harness, subject=who, feature="dataExport", enabled=False)
+    await harness.sync.RemoveOverride(
+        sync_pb.RemoveOverrideRequest(override_id=gone.override_id, reason=""),
+        metadata=harness.auth,
+    )
+    # The database as it was before migration 0011, then migrated again.
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "DROP TABLE override_events; DELETE FROM schema_migrations WHERE version = 11"
+        )
+        assert await migrate(connection) == [11]
+    finally:
+        await connection.close()
+    stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+    last = [m async for m in stream][-1]
+    assert [d.description for d in last.differences if d.subject == who] == []
+    logged = await sql_rows(
+        database_url,
+        "SELECT kind FROM override_events WHERE override_id = $1 ORDER BY seq",
+        gone.override_id,
+    )
+    assert [r["kind"] for r in logged] == ["set", "remove"]
