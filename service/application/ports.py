@@ -254,8 +254,8 @@ class Operations(DeliveryLog, StateReader, Protocol):
 
     async def history(self, subject: str, limit: int) -> list[HistoryRow]: ...
 
-    async def unknown_plan_deliveries(self, since_ms: int, limit: int) -> list[NotedDelivery]:
-        """Stored deliveries since `since_ms` with a note naming an unknown plan, newest
+    async def unknown_plan_deliveries(self, hours: int, limit: int) -> list[NotedDelivery]:
+        """Deliveries stored in the last `hours` with a note naming an unknown plan, newest
         first, at most `limit`."""
 
     async def known_subjects(self, after: str, limit: int) -> list[str]: ...

@@ -68,9 +68,7 @@ class ServiceStatus:
         live = self._liveness()
         log_id = live.log_id
         try:
-            noted = await self._operations.unknown_plan_deliveries(
-                now - hours * 3_600_000, MAX_NOTED_DELIVERIES
-            )
+            noted = await self._operations.unknown_plan_deliveries(hours, MAX_NOTED_DELIVERIES)
             log_id = log_id or await self._change_log.change_log_identity()
             serving = True
         except StoreUnavailable:

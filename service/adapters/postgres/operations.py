@@ -37,6 +37,16 @@ SCRATCH_SCHEMA_PATTERN = "^verify_[0-9a-f]{16}$"
 _SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in use"
 
 
+# Deliveries stored in the last $1 hours whose notes name an unknown plan (what the partial index
+# of migration 0010 holds: the predicate must stay the index's).
+UNKNOWN_PLAN_DELIVERIES = """
+SELECT event_id, subject, notes,
+       (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at_ms
+  FROM deliveries
+ WHERE names_unknown_plan(notes) AND recorded_at >= now() - make_interval(hours => $1)
+ ORDER BY recorded_at DESC LIMIT $2
+"""
+
 VerificationRows = tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]
 
 
@@ -182,21 +192,12 @@ class OperationsStore(StoreBase):
 
         return await self._run(work)
 
-    async def unknown_plan_deliveries(self, since_ms: int, limit: int) -> list[NotedDelivery]:
-        """Stored deliveries since `since_ms` whose notes name an unknown plan, newest first
-        (the partial index of migration 0010)."""
+    async def unknown_plan_deliveries(self, hours: int, limit: int) -> list[NotedDelivery]:
+        """Deliveries stored in the last `hours` (the database's clock, which stamped them)
+        whose notes name an unknown plan, newest first (the partial index of migration 0010)."""
 
         async def work(conn: Conn) -> list[NotedDelivery]:
-            rows = await conn.fetch(
-                """SELECT event_id, subject, notes,
-                          (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at_ms
-                     FROM deliveries
-                    WHERE names_unknown_plan(notes)
-                      AND recorded_at >= to_timestamp($1 / 1000.0)
-                    ORDER BY recorded_at DESC LIMIT $2""",
-                since_ms,
-                limit,
-            )
+            rows = await conn.fetch(UNKNOWN_PLAN_DELIVERIES, hours, limit)
             return [
                 NotedDelivery(r["event_id"], r["subject"], r["recorded_at_ms"], tuple(r["notes"]))
                 for r in rows
