@@ -213,7 +213,7 @@ async def test_verify_rebuilds_overrides_from_their_log(
 async def test_overrides_set_before_the_log_existed_are_backfilled(
     harness: Harness, database_url: str
 ) -> None:
-    """Migration 0011 logs the overrides already there (set, and removed): verify agrees."""
+    """Migration 0012 logs the overrides already there (set, and removed): verify agrees."""
     who = subject("ovr_backfill")
     await set_override(harness, subject=who, limit="maxGoals", unlimited=True)
     gone = await set_override(harness, subject=who, feature="dataExport", enabled=False)
@@ -221,13 +221,13 @@ async def test_overrides_set_before_the_log_existed_are_backfilled(
         sync_pb.RemoveOverrideRequest(override_id=gone.override_id, reason=""),
         metadata=harness.auth,
     )
-    # The database as it was before migration 0011, then migrated again.
+    # The database as it was before migration 0012, then migrated again.
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(
-            "DROP TABLE override_events; DELETE FROM schema_migrations WHERE version = 11"
+            "DROP TABLE override_events; DELETE FROM schema_migrations WHERE version = 12"
         )
-        assert await migrate(connection) == [11]
+        assert await migrate(connection) == [12]
     finally:
         await connection.close()
     stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)

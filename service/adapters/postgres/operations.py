@@ -38,7 +38,7 @@ _SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in 
 
 
 # Deliveries stored in the last $1 hours whose notes name an unknown plan (what the partial index
-# of migration 0010 holds: the predicate must stay the index's).
+# of migration 0011 holds: the predicate must stay the index's).
 UNKNOWN_PLAN_DELIVERIES = """
 SELECT event_id, subject, notes,
        (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at_ms
@@ -194,7 +194,7 @@ class OperationsStore(StoreBase):
 
     async def unknown_plan_deliveries(self, hours: int, limit: int) -> list[NotedDelivery]:
         """Deliveries stored in the last `hours` (the database's clock, which stamped them)
-        whose notes name an unknown plan, newest first (the partial index of migration 0010)."""
+        whose notes name an unknown plan, newest first (the partial index of migration 0011)."""
 
         async def work(conn: Conn) -> list[NotedDelivery]:
             rows = await conn.fetch(UNKNOWN_PLAN_DELIVERIES, hours, limit)
