@@ -9,6 +9,7 @@
 * Webhook ingest end to end (signed deliveries/s through gateway → service → PostgreSQL, p99).
 * Freshness: webhook 2xx through replica A → CanUse changes on replica B (p50/p99).
 * Memory per 100k cached subjects (RSS growth of a service process).
+* Consume (bench/consume.py) and usage storage as it grows (bench/usage_growth.py).
 
 Writes bench/results/latest.json and bench/results/latest.png.
 """
@@ -34,7 +35,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import canuse, consume, instrumentation_cost, scale
+from bench import canuse, consume, instrumentation_cost, scale, usage_growth
 from bench.canuse import log
 from bench.stack import (
     BIN,
@@ -246,6 +247,8 @@ def main() -> int:
     if sys.argv[1:] == ["consume"]:
         print(consume.describe(consume.bench()))
         return 0
+    if sys.argv[1:] == ["growth"]:  # BENCH_GROWTH_RECORDS scales it (default 10 000 000)
+        return usage_growth.alone(RESULTS / "latest.json")
     RESULTS.mkdir(parents=True, exist_ok=True)
     canuse.ensure_h2load()
     work = Path(tempfile.mkdtemp(prefix="ent-bench-"))
@@ -332,6 +335,8 @@ def main() -> int:
     log("Consume: one hot subject, then 10 000 subjects …")
     results["consume"] = consume.bench()
     log(consume.describe(results["consume"]))
+    results["usage_growth"] = usage_growth.bench()
+    log(usage_growth.describe(results["usage_growth"]))
 
     c, f, o = (
         results["canuse"]["cached"],

@@ -8,8 +8,9 @@ them), and so does every error: {"error": {"code": "UNAVAILABLE", "message": "..
 
 Exit codes: 0 success; 1 the answer was "no" (check: not allowed, consume: did not fit and
 nothing was recorded, verify: differences found, catalog check: mismatches, catalog validate:
-invalid); 2 usage or configuration error; 3 the service (or, for reconcile and catalog import,
-Clerk's API) could not be reached or refused the call.
+invalid, status: not serving or an unknown Clerk plan seen); 2 usage or configuration error;
+3 the service (or, for reconcile and catalog import, Clerk's API) could not be reached or
+refused the call.
 """
 
 from __future__ import annotations

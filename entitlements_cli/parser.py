@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from entitlements_cli import catalog_commands, commands
+from entitlements_cli import catalog_commands, commands, status_command
 
 GLOBAL_DEFAULTS = {"target": None, "json": False, "progress": None}
 
@@ -126,6 +126,15 @@ def build_parser(description: str | None = None) -> Parser:
         "verify",
         "rebuild state from the stored log and compare (exit 1 on differences)",
         commands.cmd_verify,
+    )
+    p = command(
+        "status",
+        "health, log identity, catalog fingerprint and unknown Clerk plans seen "
+        "(exit 1 when any, or not serving)",
+        status_command.cmd_status,
+    )
+    p.add_argument(
+        "--hours", type=int, help="how far back to look for unknown plans (default 168, a week)"
     )
     add_override_commands(command("override", "per-customer terms (needs the sync secret)"), common)
     catalog = command("catalog", "catalog commands").add_subparsers(

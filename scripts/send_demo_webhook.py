@@ -28,8 +28,10 @@ from entitlements_common.settings import split_secrets
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/api/webhooks/clerk-billing"
 
 
-def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
-    """A realistic `subscriptionItem.active` for the pro plan (monthly)."""
+def demo_payload(subject: str, now_ms: int, slug: str = "pro") -> dict[str, Any]:
+    """A realistic `subscriptionItem.active` for the pro plan (monthly), or for the Clerk plan
+    `slug` (say one the catalog lacks, to see what `entitlements status` shows)."""
+    plan_id = "cplan_demo_" + slug
     return {
         "data": {
             "id": f"subi_demo_{subject}",
@@ -39,8 +41,8 @@ def demo_payload(subject: str, now_ms: int) -> dict[str, Any]:
             "period_start": now_ms,
             "period_end": now_ms + 30 * 86_400_000,
             "is_free_trial": False,
-            "plan_id": "cplan_demo_pro",
-            "plan": {"id": "cplan_demo_pro", "slug": "pro", "name": "Pro", "is_default": False},
+            "plan_id": plan_id,
+            "plan": {"id": plan_id, "slug": slug, "name": slug.title(), "is_default": False},
             "payer": {"id": "cpayer_demo", "object": "commerce_payer", "user_id": subject},
             "created_at": now_ms,
             "updated_at": now_ms,
@@ -59,7 +61,7 @@ def cmd_demo_webhook(args: argparse.Namespace) -> int:
         return 2
     secret = split_secrets(secret_list)[0]
     url = args.url or setting("GATEWAY_URL", DEFAULT_GATEWAY_URL)
-    body = json.dumps(demo_payload(args.subject, int(time.time() * 1000)))
+    body = json.dumps(demo_payload(args.subject, int(time.time() * 1000), args.plan_slug))
     msg_id = "msg_demo_" + secrets.token_hex(8)
     now = datetime.now(UTC)
     headers = {
@@ -90,6 +92,7 @@ def cmd_demo_webhook(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="send_demo_webhook", description=__doc__)
     parser.add_argument("--subject", default="user_demo")
+    parser.add_argument("--plan-slug", default="pro", help="the Clerk plan's slug (default pro)")
     parser.add_argument("--url", help=f"webhook URL (default GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
     parser.add_argument("--target", help="service host:port (default ENTITLEMENTS_TARGET)")
     return cmd_demo_webhook(parser.parse_args(argv))

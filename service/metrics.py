@@ -52,7 +52,8 @@ DELIVERIES = Counter(
 )
 UNKNOWN_PLANS = Counter(
     "entitlements_unknown_plan_deliveries",
-    "Deliveries naming a plan slug the catalog lacks (the default plan applied, noted on them).",
+    "Deliveries naming a plan slug the catalog lacks (given the default plan, or held back "
+    "under ENTITLEMENTS_UNKNOWN_PLAN=keep; noted on them, listed by `entitlements status`).",
 )
 READ_FAILURES = Counter(
     "entitlements_read_failures",

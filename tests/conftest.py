@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 _TABLES = (
     "subjects, items, deliveries, plan_changes, change_log, grants, overrides, "
-    "usage_counters, usage_records, usage_reservations"
+    "usage_counters, usage_records, usage_reservations, override_events"
 )
 
 # Tests run beside a running `make run`: no test may end up on one of its ports. Every service

@@ -21,6 +21,7 @@ from service.application.ports import (
 from service.application.reads import EntitlementReader
 from service.application.reconcile import CheckCatalog, Reconciler
 from service.application.replay import ReplayDeliveries
+from service.application.status import Liveness, ServiceStatus
 from service.application.usage import Usage
 from service.application.verify import VerifyState
 from service.domain.catalog import Catalog
@@ -42,6 +43,7 @@ class Application:
     verify: VerifyState
     operations: Operations
     change_log: ChangeLog
+    status: ServiceStatus
     reconciler: Reconciler | None = None
     catalog_check: CheckCatalog | None = None
 
@@ -86,6 +88,14 @@ def build_application(
         verify=VerifyState(operations, catalog, clock, unknown_plan),
         operations=operations,
         change_log=change_log,
+        status=ServiceStatus(
+            operations,
+            change_log,
+            catalog,
+            clock,
+            unknown_plan,
+            lambda: Liveness(hub.started.is_set(), hub.listening, hub.log_id),
+        ),
         reconciler=None
         if clerk is None
         else Reconciler(operations, clerk, apply_delivery, catalog, clock),

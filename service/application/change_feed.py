@@ -116,6 +116,7 @@ class ChangeHub:
         # The identity of the change log `position` belongs to ("" until the follower has
         # started); every heartbeat carries it, a resuming stream must name it.
         self.log_id = ""
+        self.listening = False  # the change listener is connected (`entitlements status`)
         self._identity_checked_ms = 0.0
         self.started = asyncio.Event()
         self._complete_at_ms: float = wall_ms()
@@ -130,6 +131,7 @@ class ChangeHub:
         self._wake.set()
 
     def on_live(self, live: bool) -> None:
+        self.listening = live
         if self._cache is not None:
             self._cache.set_live(live)
         self._wake.set()  # read the log again: nothing is missed across a reconnect

@@ -20,7 +20,9 @@ from service.domain.consumption import Recorded
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
+from service.domain.override_log import OverrideEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation, UsageEvent
 
 T = TypeVar("T")
@@ -244,6 +246,12 @@ class Snapshot(DeliveryLog, StateReader, Protocol):
     async def verification_rows(self) -> tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]:
         """Every item row (rebuild.ITEM_STATE_COLUMNS) and every subject's deletion time."""
 
+    async def override_rows(self) -> dict[str, tuple[Any, ...]]:
+        """Every override's row (override_log.OVERRIDE_COLUMNS) by its id."""
+
+    async def override_events(self) -> list[OverrideEvent]:
+        """The log of every override set and remove, in order."""
+
     async def usage_counters(self) -> dict[tuple[str, str], Counter]:
         """Every usage counter by (subject, meter)."""
 
@@ -259,6 +267,10 @@ class Operations(DeliveryLog, StateReader, Protocol):
     def snapshot(self) -> AbstractAsyncContextManager[Snapshot]: ...
 
     async def history(self, subject: str, limit: int) -> list[HistoryRow]: ...
+
+    async def unknown_plan_deliveries(self, hours: int, limit: int) -> list[NotedDelivery]:
+        """Deliveries stored in the last `hours` with a note naming an unknown plan, newest
+        first, at most `limit`."""
 
     async def known_subjects(self, after: str, limit: int) -> list[str]: ...
 

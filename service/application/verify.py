@@ -1,5 +1,6 @@
 """Use case: verify the live state by rebuilding it from the stored log with the current rules
-(in memory, service/domain/rebuild.py) and comparing the two.
+(in memory, service/domain/rebuild.py) and comparing the two: items and plans from the stored
+deliveries, usage counters from the recorded calls, overrides from their log.
 
 Both the log and the live state are read from one snapshot, so writes during the run cannot
 show up as differences.
@@ -17,6 +18,7 @@ from service.application.progress import Progress
 from service.application.records import DeliverySelector
 from service.domain.catalog import Catalog
 from service.domain.deliveries import Outcome
+from service.domain.override_log import override_differences, rebuilt_overrides
 from service.domain.rebuild import ITEM_STATE_COLUMNS, Rebuild
 from service.domain.resolution import SubjectState, resolve
 from service.domain.unknown_plans import UnknownPlanPolicy, held
@@ -68,7 +70,10 @@ class VerifyState:
                 yield Progress(done, max(total, done))
             report = await self._compare(snapshot, rebuild)
             usage = await _usage_differences(snapshot)
-            yield VerifyReport(report.subjects_checked, report.differences + usage)
+            overrides = override_differences(
+                await snapshot.override_rows(), rebuilt_overrides(await snapshot.override_events())
+            )
+            yield VerifyReport(report.subjects_checked, report.differences + usage + overrides)
 
     async def _compare(self, live: Snapshot, rebuilt: Rebuild) -> VerifyReport:
         now = self._clock.now_ms()

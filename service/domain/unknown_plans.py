@@ -9,6 +9,10 @@ dropped to free) until the catalog maps the slug and the delivery is replayed.
 
 from __future__ import annotations
 
+import ast
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from service.domain.catalog import Catalog
@@ -52,3 +56,78 @@ def unknown_plan_notes(event: NormalizedEvent, catalog: Catalog, held_back: bool
         else:
             notes.append(f"{named} mapped to default plan {default!r}")
     return notes
+
+
+# ---- reading the notes back (`entitlements status`) ----------------------------------------
+
+# A note as unknown_plan_notes writes it: the prefix, then the slug and the id as Python reprs.
+_REPR = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|None"""
+_NOTE = re.compile(rf"^{NOTE_PREFIX} (?P<slug>{_REPR}) \(id (?P<id>{_REPR})\)")
+
+
+@dataclass(frozen=True)
+class NotedDelivery:
+    """A stored delivery with at least one unknown-plan note."""
+
+    event_id: str
+    subject: str | None
+    recorded_at_ms: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One unknown (slug, plan id) and the stored deliveries that named it."""
+
+    slug: str
+    plan_id: str
+    deliveries: int
+    first_seen_ms: int
+    last_seen_ms: int
+    example_subject: str
+    example_event_id: str
+    note: str
+
+
+def _literal(text: str) -> str:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return "" if value is None else str(value)
+
+
+def parse_note(note: str) -> tuple[str, str] | None:
+    """(slug, plan id) of an unknown-plan note; None for any other note. A note cut short
+    when it was stored still names its slug as far as it goes."""
+    if not note.startswith(NOTE_PREFIX):
+        return None
+    match = _NOTE.match(note)
+    if match is None:
+        return note[len(NOTE_PREFIX) :].strip(), ""
+    return _literal(match["slug"]), _literal(match["id"])
+
+
+def sightings(deliveries: Iterable[NotedDelivery]) -> list[Sighting]:
+    """Unknown plans by (slug, plan id), most deliveries first: how many deliveries named
+    each, when first and last, and the latest one's subject, event id and note."""
+    found: dict[tuple[str, str], Sighting] = {}
+    for d in deliveries:
+        for key, note in {k: n for n in d.notes if (k := parse_note(n)) is not None}.items():
+            seen = found.get(key)
+            if seen is None:
+                found[key] = Sighting(
+                    *key, 1, d.recorded_at_ms, d.recorded_at_ms, d.subject or "", d.event_id, note
+                )
+                continue
+            latest = d.recorded_at_ms >= seen.last_seen_ms
+            found[key] = Sighting(
+                *key,
+                seen.deliveries + 1,
+                min(seen.first_seen_ms, d.recorded_at_ms),
+                max(seen.last_seen_ms, d.recorded_at_ms),
+                (d.subject or "") if latest else seen.example_subject,
+                d.event_id if latest else seen.example_event_id,
+                note if latest else seen.note,
+            )
+    return sorted(found.values(), key=lambda s: (-s.deliveries, -s.last_seen_ms, s.slug))

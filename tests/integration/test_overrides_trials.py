@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,9 +14,10 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+from service.adapters.postgres.migrate import migrate
 from tests.conftest import Harness, rpc_code
 from tests.support import Clock, event, now_ms
-from tests.support.rpc import apply, can_use, entitlements, subject
+from tests.support.rpc import apply, can_use, entitlements, sql_rows, subject
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +170,72 @@ async def test_a_free_trial_shows_with_its_end_and_the_ending_notice_is_kept(
     paid["data"]["id"] = active["data"]["id"]
     await apply(harness, paid)
     assert not (await entitlements(harness, who)).trial
+
+
+async def test_verify_rebuilds_overrides_from_their_log(
+    harness: Harness, database_url: str
+) -> None:
+    """Each override row is rebuilt from its logged set and remove: untouched, no difference;
+    a row edited in SQL (a limit raised, a removal undone) is reported, naming the column."""
+    who = subject("ovr_verify")
+    limit = await set_override(harness, subject=who, limit="maxHabits", value=5)
+    feature = await set_override(harness, subject=who, feature="dataExport", enabled=True)
+    await harness.sync.RemoveOverride(
+        sync_pb.RemoveOverrideRequest(override_id=feature.override_id, reason="trial over"),
+        metadata=harness.auth,
+    )
+
+    async def differences() -> list[str]:
+        stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+        last = [m async for m in stream][-1]
+        assert last.finished
+        return sorted(d.description for d in last.differences if d.subject == who)
+
+    assert await differences() == []
+    await sql_rows(
+        database_url,
+        "UPDATE overrides SET limit_value = 999 WHERE override_id = $1",
+        limit.override_id,
+    )
+    await sql_rows(
+        database_url,
+        "UPDATE overrides SET removed_at_ms = NULL, remove_reason = NULL WHERE override_id = $1",
+        feature.override_id,
+    )
+    found = await differences()
+    assert len(found) == 2
+    assert f"override {limit.override_id}: limit_value live 999, rebuilt 5" in found
+    (undone,) = [d for d in found if feature.override_id in d]
+    assert undone.startswith(f"override {feature.override_id}: removed_at_ms live None, rebuilt ")
+    assert undone.endswith("; remove_reason live None, rebuilt 'trial over'")
+
+
+async def test_overrides_set_before_the_log_existed_are_backfilled(
+    harness: Harness, database_url: str
+) -> None:
+    """Migration 0012 logs the overrides already there (set, and removed): verify agrees."""
+    who = subject("ovr_backfill")
+    await set_override(harness, subject=who, limit="maxGoals", unlimited=True)
+    gone = await set_override(harness, subject=who, feature="dataExport", enabled=False)
+    await harness.sync.RemoveOverride(
+        sync_pb.RemoveOverrideRequest(override_id=gone.override_id, reason=""),
+        metadata=harness.auth,
+    )
+    # The database as it was before migration 0012, then migrated again.
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "DROP TABLE override_events; DELETE FROM schema_migrations WHERE version = 12"
+        )
+        assert await migrate(connection) == [12]
+    finally:
+        await connection.close()
+    stream = harness.sync.VerifyState(sync_pb.VerifyStateRequest(), metadata=harness.auth)
+    last = [m async for m in stream][-1]
+    assert [d.description for d in last.differences if d.subject == who] == []
+    logged = await sql_rows(
+        database_url,
+        "SELECT kind FROM override_events WHERE override_id = $1 ORDER BY seq",
+        gone.override_id,
+    )
+    assert [r["kind"] for r in logged] == ["set", "remove"]

@@ -17,8 +17,10 @@ from service.adapters.postgres.deliveries import (
 from service.adapters.postgres.subjects import load_subject_states
 from service.application.ports import StoreUnavailable
 from service.application.records import DeliverySelector, HistoryRow, StoredDelivery
+from service.domain.override_log import OVERRIDE_COLUMNS, OverrideEvent
 from service.domain.rebuild import ITEM_STATE_COLUMNS
 from service.domain.resolution import Grant, SubjectState
+from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Counter, Kind, Period, UsageEvent
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,16 @@ def _identifier(name: str) -> str:
 SCRATCH_SCHEMA_PATTERN = "^verify_[0-9a-f]{16}$"
 _SCRATCH_LOCK_CLASS = 7305  # advisory lock class of "this scratch schema is in use"
 
+
+# Deliveries stored in the last $1 hours whose notes name an unknown plan (what the partial index
+# of migration 0011 holds: the predicate must stay the index's).
+UNKNOWN_PLAN_DELIVERIES = """
+SELECT event_id, subject, notes,
+       (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at_ms
+  FROM deliveries
+ WHERE names_unknown_plan(notes) AND recorded_at >= now() - make_interval(hours => $1)
+ ORDER BY recorded_at DESC LIMIT $2
+"""
 
 VerificationRows = tuple[dict[str, tuple[Any, ...]], dict[str, int | None]]
 
@@ -78,6 +90,20 @@ class StoreSnapshot:
 
     async def verification_rows(self) -> VerificationRows:
         return await _verification_rows(self._conn)
+
+    async def override_rows(self) -> dict[str, tuple[Any, ...]]:
+        rows = await self._conn.fetch(
+            f"SELECT override_id, {', '.join(OVERRIDE_COLUMNS)} FROM overrides"
+        )
+        return {r["override_id"]: tuple(r)[1:] for r in rows}
+
+    async def override_events(self) -> list[OverrideEvent]:
+        rows = await self._conn.fetch(
+            """SELECT override_id, kind, reason, at_ms, subject, feature, limit_name, enabled,
+                      limit_value, unlimited, expires_at_ms
+                 FROM override_events ORDER BY seq"""
+        )
+        return [OverrideEvent(**dict(r)) for r in rows]
 
     async def usage_counters(self) -> dict[tuple[str, str], Counter]:
         rows = await self._conn.fetch(
@@ -163,6 +189,19 @@ class OperationsStore(StoreBase):
                 limit,
             )
             return [HistoryRow(**dict(r)) for r in rows]
+
+        return await self._run(work)
+
+    async def unknown_plan_deliveries(self, hours: int, limit: int) -> list[NotedDelivery]:
+        """Deliveries stored in the last `hours` (the database's clock, which stamped them)
+        whose notes name an unknown plan, newest first (the partial index of migration 0011)."""
+
+        async def work(conn: Conn) -> list[NotedDelivery]:
+            rows = await conn.fetch(UNKNOWN_PLAN_DELIVERIES, hours, limit)
+            return [
+                NotedDelivery(r["event_id"], r["subject"], r["recorded_at_ms"], tuple(r["notes"]))
+                for r in rows
+            ]
 
         return await self._run(work)
 

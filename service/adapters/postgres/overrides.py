@@ -1,4 +1,5 @@
-"""Per-customer overrides (the `overrides` table).
+"""Per-customer overrides (the `overrides` table, and `override_events`, the log of every set
+and remove that `verify` rebuilds the table from; both written by one statement).
 
 SQL only: the rules are in service/application/overrides.py and the domain."""
 
@@ -6,6 +7,25 @@ from __future__ import annotations
 
 from service.adapters.postgres.base import Conn
 from service.domain.resolution import Override
+
+_ADD = """
+WITH o AS (
+    INSERT INTO overrides (override_id, subject, feature, limit_name, enabled, limit_value,
+                           unlimited, reason, created_at_ms, expires_at_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING override_id)
+INSERT INTO override_events (override_id, kind, subject, feature, limit_name, enabled,
+                             limit_value, unlimited, reason, at_ms, expires_at_ms)
+SELECT override_id, 'set', $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM o
+"""
+_REMOVE = """
+WITH r AS (
+    UPDATE overrides SET removed_at_ms = $2, remove_reason = $3
+     WHERE override_id = $1 AND removed_at_ms IS NULL RETURNING override_id),
+e AS (
+    INSERT INTO override_events (override_id, kind, reason, at_ms)
+    SELECT override_id, 'remove', $3, $2 FROM r)
+SELECT EXISTS (SELECT 1 FROM r)
+"""
 
 
 class PgOverrides:
@@ -17,10 +37,7 @@ class PgOverrides:
     async def add(self, subject: str, override: Override) -> None:
         value = override.value
         await self._conn.execute(
-            """INSERT INTO overrides (override_id, subject, feature, limit_name, enabled,
-                                      limit_value, unlimited, reason, created_at_ms,
-                                      expires_at_ms)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+            _ADD,
             override.override_id,
             subject,
             override.feature,
@@ -41,12 +58,4 @@ class PgOverrides:
         return None if subject is None else str(subject)
 
     async def remove(self, override_id: str, at_ms: int, reason: str) -> bool:
-        return bool(
-            await self._conn.fetchval(
-                """UPDATE overrides SET removed_at_ms = $2, remove_reason = $3
-                    WHERE override_id = $1 AND removed_at_ms IS NULL RETURNING true""",
-                override_id,
-                at_ms,
-                reason,
-            )
-        )
+        return bool(await self._conn.fetchval(_REMOVE, override_id, at_ms, reason))

@@ -228,3 +228,32 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
             unknown_catalog_slugs=list(check.unknown_slugs),
             clerk_plans=check.clerk_plans,
         )
+
+    async def GetServiceStatus(
+        self, request: sync_pb.GetServiceStatusRequest, context: Context
+    ) -> sync_pb.GetServiceStatusResponse:
+        report = await self._app.status(request.window_hours)
+        return sync_pb.GetServiceStatusResponse(
+            serving=report.serving,
+            change_feed_following=report.following,
+            listening=report.listening,
+            log_id=report.log_id,
+            catalog_fingerprint=report.catalog_fingerprint,
+            unknown_plan_policy=report.unknown_plan_policy,
+            window_hours=report.window_hours,
+            unknown_plans=[
+                sync_pb.UnknownPlanSighting(
+                    slug=storable_text(s.slug, 200),
+                    plan_id=storable_text(s.plan_id, 200),
+                    deliveries=s.deliveries,
+                    first_seen=timestamp(s.first_seen_ms),
+                    last_seen=timestamp(s.last_seen_ms),
+                    example_subject=s.example_subject,
+                    example_event_id=s.example_event_id,
+                    note=storable_text(s.note, 1000),
+                )
+                for s in report.unknown_plans
+            ],
+            unknown_plans_truncated=report.truncated,
+            server_time=timestamp(report.now_ms),
+        )

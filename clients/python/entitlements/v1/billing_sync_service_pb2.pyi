@@ -834,3 +834,129 @@ class RemoveOverrideResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveOverrideResponse: _TypeAlias = RemoveOverrideResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_HOURS_FIELD_NUMBER: _builtins.int
+    window_hours: _builtins.int
+    """How far back to look for unknown plan slugs, in hours (default 168, a week; at most 2160)."""
+    def __init__(
+        self,
+        *,
+        window_hours: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_hours", b"window_hours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceStatusRequest: _TypeAlias = GetServiceStatusRequest  # noqa: Y015
+
+@_typing.final
+class UnknownPlanSighting(_message.Message):
+    """A Clerk plan the catalog lacks, as stored deliveries in the window named it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLUG_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    EXAMPLE_SUBJECT_FIELD_NUMBER: _builtins.int
+    EXAMPLE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    slug: _builtins.str
+    plan_id: _builtins.str
+    deliveries: _builtins.int
+    """Stored deliveries in the window that named it."""
+    example_subject: _builtins.str
+    """The subject and event id of the latest such delivery (`entitlements history SUBJECT`)."""
+    example_event_id: _builtins.str
+    note: _builtins.str
+    """What was done with the latest one: its note ("... mapped to default plan 'free'" or
+    "... not applied ...").
+    """
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        slug: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        deliveries: _builtins.int = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+        example_subject: _builtins.str = ...,
+        example_event_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "example_event_id", b"example_event_id", "example_subject", b"example_subject", "first_seen", b"first_seen", "last_seen", b"last_seen", "note", b"note", "plan_id", b"plan_id", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnknownPlanSighting: _TypeAlias = UnknownPlanSighting  # noqa: Y015
+
+@_typing.final
+class GetServiceStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_FIELD_NUMBER: _builtins.int
+    CHANGE_FEED_FOLLOWING_FIELD_NUMBER: _builtins.int
+    LISTENING_FIELD_NUMBER: _builtins.int
+    LOG_ID_FIELD_NUMBER: _builtins.int
+    CATALOG_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    UNKNOWN_PLAN_POLICY_FIELD_NUMBER: _builtins.int
+    WINDOW_HOURS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_PLANS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_PLANS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    serving: _builtins.bool
+    """The database answered just now (grpc.health.v1 reports SERVING)."""
+    change_feed_following: _builtins.bool
+    """Watch streams follow the change log (false while starting)."""
+    listening: _builtins.bool
+    """The change listener is connected (the local cache may answer)."""
+    log_id: _builtins.str
+    """The identity of the change log every Watch stream carries (SPEC §10.5)."""
+    catalog_fingerprint: _builtins.str
+    """The catalog's fingerprint every Watch stream carries."""
+    unknown_plan_policy: _builtins.str
+    """ENTITLEMENTS_UNKNOWN_PLAN: "default" or "keep"."""
+    window_hours: _builtins.int
+    unknown_plans_truncated: _builtins.bool
+    """More deliveries named unknown plans than were read: the counts are lower bounds."""
+    @_builtins.property
+    def unknown_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnknownPlanSighting]:
+        """Most deliveries first."""
+
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        serving: _builtins.bool = ...,
+        change_feed_following: _builtins.bool = ...,
+        listening: _builtins.bool = ...,
+        log_id: _builtins.str = ...,
+        catalog_fingerprint: _builtins.str = ...,
+        unknown_plan_policy: _builtins.str = ...,
+        window_hours: _builtins.int = ...,
+        unknown_plans: _abc.Iterable[Global___UnknownPlanSighting] | None = ...,
+        unknown_plans_truncated: _builtins.bool = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_fingerprint", b"catalog_fingerprint", "change_feed_following", b"change_feed_following", "listening", b"listening", "log_id", b"log_id", "server_time", b"server_time", "serving", b"serving", "unknown_plan_policy", b"unknown_plan_policy", "unknown_plans", b"unknown_plans", "unknown_plans_truncated", b"unknown_plans_truncated", "window_hours", b"window_hours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceStatusResponse: _TypeAlias = GetServiceStatusResponse  # noqa: Y015

@@ -86,6 +86,11 @@ class BillingSyncServiceStub:
                 request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.FromString,
                 _registered_method=True)
+        self.GetServiceStatus = channel.unary_unary(
+                '/entitlements.v1.BillingSyncService/GetServiceStatus',
+                request_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusResponse.FromString,
+                _registered_method=True)
 
 
 class BillingSyncServiceServicer:
@@ -168,6 +173,15 @@ class BillingSyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceStatus(self, request, context):
+        """What an operator looks at first (`entitlements status`): whether this replica serves, the
+        change log and catalog its streams carry, and the Clerk plans the catalog lacks that stored
+        deliveries named recently (ENTITLEMENTS_UNKNOWN_PLAN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingSyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +234,11 @@ def add_BillingSyncServiceServicer_to_server(servicer, server):
                     servicer.CheckCatalog,
                     request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.SerializeToString,
+            ),
+            'GetServiceStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceStatus,
+                    request_deserializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +513,33 @@ class BillingSyncService:
             '/entitlements.v1.BillingSyncService/CheckCatalog',
             entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogRequest.SerializeToString,
             entitlements_dot_v1_dot_billing__sync__service__pb2.CheckCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.BillingSyncService/GetServiceStatus',
+            entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusRequest.SerializeToString,
+            entitlements_dot_v1_dot_billing__sync__service__pb2.GetServiceStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,11 @@ class BillingSyncServiceStub:
     """
     CheckCatalog: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.CheckCatalogRequest, _billing_sync_service_pb2.CheckCatalogResponse]
     """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
+    GetServiceStatus: _grpc.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GetServiceStatusRequest, _billing_sync_service_pb2.GetServiceStatusResponse]
+    """What an operator looks at first (`entitlements status`): whether this replica serves, the
+    change log and catalog its streams carry, and the Clerk plans the catalog lacks that stored
+    deliveries named recently (ENTITLEMENTS_UNKNOWN_PLAN).
+    """
 
 @_typing.type_check_only
 class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
@@ -101,6 +106,11 @@ class BillingSyncServiceAsyncStub(BillingSyncServiceStub):
     """
     CheckCatalog: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.CheckCatalogRequest, _billing_sync_service_pb2.CheckCatalogResponse]  # type: ignore[assignment]
     """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
+    GetServiceStatus: _aio.UnaryUnaryMultiCallable[_billing_sync_service_pb2.GetServiceStatusRequest, _billing_sync_service_pb2.GetServiceStatusResponse]  # type: ignore[assignment]
+    """What an operator looks at first (`entitlements status`): whether this replica serves, the
+    change log and catalog its streams carry, and the Clerk plans the catalog lacks that stored
+    deliveries named recently (ENTITLEMENTS_UNKNOWN_PLAN).
+    """
 
 class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingSyncService is the write side, called by the webhook gateway and operators.
@@ -195,5 +205,16 @@ class BillingSyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_sync_service_pb2.CheckCatalogResponse, _abc.Awaitable[_billing_sync_service_pb2.CheckCatalogResponse]]:
         """Compares Clerk's plans (/billing/plans) with the catalog's slug mapping."""
+
+    @_abc_1.abstractmethod
+    def GetServiceStatus(
+        self,
+        request: _billing_sync_service_pb2.GetServiceStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_sync_service_pb2.GetServiceStatusResponse, _abc.Awaitable[_billing_sync_service_pb2.GetServiceStatusResponse]]:
+        """What an operator looks at first (`entitlements status`): whether this replica serves, the
+        change log and catalog its streams carry, and the Clerk plans the catalog lacks that stored
+        deliveries named recently (ENTITLEMENTS_UNKNOWN_PLAN).
+        """
 
 def add_BillingSyncServiceServicer_to_server(servicer: BillingSyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

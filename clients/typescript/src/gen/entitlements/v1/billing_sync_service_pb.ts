@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file entitlements/v1/billing_sync_service.proto.
  */
 export const file_entitlements_v1_billing_sync_service: GenFile = /*@__PURE__*/
-  fileDesc("CiplbnRpdGxlbWVudHMvdjEvYmlsbGluZ19zeW5jX3NlcnZpY2UucHJvdG8SD2VudGl0bGVtZW50cy52MSKrAQoYQXBwbHlCaWxsaW5nRXZlbnRSZXF1ZXN0EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgtyZWNlaXZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJc2lnbmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKcAQoZQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRIpCgdvdXRjb21lGAEgASgOMhguZW50aXRsZW1lbnRzLnYxLk91dGNvbWUSDwoHc3ViamVjdBgCIAEoCRIMCgRwbGFuGAMgASgJEhUKDXByZXZpb3VzX3BsYW4YBCABKAkSDwoHdmVyc2lvbhgFIAEoAxINCgVub3RlcxgGIAMoCSI+ChhHZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUiqQIKDEhpc3RvcnlFbnRyeRIqCgRraW5kGAEgASgOMhwuZW50aXRsZW1lbnRzLnYxLkhpc3RvcnlLaW5kEi8KC3JlY29yZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghldmVudF9pZBgDIAEoCRIMCgR0eXBlGAQgASgJEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZnJvbV9wbGFuGAcgASgJEg8KB3RvX3BsYW4YCCABKAkSDAoEbm90ZRgJIAEoCRIOCgZzb3VyY2UYCiABKAkiXAoZR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRIPCgdzdWJqZWN0GAEgASgJEi4KB2VudHJpZXMYAiADKAsyHS5lbnRpdGxlbWVudHMudjEuSGlzdG9yeUVudHJ5InEKEEdyYW50UGxhblJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgRwbGFuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgEIAEoCSJsChFHcmFudFBsYW5SZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjYKElJldm9rZUdyYW50UmVxdWVzdBIQCghncmFudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkibgoTUmV2b2tlR3JhbnRSZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjEKEFJlY29uY2lsZVJlcXVlc3QSEAoIc3ViamVjdHMYASADKAkSCwoDYWxsGAIgASgIIrYBChVTdWJqZWN0UmVjb25jaWxpYXRpb24SDwoHc3ViamVjdBgBIAEoCRIwCgZzdGF0dXMYAiABKA4yIC5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlU3RhdHVzEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIQCghldmVudF9pZBgFIAEoCRITCgtkaWZmZXJlbmNlcxgGIAMoCRIOCgZkZXRhaWwYByABKAkiaQoRUmVjb25jaWxlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRI3CgdyZXN1bHRzGAMgAygLMiYuZW50aXRsZW1lbnRzLnYxLlN1YmplY3RSZWNvbmNpbGlhdGlvbiJMChdSZXBsYXlEZWxpdmVyaWVzUmVxdWVzdBILCgNhbGwYASABKAgSDwoHc3ViamVjdBgCIAEoCRITCgt1bnBhcnNlYWJsZRgDIAEoCCLmAQoQUmVwbGF5ZWREZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3N1YmplY3QYAyABKAkSMgoQcHJldmlvdXNfb3V0Y29tZRgEIAEoDjIYLmVudGl0bGVtZW50cy52MS5PdXRjb21lEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIPCgdjaGFuZ2VkGAYgASgIEgwKBHBsYW4YByABKAkSFQoNcHJldmlvdXNfcGxhbhgIIAEoCRIMCgRub3RlGAkgASgJImsKGFJlcGxheURlbGl2ZXJpZXNSZXNwb25zZRIMCgRkb25lGAEgASgFEg0KBXRvdGFsGAIgASgFEjIKB3Jlc3VsdHMYAyADKAsyIS5lbnRpdGxlbWVudHMudjEuUmVwbGF5ZWREZWxpdmVyeSIUChJWZXJpZnlTdGF0ZVJlcXVlc3QiNwoPU3RhdGVEaWZmZXJlbmNlEg8KB3N1YmplY3QYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkilQEKE1ZlcmlmeVN0YXRlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRIQCghmaW5pc2hlZBgDIAEoCBIYChBzdWJqZWN0c19jaGVja2VkGAQgASgFEjUKC2RpZmZlcmVuY2VzGAUgAygLMiAuZW50aXRsZW1lbnRzLnYxLlN0YXRlRGlmZmVyZW5jZSIVChNDaGVja0NhdGFsb2dSZXF1ZXN0IjMKCUNsZXJrUGxhbhIKCgJpZBgBIAEoCRIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkihAEKFENoZWNrQ2F0YWxvZ1Jlc3BvbnNlEjgKFHVubWFwcGVkX2NsZXJrX3BsYW5zGAEgAygLMhouZW50aXRsZW1lbnRzLnYxLkNsZXJrUGxhbhIdChV1bmtub3duX2NhdGFsb2dfc2x1Z3MYAiADKAkSEwoLY2xlcmtfcGxhbnMYAyABKAUiuAEKElNldE92ZXJyaWRlUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEg8KB2ZlYXR1cmUYAiABKAkSDQoFbGltaXQYAyABKAkSDwoHZW5hYmxlZBgEIAEoCBINCgV2YWx1ZRgFIAEoAxIRCgl1bmxpbWl0ZWQYBiABKAgSLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAggASgJIjsKE1NldE92ZXJyaWRlUmVzcG9uc2USEwoLb3ZlcnJpZGVfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoAyI8ChVSZW1vdmVPdmVycmlkZVJlcXVlc3QSEwoLb3ZlcnJpZGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIikKFlJlbW92ZU92ZXJyaWRlUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoAypnCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABILCgdBUFBMSUVEEAESDQoJRFVQTElDQVRFEAISCQoFU1RBTEUQAxILCgdJR05PUkVEEAQSDwoLVU5QQVJTRUFCTEUQBSqXAQoLSGlzdG9yeUtpbmQSHAoYSElTVE9SWV9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVSElTVE9SWV9LSU5EX0RFTElWRVJZEAESHAoYSElTVE9SWV9LSU5EX1BMQU5fQ0hBTkdFEAISFgoSSElTVE9SWV9LSU5EX0dSQU5UEAMSGQoVSElTVE9SWV9LSU5EX09WRVJSSURFEAQq8AEKD1JlY29uY2lsZVN0YXR1cxIgChxSRUNPTkNJTEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHAoYUkVDT05DSUxFX1NUQVRVU19JTl9TWU5DEAESHQoZUkVDT05DSUxFX1NUQVRVU19SRVBBSVJFRBACEiMKH1JFQ09OQ0lMRV9TVEFUVVNfU05BUFNIT1RfT0xERVIQAxIeChpSRUNPTkNJTEVfU1RBVFVTX05PVF9GT1VORBAEEhwKGFJFQ09OQ0lMRV9TVEFUVVNfU0tJUFBFRBAFEhsKF1JFQ09OQ0lMRV9TVEFUVVNfRkFJTEVEEAYy0QcKEkJpbGxpbmdTeW5jU2VydmljZRJqChFBcHBseUJpbGxpbmdFdmVudBIpLmVudGl0bGVtZW50cy52MS5BcHBseUJpbGxpbmdFdmVudFJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRJqChFHZXRTdWJqZWN0SGlzdG9yeRIpLmVudGl0bGVtZW50cy52MS5HZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRJSCglHcmFudFBsYW4SIS5lbnRpdGxlbWVudHMudjEuR3JhbnRQbGFuUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5HcmFudFBsYW5SZXNwb25zZRJYCgtSZXZva2VHcmFudBIjLmVudGl0bGVtZW50cy52MS5SZXZva2VHcmFudFJlcXVlc3QaJC5lbnRpdGxlbWVudHMudjEuUmV2b2tlR3JhbnRSZXNwb25zZRJYCgtTZXRPdmVycmlkZRIjLmVudGl0bGVtZW50cy52MS5TZXRPdmVycmlkZVJlcXVlc3QaJC5lbnRpdGxlbWVudHMudjEuU2V0T3ZlcnJpZGVSZXNwb25zZRJhCg5SZW1vdmVPdmVycmlkZRImLmVudGl0bGVtZW50cy52MS5SZW1vdmVPdmVycmlkZVJlcXVlc3QaJy5lbnRpdGxlbWVudHMudjEuUmVtb3ZlT3ZlcnJpZGVSZXNwb25zZRJUCglSZWNvbmNpbGUSIS5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5SZWNvbmNpbGVSZXNwb25zZTABEmkKEFJlcGxheURlbGl2ZXJpZXMSKC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1JlcXVlc3QaKS5lbnRpdGxlbWVudHMudjEuUmVwbGF5RGVsaXZlcmllc1Jlc3BvbnNlMAESWgoLVmVyaWZ5U3RhdGUSIy5lbnRpdGxlbWVudHMudjEuVmVyaWZ5U3RhdGVSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLlZlcmlmeVN0YXRlUmVzcG9uc2UwARJbCgxDaGVja0NhdGFsb2cSJC5lbnRpdGxlbWVudHMudjEuQ2hlY2tDYXRhbG9nUmVxdWVzdBolLmVudGl0bGVtZW50cy52MS5DaGVja0NhdGFsb2dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiplbnRpdGxlbWVudHMvdjEvYmlsbGluZ19zeW5jX3NlcnZpY2UucHJvdG8SD2VudGl0bGVtZW50cy52MSKrAQoYQXBwbHlCaWxsaW5nRXZlbnRSZXF1ZXN0EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgtyZWNlaXZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJc2lnbmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKcAQoZQXBwbHlCaWxsaW5nRXZlbnRSZXNwb25zZRIpCgdvdXRjb21lGAEgASgOMhguZW50aXRsZW1lbnRzLnYxLk91dGNvbWUSDwoHc3ViamVjdBgCIAEoCRIMCgRwbGFuGAMgASgJEhUKDXByZXZpb3VzX3BsYW4YBCABKAkSDwoHdmVyc2lvbhgFIAEoAxINCgVub3RlcxgGIAMoCSI+ChhHZXRTdWJqZWN0SGlzdG9yeVJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUiqQIKDEhpc3RvcnlFbnRyeRIqCgRraW5kGAEgASgOMhwuZW50aXRsZW1lbnRzLnYxLkhpc3RvcnlLaW5kEi8KC3JlY29yZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghldmVudF9pZBgDIAEoCRIMCgR0eXBlGAQgASgJEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZnJvbV9wbGFuGAcgASgJEg8KB3RvX3BsYW4YCCABKAkSDAoEbm90ZRgJIAEoCRIOCgZzb3VyY2UYCiABKAkiXAoZR2V0U3ViamVjdEhpc3RvcnlSZXNwb25zZRIPCgdzdWJqZWN0GAEgASgJEi4KB2VudHJpZXMYAiADKAsyHS5lbnRpdGxlbWVudHMudjEuSGlzdG9yeUVudHJ5InEKEEdyYW50UGxhblJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgRwbGFuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgEIAEoCSJsChFHcmFudFBsYW5SZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjYKElJldm9rZUdyYW50UmVxdWVzdBIQCghncmFudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkibgoTUmV2b2tlR3JhbnRSZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIPCgd2ZXJzaW9uGAUgASgDIjEKEFJlY29uY2lsZVJlcXVlc3QSEAoIc3ViamVjdHMYASADKAkSCwoDYWxsGAIgASgIIrYBChVTdWJqZWN0UmVjb25jaWxpYXRpb24SDwoHc3ViamVjdBgBIAEoCRIwCgZzdGF0dXMYAiABKA4yIC5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlU3RhdHVzEgwKBHBsYW4YAyABKAkSFQoNcHJldmlvdXNfcGxhbhgEIAEoCRIQCghldmVudF9pZBgFIAEoCRITCgtkaWZmZXJlbmNlcxgGIAMoCRIOCgZkZXRhaWwYByABKAkiaQoRUmVjb25jaWxlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRI3CgdyZXN1bHRzGAMgAygLMiYuZW50aXRsZW1lbnRzLnYxLlN1YmplY3RSZWNvbmNpbGlhdGlvbiJMChdSZXBsYXlEZWxpdmVyaWVzUmVxdWVzdBILCgNhbGwYASABKAgSDwoHc3ViamVjdBgCIAEoCRITCgt1bnBhcnNlYWJsZRgDIAEoCCLmAQoQUmVwbGF5ZWREZWxpdmVyeRIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3N1YmplY3QYAyABKAkSMgoQcHJldmlvdXNfb3V0Y29tZRgEIAEoDjIYLmVudGl0bGVtZW50cy52MS5PdXRjb21lEikKB291dGNvbWUYBSABKA4yGC5lbnRpdGxlbWVudHMudjEuT3V0Y29tZRIPCgdjaGFuZ2VkGAYgASgIEgwKBHBsYW4YByABKAkSFQoNcHJldmlvdXNfcGxhbhgIIAEoCRIMCgRub3RlGAkgASgJImsKGFJlcGxheURlbGl2ZXJpZXNSZXNwb25zZRIMCgRkb25lGAEgASgFEg0KBXRvdGFsGAIgASgFEjIKB3Jlc3VsdHMYAyADKAsyIS5lbnRpdGxlbWVudHMudjEuUmVwbGF5ZWREZWxpdmVyeSIUChJWZXJpZnlTdGF0ZVJlcXVlc3QiNwoPU3RhdGVEaWZmZXJlbmNlEg8KB3N1YmplY3QYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkilQEKE1ZlcmlmeVN0YXRlUmVzcG9uc2USDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBRIQCghmaW5pc2hlZBgDIAEoCBIYChBzdWJqZWN0c19jaGVja2VkGAQgASgFEjUKC2RpZmZlcmVuY2VzGAUgAygLMiAuZW50aXRsZW1lbnRzLnYxLlN0YXRlRGlmZmVyZW5jZSIVChNDaGVja0NhdGFsb2dSZXF1ZXN0IjMKCUNsZXJrUGxhbhIKCgJpZBgBIAEoCRIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkihAEKFENoZWNrQ2F0YWxvZ1Jlc3BvbnNlEjgKFHVubWFwcGVkX2NsZXJrX3BsYW5zGAEgAygLMhouZW50aXRsZW1lbnRzLnYxLkNsZXJrUGxhbhIdChV1bmtub3duX2NhdGFsb2dfc2x1Z3MYAiADKAkSEwoLY2xlcmtfcGxhbnMYAyABKAUiuAEKElNldE92ZXJyaWRlUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEg8KB2ZlYXR1cmUYAiABKAkSDQoFbGltaXQYAyABKAkSDwoHZW5hYmxlZBgEIAEoCBINCgV2YWx1ZRgFIAEoAxIRCgl1bmxpbWl0ZWQYBiABKAgSLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAggASgJIjsKE1NldE92ZXJyaWRlUmVzcG9uc2USEwoLb3ZlcnJpZGVfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoAyI8ChVSZW1vdmVPdmVycmlkZVJlcXVlc3QSEwoLb3ZlcnJpZGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIikKFlJlbW92ZU92ZXJyaWRlUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoAyIvChdHZXRTZXJ2aWNlU3RhdHVzUmVxdWVzdBIUCgx3aW5kb3dfaG91cnMYASABKAUi6AEKE1Vua25vd25QbGFuU2lnaHRpbmcSDAoEc2x1ZxgBIAEoCRIPCgdwbGFuX2lkGAIgASgJEhIKCmRlbGl2ZXJpZXMYAyABKAMSLgoKZmlyc3Rfc2VlbhgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9leGFtcGxlX3N1YmplY3QYBiABKAkSGAoQZXhhbXBsZV9ldmVudF9pZBgHIAEoCRIMCgRub3RlGAggASgJIswCChhHZXRTZXJ2aWNlU3RhdHVzUmVzcG9uc2USDwoHc2VydmluZxgBIAEoCBIdChVjaGFuZ2VfZmVlZF9mb2xsb3dpbmcYAiABKAgSEQoJbGlzdGVuaW5nGAMgASgIEg4KBmxvZ19pZBgEIAEoCRIbChNjYXRhbG9nX2ZpbmdlcnByaW50GAUgASgJEhsKE3Vua25vd25fcGxhbl9wb2xpY3kYBiABKAkSFAoMd2luZG93X2hvdXJzGAcgASgFEjsKDXVua25vd25fcGxhbnMYCCADKAsyJC5lbnRpdGxlbWVudHMudjEuVW5rbm93blBsYW5TaWdodGluZxIfChd1bmtub3duX3BsYW5zX3RydW5jYXRlZBgJIAEoCBIvCgtzZXJ2ZXJfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqZwoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASCwoHQVBQTElFRBABEg0KCURVUExJQ0FURRACEgkKBVNUQUxFEAMSCwoHSUdOT1JFRBAEEg8KC1VOUEFSU0VBQkxFEAUqlwEKC0hpc3RvcnlLaW5kEhwKGEhJU1RPUllfS0lORF9VTlNQRUNJRklFRBAAEhkKFUhJU1RPUllfS0lORF9ERUxJVkVSWRABEhwKGEhJU1RPUllfS0lORF9QTEFOX0NIQU5HRRACEhYKEkhJU1RPUllfS0lORF9HUkFOVBADEhkKFUhJU1RPUllfS0lORF9PVkVSUklERRAEKvABCg9SZWNvbmNpbGVTdGF0dXMSIAocUkVDT05DSUxFX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGFJFQ09OQ0lMRV9TVEFUVVNfSU5fU1lOQxABEh0KGVJFQ09OQ0lMRV9TVEFUVVNfUkVQQUlSRUQQAhIjCh9SRUNPTkNJTEVfU1RBVFVTX1NOQVBTSE9UX09MREVSEAMSHgoaUkVDT05DSUxFX1NUQVRVU19OT1RfRk9VTkQQBBIcChhSRUNPTkNJTEVfU1RBVFVTX1NLSVBQRUQQBRIbChdSRUNPTkNJTEVfU1RBVFVTX0ZBSUxFRBAGMroIChJCaWxsaW5nU3luY1NlcnZpY2USagoRQXBwbHlCaWxsaW5nRXZlbnQSKS5lbnRpdGxlbWVudHMudjEuQXBwbHlCaWxsaW5nRXZlbnRSZXF1ZXN0GiouZW50aXRsZW1lbnRzLnYxLkFwcGx5QmlsbGluZ0V2ZW50UmVzcG9uc2USagoRR2V0U3ViamVjdEhpc3RvcnkSKS5lbnRpdGxlbWVudHMudjEuR2V0U3ViamVjdEhpc3RvcnlSZXF1ZXN0GiouZW50aXRsZW1lbnRzLnYxLkdldFN1YmplY3RIaXN0b3J5UmVzcG9uc2USUgoJR3JhbnRQbGFuEiEuZW50aXRsZW1lbnRzLnYxLkdyYW50UGxhblJlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuR3JhbnRQbGFuUmVzcG9uc2USWAoLUmV2b2tlR3JhbnQSIy5lbnRpdGxlbWVudHMudjEuUmV2b2tlR3JhbnRSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLlJldm9rZUdyYW50UmVzcG9uc2USWAoLU2V0T3ZlcnJpZGUSIy5lbnRpdGxlbWVudHMudjEuU2V0T3ZlcnJpZGVSZXF1ZXN0GiQuZW50aXRsZW1lbnRzLnYxLlNldE92ZXJyaWRlUmVzcG9uc2USYQoOUmVtb3ZlT3ZlcnJpZGUSJi5lbnRpdGxlbWVudHMudjEuUmVtb3ZlT3ZlcnJpZGVSZXF1ZXN0GicuZW50aXRsZW1lbnRzLnYxLlJlbW92ZU92ZXJyaWRlUmVzcG9uc2USVAoJUmVjb25jaWxlEiEuZW50aXRsZW1lbnRzLnYxLlJlY29uY2lsZVJlcXVlc3QaIi5lbnRpdGxlbWVudHMudjEuUmVjb25jaWxlUmVzcG9uc2UwARJpChBSZXBsYXlEZWxpdmVyaWVzEiguZW50aXRsZW1lbnRzLnYxLlJlcGxheURlbGl2ZXJpZXNSZXF1ZXN0GikuZW50aXRsZW1lbnRzLnYxLlJlcGxheURlbGl2ZXJpZXNSZXNwb25zZTABEloKC1ZlcmlmeVN0YXRlEiMuZW50aXRsZW1lbnRzLnYxLlZlcmlmeVN0YXRlUmVxdWVzdBokLmVudGl0bGVtZW50cy52MS5WZXJpZnlTdGF0ZVJlc3BvbnNlMAESWwoMQ2hlY2tDYXRhbG9nEiQuZW50aXRsZW1lbnRzLnYxLkNoZWNrQ2F0YWxvZ1JlcXVlc3QaJS5lbnRpdGxlbWVudHMudjEuQ2hlY2tDYXRhbG9nUmVzcG9uc2USZwoQR2V0U2VydmljZVN0YXR1cxIoLmVudGl0bGVtZW50cy52MS5HZXRTZXJ2aWNlU3RhdHVzUmVxdWVzdBopLmVudGl0bGVtZW50cy52MS5HZXRTZXJ2aWNlU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message entitlements.v1.ApplyBillingEventRequest
@@ -847,6 +847,164 @@ export const RemoveOverrideResponseSchema: GenMessage<RemoveOverrideResponse> = 
   messageDesc(file_entitlements_v1_billing_sync_service, 24);
 
 /**
+ * @generated from message entitlements.v1.GetServiceStatusRequest
+ */
+export type GetServiceStatusRequest = Message<"entitlements.v1.GetServiceStatusRequest"> & {
+  /**
+   * How far back to look for unknown plan slugs, in hours (default 168, a week; at most 2160).
+   *
+   * @generated from field: int32 window_hours = 1;
+   */
+  windowHours: number;
+};
+
+/**
+ * Describes the message entitlements.v1.GetServiceStatusRequest.
+ * Use `create(GetServiceStatusRequestSchema)` to create a new message.
+ */
+export const GetServiceStatusRequestSchema: GenMessage<GetServiceStatusRequest> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 25);
+
+/**
+ * A Clerk plan the catalog lacks, as stored deliveries in the window named it.
+ *
+ * @generated from message entitlements.v1.UnknownPlanSighting
+ */
+export type UnknownPlanSighting = Message<"entitlements.v1.UnknownPlanSighting"> & {
+  /**
+   * @generated from field: string slug = 1;
+   */
+  slug: string;
+
+  /**
+   * @generated from field: string plan_id = 2;
+   */
+  planId: string;
+
+  /**
+   * Stored deliveries in the window that named it.
+   *
+   * @generated from field: int64 deliveries = 3;
+   */
+  deliveries: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp first_seen = 4;
+   */
+  firstSeen?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_seen = 5;
+   */
+  lastSeen?: Timestamp | undefined;
+
+  /**
+   * The subject and event id of the latest such delivery (`entitlements history SUBJECT`).
+   *
+   * @generated from field: string example_subject = 6;
+   */
+  exampleSubject: string;
+
+  /**
+   * @generated from field: string example_event_id = 7;
+   */
+  exampleEventId: string;
+
+  /**
+   * What was done with the latest one: its note ("... mapped to default plan 'free'" or
+   * "... not applied ...").
+   *
+   * @generated from field: string note = 8;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message entitlements.v1.UnknownPlanSighting.
+ * Use `create(UnknownPlanSightingSchema)` to create a new message.
+ */
+export const UnknownPlanSightingSchema: GenMessage<UnknownPlanSighting> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 26);
+
+/**
+ * @generated from message entitlements.v1.GetServiceStatusResponse
+ */
+export type GetServiceStatusResponse = Message<"entitlements.v1.GetServiceStatusResponse"> & {
+  /**
+   * The database answered just now (grpc.health.v1 reports SERVING).
+   *
+   * @generated from field: bool serving = 1;
+   */
+  serving: boolean;
+
+  /**
+   * Watch streams follow the change log (false while starting).
+   *
+   * @generated from field: bool change_feed_following = 2;
+   */
+  changeFeedFollowing: boolean;
+
+  /**
+   * The change listener is connected (the local cache may answer).
+   *
+   * @generated from field: bool listening = 3;
+   */
+  listening: boolean;
+
+  /**
+   * The identity of the change log every Watch stream carries (SPEC §10.5).
+   *
+   * @generated from field: string log_id = 4;
+   */
+  logId: string;
+
+  /**
+   * The catalog's fingerprint every Watch stream carries.
+   *
+   * @generated from field: string catalog_fingerprint = 5;
+   */
+  catalogFingerprint: string;
+
+  /**
+   * ENTITLEMENTS_UNKNOWN_PLAN: "default" or "keep".
+   *
+   * @generated from field: string unknown_plan_policy = 6;
+   */
+  unknownPlanPolicy: string;
+
+  /**
+   * @generated from field: int32 window_hours = 7;
+   */
+  windowHours: number;
+
+  /**
+   * Most deliveries first.
+   *
+   * @generated from field: repeated entitlements.v1.UnknownPlanSighting unknown_plans = 8;
+   */
+  unknownPlans: UnknownPlanSighting[];
+
+  /**
+   * More deliveries named unknown plans than were read: the counts are lower bounds.
+   *
+   * @generated from field: bool unknown_plans_truncated = 9;
+   */
+  unknownPlansTruncated: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp server_time = 10;
+   */
+  serverTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message entitlements.v1.GetServiceStatusResponse.
+ * Use `create(GetServiceStatusResponseSchema)` to create a new message.
+ */
+export const GetServiceStatusResponseSchema: GenMessage<GetServiceStatusResponse> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_billing_sync_service, 27);
+
+/**
  * What a delivery did. Value names are the contract's (SPEC §4), hence no prefix.
  *
  * @generated from enum entitlements.v1.Outcome
@@ -1094,6 +1252,18 @@ export const BillingSyncService: GenService<{
     methodKind: "unary";
     input: typeof CheckCatalogRequestSchema;
     output: typeof CheckCatalogResponseSchema;
+  },
+  /**
+   * What an operator looks at first (`entitlements status`): whether this replica serves, the
+   * change log and catalog its streams carry, and the Clerk plans the catalog lacks that stored
+   * deliveries named recently (ENTITLEMENTS_UNKNOWN_PLAN).
+   *
+   * @generated from rpc entitlements.v1.BillingSyncService.GetServiceStatus
+   */
+  getServiceStatus: {
+    methodKind: "unary";
+    input: typeof GetServiceStatusRequestSchema;
+    output: typeof GetServiceStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_entitlements_v1_billing_sync_service, 0);
