@@ -277,6 +277,30 @@ async def test_old_records_roll_up_and_verify_still_agrees(
     assert await harness.store.roll_up_usage(90 * 86_400) == 0  # nothing more to do
 
 
+async def test_the_roll_up_walks_every_counter_a_batch_at_a_time(
+    harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, database_url: str
+) -> None:
+    who = [subject(f"rollup{i}") for i in range(5)]
+    for w in who:
+        await consume(usage, w, 2)
+        await consume(usage, w, 3)
+    await sql_rows(
+        database_url,
+        "UPDATE usage_records SET recorded_at = now() - interval '100 days'"
+        " WHERE subject = ANY($1::text[])",
+        who,
+    )
+    assert await harness.store.roll_up_usage(90 * 86_400, batch=2) >= 10  # three batches or more
+    rows = await sql_rows(
+        database_url,
+        "SELECT subject, kind, amount FROM usage_records WHERE subject = ANY($1::text[])",
+        who,
+    )
+    assert sorted((r["subject"], r["kind"], r["amount"]) for r in rows) == sorted(
+        (w, "set", 5) for w in who
+    )
+
+
 async def test_a_cancel_keeps_the_period_until_its_end_then_free_counts_by_month(
     harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
 ) -> None:

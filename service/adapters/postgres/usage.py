@@ -200,15 +200,24 @@ class PgUsage:
         )
 
 
-# (`seq > 0` lets these use the order index, partial on it: migration 0009.)
-# Per (subject, meter) with records past the retention: everything up to its newest such record
-# becomes one `set` record of the total reached there (same seq, so the order holds).
+# The roll-up walks the counters (one row per subject and limit) in key order, a batch at a
+# time, so each pass reads only its own subjects' records (through the order index, partial on
+# `seq > 0`: migration 0009), never the whole table: O(records) in all, however many batches.
+NEXT_COUNTERS = """
+SELECT subject, meter FROM usage_counters WHERE (subject, meter) > ($1, $2)
+ ORDER BY subject, meter LIMIT $3
+"""
+# For each of those (subject, meter) with records past the retention: everything up to its
+# newest such record becomes one `set` record of the total reached there (same seq, so the
+# order holds, and verify's replay arrives at the same counter).
 ROLL_UP = """
 WITH old AS (
-    SELECT subject, meter, max(seq) AS top FROM usage_records
-     WHERE recorded_at < now() - make_interval(secs => $1)
-       AND idempotency_key NOT LIKE 'rollup:%'
-     GROUP BY subject, meter LIMIT $2),
+    SELECT p.subject, p.meter,
+           (SELECT max(r.seq) FROM usage_records r
+             WHERE r.subject = p.subject AND r.meter = p.meter AND r.seq > 0
+               AND r.recorded_at < now() - make_interval(secs => $3)
+               AND r.idempotency_key NOT LIKE 'rollup:%') AS top
+      FROM unnest($1::text[], $2::text[]) AS p(subject, meter)),
 last AS (
     SELECT r.* FROM usage_records r JOIN old ON (r.subject, r.meter, r.seq) = (old.subject,
                                                                              old.meter, old.top)
@@ -234,17 +243,32 @@ class UsageStore(StoreBase):
     roll-up of old records (housekeeping)."""
 
     async def roll_up_usage(self, retention_seconds: float, batch: int = 1000) -> int:
+        """Records past the retention rolled up, a batch of counters per transaction; the
+        number of records replaced."""
         total = 0
+        after = ("", "")
         while True:
 
-            async def work(conn: Conn) -> int:
+            async def work(
+                conn: Conn, after: tuple[str, str] = after
+            ) -> tuple[int, tuple[str, str] | None]:
                 async with conn.transaction():
-                    return int(await conn.fetchval(ROLL_UP, retention_seconds, batch))
+                    pairs = await conn.fetch(NEXT_COUNTERS, *after, batch)
+                    if not pairs:
+                        return 0, None
+                    gone = await conn.fetchval(
+                        ROLL_UP,
+                        [p["subject"] for p in pairs],
+                        [p["meter"] for p in pairs],
+                        retention_seconds,
+                    )
+                    return int(gone), (pairs[-1]["subject"], pairs[-1]["meter"])
 
-            gone = await self._run(work)
+            gone, last = await self._run(work)
             total += gone
-            if gone == 0:
+            if last is None:
                 return total
+            after = last
 
     async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
         async def work(conn: Conn) -> dict[str, Counter]:
