@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from service.domain.deliveries import Outcome
+
 # ---- per RPC (counted by entrypoints/rpc_metrics.py) ------------------------------------------
 RPC_SECONDS_BUCKETS = (
     0.0005,
@@ -107,3 +109,16 @@ POOL_MAX = Gauge(
     "The most connections the pool may open.",
     multiprocess_mode="livesum",
 )
+
+
+class PrometheusEvents:
+    """The application's OperatorEvents, counted in the series above."""
+
+    def delivery_answered(self, outcome: Outcome) -> None:
+        DELIVERIES.labels(outcome.name).inc()
+
+    def unknown_plan(self) -> None:
+        UNKNOWN_PLANS.inc()
+
+    def read_failed(self) -> None:
+        READ_FAILURES.inc()

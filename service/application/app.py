@@ -15,6 +15,7 @@ from service.application.ports import (
     ClerkConnector,
     Clock,
     Operations,
+    OperatorEvents,
     Transactions,
     UsageReader,
 )
@@ -70,10 +71,12 @@ def build_application(
     clerk: ClerkConnector | None,
     usage: UsageReader,
     unknown_plan: UnknownPlanPolicy = UnknownPlanPolicy.DEFAULT,
+    events: OperatorEvents | None = None,
 ) -> Application:
+    """`events`: where what operators count goes (the Prometheus adapter in the service)."""
     rules = DeliveryRules(catalog, clock, unknown_plan)
-    reads = EntitlementReader(operations, catalog, cache, clock)
-    apply_delivery = ApplyDelivery(transactions, rules, hub)
+    reads = EntitlementReader(operations, catalog, cache, clock, events)
+    apply_delivery = ApplyDelivery(transactions, rules, hub, events=events)
     replay_delivery = ReplayDelivery(transactions, rules, hub)
     return Application(
         catalog=catalog,

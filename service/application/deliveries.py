@@ -16,6 +16,8 @@ from dataclasses import replace
 from service.application.ports import (
     ChangePublisher,
     Clock,
+    NoOperatorEvents,
+    OperatorEvents,
     StoreUnavailable,
     Transactions,
     UnitOfWork,
@@ -39,12 +41,11 @@ from service.domain.resolution import (
     with_items,
 )
 from service.domain.unknown_plans import (
-    NOTE_PREFIX,
+    UnknownPlanNote,
     UnknownPlanPolicy,
     held,
     unknown_plan_notes,
 )
-from service.metrics import DELIVERIES, UNKNOWN_PLANS
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +226,13 @@ class ApplyDelivery:
         rules: DeliveryRules,
         changes: ChangePublisher,
         parse: Callable[[Delivery], NormalizedEvent] = Delivery.normalize,
+        events: OperatorEvents | None = None,
     ) -> None:
         self._tx = transactions
         self._rules = rules
         self._changes = changes
         self._parse = parse
+        self._events = events or NoOperatorEvents()
 
     async def __call__(self, delivery: Delivery) -> ApplyResult:
         event = self._parse(delivery)
@@ -259,7 +262,7 @@ class ApplyDelivery:
                 delivery, event, Outcome.UNPARSEABLE, [*event.notes, note]
             )
         announce(self._changes, result)
-        _log_result(delivery, event, result)
+        _log_result(delivery, event, result, self._events)
         return result
 
     async def _record_only(
@@ -281,11 +284,13 @@ class ApplyDelivery:
             raise StoreUnavailable(f"could not record the delivery ({type(exc).__name__})") from exc
 
 
-def _log_result(delivery: Delivery, event: NormalizedEvent, result: ApplyResult) -> None:
-    DELIVERIES.labels(result.outcome.name).inc()
+def _log_result(
+    delivery: Delivery, event: NormalizedEvent, result: ApplyResult, events: OperatorEvents
+) -> None:
+    events.delivery_answered(result.outcome)
     for note in result.notes:
-        if note.startswith(NOTE_PREFIX):
-            UNKNOWN_PLANS.inc()
+        if isinstance(note, UnknownPlanNote):
+            events.unknown_plan()
             log.warning("event %s for %s: %s", delivery.event_id, result.subject, note)
     if result.outcome is Outcome.UNPARSEABLE:
         log.warning(

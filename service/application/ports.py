@@ -39,6 +39,32 @@ class Clock(Protocol):
     def now_ms(self) -> int: ...
 
 
+class OperatorEvents(Protocol):
+    """What the application reports for operators; an adapter counts it (service/metrics.py:
+    Prometheus). The application imports no metrics library."""
+
+    def delivery_answered(self, outcome: Outcome) -> None: ...
+
+    def unknown_plan(self) -> None:
+        """A delivery named a plan the catalog lacks."""
+
+    def read_failed(self) -> None:
+        """A subject's stored state could not be resolved (answered with the default plan)."""
+
+
+class NoOperatorEvents:
+    """Reports nothing (unit tests, tools)."""
+
+    def delivery_answered(self, outcome: Outcome) -> None:
+        pass
+
+    def unknown_plan(self) -> None:
+        pass
+
+    def read_failed(self) -> None:
+        pass
+
+
 class SystemClock:
     """Wall-clock milliseconds: the one clock of a running service."""
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from service.application.ports import Cache, Clock, StateReader
+from service.application.ports import (
+    Cache,
+    Clock,
+    NoOperatorEvents,
+    OperatorEvents,
+    StateReader,
+)
 from service.application.records import CacheEntry
 from service.domain.catalog import Catalog
 from service.domain.resolution import (
@@ -20,7 +26,6 @@ from service.domain.resolution import (
     resolve,
 )
 from service.domain.subjects import require_subject
-from service.metrics import READ_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +51,13 @@ class EntitlementReader:
         catalog: Catalog,
         cache: Cache | None,
         clock: Clock,
+        events: OperatorEvents | None = None,
     ) -> None:
         self._states = states
         self._catalog = catalog
         self._clock = clock
         self.cache = cache
+        self._events = events or NoOperatorEvents()
 
     def cached(self, subject: str, now_ms: int) -> CacheEntry | None:
         """The cached entry, re-resolved if its answer has expired; None on a miss."""
@@ -71,7 +78,7 @@ class EntitlementReader:
         try:
             return resolve(state, self._catalog, now_ms)
         except Exception:  # broad on purpose: one subject's odd state must not fail the read
-            READ_FAILURES.inc()
+            self._events.read_failed()
             log.exception("cannot resolve %s; answering the default plan", state.subject)
             return default_entitlements(self._catalog, state.subject, now_ms, state.version)
 

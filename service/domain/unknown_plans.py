@@ -23,6 +23,13 @@ ENTITLING = frozenset({ItemStatus.ACTIVE, ItemStatus.PAST_DUE, ItemStatus.CANCEL
 NOTE_PREFIX = "unknown plan slug"
 
 
+class UnknownPlanNote(str):
+    """A delivery's note that it named a plan the catalog lacks: stored as its text, and told
+    apart from other notes by its type (counted: entitlements_unknown_plan_deliveries)."""
+
+    __slots__ = ()
+
+
 class UnknownPlanPolicy(StrEnum):
     DEFAULT = "default"
     KEEP = "keep"
@@ -44,17 +51,19 @@ def held(event: NormalizedEvent, catalog: Catalog, policy: UnknownPlanPolicy) ->
 def unknown_plan_notes(event: NormalizedEvent, catalog: Catalog, held_back: bool) -> list[str]:
     """One note per item naming an unknown plan: what was done about it."""
     default = catalog.default_plan.name
-    notes = []
+    notes: list[str] = []
     for item in unknown_items(event, catalog):
         named = f"{NOTE_PREFIX} {item.plan_slug!r} (id {item.plan_id!r})"
         if held_back:
             notes.append(
-                f"{named}: not applied, the subject keeps its plan "
-                "(ENTITLEMENTS_UNKNOWN_PLAN=keep); map it in the catalog, then "
-                f"`entitlements replay --subject {event.subject}`"
+                UnknownPlanNote(
+                    f"{named}: not applied, the subject keeps its plan "
+                    "(ENTITLEMENTS_UNKNOWN_PLAN=keep); map it in the catalog, then "
+                    f"`entitlements replay --subject {event.subject}`"
+                )
             )
         else:
-            notes.append(f"{named} mapped to default plan {default!r}")
+            notes.append(UnknownPlanNote(f"{named} mapped to default plan {default!r}"))
     return notes
 
 

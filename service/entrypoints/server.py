@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,6 +72,7 @@ from service.entrypoints.metrics_http import (
     sample_forever,
     start_metrics_endpoint,
 )
+from service.metrics import PrometheusEvents
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -200,7 +200,7 @@ def clerk_connector(settings: ClerkApiSettings | None) -> ClerkConnector | None:
     if settings is None:
         return None
 
-    def connect() -> AbstractAsyncContextManager[ClerkSubscriptions]:
+    def connect() -> contextlib.AbstractAsyncContextManager[ClerkSubscriptions]:
         return ClerkApi(settings)
 
     return connect
@@ -248,6 +248,7 @@ async def start_server(
         clerk=clerk_connector(settings.clerk),
         usage=store,
         unknown_plan=settings.unknown_plan,
+        events=PrometheusEvents(),
     )
 
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
