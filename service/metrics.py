@@ -122,3 +122,6 @@ class PrometheusEvents:
 
     def read_failed(self) -> None:
         READ_FAILURES.inc()
+
+    def watch_message_failed(self) -> None:
+        WATCH_MESSAGE_FAILURES.inc()

@@ -4,6 +4,7 @@ composition root). Entrypoints hold an `Application` and call nothing else."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from service.application.change_feed import ChangeHub
 from service.application.deliveries import ApplyDelivery, DeliveryRules, ReplayDelivery
@@ -25,9 +26,12 @@ from service.application.replay import ReplayDeliveries
 from service.application.status import Liveness, ServiceStatus
 from service.application.usage import Usage
 from service.application.verify import VerifyState
+from service.application.watch import MessageBuilder, WatchEntitlements
 from service.domain.catalog import Catalog
 from service.domain.errors import FailedPrecondition
 from service.domain.unknown_plans import UnknownPlanPolicy
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class Application:
     status: ServiceStatus
     reconciler: Reconciler | None = None
     catalog_check: CheckCatalog | None = None
+    events: OperatorEvents | None = None
+
+    def watch(self, build: MessageBuilder[M], max_subjects: int) -> WatchEntitlements[M]:
+        """WatchEntitlements with the entrypoint's messages (`build`)."""
+        return WatchEntitlements(
+            self.hub, self.change_log, self.reads, self.catalog, build, max_subjects, self.events
+        )
 
     def reconcile_or_refuse(self) -> Reconciler:
         if self.reconciler is None:
@@ -103,4 +114,5 @@ def build_application(
         if clerk is None
         else Reconciler(operations, clerk, apply_delivery, catalog, clock),
         catalog_check=None if clerk is None else CheckCatalog(clerk, catalog),
+        events=events,
     )

@@ -51,6 +51,9 @@ class OperatorEvents(Protocol):
     def read_failed(self) -> None:
         """A subject's stored state could not be resolved (answered with the default plan)."""
 
+    def watch_message_failed(self) -> None:
+        """A Watch message could not be built (sent with the default plan)."""
+
 
 class NoOperatorEvents:
     """Reports nothing (unit tests, tools)."""
@@ -62,6 +65,9 @@ class NoOperatorEvents:
         pass
 
     def read_failed(self) -> None:
+        pass
+
+    def watch_message_failed(self) -> None:
         pass
 
 

@@ -12,7 +12,7 @@ from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from service.application.app import Application
 from service.application.records import CacheEntry
 from service.domain.bounds import echo
-from service.domain.errors import InvalidArgument, OutOfRange
+from service.domain.errors import InvalidArgument
 from service.domain.limits import limit_decision, require_limit_request
 from service.domain.resolution import Entitlements, feature_decision
 from service.domain.subjects import require_subject
@@ -24,7 +24,7 @@ from service.entrypoints.grpc_api.mapping import (
     plans_message,
     timestamp,
 )
-from service.entrypoints.grpc_api.watch import WatchStreams
+from service.entrypoints.grpc_api.watch import WatchMessages
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self._reader = app.reads
         self._catalog = app.catalog
         self._features = app.catalog.features
-        self._watch = WatchStreams(app, entitlements_message, watch_max_subjects)
+        self._watch = app.watch(WatchMessages(entitlements_message), watch_max_subjects)
         self._plans = plans_message(app.catalog)  # the catalog never changes while serving
 
     # Responses built from a cache entry are memoised in the entry (immutable, so is its
@@ -126,7 +126,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         self, request: pb.GetLimitsRequest, context: Context
     ) -> pb.GetLimitsResponse:
         entry = await self._reader.get(request.subject)
-        return await self._with_usage(entry, self._memoised(entry, GetLimits, limits_message))
+        return await self._with_usage(entry, self._memoised(entry, LIMITS_MEMO, limits_message))
 
     async def CheckLimit(
         self, request: pb.CheckLimitRequest, context: Context
@@ -158,7 +158,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     ) -> pb.GetEntitlementsResponse:
         entry = await self._reader.get(request.subject)
         return await self._with_usage(
-            entry, self._memoised(entry, GetEntitlements, entitlements_message)
+            entry, self._memoised(entry, ENTITLEMENTS_MEMO, entitlements_message)
         )
 
     async def ListPlans(
@@ -175,27 +175,17 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         (a change may come twice; applying it again is harmless). A message with an empty
         `subject` is a heartbeat: "caught up", sent at least every second.
         """
-        self._watch.check_subject_count(len(request.subjects))  # before any per-subject work
-        subjects = [require_subject(s) for s in request.subjects] or None
-        since: int | None = None
-        if request.HasField("since_version"):
-            if request.since_version < 0:
-                raise InvalidArgument("since_version must not be negative")
-            pruned, ceiling = await self._app.change_log.change_log_bounds()
-            since = request.since_version
-            if since < pruned or since > ceiling:
-                raise OutOfRange(
-                    f"since_version {since} is outside the change log "
-                    f"({pruned}..{ceiling}); re-sync and watch without since_version"
-                )
-        peer = _peer_address(context)
-        async for message in self._watch.stream(subjects, since, peer, request.log_id):
+        since = request.since_version if request.HasField("since_version") else None
+        stream = await self._watch.open(
+            request.subjects, since, _peer_address(context), request.log_id
+        )
+        async for message in stream:
             yield message
 
 
 # Memo keys for whole-subject answers (features are strings, so these cannot collide).
-GetLimits = ("limits",)
-GetEntitlements = ("entitlements",)
+LIMITS_MEMO = ("limits",)
+ENTITLEMENTS_MEMO = ("entitlements",)
 
 
 def _peer_address(context: Context) -> str:
