@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,30 +24,23 @@ from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from entitlements_common.settings import ConfigError
 from entitlements_common.tracing import tracer_provider_from_env
 from service.adapters.cache import EntitlementCache
-from service.adapters.clerk_api import ClerkApi, ClerkApiSettings
 from service.adapters.postgres.embedded import (
     EmbeddedPostgres,
     start_embedded_postgres,
 )
-from service.adapters.postgres.listener import ChangeListener
 from service.adapters.postgres.store import Store
-from service.application.app import Application, build_application
-from service.application.change_feed import ChangeHub, StreamLimits
-from service.application.housekeeping import run_housekeeping
+from service.application.app import Application
 from service.application.ports import (
-    ClerkConnector,
-    ClerkSubscriptions,
     Clock,
     StoreUnavailable,
     SystemClock,
 )
-from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings, load_catalog
 from service.domain.catalog import Catalog
-from service.domain.resolution import Entitlements
+from service.entrypoints.background import background_jobs
+from service.entrypoints.bootstrap import Wired, wire
 from service.entrypoints.connect_api import HttpServer, start_configured_http
 from service.entrypoints.grpc_api import tracing
-from service.entrypoints.grpc_api.billing_sync import BillingSyncServicer
 from service.entrypoints.grpc_api.dispatch import Dispatch
 from service.entrypoints.grpc_api.interceptors import (
     BillingAuthInterceptor,
@@ -58,21 +48,16 @@ from service.entrypoints.grpc_api.interceptors import (
     ReadAuthInterceptor,
 )
 from service.entrypoints.grpc_api.receiving import Receiving
-from service.entrypoints.grpc_api.servicers import EntitlementServicer
-from service.entrypoints.grpc_api.usage_api import UsageServicer
 from service.entrypoints.launch import (
     PortInUse,
     port_in_use,
 )
-from service.entrypoints.memory_release import release_forever
 from service.entrypoints.message_limits import LARGEST_MESSAGE_BYTES
 from service.entrypoints.metrics_http import (
     STOP_GRACE_SECONDS,
-    MetricSources,
-    sample_forever,
     start_metrics_endpoint,
 )
-from service.metrics import PrometheusEvents
+from service.entrypoints.supervision import Supervisor
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -103,7 +88,7 @@ class RunningServer:
     http: HttpServer | None = None  # ENTITLEMENTS_HTTP_LISTEN
     metrics: HttpServer | None = None  # ENTITLEMENTS_METRICS_LISTEN
     sql_tracing: tracing.SqlTracing | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    background: Supervisor = field(default_factory=Supervisor)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -116,11 +101,7 @@ class RunningServer:
 
     async def stop(self) -> None:
         await self.set_serving(False)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.background.stop()
         if self.http is not None:
             await self.http.stop(self.grace_seconds)
         await self.server.stop(self.grace_seconds)
@@ -140,21 +121,6 @@ async def _stop_partial(running: RunningServer) -> None:
         await running.metrics.stop(0)
     if running.sql_tracing is not None:
         running.sql_tracing.stop()
-
-
-async def _watch_database(running: RunningServer, interval: float) -> None:
-    """Report NOT_SERVING while the database is unreachable."""
-    serving: bool | None = None
-    while True:
-        ok = await running.store.ping()
-        if ok != serving:
-            await running.set_serving(ok)
-            if serving is not None:
-                (log.info if ok else log.warning)(
-                    "database %s", "reachable again: SERVING" if ok else "unreachable: NOT_SERVING"
-                )
-            serving = ok
-        await asyncio.sleep(interval)
 
 
 # Keepalive (documented in the README): the server pings an idle connection every 30 s and
@@ -196,16 +162,6 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     ]
 
 
-def clerk_connector(settings: ClerkApiSettings | None) -> ClerkConnector | None:
-    if settings is None:
-        return None
-
-    def connect() -> contextlib.AbstractAsyncContextManager[ClerkSubscriptions]:
-        return ClerkApi(settings)
-
-    return connect
-
-
 async def start_server(
     settings: ServiceSettings,
     catalog: Catalog,
@@ -213,10 +169,57 @@ async def start_server(
     clock: Clock | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> RunningServer:
-    """Build the application over its adapters (the composition root) and start the server
-    on `settings.listen` (port 0 picks a free port); with `tracer_provider`, RPCs and their
+    """The composition root: wire the application over its adapters (bootstrap.py), start the
+    gRPC server on `settings.listen` (port 0 picks a free port) and the HTTP listeners, then
+    the background tasks, supervised (background.py); with `tracer_provider`, RPCs and their
     SQL are traced."""
     clock = clock or SystemClock()
+    wired = wire(settings, catalog, store, clock)
+    server, health_servicer = _grpc_server(settings, wired, tracer_provider)
+    try:
+        if settings.tls is not None:
+            port = server.add_secure_port(settings.listen, settings.tls.credentials())
+        else:
+            port = server.add_insecure_port(settings.listen)
+    except RuntimeError:  # grpc cannot bind: taken since main() checked, or not an address here
+        if not settings.reuse_port and port_in_use(settings.listen):
+            raise PortInUse(settings.listen) from None
+        port = 0
+    if port == 0:
+        raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
+    await server.start()
+    running = RunningServer(
+        server, port, store, wired.app, health_servicer, settings.grace_seconds, wired.cache
+    )
+    try:
+        if tracer_provider is not None:
+            running.sql_tracing = tracing.SqlTracing(tracer_provider)
+        if settings.metrics_listen is not None:
+            running.metrics = start_metrics_endpoint(
+                settings.metrics_listen, settings.http_header_timeout_seconds
+            )
+        if settings.http_listen is not None:
+            # The same servicers, in this process and loop: Connect, gRPC-Web (connect_api.py).
+            running.http = await start_configured_http(settings, wired.entitlements, wired.usage)
+    except BaseException:
+        # A listener that cannot start (say its port is taken) stops what did, here, in this
+        # loop: a started grpc.aio server left to the garbage collector outlives its loop.
+        await _stop_partial(running)
+        raise
+    await running.set_serving(await store.ping())
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    with contextlib.suppress(StoreUnavailable):
+        for schema in await store.drop_abandoned_scratch_schemas():
+            log.info("dropped scratch schema %s left by an interrupted verify", schema)
+    for name, job in background_jobs(settings, store, wired, running.set_serving):
+        running.background.start(name, job)
+    return running
+
+
+def _grpc_server(
+    settings: ServiceSettings, wired: Wired, tracer_provider: TracerProvider | None
+) -> tuple[aio.Server, health.aio.HealthServicer]:
+    """The gRPC server with the three services, health and reflection (not bound yet)."""
     # Our own interceptors run as stages of one synchronous lookup (dispatch.py), not as
     # grpc.aio's chain of coroutines: the read-token one only when configured; the error one
     # counts the calls' metrics and receives requests within bounds. Only tracing's is an
@@ -233,109 +236,16 @@ async def start_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    cache = EntitlementCache(settings.cache_max_subjects) if settings.cache_enabled else None
-    hub = ChangeHub(
-        cache, StreamLimits(settings.watch_max_streams, settings.watch_max_streams_per_peer)
-    )
-    app = build_application(
-        catalog=catalog,
-        clock=clock,
-        transactions=store,
-        operations=store,
-        change_log=store,
-        cache=cache,
-        hub=hub,
-        clerk=clerk_connector(settings.clerk),
-        usage=store,
-        unknown_plan=settings.unknown_plan,
-        events=PrometheusEvents(),
-    )
-
-    async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
-        return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
-
-    entitlement_servicer = EntitlementServicer(app, settings.watch_max_subjects)
-    pb_grpc.add_EntitlementServiceServicer_to_server(entitlement_servicer, dispatch)  # type: ignore[arg-type]
-    sync_grpc.add_BillingSyncServiceServicer_to_server(BillingSyncServicer(app), dispatch)  # type: ignore[arg-type]
-    usage_servicer = UsageServicer(app)
-    usage_grpc.add_UsageServiceServicer_to_server(usage_servicer, dispatch)  # type: ignore[arg-type]
+    pb_grpc.add_EntitlementServiceServicer_to_server(wired.entitlements, dispatch)  # type: ignore[arg-type]
+    sync_grpc.add_BillingSyncServiceServicer_to_server(wired.billing, dispatch)  # type: ignore[arg-type]
+    usage_grpc.add_UsageServiceServicer_to_server(wired.usage, dispatch)  # type: ignore[arg-type]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatch)  # type: ignore[arg-type]
     server.add_generic_rpc_handlers((dispatch,))
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        if settings.tls is not None:
-            port = server.add_secure_port(settings.listen, settings.tls.credentials())
-        else:
-            port = server.add_insecure_port(settings.listen)
-    except RuntimeError:  # grpc cannot bind: taken since main() checked, or not an address here
-        if not settings.reuse_port and port_in_use(settings.listen):
-            raise PortInUse(settings.listen) from None
-        port = 0
-    if port == 0:
-        raise ConfigError(f"ENTITLEMENTS_LISTEN={settings.listen}: cannot listen there")
-    await server.start()
-    running = RunningServer(
-        server, port, store, app, health_servicer, settings.grace_seconds, cache
-    )
-    try:
-        if tracer_provider is not None:
-            running.sql_tracing = tracing.SqlTracing(tracer_provider)
-        if settings.metrics_listen is not None:
-            running.metrics = start_metrics_endpoint(
-                settings.metrics_listen, settings.http_header_timeout_seconds
-            )
-        if settings.http_listen is not None:
-            # The same servicers, in this process and loop: Connect, gRPC-Web (connect_api.py).
-            running.http = await start_configured_http(
-                settings, entitlement_servicer, usage_servicer
-            )
-    except BaseException:
-        # A listener that cannot start (say its port is taken) stops what did, here, in this
-        # loop: a started grpc.aio server left to the garbage collector outlives its loop.
-        await _stop_partial(running)
-        raise
-    await running.set_serving(await store.ping())
-    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    with contextlib.suppress(StoreUnavailable):
-        for schema in await store.drop_abandoned_scratch_schemas():
-            log.info("dropped scratch schema %s left by an interrupted verify", schema)
-    listener = ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
-    if settings.metrics:
-        running._tasks.append(
-            asyncio.create_task(sample_forever(MetricSources(hub, store, listener, cache)))
-        )
-    running._tasks += [
-        asyncio.create_task(_watch_database(running, settings.health_interval_seconds)),
-        asyncio.create_task(listener.run()),
-        asyncio.create_task(
-            hub.follow(
-                store.change_log_horizon, store.follow_changes, load, store.change_log_identity
-            )
-        ),
-        asyncio.create_task(hub.beat()),
-        asyncio.create_task(release_forever()),
-        asyncio.create_task(
-            run_housekeeping(
-                store,
-                settings.change_log_retention_seconds,
-                settings.payload_retention_seconds,
-                settings.usage_retention_seconds,
-            )
-        ),
-    ]
-    if app.reconciler is not None and settings.reconcile_interval_seconds > 0:
-        owner = f"{socket.gethostname()}:{os.getpid()}"
-        running._tasks.append(
-            asyncio.create_task(
-                run_reconcile_schedule(
-                    store, app.reconciler, settings.reconcile_interval_seconds, owner
-                )
-            )
-        )
-    return running
+    return server, health_servicer
 
 
 async def serve(settings: ServiceSettings) -> None:
