@@ -9,6 +9,9 @@ from pathlib import Path
 
 from entitlements_cli.errors import ConfigError
 from entitlements_client import ClientConfigError, Tls
+from entitlements_common.env import host_port
+from entitlements_common.settings import ConfigError as SettingError
+from entitlements_common.settings import split_secrets
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -36,7 +39,14 @@ def setting(name: str, default: str | None = None) -> str | None:
 
 
 def target(args: argparse.Namespace) -> str:
-    return str(args.target or setting("ENTITLEMENTS_TARGET", DEFAULT_TARGET))
+    """--target, else ENTITLEMENTS_TARGET: host:port, checked as the service and the gateway
+    check their addresses (entitlements_common.env)."""
+    try:
+        if args.target:
+            return host_port("--target", str(args.target))
+        return host_port("ENTITLEMENTS_TARGET", setting("ENTITLEMENTS_TARGET") or DEFAULT_TARGET)
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def tls() -> Tls | None:
@@ -49,7 +59,7 @@ def tls() -> Tls | None:
 def first_secret(listed: str | None) -> str | None:
     """The first of a comma- or space-separated list of secrets (the one to send while the
     server accepts several, during a rotation); None when there is none."""
-    return next(iter((listed or "").replace(",", " ").split()), None)
+    return next(iter(split_secrets(listed)), None)
 
 
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -1,4 +1,6 @@
-"""Service configuration: a frozen dataclass built once from the environment and validated."""
+"""Service configuration: a frozen dataclass built once from the environment and validated,
+each variable read through entitlements_common.env (the one reader the gateway and the CLI
+use too: errors name the variable)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from entitlements_common.env import Env, host_port
 from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
 from entitlements_common.tracing import tracing_enabled
 from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
@@ -92,77 +96,77 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         from entitlements_common.tls import ServerTls
 
-        env = os.environ if env is None else env
-        secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
+        read = Env(env)
+        secret = read.text("BILLING_WEBHOOK_SYNC_SECRET")
         check_sync_secret(secret)
-        listen = env.get("ENTITLEMENTS_LISTEN") or DEFAULT_LISTEN
-        if ":" not in listen:
-            raise ConfigError(f"ENTITLEMENTS_LISTEN must be host:port, got {listen!r}")
-        cache = (env.get("ENTITLEMENTS_CACHE") or "on").lower()
-        if cache not in ("on", "off"):
-            raise ConfigError(f"ENTITLEMENTS_CACHE must be on or off, got {cache!r}")
-        tls = ServerTls.from_env(env)
-        metrics_at = metrics_listen(env.get("ENTITLEMENTS_METRICS_LISTEN"))
+        tls = ServerTls.from_env(os.environ if env is None else env)
+        metrics_at = read.optional_address("ENTITLEMENTS_METRICS_LISTEN", DEFAULT_METRICS_LISTEN)
+        day = 24 * 3600
         return cls(
-            database_url=env.get("DATABASE_URL") or None,
-            listen=listen,
-            catalog_path=env.get("ENTITLEMENTS_CATALOG") or None,
-            unknown_plan=_unknown_plan(env),
-            sync_secret=secret,
-            data_dir=Path(env.get("ENTITLEMENTS_DATA_DIR") or ".data"),
-            cache_enabled=cache == "on",
-            cache_max_subjects=_positive_int(env, "ENTITLEMENTS_CACHE_MAX_SUBJECTS", 100_000),
-            change_log_retention_seconds=float(
-                _positive_int(env, "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * 24 * 3600)
+            database_url=read.text("DATABASE_URL"),
+            listen=read.address("ENTITLEMENTS_LISTEN", DEFAULT_LISTEN),
+            catalog_path=read.text("ENTITLEMENTS_CATALOG"),
+            unknown_plan=read.choice(
+                "ENTITLEMENTS_UNKNOWN_PLAN", UnknownPlanPolicy, UnknownPlanPolicy.DEFAULT
             ),
-            workers=_positive_int(env, "ENTITLEMENTS_WORKERS", 1),
+            sync_secret=secret,
+            data_dir=Path(read.text("ENTITLEMENTS_DATA_DIR", ".data") or ".data"),
+            cache_enabled=read.choice("ENTITLEMENTS_CACHE", _OnOff, _OnOff.ON) is _OnOff.ON,
+            cache_max_subjects=read.integer("ENTITLEMENTS_CACHE_MAX_SUBJECTS", 100_000),
+            change_log_retention_seconds=float(
+                read.integer("ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS", 7 * day, unit="seconds")
+            ),
+            workers=read.integer("ENTITLEMENTS_WORKERS", 1),
             usage_retention_seconds=float(
-                _positive_int(env, "ENTITLEMENTS_USAGE_RETENTION_SECONDS", 90 * 24 * 3600)
+                read.integer("ENTITLEMENTS_USAGE_RETENTION_SECONDS", 90 * day, unit="seconds")
             ),
             payload_retention_seconds=float(
-                _positive_int(env, "ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * 24 * 3600)
+                read.integer("ENTITLEMENTS_PAYLOAD_RETENTION_SECONDS", 90 * day, unit="seconds")
             ),
             tls=tls,
-            clerk=clerk_api_settings(env),
+            clerk=clerk_api_settings(read),
             reconcile_interval_seconds=float(
-                _non_negative_int(env, "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS", 3600)
+                read.integer(
+                    "ENTITLEMENTS_RECONCILE_INTERVAL_SECONDS", 3600, minimum=0, unit="seconds"
+                )
             ),
-            watch_max_streams=_positive_int(env, "ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000),
-            watch_max_streams_per_peer=_positive_int(
-                env, "ENTITLEMENTS_WATCH_MAX_STREAMS_PER_PEER", 2_000
+            watch_max_streams=read.integer("ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000),
+            watch_max_streams_per_peer=read.integer(
+                "ENTITLEMENTS_WATCH_MAX_STREAMS_PER_PEER", 2_000
             ),
-            watch_max_subjects=_positive_int(
-                env, "ENTITLEMENTS_WATCH_MAX_SUBJECTS", WATCH_MAX_SUBJECTS
+            watch_max_subjects=read.integer("ENTITLEMENTS_WATCH_MAX_SUBJECTS", WATCH_MAX_SUBJECTS),
+            max_receiving=read.integer("ENTITLEMENTS_GRPC_MAX_RECEIVING", 128),
+            max_concurrent_rpcs=max_concurrent_rpcs(read),
+            max_connection_age_seconds=read.integer(
+                "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800, unit="seconds"
             ),
-            max_receiving=_positive_int(env, "ENTITLEMENTS_GRPC_MAX_RECEIVING", 128),
-            max_concurrent_rpcs=max_concurrent_rpcs(env),
-            max_connection_age_seconds=_positive_int(
-                env, "ENTITLEMENTS_MAX_CONNECTION_AGE_SECONDS", 1800
-            ),
-            read_tokens=read_tokens(env.get("ENTITLEMENTS_READ_TOKEN")),
-            http_listen=http_listen(env.get("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
-            migrate_on_start=_boolean(env, "ENTITLEMENTS_MIGRATE_ON_START", True),
-            listen_database_url=env.get("ENTITLEMENTS_LISTEN_DATABASE_URL") or None,
+            read_tokens=read_tokens(read.raw("ENTITLEMENTS_READ_TOKEN")),
+            http_listen=http_listen(read.raw("ENTITLEMENTS_HTTP_LISTEN"), tls=tls),
+            migrate_on_start=read.flag("ENTITLEMENTS_MIGRATE_ON_START", True),
+            listen_database_url=read.text("ENTITLEMENTS_LISTEN_DATABASE_URL"),
             metrics_listen=metrics_at,
             metrics=metrics_at is not None,
-            tracing=tracing_enabled(env),
-            http_header_timeout_seconds=_positive_seconds(
-                env, "ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS", 5.0
+            tracing=tracing_enabled(os.environ if env is None else env),
+            http_header_timeout_seconds=read.seconds(
+                "ENTITLEMENTS_HTTP_HEADER_TIMEOUT_SECONDS", 5.0
             ),
-            http_body_timeout_seconds=_positive_seconds(
-                env, "ENTITLEMENTS_HTTP_BODY_TIMEOUT_SECONDS", 10.0
-            ),
-            http_body_budget_bytes=_positive_int(
-                env, "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024
+            http_body_timeout_seconds=read.seconds("ENTITLEMENTS_HTTP_BODY_TIMEOUT_SECONDS", 10.0),
+            http_body_budget_bytes=read.integer(
+                "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024, unit="bytes"
             ),
         )
 
 
-def max_concurrent_rpcs(env: Mapping[str, str]) -> int:
+class _OnOff(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def max_concurrent_rpcs(read: Env) -> int:
     """ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS: RPCs in progress at once on the gRPC port (over:
     RESOURCE_EXHAUSTED); Watch streams count, so it must leave room beyond them."""
-    watch = _positive_int(env, "ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000)
-    value = _positive_int(env, "ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS", watch + 2_000)
+    watch = read.integer("ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000)
+    value = read.integer("ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS", watch + 2_000)
     if value <= watch:
         raise ConfigError(
             f"ENTITLEMENTS_GRPC_MAX_CONCURRENT_RPCS ({value}) must be larger than "
@@ -171,25 +175,17 @@ def max_concurrent_rpcs(env: Mapping[str, str]) -> int:
     return value
 
 
-def _unknown_plan(env: Mapping[str, str]) -> UnknownPlanPolicy:
-    raw = (env.get("ENTITLEMENTS_UNKNOWN_PLAN") or UnknownPlanPolicy.DEFAULT.value).strip()
-    try:
-        return UnknownPlanPolicy(raw.lower())
-    except ValueError:
-        choices = " or ".join(p.value for p in UnknownPlanPolicy)
-        raise ConfigError(f"ENTITLEMENTS_UNKNOWN_PLAN must be {choices}, got {raw!r}") from None
-
-
-def clerk_api_settings(env: Mapping[str, str]) -> ClerkApiSettings | None:
+def clerk_api_settings(read: Env | Mapping[str, str]) -> ClerkApiSettings | None:
     """CLERK_SECRET_KEY (unset: no reconciliation) and CLERK_API_URL (a fake one in tests)."""
-    key = (env.get("CLERK_SECRET_KEY") or "").strip()
+    read = read if isinstance(read, Env) else Env(read)
+    key = read.text("CLERK_SECRET_KEY") or ""
     if not key:
         return None
     if any(c.isspace() for c in key) or not key.isprintable():
         raise ConfigError(
             "CLERK_SECRET_KEY must be one token without spaces (sk_live_… / sk_test_…)"
         )
-    url = (env.get("CLERK_API_URL") or DEFAULT_API_URL).strip()
+    url = read.text("CLERK_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"CLERK_API_URL must be an https URL, got {url!r}")
@@ -208,60 +204,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    if not raw.strip().isdigit():
-        raise ConfigError(f"{name} must be a whole number of seconds (0: off), got {raw!r}")
-    return int(raw)
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    if not raw.strip().isdigit() or int(raw) <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
-def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < 86_400:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
-    return seconds
-
-
-def _host_port(name: str, raw: str) -> str:
-    listen = raw.strip()
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{name} must be host:port, got {raw!r}")
-    return listen
-
-
-def metrics_listen(raw: str | None) -> str | None:
-    """ENTITLEMENTS_METRICS_LISTEN: host:port of Prometheus /metrics; unset: the default;
-    "off": none."""
-    if raw is None or not raw.strip():
-        return DEFAULT_METRICS_LISTEN
-    if raw.strip().lower() == "off":
-        return None
-    return _host_port("ENTITLEMENTS_METRICS_LISTEN", raw)
-
-
 def http_listen(raw: str | None, tls: object | None = None) -> str | None:
     """ENTITLEMENTS_HTTP_LISTEN: host:port of the Connect / gRPC-Web listener; unset: off."""
     if not (raw or "").strip():
         return None
-    listen = _host_port("ENTITLEMENTS_HTTP_LISTEN", raw or "")
+    listen = host_port("ENTITLEMENTS_HTTP_LISTEN", raw or "")
     if tls is not None:
         # Never plain HTTP beside a TLS-only gRPC port; terminate TLS in front of it instead.
         raise ConfigError(
@@ -269,17 +216,6 @@ def http_listen(raw: str | None, tls: object | None = None) -> str | None:
             "leave it unset or put a TLS-terminating proxy in front of it"
         )
     return listen
-
-
-def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 MIN_READ_TOKEN_CHARS = 16

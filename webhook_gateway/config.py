@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from entitlements_common.env import Env
 from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
 from entitlements_common.tls import ClientTls
 
@@ -47,29 +48,24 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
-        listen = env.get("GATEWAY_LISTEN") or DEFAULT_GATEWAY_LISTEN
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"GATEWAY_LISTEN must be host:port, got {listen!r}")
-        sync_secret = env.get("BILLING_WEBHOOK_SYNC_SECRET") or None
+        read = Env(env)
+        host, _, port = read.address("GATEWAY_LISTEN", DEFAULT_GATEWAY_LISTEN).rpartition(":")
+        sync_secret = read.text("BILLING_WEBHOOK_SYNC_SECRET")
         check_sync_secret(sync_secret)
         if sync_secret is not None:
             sync_secret = split_secrets(sync_secret)[0]  # during a rotation: the first is sent
-        timeout_raw = env.get("GATEWAY_FORWARD_TIMEOUT_SECONDS") or "10"
-        try:
-            timeout = float(timeout_raw)
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout < 15:
-            raise ConfigError(
-                "GATEWAY_FORWARD_TIMEOUT_SECONDS must be a number of seconds between 0 and 15 "
-                "(Svix gives up after 15 s)"
-            )
-        body_timeout = _seconds(env, "GATEWAY_BODY_TIMEOUT_SECONDS", 10.0)
-        idle_timeout = _seconds(env, "GATEWAY_IDLE_TIMEOUT_SECONDS", 15.0)
-        max_body = _bytes(env, "GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * MIB)
-        inflight = _bytes(
-            env, "GATEWAY_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES, 256 * 1024, 4096 * MIB
+        timeout = read.seconds("GATEWAY_FORWARD_TIMEOUT_SECONDS", 10.0, maximum=14.9)
+        body_timeout = read.seconds("GATEWAY_BODY_TIMEOUT_SECONDS", 10.0, maximum=300)
+        idle_timeout = read.seconds("GATEWAY_IDLE_TIMEOUT_SECONDS", 15.0, maximum=300)
+        max_body = read.integer(
+            "GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * MIB, unit="bytes"
+        )
+        inflight = read.integer(
+            "GATEWAY_MAX_INFLIGHT_BYTES",
+            DEFAULT_MAX_INFLIGHT_BYTES,
+            256 * 1024,
+            4096 * MIB,
+            unit="bytes",
         )
         if inflight < 2 * max_body:
             raise ConfigError(
@@ -79,7 +75,7 @@ class GatewaySettings:
         return cls(
             host=host,
             port=int(port),
-            target=env.get("ENTITLEMENTS_TARGET") or DEFAULT_TARGET,
+            target=read.address("ENTITLEMENTS_TARGET", DEFAULT_TARGET),
             signing_secrets=signing_secrets_from_env(env),
             sync_secret=sync_secret,
             forward_timeout_seconds=timeout,
@@ -89,29 +85,6 @@ class GatewaySettings:
             idle_timeout_seconds=idle_timeout,
             tls=ClientTls.from_env(env),
         )
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 300:
-        raise ConfigError(f"{name} must be a number of seconds in (0, 300], got {raw!r}")
-    return value
-
-
-def _bytes(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    value = int(raw) if raw.isascii() and raw.isdigit() else -1
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be a number of bytes in [{low}, {high}], got {raw!r}")
-    return value
 
 
 def _signing_key(secret: str) -> bytes:

@@ -40,6 +40,7 @@ ALLOWED = {
         "entitlements_cli",
         "entitlements_client",
         "entitlements_common.settings",
+        "entitlements_common.env",
         "service.domain",
         "service.config",
         "service.adapters.clerk_api",
