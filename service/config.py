@@ -17,6 +17,7 @@ from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 from service.domain.unknown_plans import UnknownPlanPolicy
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
+from service.notify_config import NotifySettings, notify_settings
 
 if TYPE_CHECKING:
     from entitlements_common.tls import ServerTls
@@ -87,6 +88,8 @@ class ServiceSettings:
     http_header_timeout_seconds: float = 5.0
     http_body_timeout_seconds: float = 10.0
     http_body_budget_bytes: int = 16 * 1024 * 1024
+    # ENTITLEMENTS_NOTIFY_URL / _SECRET: outbound change notifications (None: off).
+    notify: NotifySettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -155,6 +158,7 @@ class ServiceSettings:
             http_body_budget_bytes=_positive_int(
                 env, "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024
             ),
+            notify=notify_settings(env),
         )
 
 

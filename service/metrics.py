@@ -106,3 +106,16 @@ POOL_MAX = Gauge(
     "The most connections the pool may open.",
     multiprocess_mode="livesum",
 )
+
+# ---- outbound change notifications (application/notify_delivery.py) ----------------------------
+NOTIFY_ATTEMPTS = Counter(
+    "entitlements_notification_attempts",
+    "Change-notification POSTs by outcome (delivered, retry, gone = 410) and deliveries given "
+    "up (failed).",
+    ["outcome"],
+)
+NOTIFY_OLDEST_PENDING = Gauge(
+    "entitlements_notification_oldest_pending_seconds",
+    "Age of the oldest change notification not yet delivered (0: none pending).",
+    multiprocess_mode="livemax",
+)

@@ -61,10 +61,7 @@ from service.entrypoints.grpc_api.interceptors import (
 from service.entrypoints.grpc_api.receiving import Receiving
 from service.entrypoints.grpc_api.servicers import EntitlementServicer
 from service.entrypoints.grpc_api.usage_api import UsageServicer
-from service.entrypoints.launch import (
-    PortInUse,
-    port_in_use,
-)
+from service.entrypoints.launch import PortInUse, port_in_use
 from service.entrypoints.memory_release import release_forever
 from service.entrypoints.message_limits import LARGEST_MESSAGE_BYTES
 from service.entrypoints.metrics_http import (
@@ -73,6 +70,7 @@ from service.entrypoints.metrics_http import (
     sample_forever,
     start_metrics_endpoint,
 )
+from service.entrypoints.notifier_task import notifier_tasks
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -316,6 +314,7 @@ async def start_server(
         ),
         asyncio.create_task(hub.beat()),
         asyncio.create_task(release_forever()),
+        *notifier_tasks(settings, store, app),
         asyncio.create_task(
             run_housekeeping(
                 store,
