@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from entitlements_cli import catalog_commands, commands
+from entitlements_cli import catalog_commands, commands, notify_commands
 
 GLOBAL_DEFAULTS = {"target": None, "json": False, "progress": None}
 
@@ -128,6 +128,7 @@ def build_parser(description: str | None = None) -> Parser:
         commands.cmd_verify,
     )
     add_override_commands(command("override", "per-customer terms (needs the sync secret)"), common)
+    notify_commands.add_commands(command("notifications", "change notifications sent"), common)
     catalog = command("catalog", "catalog commands").add_subparsers(
         dest="catalog_command", required=True, metavar="COMMAND"
     )

@@ -4,6 +4,7 @@ API, and real aiohttp receivers checking what arrives with the `svix` library.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,9 +20,9 @@ from svix.webhooks import Webhook
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
-from tests.support import SYNC_SECRET, event, fresh_database, now_ms
+from tests.support import SYNC_SECRET, db_query, event, fresh_database, now_ms
 from tests.support.receiver import Received, Receiver, running_receiver
-from tests.support.service_process import free_port, service_process
+from tests.support.service_process import SCRIPTS, free_port, service_process
 from tests.support.stack import new_signing_secret, running_stack
 
 AUTH = (("authorization", f"Bearer {SYNC_SECRET}"),)
@@ -56,6 +57,16 @@ def set_limit(target: str, subject: str, value: int, expires_at: datetime | None
             request.expires_at.CopyFrom(stamp)
         version: int = stub.SetOverride(request, metadata=AUTH, timeout=10).version
         return version
+
+
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPTS / "entitlements"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": dsn},
+    )
 
 
 def verify(received: Received, secret: str) -> None:
@@ -203,10 +214,32 @@ def test_410_disables_the_endpoint(dsn: str, tmp_path: Path) -> None:
             set_limit(stack.service_target, "user_g2", 2)
             time.sleep(2)
             assert len(receiver.requests) == 1  # nothing more after 410 Gone
-            out = subprocess.run(
-                ["psql", dsn, "-Atc", "SELECT disabled_reason FROM notify_endpoints"],
-                capture_output=True,
-                text=True,
-                check=False,
+            rows = db_query(dsn, "SELECT disabled_reason FROM notify_endpoints")
+            assert [r["disabled_reason"] for r in rows] == ["answered 410 Gone"]
+            listed = cli(dsn, "notifications", "--json")
+            assert listed.returncode == 0, listed.stderr
+            found = json.loads(listed.stdout)["notifications"]
+            assert {"endpoint": receiver.url} in [{"endpoint": n["endpoint"]} for n in found]
+            assert any(n.get("disabled_at") for n in found)
+            # Enabled again, it gets what queued meanwhile; a re-sent one comes again, same id.
+            receiver.status = 200
+            assert cli(dsn, "notifications", "enable", receiver.url).returncode == 0
+            receiver.wait_for(
+                lambda: {"user_g1"} <= {r.data["subject"] for r in receiver.accepted()}
             )
-            assert out.returncode != 0 or "410" in out.stdout
+            delivered = [
+                n
+                for n in json.loads(cli(dsn, "notifications", "--json").stdout)["notifications"]
+                if n.get("status") == "delivered"
+            ]
+            assert delivered
+            again = cli(dsn, "notifications", "resend", str(delivered[0]["id"]))
+            assert again.returncode == 0, again.stderr
+            receiver.wait_for(
+                lambda: (
+                    [r.message_id for r in receiver.accepted()].count(delivered[0]["message_id"])
+                    == 2
+                )
+            )
+            missing = cli(dsn, "notifications", "resend", "999999")
+            assert missing.returncode == 2 and "no notification 999999" in missing.stderr

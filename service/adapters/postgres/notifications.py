@@ -61,7 +61,7 @@ SELECT e.url, n.message_id, n.subject, n.version, n.body
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY
        AS n(message_id, subject, version, body, ord)
  CROSS JOIN notify_endpoints e
- WHERE e.url = ANY($5::text[]) AND e.disabled_at IS NULL
+ WHERE e.url = ANY($5::text[])
  ORDER BY n.ord, e.url
     ON CONFLICT (endpoint, message_id) DO NOTHING
 """
@@ -192,8 +192,9 @@ class NotifyStore(StoreBase):
     async def oldest_pending_seconds(self) -> float:
         async def work(conn: Conn) -> float:
             value = await conn.fetchval(
-                """SELECT extract(epoch FROM now() - min(pending_since))::float8
-                     FROM notify_deliveries WHERE status = 'pending'"""
+                """SELECT extract(epoch FROM now() - min(d.pending_since))::float8
+                     FROM notify_deliveries d JOIN notify_endpoints e ON e.url = d.endpoint
+                    WHERE d.status = 'pending' AND e.disabled_at IS NULL"""
             )
             return float(value or 0.0)
 

@@ -13,7 +13,7 @@ INSERT INTO notify_state DEFAULT VALUES;
 CREATE TABLE notify_endpoints (
     url              text PRIMARY KEY,
     added_at         timestamptz NOT NULL DEFAULT now(),
-    disabled_at      timestamptz,  -- it answered 410 Gone: nothing more is sent or queued
+    disabled_at      timestamptz,  -- it answered 410 Gone: nothing is sent (changes queue)
     disabled_reason  text
 );
 
