@@ -149,6 +149,7 @@ class Notifier:
         self.poll_seconds = poll_seconds
         self._on_queued = on_queued
         self._wake = asyncio.Event()
+        self.ready = asyncio.Event()  # set after the first scan: changes from then are sent
 
     def wake(self) -> None:
         """A change was committed (NOTIFY or local): scan now rather than at the next poll."""
@@ -163,6 +164,7 @@ class Notifier:
             position = scan.position
             if position is None:  # first start: notify changes from now on
                 position, _ = await self._horizon()
+                log.info("notifications start at change-log position %d", position)
             batch = await self._follow(position, SCAN_BATCH)
             due = await scan.due(now, SCAN_BATCH)
             subjects = sorted({s for _, _, s in batch.changes} | set(due))
@@ -196,6 +198,9 @@ class Notifier:
             complete = True
             try:
                 _, complete = await self.scan_once()
+                if not self.ready.is_set():
+                    self.ready.set()
+                    log.info("notifications: following the change log")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database away: try again at the next poll
