@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import canuse, consume, instrumentation_cost, scale
+from bench import canuse, consume, instrumentation_cost, notify, scale
 from bench.canuse import log
 from bench.stack import (
     BIN,
@@ -243,8 +243,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> int:
-    if sys.argv[1:] == ["consume"]:
-        print(consume.describe(consume.bench()))
+    if sys.argv[1:] in (["consume"], ["notify"]):
+        alone: Any = consume if sys.argv[1] == "consume" else notify
+        print(alone.describe(alone.bench()))
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     canuse.ensure_h2load()
@@ -332,6 +333,8 @@ def main() -> int:
     log("Consume: one hot subject, then 10 000 subjects …")
     results["consume"] = consume.bench()
     log(consume.describe(results["consume"]))
+    results["notify"] = notify.bench()
+    log(notify.describe(results["notify"]))
 
     c, f, o = (
         results["canuse"]["cached"],
@@ -381,6 +384,7 @@ def main() -> int:
             "target": "true",
         },
         **scale.growth_targets(results["growth"]),
+        **notify.targets(results["notify"]),
     }
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")

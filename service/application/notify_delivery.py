@@ -24,6 +24,8 @@ from service.metrics import NOTIFY_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
+BATCH_ROUNDS = 4  # a claim takes this many rounds of `concurrency` requests
+
 
 class Outcome(Enum):
     DELIVERED = "delivered"
@@ -80,9 +82,14 @@ class DeliveryPolicy:
     poll_seconds: float = 1.0
 
     @property
+    def batch(self) -> int:
+        """Deliveries claimed at once (sent `concurrency` at a time)."""
+        return self.concurrency * BATCH_ROUNDS
+
+    @property
     def lease_seconds(self) -> float:
-        """Longer than any attempt can take, so no two replicas send one delivery at once."""
-        return self.timeout_seconds + 5.0
+        """Longer than a claimed batch can take, so no two replicas send one delivery at once."""
+        return self.timeout_seconds * BATCH_ROUNDS + 5.0
 
 
 def outcome_of(attempt: Attempt) -> Outcome:
@@ -108,8 +115,9 @@ class EndpointWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    async def _attempt(self, claimed: Claimed) -> Settled:
-        attempt = await self._sender.send(claimed.message_id, claimed.body)
+    async def _attempt(self, claimed: Claimed, slots: asyncio.Semaphore) -> Settled:
+        async with slots:
+            attempt = await self._sender.send(claimed.message_id, claimed.body)
         outcome = outcome_of(attempt)
         NOTIFY_ATTEMPTS.labels(outcome.value).inc()
         delay = backoff_seconds(claimed.attempts, self._policy.max_backoff_seconds)
@@ -118,11 +126,12 @@ class EndpointWorker:
     async def step(self) -> int:
         """Claim, send and record one round; the number of attempts made."""
         claimed = await self._queue.claim(
-            self.endpoint, self._policy.concurrency, self._policy.lease_seconds
+            self.endpoint, self._policy.batch, self._policy.lease_seconds
         )
         if not claimed:
             return 0
-        settled = await asyncio.gather(*(self._attempt(c) for c in claimed))
+        slots = asyncio.Semaphore(self._policy.concurrency)
+        settled = await asyncio.gather(*(self._attempt(c, slots) for c in claimed))
         failed = await self._queue.settle(self.endpoint, settled, self._policy.give_up_seconds)
         if failed:
             NOTIFY_ATTEMPTS.labels("failed").inc(failed)
