@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
         yield target
 
 
-async def _run(dsn: str, logs: Path) -> dict[str, Any]:
+async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
     receiver = Receiver()
     await receiver.start()
     port, gateway_port = free_port(), free_port()
@@ -177,9 +177,11 @@ async def _run(dsn: str, logs: Path) -> dict[str, Any]:
         for _ in range(ROUNDS):
             for mode in ("off", "on"):
                 notify = receiver.url if mode == "on" else None
-                with _stack(dsn, logs, port, gateway_port, notify):
+                # A database of its own: the notifier has only this round's changes to send.
+                with _stack(databases.pop(), logs, port, gateway_port, notify):
                     result = await bench_ingest(url, INGEST, 32)
                     rates[mode].append(result["per_second"])
+        dsn = databases.pop()
         with _stack(dsn, logs, port, gateway_port, receiver.url) as target:
             lat = await latency(target, receiver)
             out = await catch_up(target, dsn, receiver)
@@ -200,8 +202,9 @@ async def _run(dsn: str, logs: Path) -> dict[str, Any]:
 
 def bench() -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="ent-bench-notify-"))
-    with database() as dsn:
-        return asyncio.run(_run(dsn, logs))
+    with ExitStack() as stack:
+        databases = [stack.enter_context(database()) for _ in range(2 * ROUNDS + 1)]
+        return asyncio.run(_run(logs, databases))
 
 
 def describe(r: dict[str, Any]) -> str:
