@@ -5,12 +5,13 @@ notifications on vs off, and catch-up after a receiver outage.
   to the receiver's arrival of that subject's notification;
 * ingest: signed webhooks through the gateway, alternating rounds with the service started
   without and with ENTITLEMENTS_NOTIFY_URL (the receiver answers at once), median ratio;
-* catch-up: the receiver answers 503 while CHANGES subjects change (the outage: it lasts as
-  long as ingesting them takes and the notifier queueing them, then up to the 30 s backoff
-  cap), then answers 200; timed from then until it has every subject's notification.
+* catch-up: the receiver answers 503 while CHANGES subjects change and for at least OUTAGE
+  seconds (long enough for the retries to reach the 30 s backoff cap, where any longer outage
+  leaves them too), then answers 200; timed from then until it has every subject's
+  notification.
 
 Part of `make bench`; alone: `.venv/bin/python -m bench.run notify` (BENCH_NOTIFY_CHANGES,
-BENCH_NOTIFY_INGEST and BENCH_NOTIFY_LATENCY scale it down).
+BENCH_NOTIFY_INGEST, BENCH_NOTIFY_LATENCY, BENCH_NOTIFY_OUTAGE_SECONDS scale it down).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 CHANGES = int(os.environ.get("BENCH_NOTIFY_CHANGES", "10000"))
 INGEST = int(os.environ.get("BENCH_NOTIFY_INGEST", "2000"))
 LATENCY = int(os.environ.get("BENCH_NOTIFY_LATENCY", "300"))
+# The receiver stays down at least this long: past the time retries take to reach the 30 s
+# backoff cap, so what follows is what follows any longer outage (a 10-minute one included).
+OUTAGE = float(os.environ.get("BENCH_NOTIFY_OUTAGE_SECONDS", "90"))
 ROUNDS = 2
 NOTIFY_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 AUTH = (("authorization", f"Bearer {SYNC_SECRET}"),)
@@ -130,6 +134,7 @@ async def catch_up(target: str, dsn: str, receiver: Receiver) -> dict[str, Any]:
             await asyncio.sleep(0.2)
     finally:
         await conn.close()
+    await asyncio.sleep(max(0.0, OUTAGE - (time.perf_counter() - outage)))
     down_for = time.perf_counter() - outage
     failed_attempts = receiver.requests
     receiver.status = 200
@@ -152,6 +157,8 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
     env = {"ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}"}
     if notify is not None:
         env |= {"ENTITLEMENTS_NOTIFY_URL": notify, "ENTITLEMENTS_NOTIFY_SECRET": NOTIFY_SECRET}
+        if os.environ.get("BENCH_NOTIFY_CONCURRENCY"):
+            env["ENTITLEMENTS_NOTIFY_CONCURRENCY"] = os.environ["BENCH_NOTIFY_CONCURRENCY"]
     manager, _ = service(dsn, logs, "notify-on" if notify else "notify-off", env=env)
     target = env["ENTITLEMENTS_LISTEN"]  # a fixed port: the gateway points at it every round
     gateway_env = {
