@@ -46,6 +46,10 @@ class Receiver:
         status, delay = self.status, self.delay_seconds
         if delay:
             await asyncio.sleep(delay)
+        if request.transport is None or request.transport.is_closing():
+            # The sender is gone (killed, or timed out): no answer reaches it, so this is no
+            # delivery; it is not recorded.
+            return web.Response(status=status)
         with self._lock:
             self.requests.append(
                 Received(
