@@ -68,8 +68,9 @@ SELECT e.url, n.message_id, n.subject, n.version, n.body
 
 _REMEMBER = """
 INSERT INTO notify_subjects (subject, version, fingerprint, valid_until)
-SELECT s, v, f, CASE WHEN u IS NULL THEN NULL ELSE to_timestamp(u / 1000.0) END
+SELECT DISTINCT ON (s) s, v, f, CASE WHEN u IS NULL THEN NULL ELSE to_timestamp(u / 1000.0) END
   FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS n(s, v, f, u)
+ ORDER BY s, v DESC
     ON CONFLICT (subject) DO UPDATE
    SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint,
        valid_until = EXCLUDED.valid_until
