@@ -43,7 +43,7 @@ LATENCY = int(os.environ.get("BENCH_NOTIFY_LATENCY", "300"))
 # The receiver stays down at least this long: past the time retries take to reach the 30 s
 # backoff cap, so what follows is what follows any longer outage (a 10-minute one included).
 OUTAGE = float(os.environ.get("BENCH_NOTIFY_OUTAGE_SECONDS", "90"))
-ROUNDS = 2
+ROUNDS = 3
 NOTIFY_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 AUTH = (("authorization", f"Bearer {SYNC_SECRET}"),)
 
