@@ -3,6 +3,7 @@ delivery workers' claims and outcomes, and what operators list and re-send."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,26 +56,31 @@ upd AS (
 SELECT count(*) FILTER (WHERE status = 'failed') AS failed FROM upd
 """
 
+# One statement: queue each notice for every endpoint, remember what each subject was notified
+# as (its newest version), and move the notifier's position.
 _RECORD = """
-INSERT INTO notify_deliveries (endpoint, message_id, subject, version, body)
-SELECT e.url, n.message_id, n.subject, n.version, n.body
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY
-       AS n(message_id, subject, version, body, ord)
- CROSS JOIN notify_endpoints e
- WHERE e.url = ANY($5::text[])
- ORDER BY n.ord, e.url
-    ON CONFLICT (endpoint, message_id) DO NOTHING
-"""
-
-_REMEMBER = """
-INSERT INTO notify_subjects (subject, version, fingerprint, valid_until)
-SELECT DISTINCT ON (s) s, v, f, CASE WHEN u IS NULL THEN NULL ELSE to_timestamp(u / 1000.0) END
-  FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS n(s, v, f, u)
- ORDER BY s, v DESC
-    ON CONFLICT (subject) DO UPDATE
-   SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint,
-       valid_until = EXCLUDED.valid_until
- WHERE notify_subjects.version <= EXCLUDED.version
+WITH queued AS (
+    INSERT INTO notify_deliveries (endpoint, message_id, subject, version, body)
+    SELECT e.url, n.message_id, n.subject, n.version, n.body
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY
+           AS n(message_id, subject, version, body, ord)
+     CROSS JOIN notify_endpoints e
+     WHERE e.url = ANY($5::text[])
+     ORDER BY n.ord, e.url
+        ON CONFLICT (endpoint, message_id) DO NOTHING
+    RETURNING 1),
+remembered AS (
+    INSERT INTO notify_subjects (subject, version, fingerprint, valid_until)
+    SELECT DISTINCT ON (s) s, v, f,
+           CASE WHEN u IS NULL THEN NULL ELSE to_timestamp(u / 1000.0) END
+      FROM unnest($6::text[], $7::bigint[], $8::text[], $9::bigint[]) AS n(s, v, f, u)
+     ORDER BY s, v DESC
+        ON CONFLICT (subject) DO UPDATE
+       SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint,
+           valid_until = EXCLUDED.valid_until
+     WHERE notify_subjects.version <= EXCLUDED.version),
+moved AS (UPDATE notify_state SET position = $10)
+SELECT count(*) FROM queued
 """
 
 
@@ -104,28 +110,21 @@ class _Scan:
         return {r["subject"]: Notified(int(r["version"]), r["fingerprint"]) for r in rows}
 
     async def record(self, notices: Sequence[Notice], seen: Sequence[Notice], position: int) -> int:
-        queued = 0
-        if notices:
-            status = await self.conn.execute(
-                _RECORD,
-                [n.message_id for n in notices],
-                [n.subject for n in notices],
-                [n.version for n in notices],
-                [n.body for n in notices],
-                self.endpoints,
-            )
-            queued = int(status.split()[-1])
         remembered = [*notices, *seen]
-        if remembered:
-            await self.conn.execute(
-                _REMEMBER,
-                [n.subject for n in remembered],
-                [n.version for n in remembered],
-                [n.fingerprint for n in remembered],
-                [n.valid_until_ms for n in remembered],
-            )
-        await self.conn.execute("UPDATE notify_state SET position = $1", position)
-        return queued
+        queued = await self.conn.fetchval(
+            _RECORD,
+            [n.message_id for n in notices],
+            [n.subject for n in notices],
+            [n.version for n in notices],
+            [n.body for n in notices],
+            self.endpoints,
+            [n.subject for n in remembered],
+            [n.version for n in remembered],
+            [n.fingerprint for n in remembered],
+            [n.valid_until_ms for n in remembered],
+            position,
+        )
+        return int(queued or 0)
 
 
 class NotifyStore(StoreBase):
@@ -169,7 +168,8 @@ class NotifyStore(StoreBase):
         """Record the outcomes; returns how many were given up (failed)."""
 
         async def work(conn: Conn) -> int:
-            async with conn.transaction():
+            gone = any(s.outcome is Outcome.GONE for s in settled)
+            async with conn.transaction() if gone else contextlib.nullcontext():
                 failed = await conn.fetchval(
                     _SETTLE,
                     [s.id for s in settled],
@@ -179,7 +179,7 @@ class NotifyStore(StoreBase):
                     [s.retry_in_seconds for s in settled],
                     give_up_seconds,
                 )
-                if any(s.outcome is Outcome.GONE for s in settled):
+                if gone:
                     await conn.execute(
                         """UPDATE notify_endpoints SET disabled_at = now(),
                                   disabled_reason = 'answered 410 Gone'
