@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +70,19 @@ def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text: str = answer.read().decode()
+        return text
+
+
+def metric(port: int, labels: str) -> float:
+    """entitlements_notification_attempts_total{<labels>} on the service's /metrics."""
+    name = "entitlements_notification_attempts_total{" + labels + "}"
+    lines = scrape(port).splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+
 def verify(received: Received, secret: str) -> None:
     """The signature verifies with the svix library (raises otherwise)."""
     Webhook(secret).verify(received.body, received.headers)
@@ -87,7 +101,9 @@ def test_signed_in_order_and_all_delivered_after_an_outage(dsn: str, tmp_path: P
     old, new = new_signing_secret(), new_signing_secret()
     with running_receiver() as receiver:
         receiver.status = 503  # down from the start
+        metrics_port = free_port()
         env = notify_env([receiver.url], [new, old])
+        env["ENTITLEMENTS_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
         with running_stack(dsn, tmp_path, env) as stack:
             answer = stack.send(event("item_active_pro_month", at_ms=now_ms(), subject="user_n1"))
             assert answer.status == 200, answer.body
@@ -105,6 +121,9 @@ def test_signed_in_order_and_all_delivered_after_an_outage(dsn: str, tmp_path: P
                     and (receiver.latest("user_n1") or {}).get("plan") == "pro"
                 )
             )
+            receiver.wait_for(lambda: metric(metrics_port, 'outcome="delivered"') >= 2)
+            assert metric(metrics_port, 'outcome="retry"') >= 3
+            assert "entitlements_notification_oldest_pending_seconds" in scrape(metrics_port)
         accepted = receiver.accepted()
         for r in accepted:
             verify(r, old)
