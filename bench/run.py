@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import canuse, consume, instrumentation_cost, scale, usage_growth
+from bench import canuse, consume, instrumentation_cost, notify, scale, usage_growth
 from bench.canuse import log
 from bench.stack import (
     BIN,
@@ -244,8 +244,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> int:
-    if sys.argv[1:] == ["consume"]:
-        print(consume.describe(consume.bench()))
+    if sys.argv[1:] in (["consume"], ["notify"]):  # one benchmark alone
+        alone: Any = {"consume": consume, "notify": notify}[sys.argv[1]]
+        print(alone.describe(alone.bench()))
         return 0
     if sys.argv[1:] == ["growth"]:  # BENCH_GROWTH_RECORDS scales it (default 10 000 000)
         return usage_growth.alone(RESULTS / "latest.json")
@@ -253,11 +254,8 @@ def main() -> int:
     canuse.ensure_h2load()
     work = Path(tempfile.mkdtemp(prefix="ent-bench-"))
     data_file = work / "canuse.bin"
-    data_file.write_bytes(
-        canuse.grpc_frame(
-            pb.CanUseRequest(subject=SUBJECT, feature="dataExport").SerializeToString()
-        )
-    )
+    frame = pb.CanUseRequest(subject=SUBJECT, feature="dataExport").SerializeToString()
+    data_file.write_bytes(canuse.grpc_frame(frame))
     results: dict[str, Any] = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
@@ -337,6 +335,8 @@ def main() -> int:
     log(consume.describe(results["consume"]))
     results["usage_growth"] = usage_growth.bench()
     log(usage_growth.describe(results["usage_growth"]))
+    results["notify"] = notify.bench()
+    log(notify.describe(results["notify"]))
 
     c, f, o = (
         results["canuse"]["cached"],
@@ -386,6 +386,7 @@ def main() -> int:
             "target": "true",
         },
         **scale.growth_targets(results["growth"]),
+        **notify.targets(results["notify"]),
     }
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")

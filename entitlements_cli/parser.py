@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from entitlements_cli import catalog_commands, commands, status_command
+from entitlements_cli import catalog_commands, commands, notify_commands, status_command
 
 GLOBAL_DEFAULTS = {"target": None, "json": False, "progress": None}
 
@@ -137,6 +137,7 @@ def build_parser(description: str | None = None) -> Parser:
         "--hours", type=int, help="how far back to look for unknown plans (default 168, a week)"
     )
     add_override_commands(command("override", "per-customer terms (needs the sync secret)"), common)
+    notify_commands.add_commands(command("notifications", "change notifications sent"), common)
     catalog = command("catalog", "catalog commands").add_subparsers(
         dest="catalog_command", required=True, metavar="COMMAND"
     )

@@ -5,6 +5,7 @@ an unset or blank variable takes its default. Addresses are checked alike everyw
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from enum import Enum
@@ -102,3 +103,20 @@ class Env:
     def secrets(self, name: str) -> tuple[str, ...]:
         """One or more secrets (spaces or commas: several during a rotation)."""
         return tuple(split_secrets(self.raw(name)))
+
+    def signing_secrets(self, name: str) -> tuple[str, ...]:
+        """One or more Standard Webhooks / Svix `whsec_<base64>` secrets, each decoded strictly
+        (a bad one is a start error, not a signature that never verifies)."""
+        found = self.secrets(name)
+        for i, secret in enumerate(found):
+            if not signing_key(secret):
+                raise ConfigError(f"{name}: secret #{i + 1} is not a whsec_<base64> signing secret")
+        return found
+
+
+def signing_key(secret: str) -> bytes:
+    """The key a `whsec_<base64>` secret holds (empty when it holds none)."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:  # binascii.Error: not base64
+        return b""

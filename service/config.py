@@ -21,6 +21,7 @@ from service.adapters.clerk_api import DEFAULT_API_URL, ClerkApiSettings
 from service.domain.catalog import Catalog, CatalogError, parse_catalog_text
 from service.domain.unknown_plans import UnknownPlanPolicy
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
+from service.notify_config import NotifySettings, notify_settings
 
 if TYPE_CHECKING:
     from entitlements_common.tls import ServerTls
@@ -91,6 +92,8 @@ class ServiceSettings:
     http_header_timeout_seconds: float = 5.0
     http_body_timeout_seconds: float = 10.0
     http_body_budget_bytes: int = 16 * 1024 * 1024
+    # ENTITLEMENTS_NOTIFY_URL / _SECRET: outbound change notifications (None: off).
+    notify: NotifySettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -154,6 +157,7 @@ class ServiceSettings:
             http_body_budget_bytes=read.integer(
                 "ENTITLEMENTS_HTTP_BODY_BUDGET_BYTES", 16 * 1024 * 1024, unit="bytes"
             ),
+            notify=notify_settings(env),
         )
 
 

@@ -110,6 +110,19 @@ POOL_MAX = Gauge(
     multiprocess_mode="livesum",
 )
 
+# ---- outbound change notifications (application/notify_delivery.py) ----------------------------
+NOTIFY_ATTEMPTS = Counter(
+    "entitlements_notification_attempts",
+    "Change-notification POSTs by outcome (delivered, retry, gone = 410) and deliveries given "
+    "up (failed).",
+    ["outcome"],
+)
+NOTIFY_OLDEST_PENDING = Gauge(
+    "entitlements_notification_oldest_pending_seconds",
+    "Age of the oldest change notification not yet delivered (0: none pending).",
+    multiprocess_mode="livemax",
+)
+
 
 class PrometheusEvents:
     """The application's OperatorEvents, counted in the series above."""
@@ -125,3 +138,6 @@ class PrometheusEvents:
 
     def watch_message_failed(self) -> None:
         WATCH_MESSAGE_FAILURES.inc()
+
+    def notification_attempt(self, outcome: str, count: int = 1) -> None:
+        NOTIFY_ATTEMPTS.labels(outcome).inc(count)

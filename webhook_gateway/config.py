@@ -6,7 +6,6 @@ fails /readyz, so the operator sees it and Svix keeps retrying until it is fixed
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,25 +86,10 @@ class GatewaySettings:
         )
 
 
-def _signing_key(secret: str) -> bytes:
-    """The key a `whsec_<base64>` secret holds (empty when it holds none): what svix signs
-    with, decoded strictly here so that a bad secret is a start error, not a failed delivery."""
-    try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except ValueError:  # binascii.Error: not base64
-        return b""
-
-
 def signing_secrets_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
     """Every `whsec_…` secret in CLERK_WEBHOOK_SIGNING_SECRET (or its alias), for rotation."""
+    read = Env(env)
     for var in SIGNING_SECRET_VARS:
-        raw = env.get(var)
-        if raw:
-            secrets = tuple(split_secrets(raw))
-            for i, secret in enumerate(secrets):
-                if not _signing_key(secret):
-                    raise ConfigError(
-                        f"{var}: secret #{i + 1} is not a whsec_<base64> signing secret"
-                    )
-            return secrets
+        if read.raw(var):
+            return read.signing_secrets(var)
     return ()

@@ -122,6 +122,8 @@ class ChangeHub:
         self._complete_at_ms: float = wall_ms()
         self._ceilings: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.reads = 0  # change-log reads by the follower (a test counts them)
+        # Called on every change (e.g. the notifier's wake-up), besides the follower's.
+        self.wakers: list[Callable[[], None]] = []
 
     # ---- notifications (NOTIFY listener and local commits) ------------------------------
 
@@ -129,6 +131,8 @@ class ChangeHub:
         if self._cache is not None:
             self._cache.invalidate(subject)
         self._wake.set()
+        for wake in self.wakers:
+            wake()
 
     def on_live(self, live: bool) -> None:
         self.listening = live

@@ -54,6 +54,10 @@ class OperatorEvents(Protocol):
     def watch_message_failed(self) -> None:
         """A Watch message could not be built (sent with the default plan)."""
 
+    def notification_attempt(self, outcome: str, count: int = 1) -> None:
+        """Change-notification POSTs by outcome (delivered, retry, gone) and give-ups
+        (failed)."""
+
 
 class NoOperatorEvents:
     """Reports nothing (unit tests, tools)."""
@@ -68,6 +72,9 @@ class NoOperatorEvents:
         pass
 
     def watch_message_failed(self) -> None:
+        pass
+
+    def notification_attempt(self, outcome: str, count: int = 1) -> None:
         pass
 
 

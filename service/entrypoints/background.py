@@ -19,6 +19,7 @@ from service.domain.resolution import Entitlements
 from service.entrypoints.bootstrap import Wired
 from service.entrypoints.memory_release import release_forever
 from service.entrypoints.metrics_http import MetricSources, sample_forever
+from service.entrypoints.notifier_task import notifier_jobs
 from service.entrypoints.supervision import Job
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def background_jobs(
             ),
         ),
     ]
+    jobs += notifier_jobs(settings, store, app)
     if settings.metrics:
         sources = MetricSources(hub, store, listener, wired.cache)
         jobs.append(("metrics sampler", lambda: sample_forever(sources)))

@@ -34,7 +34,7 @@ PORTS = {
 }
 # Ports README examples listen on besides make run's (a second service, "Your own catalog"):
 # free ones here too.
-EXAMPLE_PORTS = (50052,)
+EXAMPLE_PORTS = (50052, 50053, 8090)
 DROPPED = (
     "BILLING_WEBHOOK_SYNC_SECRET",
     "CLERK_WEBHOOK_SIGNING_SECRET",

@@ -19,8 +19,13 @@ from service.application.records import ChangeBatch
 # database (a writer locks the table before its first write gives it a transaction id). A
 # transaction of another database, or a session that never touched these tables, cannot
 # stall the stream (it used to: the cluster-wide snapshot xmin). 32-bit xids from pg_locks are
-# widened to xid8 with the epoch of the snapshot's xmax (an in-flight xid is below it).
-_HORIZON = """
+# widened to xid8 as the nearest to the snapshot's xmax (within 2^31 either way, which
+# wraparound protection guarantees): an in-flight xid is below xmax, and one assigned after the
+# snapshot was taken is at or above it (it once counted as the previous epoch: a negative
+# horizon, which stalled every follower at its position while it re-read ever more rows).
+WIDEN = """(snap.xmax + (((w.xid32 - (snap.xmax & 4294967295) + 2147483648) % 4294967296
+                      + 4294967296) % 4294967296) - 2147483648)"""
+_HORIZON = f"""
 WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
 ours AS (
     SELECT DISTINCT virtualtransaction FROM pg_locks
@@ -33,10 +38,7 @@ writers AS (
       FROM pg_locks x JOIN ours USING (virtualtransaction)
      WHERE x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock' AND x.granted)
 SELECT snap.xmax,
-       LEAST(snap.xmax, (SELECT min(((snap.xmax >> 32)
-                                     - CASE WHEN w.xid32 > (snap.xmax & 4294967295) THEN 1
-                                            ELSE 0 END) * 4294967296 + w.xid32)
-                           FROM writers w)) AS horizon
+       LEAST(snap.xmax, (SELECT min({WIDEN}) FROM writers w)) AS horizon
   FROM snap
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from service.adapters.postgres.base import CHANGES_CHANNEL
 from service.adapters.postgres.change_log import ChangeLogStore
+from service.adapters.postgres.notifications import NotifyStore
 from service.adapters.postgres.operations import (
     SCRATCH_SCHEMA_PATTERN,
     OperationsStore,
@@ -18,6 +19,6 @@ from service.adapters.postgres.usage import UsageStore
 __all__ = ["CHANGES_CHANNEL", "SCRATCH_SCHEMA_PATTERN", "Store", "StoreSnapshot"]
 
 
-class Store(OperationsStore, ChangeLogStore, PgTransactions, UsageStore):
+class Store(OperationsStore, ChangeLogStore, PgTransactions, UsageStore, NotifyStore):
     """Plan state in PostgreSQL: implements Transactions, StateReader, Operations, ChangeLog,
     UsageReader."""
