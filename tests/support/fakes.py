@@ -101,6 +101,16 @@ class Data:
     sequence: int = 0
 
 
+class UnknownSubject(LookupError):
+    """A row written for a subject that has none (PostgreSQL: a foreign key violation): the
+    repositories expect the subject locked (created) first."""
+
+
+def require_subject(data: Data, subject: str) -> None:
+    if subject not in data.versions:
+        raise UnknownSubject(subject)
+
+
 class FakeDeliveries:
     def __init__(self, data: Data) -> None:
         self._data = data
@@ -220,6 +230,7 @@ class FakeSubjects:
         is_default: bool,
         event_id: str,
     ) -> bool:
+        require_subject(self._data, subject)
         stored = self._data.items.get(item.item_id)
         if stored is not None and (stored.subject != subject or not stored.order < order):
             return False
@@ -229,8 +240,9 @@ class FakeSubjects:
         return True
 
     async def observe(self, subject: str, item: ItemState) -> None:
-        stored = self._data.items[item.item_id]
-        assert stored.subject == subject
+        stored = self._data.items.get(item.item_id)
+        if stored is None or stored.subject != subject:
+            return  # as PostgreSQL: no such item of this subject, nothing to observe
         stored.state = replace(
             stored.state,
             ever_active=item.ever_active,
@@ -239,6 +251,8 @@ class FakeSubjects:
         )
 
     async def mark_deleted(self, subject: str, at_ms: int) -> bool:
+        if subject not in self._data.versions:
+            return False  # no subject row: nothing to mark
         if self._data.deleted.get(subject, -1) >= at_ms:
             return False
         self._data.deleted[subject] = at_ms
@@ -274,6 +288,7 @@ class FakeGrants:
         self._data = data
 
     async def add(self, grant_id: str, subject: str, grant: Grant, reason: str) -> None:
+        require_subject(self._data, subject)
         self._data.grants[grant_id] = StoredGrant(subject, grant, reason)
 
     async def active_subject(self, grant_id: str) -> str | None:
@@ -293,6 +308,7 @@ class FakeOverrides:
         self._data = data
 
     async def add(self, subject: str, override: Override) -> None:
+        require_subject(self._data, subject)
         self._data.overrides[override.override_id] = StoredOverride(subject, override)
 
     async def active_subject(self, override_id: str) -> str | None:
