@@ -1,12 +1,11 @@
 """One repository contract, two stores: every case runs on the in-memory fake the unit tests use
 and on PostgreSQL, through `Transactions.run` and the readers. PostgreSQL is the truth; a fake
 that drifts from it (its ordering guard, ownership rule, tombstones, versions, rollback) fails
-here. Usage repositories: test_usage_contract.py."""
+here. The usage repository: test_usage.py here."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -20,8 +19,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import EventKind, ItemStatus, NormalizedEvent
 from service.domain.past_due import PastDueTrack
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from tests.support import fresh_database
-from tests.support.contract import Backend, open_backend
+from tests.support.contract import Backend
 from tests.support.fakes import UnknownSubject
 
 pytestmark = pytest.mark.integration
@@ -29,18 +27,6 @@ pytestmark = pytest.mark.integration
 T0 = 1_790_000_000_000  # 2026-09: inside the plausible window both stores keep
 DAY = 86_400_000
 S, OTHER = "user_contract", "user_other"
-
-
-@pytest.fixture(scope="module")
-def contract_dsn(pg_admin_dsn: str) -> Iterator[str]:
-    with fresh_database(pg_admin_dsn) as dsn:
-        yield dsn
-
-
-@pytest.fixture(params=["memory", "postgres"])
-async def backend(request: pytest.FixtureRequest, contract_dsn: str) -> AsyncIterator[Backend]:
-    async with open_backend(request.param, contract_dsn) as opened:
-        yield opened
 
 
 def delivery(event_id: str, subject: str | None = S) -> tuple[Delivery, NormalizedEvent]:
