@@ -1,7 +1,8 @@
 """In-memory implementations of the application layer's ports, for unit tests of the use cases
 (milliseconds, no PostgreSQL). They keep the contracts the PostgreSQL adapters keep: a unit of
-work commits all or nothing, the item upsert's ordering guard and ownership rule, one version
-sequence for every change."""
+work commits all or nothing, one version sequence for every change, and the item ordering,
+ownership and deletion rule — held once, by the domain's subject aggregate (subject.py) — as
+the repository contract suite (tests/integration/contract) checks on both stores."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.subject import Subjects
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation
 
 T = TypeVar("T")
@@ -63,15 +65,6 @@ class StoredRow:
 
 
 @dataclass
-class StoredItem:
-    subject: str
-    state: ItemState
-    order: tuple[int, int, str]
-    is_default: bool
-    event_id: str
-
-
-@dataclass
 class StoredGrant:
     subject: str
     grant: Grant
@@ -89,9 +82,8 @@ class StoredOverride:
 @dataclass
 class Data:
     deliveries: dict[str, StoredRow] = field(default_factory=dict)
-    items: dict[str, StoredItem] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    deleted: dict[str, int] = field(default_factory=dict)
+    subjects: Subjects = field(default_factory=Subjects)  # items and deletions (the rule)
+    versions: dict[str, int] = field(default_factory=dict)  # a subject's row: locked once
     created: dict[str, int] = field(default_factory=dict)
     grants: dict[str, StoredGrant] = field(default_factory=dict)
     overrides: dict[str, StoredOverride] = field(default_factory=dict)
@@ -202,15 +194,16 @@ class FakeSubjects:
 
     def _data_state(self, subject: str) -> SubjectState:
         data = self._data
+        aggregate = data.subjects.get(subject)
         return SubjectState(
             subject=subject,
-            items=tuple(i.state for i in data.items.values() if i.subject == subject),
+            items=aggregate.item_states() if aggregate is not None else (),
             grants=tuple(
                 g.grant
                 for g in data.grants.values()
                 if g.subject == subject and g.revoked_at_ms is None
             ),
-            deleted_at_ms=data.deleted.get(subject),
+            deleted_at_ms=aggregate.deleted_at_ms if aggregate is not None else None,
             version=data.versions.get(subject, 0),
             overrides=tuple(
                 o.override
@@ -220,7 +213,8 @@ class FakeSubjects:
         )
 
     async def is_deleted(self, subject: str) -> bool:
-        return subject in self._data.deleted
+        aggregate = self._data.subjects.get(subject)
+        return aggregate is not None and aggregate.deleted_at_ms is not None
 
     async def put_item(
         self,
@@ -231,32 +225,15 @@ class FakeSubjects:
         event_id: str,
     ) -> bool:
         require_subject(self._data, subject)
-        stored = self._data.items.get(item.item_id)
-        if stored is not None and (stored.subject != subject or not stored.order < order):
-            return False
-        ever_active = item.ever_active or (stored is not None and stored.state.ever_active)
-        state = replace(item, ever_active=ever_active, event_ms=order[0])
-        self._data.items[item.item_id] = StoredItem(subject, state, order, is_default, event_id)
-        return True
+        return self._data.subjects.put_item(subject, item, order, is_default, event_id)
 
     async def observe(self, subject: str, item: ItemState) -> None:
-        stored = self._data.items.get(item.item_id)
-        if stored is None or stored.subject != subject:
-            return  # as PostgreSQL: no such item of this subject, nothing to observe
-        stored.state = replace(
-            stored.state,
-            ever_active=item.ever_active,
-            past_due=item.past_due,
-            past_due_at_ms=item.past_due_at_ms,
-        )
+        self._data.subjects.observe(subject, item)
 
     async def mark_deleted(self, subject: str, at_ms: int) -> bool:
         if subject not in self._data.versions:
             return False  # no subject row: nothing to mark
-        if self._data.deleted.get(subject, -1) >= at_ms:
-            return False
-        self._data.deleted[subject] = at_ms
-        return True
+        return self._data.subjects.add(subject).mark_deleted(at_ms)
 
     async def note_created(self, subject: str, at_ms: int) -> None:
         self._data.created[subject] = min(self._data.created.get(subject, at_ms), at_ms)
