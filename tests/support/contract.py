@@ -1,9 +1,11 @@
-"""The two stores the repository contract suite runs against: the in-memory fake the unit tests
-use and PostgreSQL (the truth). Each comes with a probe reading what the ports write but do not
-read back (the change log, plan changes, a delivery's notes), so one suite checks both."""
+"""The two stores the repository contract suite (tests/integration/contract) runs against: the
+in-memory fake the unit tests use and PostgreSQL (the truth). Each comes with a probe reading
+what the ports write but do not read back (the change log, plan changes, a delivery's notes),
+so one suite checks both."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,11 +15,17 @@ import asyncpg
 
 from service.adapters.postgres.store import Store
 from service.application.ports import UnitOfWork
+from service.application.records import DeliverySelector, StoredDelivery
+from service.domain.deliveries import Delivery
+from service.domain.events import EventKind, NormalizedEvent
 from service.domain.resolution import SubjectState
 from service.domain.usage import Counter
 from tests.support.fakes import InMemoryStore
 
 T = TypeVar("T")
+
+T0 = 1_790_000_000_000  # 2026-09: inside the plausible window both stores keep
+S = "user_contract"
 
 TABLES = (
     "subjects, items, deliveries, plan_changes, change_log, grants, overrides, "
@@ -34,6 +42,12 @@ class ContractStore(Protocol):
 
     async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]: ...
 
+    async def count_deliveries(self, selector: DeliverySelector) -> int: ...
+
+    async def deliveries_page(
+        self, selector: DeliverySelector, after: str, limit: int
+    ) -> list[StoredDelivery]: ...
+
 
 class Probe(Protocol):
     async def change_log(self) -> list[tuple[int, str]]:
@@ -47,6 +61,18 @@ class Probe(Protocol):
 
     async def usage_keys(self, subject: str, meter: str) -> list[str]:
         """The idempotency keys of the recorded calls of one counter, in their order."""
+
+
+def delivery(
+    event_id: str, subject: str | None = S, body: bytes | None = None, type_: str = ""
+) -> tuple[Delivery, NormalizedEvent]:
+    """A delivery received at T0 and its event (an item update of `subject`)."""
+    kind = type_ or "subscriptionItem.active"
+    payload = body if body is not None else json.dumps({"type": kind, "data": {}}).encode()
+    return (
+        Delivery(event_id, kind, payload, T0, T0 - 5, "webhook"),
+        NormalizedEvent(EventKind.ITEMS, kind, subject, T0 - 5),
+    )
 
 
 @dataclass

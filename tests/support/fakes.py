@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from service.adapters.postgres.deliveries import MAX_STORED_TEXT
 from service.application.ports import UnitOfWork
 from service.application.records import DeliverySelector, StoredDelivery
+from service.domain.bounds import storable_text
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
@@ -117,17 +119,24 @@ class FakeDeliveries:
     async def record(
         self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
     ) -> bool:
-        return self._insert(delivery, event, outcome, notes)
+        kind = storable_text(delivery.type or event.type, MAX_STORED_TEXT)
+        bounded = [storable_text(n, MAX_STORED_TEXT) for n in notes]
+        return self._insert(delivery, event, outcome, bounded, kind)
 
     def _insert(
-        self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
+        self,
+        delivery: Delivery,
+        event: NormalizedEvent,
+        outcome: Outcome,
+        notes: Sequence[str],
+        kind: str | None = None,
     ) -> bool:
         """Store the delivery under its event id; False when that id is already stored."""
         if delivery.event_id in self._data.deliveries:
             return False
         self._data.deliveries[delivery.event_id] = StoredRow(
             delivery,
-            delivery.type or event.type,
+            kind or delivery.type or event.type,
             event.subject,
             outcome,
             list(notes),
@@ -166,7 +175,7 @@ class FakeDeliveries:
     async def mark(self, event_id: str, outcome: Outcome, note: str) -> None:
         row = self._data.deliveries[event_id]
         row.outcome = outcome
-        row.notes.append(note)
+        row.notes.append(storable_text(note, MAX_STORED_TEXT))
 
     async def scrub(self, event_id: str) -> None:
         self._scrub(self._data.deliveries[event_id])

@@ -1,40 +1,27 @@
 """One repository contract, two stores: every case runs on the in-memory fake the unit tests use
 and on PostgreSQL, through `Transactions.run` and the readers. PostgreSQL is the truth; a fake
 that drifts from it (its ordering guard, ownership rule, tombstones, versions, rollback) fails
-here. The usage repository: test_usage.py here."""
+here. Deliveries and the usage repository: test_deliveries.py and test_usage.py here."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from service.application.ports import UnitOfWork
-from service.application.records import StoredDelivery
 from service.domain.catalog import LimitValue
-from service.domain.deliveries import Delivery, Outcome
-from service.domain.events import EventKind, ItemStatus, NormalizedEvent
+from service.domain.events import ItemStatus
 from service.domain.past_due import PastDueTrack
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from tests.support.contract import Backend
+from tests.support.contract import T0, Backend, S, delivery
 from tests.support.fakes import UnknownSubject
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_790_000_000_000  # 2026-09: inside the plausible window both stores keep
 DAY = 86_400_000
-S, OTHER = "user_contract", "user_other"
-
-
-def delivery(event_id: str, subject: str | None = S) -> tuple[Delivery, NormalizedEvent]:
-    body = json.dumps({"type": "subscriptionItem.active", "data": {"id": event_id}}).encode()
-    return (
-        Delivery(event_id, "subscriptionItem.active", body, T0, T0 - 5, "webhook"),
-        NormalizedEvent(EventKind.ITEMS, "subscriptionItem.active", subject, T0 - 5),
-    )
+OTHER = "user_other"
 
 
 def item(
@@ -64,68 +51,6 @@ async def put(
         return await uow.subjects.put_item(subject, it, order, False, f"evt_{order}")
 
     return await backend.store.run(work)
-
-
-# ---- deliveries ------------------------------------------------------------------------
-
-
-async def test_a_delivery_is_added_once_and_read_back(backend: Backend) -> None:
-    d, e = delivery("evt_1")
-
-    async def add(uow: UnitOfWork) -> tuple[bool, bool, bool]:
-        first = await uow.deliveries.add(d, e, True)
-        again = await uow.deliveries.add(d, e, True)
-        recorded = await uow.deliveries.record(d, e, Outcome.IGNORED, ["x"])
-        return first, again, recorded
-
-    assert await backend.store.run(add) == (True, False, False)
-
-    async def read(uow: UnitOfWork) -> tuple[StoredDelivery | None, StoredDelivery | None]:
-        return await uow.deliveries.get("evt_1"), await uow.deliveries.get("evt_none")
-
-    stored, missing = await backend.store.run(read)
-    assert missing is None
-    assert stored is not None
-    assert (stored.event_id, stored.type, stored.payload, stored.outcome) == (
-        "evt_1", "subscriptionItem.active", d.payload, "PENDING",
-    )  # fmt: skip
-    assert stored.received_at == datetime.fromtimestamp(T0 / 1000, UTC)
-    assert (stored.signed_at_ms, stored.source) == (T0 - 5, "webhook")
-    assert stored.as_delivery() == d
-    assert await backend.probe.delivery("evt_1") == ("PENDING", [], S)
-
-
-async def test_record_stores_a_final_outcome_once(backend: Backend) -> None:
-    d, e = delivery("evt_r", subject=None)
-
-    async def record(uow: UnitOfWork) -> tuple[bool, bool]:
-        first = await uow.deliveries.record(d, e, Outcome.UNPARSEABLE, ["bad body"])
-        return first, await uow.deliveries.add(d, e, False)
-
-    assert await backend.store.run(record) == (True, False)
-    assert await backend.probe.delivery("evt_r") == ("UNPARSEABLE", ["bad body"], None)
-
-
-async def test_finish_mark_and_subject_of(backend: Backend) -> None:
-    d, e = delivery("evt_f", subject=None)
-
-    async def work(uow: UnitOfWork) -> tuple[str | None, str | None, str | None]:
-        await uow.deliveries.add(d, e, False)
-        before = await uow.deliveries.subject_of("evt_f")
-        await uow.deliveries.finish("evt_f", Outcome.STALE, ["older"], S)
-        after = await uow.deliveries.subject_of("evt_f")
-        return before, after, await uow.deliveries.subject_of("x")
-
-    assert await backend.store.run(work) == (None, S, None)
-    assert await backend.probe.delivery("evt_f") == ("STALE", ["older"], S)
-
-    async def mark(uow: UnitOfWork) -> str | None:
-        await uow.deliveries.mark("evt_f", Outcome.IGNORED, "owned elsewhere")
-        got = await uow.deliveries.get("evt_f")
-        return None if got is None else got.outcome
-
-    assert await backend.store.run(mark) == "IGNORED"
-    assert await backend.probe.delivery("evt_f") == ("IGNORED", ["older", "owned elsewhere"], S)
 
 
 # ---- subjects: ordering, ownership, observations, tombstones, versions -------------------
