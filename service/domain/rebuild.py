@@ -82,11 +82,7 @@ class Rebuild:
         if event.kind is EventKind.ITEMS:
             if not all(_storable(u) for u in event.items) or "\x00" in event.type:
                 return
-            if any(self.subjects.owner(u.item_id) not in (None, subject) for u in event.items):
-                return  # would move an item to another subject: changes nothing
-            self.subjects.add(subject)
-            for update in event.items:
-                self.subjects.apply(subject, update)
+            self.subjects.apply(subject, event.items)  # another subject's item: no change
             return
         held = self.subjects.add(subject)
         if event.kind is EventKind.SUBJECT_DELETED and event.event_ms is not None:

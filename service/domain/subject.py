@@ -16,6 +16,7 @@ repository contract suite, tests/integration/contract, checks the fake and Postg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from service.domain.events import ItemUpdate
@@ -42,16 +43,26 @@ class Subject:
     items: dict[str, HeldItem] = field(default_factory=dict)
     deleted_at_ms: int | None = None
 
+    def wins(self, item_id: str, order: Order) -> bool:
+        """The ordering guard: an update of order `order` changes the item when the item is
+        new here or `order` is strictly after the held one's."""
+        held = self.items.get(item_id)
+        return held is None or held.order < order
+
     def put(self, item: ItemState, order: Order, is_default: bool, event_id: str = "") -> bool:
         """Hold `item` if it is new here or `order` is after the held one's; False when
         nothing changed (an older or equal order). The order's time is the item's time."""
-        held = self.items.get(item.item_id)
-        if held is not None and not held.order < order:
+        if not self.wins(item.item_id, order):
             return False
-        ever_active = item.ever_active or (held is not None and held.state.ever_active)
-        state = replace(item, ever_active=ever_active, event_ms=order[0])
-        self.items[item.item_id] = HeldItem(state, order, is_default, event_id)
+        self._hold(item, order, is_default, event_id)
         return True
+
+    def _hold(self, item: ItemState, order: Order, is_default: bool, event_id: str) -> None:
+        held = self.items.get(item.item_id)
+        ever_active = item.ever_active or (held is not None and held.state.ever_active)
+        if (item.ever_active, item.event_ms) != (ever_active, order[0]):
+            item = replace(item, ever_active=ever_active, event_ms=order[0])
+        self.items[item.item_id] = HeldItem(item, order, is_default, event_id)
 
     def observe(self, item: ItemState) -> bool:
         """Keep what an older update still tells of a held item (ever active, past-due
@@ -70,15 +81,16 @@ class Subject:
     def apply(self, update: ItemUpdate, event_id: str = "") -> tuple[ItemState, bool]:
         """One item update as the store applies it: the item after it, and whether the update
         won the ordering (False: it only counted as an observation)."""
+        order = update.order_key
+        if not self.wins(update.item_id, order):
+            stale = self.items[update.item_id]
+            # An observation: item_after_stale changes only what `observe` keeps.
+            stale.state = item_after_stale(stale.state, update)
+            return stale.state, False
         held = self.items.get(update.item_id)
-        new = item_after_update(held.state if held else None, update)
-        if self.put(new, update.order_key, update.is_default, event_id):
-            return self.items[update.item_id].state, True
-        assert held is not None  # put refuses only a held item
-        seen = item_after_stale(held.state, update)
-        if seen != held.state:
-            self.observe(seen)
-        return held.state, False
+        new = item_after_update(held.state if held is not None else None, update)
+        self._hold(new, order, update.is_default, event_id)
+        return self.items[update.item_id].state, True
 
     def mark_deleted(self, at_ms: int) -> bool:
         """Record the deletion unless a later (or the same) one is recorded; True when it
@@ -129,10 +141,14 @@ class Subjects:
         if found is not None:
             found.observe(item)
 
-    def apply(self, subject: str, update: ItemUpdate, event_id: str = "") -> bool:
-        """`Subject.apply` for an item this subject may hold; False for another's item."""
-        if self.owners.get(update.item_id, subject) != subject:
+    def apply(self, subject: str, updates: Sequence[ItemUpdate], event_id: str = "") -> bool:
+        """One event's item updates for `subject`, all or none: False (nothing changes) when
+        one of its items is another subject's."""
+        owners = self.owners
+        if any(owners.get(u.item_id, subject) != subject for u in updates):
             return False
-        self.add(subject).apply(update, event_id)
-        self.owners[update.item_id] = subject
+        aggregate = self.add(subject)
+        for update in updates:
+            aggregate.apply(update, event_id)
+            owners[update.item_id] = subject
         return True

@@ -50,11 +50,13 @@ def test_an_older_update_only_counts_as_an_observation() -> None:
 
 def test_an_item_stays_with_its_first_subject() -> None:
     subjects = Subjects()
-    assert subjects.apply("user_a", update(ItemStatus.ACTIVE, T))
-    assert not subjects.apply("user_b", update(ItemStatus.ENDED, T + 1))
+    assert subjects.apply("user_a", [update(ItemStatus.ACTIVE, T)])
+    other = update(ItemStatus.ACTIVE, T + 1, item="subi_2")
+    assert not subjects.apply("user_b", [other, update(ItemStatus.ENDED, T + 1)])  # all or none
     held = subjects.get("user_a")
     assert held is not None and held.item_states()[0].status is ItemStatus.ACTIVE
     assert subjects.get("user_b") is None and subjects.owner("subi_1") == "user_a"
+    assert subjects.owner("subi_2") is None
 
 
 def test_a_deletion_only_moves_later() -> None:
