@@ -94,11 +94,17 @@ async def test_bad_input_is_invalid_argument_and_records_nothing(
 async def test_reservations_count_until_committed_released_or_expired(
     harness: Harness, usage: usage_grpc.UsageServiceAsyncStub, clock: Clock
 ) -> None:
-    who = subject("reserve")
+    who, k = subject("reserve"), key()
     held = await usage.Reserve(
-        usage_pb.ReserveRequest(subject=who, limit=METER, amount=12, idempotency_key=key())
+        usage_pb.ReserveRequest(subject=who, limit=METER, amount=12, idempotency_key=k)
     )
     assert held.allowed and held.reservation_id and held.remaining == 8
+    retried = await usage.Reserve(
+        usage_pb.ReserveRequest(subject=who, limit=METER, amount=12, idempotency_key=k)
+    )
+    assert retried.duplicate and not held.duplicate
+    assert (retried.reservation_id, retried.expires_at) == (held.reservation_id, held.expires_at)
+    assert held.HasField("expires_at")
     assert not (await consume(usage, who, 9)).allowed  # 12 held + 9 > 20
     committed = await usage.CommitReservation(
         usage_pb.CommitReservationRequest(reservation_id=held.reservation_id, amount=7)

@@ -1,7 +1,8 @@
 """In-memory implementations of the application layer's ports, for unit tests of the use cases
 (milliseconds, no PostgreSQL). They keep the contracts the PostgreSQL adapters keep: a unit of
-work commits all or nothing, the item upsert's ordering guard and ownership rule, one version
-sequence for every change."""
+work commits all or nothing, one version sequence for every change, and the item ordering,
+ownership and deletion rule — held once, by the domain's subject aggregate (subject.py) — as
+the repository contract suite (tests/integration/contract) checks on both stores."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from service.adapters.postgres.deliveries import MAX_STORED_TEXT
 from service.application.ports import UnitOfWork
 from service.application.records import DeliverySelector, StoredDelivery
-from service.domain.consumption import Recorded
+from service.domain.bounds import storable_text
 from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from service.domain.usage import Answer, Counter, Kind, Period, Reservation
+from service.domain.subject import Subjects
+from service.domain.usage import Counter
+from tests.support.fake_usage import FakeUsage, UsageData
 
 T = TypeVar("T")
 
@@ -63,15 +67,6 @@ class StoredRow:
 
 
 @dataclass
-class StoredItem:
-    subject: str
-    state: ItemState
-    order: tuple[int, int, str]
-    is_default: bool
-    event_id: str
-
-
-@dataclass
 class StoredGrant:
     subject: str
     grant: Grant
@@ -89,9 +84,8 @@ class StoredOverride:
 @dataclass
 class Data:
     deliveries: dict[str, StoredRow] = field(default_factory=dict)
-    items: dict[str, StoredItem] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    deleted: dict[str, int] = field(default_factory=dict)
+    subjects: Subjects = field(default_factory=Subjects)  # items and deletions (the rule)
+    versions: dict[str, int] = field(default_factory=dict)  # a subject's row: locked once
     created: dict[str, int] = field(default_factory=dict)
     grants: dict[str, StoredGrant] = field(default_factory=dict)
     overrides: dict[str, StoredOverride] = field(default_factory=dict)
@@ -99,6 +93,16 @@ class Data:
     plan_changes: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     change_log: list[tuple[int, str]] = field(default_factory=list)
     sequence: int = 0
+
+
+class UnknownSubject(LookupError):
+    """A row written for a subject that has none (PostgreSQL: a foreign key violation): the
+    repositories expect the subject locked (created) first."""
+
+
+def require_subject(data: Data, subject: str) -> None:
+    if subject not in data.versions:
+        raise UnknownSubject(subject)
 
 
 class FakeDeliveries:
@@ -115,17 +119,24 @@ class FakeDeliveries:
     async def record(
         self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
     ) -> bool:
-        return self._insert(delivery, event, outcome, notes)
+        kind = storable_text(delivery.type or event.type, MAX_STORED_TEXT)
+        bounded = [storable_text(n, MAX_STORED_TEXT) for n in notes]
+        return self._insert(delivery, event, outcome, bounded, kind)
 
     def _insert(
-        self, delivery: Delivery, event: NormalizedEvent, outcome: Outcome, notes: Sequence[str]
+        self,
+        delivery: Delivery,
+        event: NormalizedEvent,
+        outcome: Outcome,
+        notes: Sequence[str],
+        kind: str | None = None,
     ) -> bool:
         """Store the delivery under its event id; False when that id is already stored."""
         if delivery.event_id in self._data.deliveries:
             return False
         self._data.deliveries[delivery.event_id] = StoredRow(
             delivery,
-            delivery.type or event.type,
+            kind or delivery.type or event.type,
             event.subject,
             outcome,
             list(notes),
@@ -164,7 +175,7 @@ class FakeDeliveries:
     async def mark(self, event_id: str, outcome: Outcome, note: str) -> None:
         row = self._data.deliveries[event_id]
         row.outcome = outcome
-        row.notes.append(note)
+        row.notes.append(storable_text(note, MAX_STORED_TEXT))
 
     async def scrub(self, event_id: str) -> None:
         self._scrub(self._data.deliveries[event_id])
@@ -192,15 +203,16 @@ class FakeSubjects:
 
     def _data_state(self, subject: str) -> SubjectState:
         data = self._data
+        aggregate = data.subjects.get(subject)
         return SubjectState(
             subject=subject,
-            items=tuple(i.state for i in data.items.values() if i.subject == subject),
+            items=aggregate.item_states() if aggregate is not None else (),
             grants=tuple(
                 g.grant
                 for g in data.grants.values()
                 if g.subject == subject and g.revoked_at_ms is None
             ),
-            deleted_at_ms=data.deleted.get(subject),
+            deleted_at_ms=aggregate.deleted_at_ms if aggregate is not None else None,
             version=data.versions.get(subject, 0),
             overrides=tuple(
                 o.override
@@ -210,7 +222,8 @@ class FakeSubjects:
         )
 
     async def is_deleted(self, subject: str) -> bool:
-        return subject in self._data.deleted
+        aggregate = self._data.subjects.get(subject)
+        return aggregate is not None and aggregate.deleted_at_ms is not None
 
     async def put_item(
         self,
@@ -220,29 +233,16 @@ class FakeSubjects:
         is_default: bool,
         event_id: str,
     ) -> bool:
-        stored = self._data.items.get(item.item_id)
-        if stored is not None and (stored.subject != subject or not stored.order < order):
-            return False
-        ever_active = item.ever_active or (stored is not None and stored.state.ever_active)
-        state = replace(item, ever_active=ever_active, event_ms=order[0])
-        self._data.items[item.item_id] = StoredItem(subject, state, order, is_default, event_id)
-        return True
+        require_subject(self._data, subject)
+        return self._data.subjects.put_item(subject, item, order, is_default, event_id)
 
     async def observe(self, subject: str, item: ItemState) -> None:
-        stored = self._data.items[item.item_id]
-        assert stored.subject == subject
-        stored.state = replace(
-            stored.state,
-            ever_active=item.ever_active,
-            past_due=item.past_due,
-            past_due_at_ms=item.past_due_at_ms,
-        )
+        self._data.subjects.observe(subject, item)
 
     async def mark_deleted(self, subject: str, at_ms: int) -> bool:
-        if self._data.deleted.get(subject, -1) >= at_ms:
-            return False
-        self._data.deleted[subject] = at_ms
-        return True
+        if subject not in self._data.versions:
+            return False  # no subject row: nothing to mark
+        return self._data.subjects.add(subject).mark_deleted(at_ms)
 
     async def note_created(self, subject: str, at_ms: int) -> None:
         self._data.created[subject] = min(self._data.created.get(subject, at_ms), at_ms)
@@ -274,6 +274,7 @@ class FakeGrants:
         self._data = data
 
     async def add(self, grant_id: str, subject: str, grant: Grant, reason: str) -> None:
+        require_subject(self._data, subject)
         self._data.grants[grant_id] = StoredGrant(subject, grant, reason)
 
     async def active_subject(self, grant_id: str) -> str | None:
@@ -293,6 +294,7 @@ class FakeOverrides:
         self._data = data
 
     async def add(self, subject: str, override: Override) -> None:
+        require_subject(self._data, subject)
         self._data.overrides[override.override_id] = StoredOverride(subject, override)
 
     async def active_subject(self, override_id: str) -> str | None:
@@ -305,80 +307,6 @@ class FakeOverrides:
             return False
         stored.removed_at_ms = at_ms
         return True
-
-
-@dataclass
-class UsageData:
-    counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
-    records: dict[tuple[str, str, str], Answer] = field(default_factory=dict)
-    reservations: dict[str, Reservation] = field(default_factory=dict)
-
-    def held(self, subject: str, meter: str, now_ms: int) -> int:
-        return sum(
-            r.amount
-            for r in self.reservations.values()
-            if r.subject == subject and r.meter == meter and r.holds_at(now_ms)
-        )
-
-
-class FakeUsage:
-    """UsageRepository in memory (the unit of work's copy is the lock: it runs alone)."""
-
-    def __init__(self, data: UsageData) -> None:
-        self._data = data
-
-    async def lock(
-        self, subject: str, meter: str, period: Period, now_ms: int, key: str | None
-    ) -> tuple[Counter, Answer | None]:
-        counter = self._data.counters.setdefault((subject, meter), Counter(period))
-        held = self._data.held(subject, meter, now_ms)
-        prior = self._data.records.get((subject, meter, key)) if key else None
-        return replace(counter, reserved=held), prior
-
-    async def lock_many(
-        self,
-        counters: Sequence[tuple[str, str, Period]],
-        calls: Sequence[tuple[str, str, str]],
-        now_ms: int,
-    ) -> tuple[dict[tuple[str, str], Counter], list[Answer | None]]:
-        locked = {(s, m): (await self.lock(s, m, p, now_ms, None))[0] for s, m, p in counters}
-        return locked, [self._data.records.get(call) for call in calls]
-
-    async def save_many(self, records: Sequence[Recorded], at_ms: int) -> None:
-        for r in records:
-            await self.save(r.subject, r.meter, r.counter, r.kind, r.key, r.amount, r.answer, at_ms)
-
-    async def save(
-        self,
-        subject: str,
-        meter: str,
-        counter: Counter,
-        kind: Kind,
-        key: str,
-        amount: int,
-        answer: Answer,
-        at_ms: int,
-    ) -> None:
-        self._data.counters[(subject, meter)] = replace(counter, reserved=0)
-        self._data.records[(subject, meter, key)] = answer
-
-    async def hold(self, reservation: Reservation) -> None:
-        self._data.reservations[reservation.reservation_id] = reservation
-
-    async def reservation(self, reservation_id: str) -> Reservation | None:
-        return self._data.reservations.get(reservation_id)
-
-    async def finish(self, reservation_id: str, committed_amount: int | None) -> None:
-        found = self._data.reservations.get(reservation_id)
-        if found is not None:
-            self._data.reservations[reservation_id] = replace(found, held=False)
-
-    async def counters(self, subject: str, now_ms: int) -> dict[str, Counter]:
-        return {
-            meter: replace(c, reserved=self._data.held(subject, meter, now_ms))
-            for (s, meter), c in self._data.counters.items()
-            if s == subject
-        }
 
 
 class FakeUnitOfWork:

@@ -24,7 +24,8 @@ ON CONFLICT (subject, meter) DO UPDATE SET subject = EXCLUDED.subject
 RETURNING subject, meter, period_start_ms, period_end_ms, used
 """
 # A later statement (a new snapshot, after the locks were granted): what live reservations
-# hold on each locked counter, and the answer a call with each key got before.
+# hold on each locked counter, and the answer a call with each key got before (a Reserve's
+# with its reservation's expiry, as first answered).
 HELD_AND_PRIOR = """
 WITH calls AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
@@ -34,7 +35,10 @@ SELECT c.n,
          WHERE r.subject = c.subject AND r.meter = c.meter AND r.state = 'held'
            AND r.expires_at_ms > $4) AS held,
        (SELECT json_build_array(allowed, used_after, remaining_after, unlimited, limit_value,
-                                period_start_ms, resets_at_ms, reservation_id)
+                                period_start_ms, resets_at_ms, reservation_id,
+                                CASE WHEN u.kind = 'reserve' THEN
+                                    (SELECT v.expires_at_ms FROM usage_reservations v
+                                      WHERE v.reservation_id = u.reservation_id) END)
           FROM usage_records u
          WHERE u.subject = c.subject AND u.meter = c.meter AND u.idempotency_key = c.key
        ) AS prior
@@ -71,9 +75,16 @@ SELECT c.meter, c.period_start_ms, c.period_end_ms, c.used,
 
 
 def _answer(raw: list[Any]) -> Answer:
-    allowed, used, remaining, unlimited, value, start, end, reservation_id = raw
+    allowed, used, remaining, unlimited, value, start, end, reservation_id, expires = raw
     return Answer(
-        bool(allowed), used, remaining, bool(unlimited), value, Period(start, end), reservation_id
+        bool(allowed),
+        used,
+        remaining,
+        bool(unlimited),
+        value,
+        Period(start, end),
+        reservation_id,
+        expires,
     )
 
 
@@ -104,14 +115,18 @@ class PgUsage:
             [c[2].start_ms for c in counters],
             [c[2].end_ms for c in counters],
         )
+        # A counter no call names still gets what its reservations hold (key "": no answer,
+        # keys are never empty).
+        named = {(s, m) for s, m, _ in calls}
+        asked = [*calls, *((s, m, "") for s, m, _ in counters if (s, m) not in named)]
         extra = await self._conn.fetch(
             HELD_AND_PRIOR,
-            [c[0] for c in calls],
-            [c[1] for c in calls],
-            [c[2] for c in calls],
+            [c[0] for c in asked],
+            [c[1] for c in asked],
+            [c[2] for c in asked],
             now_ms,
         )
-        held = {(s, m): e["held"] for (s, m, _), e in zip(calls, extra, strict=True)}
+        held = {(s, m): e["held"] for (s, m, _), e in zip(asked, extra, strict=True)}
         locked = {
             (r["subject"], r["meter"]): Counter(
                 Period(r["period_start_ms"], r["period_end_ms"]),
@@ -120,7 +135,9 @@ class PgUsage:
             )
             for r in rows
         }
-        priors = [_answer(json.loads(e["prior"])) if e["prior"] else None for e in extra]
+        priors = [
+            _answer(json.loads(e["prior"])) if e["prior"] else None for e in extra[: len(calls)]
+        ]
         return locked, priors
 
     async def save(

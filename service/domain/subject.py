@@ -1,0 +1,154 @@
+"""The subject aggregate: one subject's subscription items and deletion, and the rule that
+decides what an item update changes (cosmicpython's `Product.allocate` is the model).
+
+* Ordering: an item changes only for a strictly later (event time, lifecycle rank, digest).
+* An older update still counts as an observation (ever active, past-due episodes), so the
+  result is the same in any arrival order; `ever_active` only grows.
+* A deletion is a tombstone that only moves later.
+* Ownership: an item belongs to the subject that first held it (`Subjects`, which knows every
+  subject's items, refuses to move one).
+
+The in-memory fake of the store and `verify`'s rebuild keep their state in these aggregates;
+PostgreSQL keeps the same rule in its UPSERT guard, the backstop under concurrency (the
+repository contract suite, tests/integration/contract, checks the fake and PostgreSQL agree).
+(Subject ids themselves are checked in subjects.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from service.domain.events import ItemUpdate
+from service.domain.resolution import ItemState, item_after_stale, item_after_update
+
+Order = tuple[int, int, str]  # (event time, lifecycle rank, content digest)
+
+
+@dataclass
+class HeldItem:
+    """An item as its subject holds it, with the order of the update that wrote it."""
+
+    state: ItemState
+    order: Order
+    is_default: bool
+    event_id: str = ""
+
+
+@dataclass
+class Subject:
+    """One subject's items and deletion time."""
+
+    subject: str
+    items: dict[str, HeldItem] = field(default_factory=dict)
+    deleted_at_ms: int | None = None
+
+    def wins(self, item_id: str, order: Order) -> bool:
+        """The ordering guard: an update of order `order` changes the item when the item is
+        new here or `order` is strictly after the held one's."""
+        held = self.items.get(item_id)
+        return held is None or held.order < order
+
+    def put(self, item: ItemState, order: Order, is_default: bool, event_id: str = "") -> bool:
+        """Hold `item` if it is new here or `order` is after the held one's; False when
+        nothing changed (an older or equal order). The order's time is the item's time."""
+        if not self.wins(item.item_id, order):
+            return False
+        self._hold(item, order, is_default, event_id)
+        return True
+
+    def _hold(self, item: ItemState, order: Order, is_default: bool, event_id: str) -> None:
+        held = self.items.get(item.item_id)
+        ever_active = item.ever_active or (held is not None and held.state.ever_active)
+        if (item.ever_active, item.event_ms) != (ever_active, order[0]):
+            item = replace(item, ever_active=ever_active, event_ms=order[0])
+        self.items[item.item_id] = HeldItem(item, order, is_default, event_id)
+
+    def observe(self, item: ItemState) -> bool:
+        """Keep what an older update still tells of a held item (ever active, past-due
+        observations); False when the item is not held here."""
+        held = self.items.get(item.item_id)
+        if held is None:
+            return False
+        held.state = replace(
+            held.state,
+            ever_active=item.ever_active,
+            past_due=item.past_due,
+            past_due_at_ms=item.past_due_at_ms,
+        )
+        return True
+
+    def apply(self, update: ItemUpdate, event_id: str = "") -> tuple[ItemState, bool]:
+        """One item update as the store applies it: the item after it, and whether the update
+        won the ordering (False: it only counted as an observation)."""
+        order = update.order_key
+        if not self.wins(update.item_id, order):
+            stale = self.items[update.item_id]
+            # An observation: item_after_stale changes only what `observe` keeps.
+            stale.state = item_after_stale(stale.state, update)
+            return stale.state, False
+        held = self.items.get(update.item_id)
+        new = item_after_update(held.state if held is not None else None, update)
+        self._hold(new, order, update.is_default, event_id)
+        return self.items[update.item_id].state, True
+
+    def mark_deleted(self, at_ms: int) -> bool:
+        """Record the deletion unless a later (or the same) one is recorded; True when it
+        changed."""
+        if self.deleted_at_ms is not None and self.deleted_at_ms >= at_ms:
+            return False
+        self.deleted_at_ms = at_ms
+        return True
+
+    def item_states(self) -> tuple[ItemState, ...]:
+        return tuple(held.state for held in self.items.values())
+
+
+@dataclass
+class Subjects:
+    """Every known subject's aggregate, and which subject holds each item (ownership)."""
+
+    by_subject: dict[str, Subject] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def get(self, subject: str) -> Subject | None:
+        return self.by_subject.get(subject)
+
+    def add(self, subject: str) -> Subject:
+        """The subject's aggregate, made empty when it is new."""
+        found = self.by_subject.get(subject)
+        if found is None:
+            found = self.by_subject[subject] = Subject(subject)
+        return found
+
+    def owner(self, item_id: str) -> str | None:
+        return self.owners.get(item_id)
+
+    def put_item(
+        self, subject: str, item: ItemState, order: Order, is_default: bool, event_id: str = ""
+    ) -> bool:
+        """`Subject.put`, refused (False) for an item another subject holds."""
+        if self.owners.get(item.item_id, subject) != subject:
+            return False
+        if not self.add(subject).put(item, order, is_default, event_id):
+            return False
+        self.owners[item.item_id] = subject
+        return True
+
+    def observe(self, subject: str, item: ItemState) -> None:
+        """`Subject.observe`; nothing for an item the subject does not hold."""
+        found = self.by_subject.get(subject)
+        if found is not None:
+            found.observe(item)
+
+    def apply(self, subject: str, updates: Sequence[ItemUpdate], event_id: str = "") -> bool:
+        """One event's item updates for `subject`, all or none: False (nothing changes) when
+        one of its items is another subject's."""
+        owners = self.owners
+        if any(owners.get(u.item_id, subject) != subject for u in updates):
+            return False
+        aggregate = self.add(subject)
+        for update in updates:
+            aggregate.apply(update, event_id)
+            owners[update.item_id] = subject
+        return True
