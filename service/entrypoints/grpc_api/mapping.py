@@ -1,5 +1,6 @@
-"""Every domain ↔ wire mapping of the gRPC API in one module: enums, timestamps, limits and the
-entitlements message (the servicers and the Watch streams only call these)."""
+"""The domain ↔ wire mappings of EntitlementService and BillingSyncService's answers in one
+module: enums, timestamps, limits and the answers' messages (the servicers call these). The
+UsageService answers are built by usage_api.py, Watch's by watch.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from service.application.usage import MeterUsage
 from service.domain.bounds import wire_ms
 from service.domain.catalog import Catalog, LimitValue
 from service.domain.deliveries import ApplyResult, Outcome
-from service.domain.resolution import Entitlements, EntitlementStatus, Override, Reason
+from service.domain.limits import LimitDecision
+from service.domain.resolution import (
+    Entitlements,
+    EntitlementStatus,
+    Override,
+    Reason,
+    feature_decision,
+)
 
 REASONS: Mapping[Reason, int] = {
     Reason.FEATURE_IN_PLAN: pb.REASON_FEATURE_IN_PLAN,
@@ -61,6 +69,29 @@ def metered_periods(ent: Entitlements) -> list[pb.MeteredLimit]:
         )
         for name, period in sorted(ent.meter_periods.items())
     ]
+
+
+def can_use_message(ent: Entitlements, feature: str) -> pb.CanUseResponse:
+    allowed, reason = feature_decision(ent, feature)
+    return pb.CanUseResponse(
+        allowed=allowed,
+        plan=ent.plan.name,
+        reason=REASONS[reason],  # type: ignore[arg-type]
+        valid_until=timestamp(ent.valid_until_ms),
+    )
+
+
+def check_limit_message(
+    ent: Entitlements, decision: LimitDecision, valid_until_ms: int | None
+) -> pb.CheckLimitResponse:
+    return pb.CheckLimitResponse(
+        allowed=decision.allowed,
+        limit=decision.limit.value,
+        remaining=decision.remaining,
+        unlimited=decision.limit.unlimited,
+        plan=ent.plan.name,
+        valid_until=timestamp(valid_until_ms),
+    )
 
 
 def limits_message(ent: Entitlements) -> pb.GetLimitsResponse:

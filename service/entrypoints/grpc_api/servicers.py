@@ -14,15 +14,15 @@ from service.application.records import CacheEntry
 from service.domain.bounds import echo
 from service.domain.errors import InvalidArgument
 from service.domain.limits import limit_decision, require_limit_request
-from service.domain.resolution import Entitlements, feature_decision
+from service.domain.resolution import Entitlements
 from service.domain.subjects import require_subject
 from service.entrypoints.grpc_api.mapping import (
-    REASONS,
+    can_use_message,
+    check_limit_message,
     entitlements_message,
     limits_message,
     metered_messages,
     plans_message,
-    timestamp,
 )
 from service.entrypoints.grpc_api.watch import WatchMessages
 from service.entrypoints.message_limits import WATCH_MAX_SUBJECTS
@@ -88,14 +88,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         memo = entry.memo
         response: pb.CanUseResponse | None = memo.get(feature)
         if response is None:
-            ent = entry.entitlements
-            allowed, reason = feature_decision(ent, feature)
-            response = memo[feature] = pb.CanUseResponse(
-                allowed=allowed,
-                plan=ent.plan.name,
-                reason=REASONS[reason],  # type: ignore[arg-type]
-                valid_until=timestamp(ent.valid_until_ms),
-            )
+            response = memo[feature] = can_use_message(entry.entitlements, feature)
         return response
 
     async def CanUse(self, request: pb.CanUseRequest, context: Context) -> pb.CanUseResponse:
@@ -142,15 +135,9 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
                 u.counter.used + u.counter.reserved for u in found if u.limit == request.limit
             )
         decision = limit_decision(ent, request.limit, usage, request.requested)
-        return pb.CheckLimitResponse(
-            allowed=decision.allowed,
-            limit=decision.limit.value,
-            remaining=decision.remaining,
-            unlimited=decision.limit.unlimited,
-            plan=ent.plan.name,
-            valid_until=timestamp(
-                ent.shown_until_ms if request.limit in self._catalog.meters else ent.valid_until_ms
-            ),
+        metered = request.limit in self._catalog.meters  # a reset is a change by time
+        return check_limit_message(
+            ent, decision, ent.shown_until_ms if metered else ent.valid_until_ms
         )
 
     async def GetEntitlements(
