@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.application.failures import FailureRun
 from service.application.ports import Cache
 from service.application.records import ChangeBatch
 from service.domain.errors import ResourceExhausted
@@ -214,7 +215,7 @@ class ChangeHub:
         with its traceback when a run of failures starts, counted while it lasts and reported
         when it ends; the follower retries every poll interval meanwhile (the lag grows, and
         the staleness bound of every cache built on it holds: SPEC §9)."""
-        failing = _Failures("change follower")
+        failing = FailureRun("change follower")
         while self.position is None:
             try:
                 log_id = await identity()
@@ -300,24 +301,3 @@ class ChangeHub:
             targets.update(self._by_subject.get(subject, ()))
         for subscription in targets:  # the others learn the new position from the next tick
             self._offer(subscription, batch)
-
-
-class _Failures:
-    """A run of failures logged once with its traceback, not once per retry."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._count = 0
-
-    def failed(self, doing: str) -> None:
-        """Call from an `except` block."""
-        self._count += 1
-        if self._count == 1:
-            log.warning("%s %s; retrying", self._what, doing, exc_info=True)
-        else:
-            log.debug("%s %s (%d in a row)", self._what, doing, self._count, exc_info=True)
-
-    def recovered(self) -> None:
-        if self._count:
-            log.warning("%s recovered after %d failed attempts", self._what, self._count)
-            self._count = 0

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from service.application.failures import FailureRun
 from service.application.records import ChangeBatch
 from service.domain.resolution import Entitlements
 
@@ -123,6 +124,8 @@ class Outbox(Protocol):
 Follow = Callable[[int, int], Awaitable[ChangeBatch]]
 Horizon = Callable[[], Awaitable[tuple[int, int]]]
 Load = Callable[[Sequence[str]], Awaitable[dict[str, Entitlements]]]
+Bounds = Callable[[], Awaitable[tuple[int, int]]]
+PRUNE_CHECK_MS = 60_000
 NowMs = Callable[[], int]
 
 
@@ -140,6 +143,7 @@ class Notifier:
         now_ms: NowMs,
         poll_seconds: float = 1.0,
         on_queued: Callable[[], None] | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self._outbox = outbox
         self._endpoints = list(endpoints)
@@ -149,6 +153,9 @@ class Notifier:
         self._now_ms = now_ms
         self.poll_seconds = poll_seconds
         self._on_queued = on_queued
+        self._bounds = bounds
+        self._bounds_checked_ms = -PRUNE_CHECK_MS
+        self._failing = FailureRun("notifier", log)
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()  # set after the first scan: changes from then are sent
 
@@ -166,6 +173,7 @@ class Notifier:
             if position is None:  # first start: notify changes from now on
                 position, _ = await self._horizon()
                 log.info("notifications start at change-log position %d", position)
+            await self._check_not_pruned(position, now)
             batch = await self._follow(position, SCAN_BATCH)
             due = await scan.due(now, SCAN_BATCH)
             subjects = sorted({s for _, _, s in batch.changes} | set(due))
@@ -192,6 +200,24 @@ class Notifier:
             self._on_queued()
         return queued, batch.complete and len(due) < SCAN_BATCH
 
+    async def _check_not_pruned(self, position: int, now_ms: int) -> None:
+        """Changes before the log's pruned bound are gone (every replica was down longer than
+        ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS): say so, loudly, once a minute at most; the
+        subjects they touched are notified at their next change or time boundary."""
+        if self._bounds is None or now_ms - self._bounds_checked_ms < PRUNE_CHECK_MS:
+            return
+        self._bounds_checked_ms = now_ms
+        pruned, _ = await self._bounds()
+        if position < pruned:
+            log.error(
+                "notifications missed the changes between change-log positions %d and %d: they "
+                "were pruned before the notifier read them (no replica ran for longer than "
+                "ENTITLEMENTS_CHANGE_LOG_RETENTION_SECONDS); the subjects they touched are "
+                "notified at their next change",
+                position,
+                pruned,
+            )
+
     async def run(self) -> None:
         """Scan until cancelled: woken by commits, else every `poll_seconds`."""
         while True:
@@ -204,8 +230,10 @@ class Notifier:
                     log.info("notifications: following the change log")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # database away: try again at the next poll
-                log.warning("notifier: %s; retrying", type(exc).__name__)
+            except Exception:  # broad on purpose: the database away, whatever it is: retry
+                self._failing.failed("cannot scan the change log")
+            else:
+                self._failing.recovered()
             if complete:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_seconds):

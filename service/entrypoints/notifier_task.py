@@ -81,6 +81,7 @@ def notifier_jobs(
         app.clock.now_ms,
         poll_seconds=notify.poll_seconds,
         on_queued=queued,
+        bounds=store.change_log_bounds,
     )
     app.hub.wakers.append(notifier.wake)
     log.info("notifying %d endpoint(s) of entitlement changes", len(workers))

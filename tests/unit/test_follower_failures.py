@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from service.application.change_feed import _Failures
+from service.application.failures import FailureRun
 
 pytestmark = pytest.mark.unit
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 def test_a_run_of_failures_is_logged_once_with_its_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    failures = _Failures("change follower")
-    with caplog.at_level(logging.WARNING, logger="service.application.change_feed"):
+    failures = FailureRun("change follower")
+    with caplog.at_level(logging.WARNING, logger="service.application.failures"):
         for _ in range(5):
             try:
                 raise ConnectionResetError("database went away")

@@ -6,9 +6,12 @@ the last one is not sent again, and that a subject whose valid_until passed is l
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+
+import pytest
 
 from service.application.notifications import Notice, Notified, Notifier, make_notice
 from service.application.records import ChangeBatch
@@ -116,3 +119,34 @@ async def test_a_change_by_time_alone_is_noticed_and_its_id_depends_on_the_state
     assert json.loads(second.body)["data"]["valid_until"] is None
     again = make_notice(ent("user_t", 7, "free"), 99_999)
     assert again.message_id == second.message_id  # whoever makes it, whenever
+
+
+async def test_changes_pruned_before_the_notifier_read_them_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory, now = Memory(), [1_000]
+    memory.position = 3  # the log was pruned up to 10 while no replica ran
+    memory.states["user_a"] = ent("user_a", 1)
+    memory.changes.append((10, 1, "user_a"))  # what is left of it
+
+    async def bounds() -> tuple[int, int]:
+        return 10, 20
+
+    late = Notifier(
+        memory,
+        ["http://r"],
+        memory.follow,
+        memory.horizon,
+        memory.load,
+        lambda: now[0],
+        bounds=bounds,
+    )
+    with caplog.at_level(logging.ERROR, logger="service.application.notifications"):
+        await late.scan_once()
+        await late.scan_once()  # checked at most once a minute
+    missed = [r for r in caplog.records if "notifications missed the changes" in r.getMessage()]
+    assert len(missed) == 1 and "positions 3 and 10" in missed[0].getMessage()
+    caplog.clear()
+    now[0] += 61_000  # caught up since: nothing to say
+    await late.scan_once()
+    assert not [r for r in caplog.records if "missed" in r.getMessage()]
