@@ -22,16 +22,20 @@ from service.application.ports import (
 )
 from service.application.reads import EntitlementReader
 from service.application.reconcile import CheckCatalog, Reconciler
+from service.application.records import HistoryRow
 from service.application.replay import ReplayDeliveries
 from service.application.status import Liveness, ServiceStatus
 from service.application.usage import Usage
 from service.application.verify import VerifyState
 from service.application.watch import MessageBuilder, WatchEntitlements
 from service.domain.catalog import Catalog
-from service.domain.errors import FailedPrecondition
+from service.domain.errors import FailedPrecondition, InvalidArgument
+from service.domain.subjects import require_subject
 from service.domain.unknown_plans import UnknownPlanPolicy
 
 M = TypeVar("M")
+DEFAULT_HISTORY_PAGE = 100
+MAX_HISTORY_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,15 @@ class Application:
     reconciler: Reconciler | None = None
     catalog_check: CheckCatalog | None = None
     events: OperatorEvents | None = None
+
+    async def history(self, subject: str, page_size: int = 0) -> list[HistoryRow]:
+        """The subject's history, newest first: `page_size` entries (0: 100; at most 1000)."""
+        subject = require_subject(subject)
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        return await self.operations.history(
+            subject, min(page_size or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
+        )
 
     def watch(self, build: MessageBuilder[M], max_subjects: int) -> WatchEntitlements[M]:
         """WatchEntitlements with the entrypoint's messages (`build`)."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from service.application.app import Application
@@ -18,18 +16,16 @@ from service.domain.deliveries import Delivery
 from service.domain.errors import InvalidArgument
 from service.domain.subjects import require_subject
 from service.entrypoints.grpc_api.mapping import (
-    HISTORY_KINDS,
     OUTCOMES,
     RECONCILE_STATUSES,
     change_fields,
+    history_message,
     ms_of,
     timestamp,
 )
 from service.entrypoints.grpc_api.servicers import (
-    DEFAULT_HISTORY_PAGE,
     MAX_BATCH,
     MAX_EVENT_ID_BYTES,
-    MAX_HISTORY_PAGE,
     Context,
 )
 
@@ -73,30 +69,8 @@ class BillingSyncServicer(sync_grpc.BillingSyncServiceServicer):
     async def GetSubjectHistory(
         self, request: sync_pb.GetSubjectHistoryRequest, context: Context
     ) -> sync_pb.GetSubjectHistoryResponse:
-        subject = require_subject(request.subject)
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        page = min(request.page_size or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
-        rows = await self._app.operations.history(subject, page)
-        entries = []
-        for row in rows:
-            recorded = Timestamp()
-            recorded.FromDatetime(row.recorded_at)
-            entries.append(
-                sync_pb.HistoryEntry(
-                    kind=HISTORY_KINDS[row.kind],  # type: ignore[arg-type]
-                    recorded_at=recorded,
-                    event_id=row.event_id or "",
-                    type=row.type or "",
-                    outcome=OUTCOMES.get(row.outcome or "", 0),  # type: ignore[arg-type]
-                    occurred_at=timestamp(row.event_ms),
-                    from_plan=row.from_plan or "",
-                    to_plan=row.to_plan or "",
-                    note=row.note or "",
-                    source=row.source or "",
-                )
-            )
-        return sync_pb.GetSubjectHistoryResponse(subject=subject, entries=entries)
+        rows = await self._app.history(request.subject, request.page_size)
+        return history_message(request.subject, rows)
 
     async def GrantPlan(
         self, request: sync_pb.GrantPlanRequest, context: Context

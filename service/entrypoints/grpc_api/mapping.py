@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import entitlement_service_pb2 as pb
 from service.application.reconcile import ReconcileStatus
+from service.application.records import HistoryRow
 from service.application.usage import MeterUsage
 from service.domain.bounds import wire_ms
 from service.domain.catalog import Catalog, LimitValue
@@ -220,3 +221,25 @@ def metered_messages(found: Sequence[MeterUsage]) -> list[pb.MeteredLimit]:
         )
         for u in found
     ]
+
+
+def history_message(subject: str, rows: Sequence[HistoryRow]) -> sync_pb.GetSubjectHistoryResponse:
+    entries = []
+    for row in rows:
+        recorded = Timestamp()
+        recorded.FromDatetime(row.recorded_at)
+        entries.append(
+            sync_pb.HistoryEntry(
+                kind=HISTORY_KINDS[row.kind],  # type: ignore[arg-type]
+                recorded_at=recorded,
+                event_id=row.event_id or "",
+                type=row.type or "",
+                outcome=OUTCOMES.get(row.outcome or "", 0),  # type: ignore[arg-type]
+                occurred_at=timestamp(row.event_ms),
+                from_plan=row.from_plan or "",
+                to_plan=row.to_plan or "",
+                note=row.note or "",
+                source=row.source or "",
+            )
+        )
+    return sync_pb.GetSubjectHistoryResponse(subject=subject, entries=entries)

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_EVENT_ID_BYTES = 255
-DEFAULT_HISTORY_PAGE = 100
-MAX_HISTORY_PAGE = 1000
 
 
 class Context(Protocol):
