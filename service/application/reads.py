@@ -6,6 +6,7 @@ An entry is never used past its `valid_until`: it is then re-resolved from the c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -58,6 +59,9 @@ class EntitlementReader:
         self._clock = clock
         self.cache = cache
         self._events = events or NoOperatorEvents()
+        # Misses that wait at the same moment are read in one query (_read_together).
+        self._waiting: dict[str, asyncio.Future[CacheEntry]] = {}
+        self._reading: set[asyncio.Task[None]] = set()
 
     def cached(self, subject: str, now_ms: int) -> CacheEntry | None:
         """The cached entry, re-resolved if its answer has expired; None on a miss."""
@@ -87,7 +91,35 @@ class EntitlementReader:
         entry = self.cached(subject, self._clock.now_ms())
         if entry is not None:
             return entry
-        return (await self.load([subject]))[subject]
+        require_subject(subject)
+        waiting = self._waiting.get(subject)
+        if waiting is None:
+            waiting = self._waiting[subject] = asyncio.get_running_loop().create_future()
+            if len(self._waiting) == 1:  # the first of this moment: read them all soon
+                asyncio.get_running_loop().call_soon(self._read_together)
+        return await asyncio.shield(waiting)  # one caller giving up cancels no other
+
+    def _read_together(self) -> None:
+        """Every miss queued since the last turn of the loop, in one `load` (one query)."""
+        waiting, self._waiting = self._waiting, {}
+        task = asyncio.ensure_future(self._load_into(waiting))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def _load_into(self, waiting: dict[str, asyncio.Future[CacheEntry]]) -> None:
+        try:
+            entries = await self.load(list(waiting))
+        except BaseException as exc:  # broad on purpose: each waiter gets the read's error
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: a waiter that gave up logs nothing
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for subject, future in waiting.items():
+            if not future.done():
+                future.set_result(entries[subject])
 
     async def get_many(self, subjects: Sequence[str]) -> dict[str, CacheEntry]:
         now = self._clock.now_ms()

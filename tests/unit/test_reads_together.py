@@ -1,0 +1,81 @@
+"""Cache misses that wait at the same moment are read in one query (application/reads.py): each
+caller gets its own subject's entry, one caller giving up cancels no other, and a failed read
+fails each waiter with the read's error (over an in-memory StateReader)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from service.adapters.cache import EntitlementCache
+from service.application.ports import StoreUnavailable
+from service.application.reads import EntitlementReader
+from service.config import load_catalog
+from service.domain.resolution import SubjectState
+from tests.support.fakes import FakeClock
+
+pytestmark = pytest.mark.unit
+
+CATALOG = load_catalog(None)
+
+
+class CountingStates:
+    """StateReader: empty states, each call recorded; `fail` makes the next calls raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def load_states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
+        self.calls.append(list(subjects))
+        await self.gate.wait()
+        if self.fail:
+            raise StoreUnavailable("database unavailable")
+        return {s: SubjectState(s) for s in subjects}
+
+
+def reader(states: CountingStates) -> EntitlementReader:
+    cache = EntitlementCache(100)
+    cache.set_live(True)  # the change listener is connected
+    return EntitlementReader(states, CATALOG, cache, FakeClock())
+
+
+async def test_misses_of_one_moment_are_one_query() -> None:
+    states = CountingStates()
+    reads = reader(states)
+    who = [f"user_{i}" for i in range(20)]
+    entries = await asyncio.gather(*(reads.get(w) for w in who + who[:5]))
+    assert [e.entitlements.subject for e in entries] == who + who[:5]
+    assert len(states.calls) == 1 and sorted(states.calls[0]) == sorted(who)
+    await reads.get("user_0")  # cached now: no query
+    assert len(states.calls) == 1
+
+
+async def test_one_caller_giving_up_cancels_no_other() -> None:
+    states = CountingStates()
+    states.gate.clear()
+    reads = reader(states)
+    gone = asyncio.ensure_future(reads.get("user_a"))
+    kept = asyncio.ensure_future(reads.get("user_a"))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    states.gate.set()
+    assert (await kept).entitlements.subject == "user_a"
+    assert gone.cancelled()
+
+
+async def test_a_failed_read_fails_each_waiter_and_the_next_read_retries() -> None:
+    states = CountingStates()
+    states.fail = True
+    reads = reader(states)
+    outcomes = await asyncio.gather(
+        reads.get("user_a"), reads.get("user_b"), return_exceptions=True
+    )
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    states.fail = False
+    assert (await reads.get("user_a")).entitlements.subject == "user_a"
+    assert len(states.calls) == 2
