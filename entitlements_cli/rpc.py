@@ -14,8 +14,9 @@ from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
-from entitlements_cli.settings import bearer, sync_secret, target, tls
+from entitlements_cli.settings import sync_secret, target, tls
 from entitlements_client import connect
+from entitlements_common.settings import bearer
 
 TIMEOUT = 10.0
 

@@ -11,7 +11,7 @@ from entitlements_cli.errors import ConfigError
 from entitlements_client import ClientConfigError, Tls
 from entitlements_common.env import host_port
 from entitlements_common.settings import ConfigError as SettingError
-from entitlements_common.settings import split_secrets
+from entitlements_common.settings import bearer, split_secrets
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -62,14 +62,9 @@ def first_secret(listed: str | None) -> str | None:
     return next(iter(split_secrets(listed)), None)
 
 
-def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The header a read token or the sync secret travels in (none without one)."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
 def read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
-    return bearer(first_secret(setting("ENTITLEMENTS_READ_TOKEN")))
+    return bearer(setting("ENTITLEMENTS_READ_TOKEN"))
 
 
 def sync_secret() -> str:

@@ -108,7 +108,7 @@ class EntitlementReader:
 
     async def _load_into(self, waiting: dict[str, asyncio.Future[CacheEntry]]) -> None:
         try:
-            entries = await self.load(list(waiting))
+            entries = await self._load_checked(list(waiting))  # each checked by get()
         except BaseException as exc:  # broad on purpose: each waiter gets the read's error
             for future in waiting.values():
                 if not future.done():
@@ -141,6 +141,9 @@ class EntitlementReader:
         """Read from PostgreSQL, resolve, and cache unless invalidated meanwhile."""
         for subject in subjects:
             require_subject(subject)
+        return await self._load_checked(subjects)
+
+    async def _load_checked(self, subjects: Sequence[str]) -> dict[str, CacheEntry]:
         generation = self.cache.generation if self.cache is not None else 0
         states = await self._states.load_states(subjects)
         now = self._clock.now_ms()

@@ -5,13 +5,13 @@ runs when the URL is unset."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
 from service.adapters.postgres.store import Store
 from service.adapters.webhook_sender import WebhookSender
 from service.application.app import Application
+from service.application.failures import FailureRun
 from service.application.notifications import Notifier
 from service.application.notify_delivery import DeliveryPolicy, EndpointWorker
 from service.config import ServiceSettings
@@ -30,12 +30,17 @@ async def _gauge_and_prune(store: Store) -> None:
     """The oldest-pending gauge, and forgetting settled deliveries after a week."""
     pruned_at = 0.0
     loop = asyncio.get_running_loop()
+    failing = FailureRun("notification gauge", log)
     while True:
-        with contextlib.suppress(Exception):
+        try:
             NOTIFY_OLDEST_PENDING.set(await store.oldest_pending_seconds())
             if loop.time() - pruned_at >= PRUNE_SECONDS:
                 await store.prune_notifications(RETENTION_SECONDS)
                 pruned_at = loop.time()
+        except Exception:  # broad on purpose: the database away, whatever it is: next time
+            failing.failed("cannot read the outbox")
+        else:
+            failing.recovered()
         await asyncio.sleep(GAUGE_SECONDS)
 
 
