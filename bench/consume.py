@@ -1,4 +1,6 @@
-"""Consume under load (issue 20): one hot subject, and 10 000 distinct subjects.
+"""Consume under load (issue 20): one hot subject, and 10 000 distinct subjects, each closed-loop
+(64 calls in flight, the CanUse shape: the throughput) and open-loop at BENCH_CONSUME_RATE
+calls/s (default 2 000, the issue's target: the latency at that rate).
 
 h2load sends one fixed body, and every Consume needs its own idempotency key, so the load
 generator is bench/consume_load.mjs: Node's http2 (nghttp2, h2load's engine) in h2load's shape
@@ -29,6 +31,7 @@ from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 CALLS = int(os.environ.get("BENCH_CONSUME_CALLS", "20000"))
+RATE = int(os.environ.get("BENCH_CONSUME_RATE", "2000"))  # the issue's target, calls/s
 CONNECTIONS, STREAMS = 4, 16  # h2load's -c 4 -m 16, as the CanUse figures
 SUBJECTS = 10_000
 METER = "aiInsightsPerMonth"
@@ -36,9 +39,10 @@ HOT = "user_bench_hot"
 LOAD = Path(__file__).with_name("consume_load.mjs")
 
 
-def _load(target: str, subjects: list[str], calls: int) -> dict[str, Any]:
-    """`calls` Consumes from the Node generator (fresh keys), then exactness: the usage the
-    service reports for each subject equals the calls it allowed, each counted once."""
+def _load(target: str, subjects: list[str], calls: int, rate: int = 0) -> dict[str, Any]:
+    """`calls` Consumes from the Node generator (fresh keys; `rate` calls/s open-loop, else
+    closed-loop), then exactness: the usage the service reports for each subject equals the
+    calls it allowed, each counted once."""
     node = shutil.which("node")
     if node is None:
         raise SystemExit("make bench needs Node (node on PATH) for the Consume load generator")
@@ -59,6 +63,7 @@ def _load(target: str, subjects: list[str], calls: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "CONSUME_RATE": str(rate)},
     )
     result = json.loads(done.stdout)
     allowed: dict[str, int] = result["allowed"]
@@ -93,15 +98,21 @@ def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
 
 
 def measure(target: str, sync_secret: str) -> dict[str, Any]:
-    """Both loads against a serving service with a fresh database."""
-    _unlimited_for(target, HOT, sync_secret)
-    hot = _load(target, [HOT], CALLS)
-    many = _load(target, [f"user_bench_{i}" for i in range(SUBJECTS)], CALLS)
-    return {
-        "hot_subject": hot,
-        "distinct_subjects": many,
+    """Both loads against a serving service with a fresh database: closed-loop (as many calls
+    as the service answers, 64 in flight: the CanUse shape) and open-loop at RATE calls/s (the
+    latency a caller sees at that rate). Each load has subjects of its own, so exactness is
+    checked per load; every first call on a distinct subject is a cache miss."""
+    results: dict[str, Any] = {
         "shape": f"{CONNECTIONS} connections x {STREAMS} streams",
+        "rate": RATE,
     }
+    for suffix, rate in (("", 0), ("_at_rate", RATE)):
+        hot = f"{HOT}{suffix}"
+        _unlimited_for(target, hot, sync_secret)
+        results[f"hot_subject{suffix}"] = _load(target, [hot], CALLS, rate)
+        many = [f"user_bench{suffix}_{i}" for i in range(SUBJECTS)]
+        results[f"distinct_subjects{suffix}"] = _load(target, many, CALLS, rate)
+    return results
 
 
 def bench() -> dict[str, Any]:
@@ -117,9 +128,33 @@ def bench() -> dict[str, Any]:
 def describe(results: dict[str, Any]) -> str:
     lines = []
     for name in ("hot_subject", "distinct_subjects"):
-        r = results[name]
-        lines.append(
-            f"Consume, {name.replace('_', ' ')}: {r['per_second']}/s, p50 {r['p50_ms']} ms, "
-            f"p99 {r['p99_ms']} ms, {r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
-        )
+        for suffix, how in (("", "closed loop"), ("_at_rate", f"open loop at {results['rate']}/s")):
+            r = results[name + suffix]
+            lines.append(
+                f"Consume, {name.replace('_', ' ')}, {how}: {r['per_second']}/s, "
+                f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['allowed']} allowed of "
+                f"{r['calls']}, exact: {r['exact']}"
+            )
     return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 20's Consume targets: 2 000/s (closed loop: what the service can answer) with
+    p99 <= 25 ms, for one hot subject and for 10 000; the p99 both closed-loop (64 in flight)
+    and at 2 000 calls/s offered; every load exact."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, label in (("hot_subject", "hot_subject"), ("distinct_subjects", "10k_subjects")):
+        found[f"consume_{label}_per_second"] = {
+            "value": results[name]["per_second"],
+            "target": ">= 2000",
+        }
+        found[f"consume_{label}_p99_ms"] = {"value": results[name]["p99_ms"], "target": "<= 25"}
+        found[f"consume_{label}_p99_ms_at_{results['rate']}_per_second"] = {
+            "value": results[f"{name}_at_rate"]["p99_ms"],
+            "target": "<= 25",
+        }
+    found["consume_exact"] = {
+        "value": all(r["exact"] for r in results.values() if isinstance(r, dict)),
+        "target": "true",
+    }
+    return found

@@ -8,6 +8,11 @@
 // Usage: node consume_load.mjs HOST:PORT CALLS CONNECTIONS STREAMS METER KEYPREFIX SUBJECT...
 // Prints one JSON object: calls, seconds, latencies' p50/p99 (ms), allowed calls per subject,
 // and failures (non-OK grpc-status).
+//
+// CONSUME_RATE=N (calls/s) makes it open-loop, as h2load --rps does and as a latency target at
+// a given rate means: call i is due at i/N seconds, sent then if fewer than CONNECTIONS x STREAMS
+// are in flight, and its latency counts from when it was due, so a server that falls behind
+// shows its queue in the tail (no coordinated omission).
 import http2 from "node:http2";
 
 const [target, callsArg, connArg, streamsArg, meter, prefix, ...subjects] = process.argv.slice(2);
@@ -57,11 +62,11 @@ const allowedBy = {};
 let failures = 0;
 let next = 0;
 
-function call(session) {
+function call(session, due) {
   return new Promise((resolve) => {
     const i = next++;
     const subject = subjects[i % subjects.length];
-    const started = process.hrtime.bigint();
+    const started = due ?? process.hrtime.bigint();
     const stream = session.request({
       ":method": "POST",
       ":path": "/entitlements.v1.UsageService/Consume",
@@ -91,8 +96,35 @@ async function lane(session) {
   while (next < calls) await call(session);
 }
 
+// Open loop: every millisecond, send what is due, at most `connections x streams` in flight.
+async function paced(rate) {
+  const cap = connections * streams;
+  let inFlight = 0;
+  let sent = 0;
+  const start = process.hrtime.bigint();
+  const gap = 1e9 / rate;
+  await new Promise((done) => {
+    const tick = () => {
+      const now = process.hrtime.bigint();
+      while (sent < calls && inFlight < cap) {
+        const due = start + BigInt(Math.round(sent * gap));
+        if (due > now) break;
+        inFlight++;
+        call(sessions[sent++ % connections], due).then(() => {
+          inFlight--;
+          if (sent === calls && inFlight === 0) done();
+        });
+      }
+      if (sent < calls) setTimeout(tick, 1);
+    };
+    tick();
+  });
+}
+
+const rate = Number(process.env.CONSUME_RATE ?? "0");
 const started = process.hrtime.bigint();
-await Promise.all(sessions.flatMap((s) => Array.from({ length: streams }, () => lane(s))));
+if (rate > 0) await paced(rate);
+else await Promise.all(sessions.flatMap((s) => Array.from({ length: streams }, () => lane(s))));
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
 for (const s of sessions) s.close();
 latencies.sort((a, b) => a - b);

@@ -11,7 +11,9 @@ notifications on vs off, and catch-up after a receiver outage.
   notification.
 
 Part of `make bench`; alone: `.venv/bin/python -m bench.run notify` (BENCH_NOTIFY_CHANGES,
-BENCH_NOTIFY_INGEST, BENCH_NOTIFY_LATENCY, BENCH_NOTIFY_OUTAGE_SECONDS scale it down).
+BENCH_NOTIFY_INGEST, BENCH_NOTIFY_LATENCY, BENCH_NOTIFY_OUTAGE_SECONDS scale it down;
+BENCH_NOTIFY_ROUNDS, default 5, the ingest rounds). The receiver runs at nice 19, standing in
+for an app on other machines.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import aiohttp
 import asyncpg
 from grpc import aio
 
+from bench.scale import NICE
 from bench.stack import BIN, SYNC_SECRET, database, free_port, process, service, wait_serving
 from bench.webhooks import SIGNING_SECRET, bench_ingest
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
@@ -44,7 +47,7 @@ LATENCY = int(os.environ.get("BENCH_NOTIFY_LATENCY", "300"))
 # The receiver stays down at least this long: past the time retries take to reach the 30 s
 # backoff cap, so what follows is what follows any longer outage (a 10-minute one included).
 OUTAGE = float(os.environ.get("BENCH_NOTIFY_OUTAGE_SECONDS", "90"))
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_NOTIFY_ROUNDS", "5"))  # the ratio is their median
 NOTIFY_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 AUTH = (("authorization", f"Bearer {SYNC_SECRET}"),)
 
@@ -179,7 +182,9 @@ async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         receiver = Receiver(session)
         with process(
-            [sys.executable, "-m", "bench.notify_receiver", str(receiver.port)],
+            # At nice 19: it stands in for the app that receives, on other machines (as the
+            # watchers of bench/scale.py do), so its CPU is not taken from what is measured.
+            [*NICE, sys.executable, "-m", "bench.notify_receiver", str(receiver.port)],
             {},
             "receiver",
             logs,

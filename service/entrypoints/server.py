@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -286,6 +287,7 @@ async def serve(settings: ServiceSettings) -> None:
                 settings.reconcile_interval_seconds,
                 settings.clerk.base_url,
             )
+        tune_garbage_collection()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -299,6 +301,23 @@ async def serve(settings: ServiceSettings) -> None:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
     log.info("stopped")
+
+
+# Collections of the youngest generation after this many new container objects (CPython's
+# default is 700): a call allocates a few hundred (grpc.aio's call objects, futures, messages),
+# so the default collected every call or two, and each such collection also counted toward
+# the full ones that walk every cache entry.
+GC_YOUNG_THRESHOLD = 20_000
+GC_OLDER_THRESHOLDS = (20, 20)
+
+
+def tune_garbage_collection() -> None:
+    """Once serving: what start-up allocated (modules, the catalog, the wired application)
+    moves out of the collector's sight (`gc.freeze`), and the young generation is collected
+    less often. Measured in `make bench` (Consume over 10 000 subjects, whose first calls fill
+    the cache, had its p99 set by full collections)."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
 def configure_logging(level: str = "INFO") -> None:
