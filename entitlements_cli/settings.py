@@ -56,12 +56,6 @@ def tls() -> Tls | None:
         raise ConfigError(str(exc)) from None
 
 
-def first_secret(listed: str | None) -> str | None:
-    """The first of a comma- or space-separated list of secrets (the one to send while the
-    server accepts several, during a rotation); None when there is none."""
-    return next(iter(split_secrets(listed)), None)
-
-
 def read_auth() -> tuple[tuple[str, str], ...]:
     """The read token (the first of ENTITLEMENTS_READ_TOKEN) for EntitlementService calls."""
     return bearer(setting("ENTITLEMENTS_READ_TOKEN"))
@@ -69,7 +63,7 @@ def read_auth() -> tuple[tuple[str, str], ...]:
 
 def sync_secret() -> str:
     """The sync secret BillingSyncService calls carry (the first of a rotating list)."""
-    secret = first_secret(setting("BILLING_WEBHOOK_SYNC_SECRET"))
-    if secret is None:
+    secrets = split_secrets(setting("BILLING_WEBHOOK_SYNC_SECRET"))
+    if not secrets:
         raise ConfigError(f"BILLING_WEBHOOK_SYNC_SECRET is not set (and no {dev_env_file()})")
-    return secret
+    return secrets[0]

@@ -1,14 +1,13 @@
-"""TLS and mutual TLS for gRPC: server credentials for the service, channel credentials for
-its clients (gateway, CLI). Paths come from the environment; files are read once at start."""
+"""TLS and mutual TLS for the gRPC server: its credentials. Paths come from the environment;
+files are read once at start. Clients (gateway, CLI) use the client library's `Tls`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc import aio
 
 from entitlements_common.settings import ConfigError
 
@@ -54,51 +53,3 @@ class ServerTls:
             root_certificates=self.client_ca,
             require_client_auth=self.client_ca is not None,
         )
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """ENTITLEMENTS_TLS_CA (the server's CA); ENTITLEMENTS_TLS_CLIENT_CERT/_KEY for mutual TLS."""
-
-    ca: bytes
-    client_cert: bytes | None = None
-    client_key: bytes | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ClientTls | None:
-        ca = _read(env, "ENTITLEMENTS_TLS_CA")
-        cert = _read(env, "ENTITLEMENTS_TLS_CLIENT_CERT")
-        key = _read(env, "ENTITLEMENTS_TLS_CLIENT_KEY")
-        if (cert is None) != (key is None):
-            raise ConfigError(
-                "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY must be set together"
-            )
-        if ca is None:
-            if cert is not None:
-                raise ConfigError("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA")
-            return None
-        return cls(ca, cert, key)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca,
-            private_key=self.client_key,
-            certificate_chain=self.client_cert,
-        )
-
-
-def aio_channel(
-    target: str,
-    tls: ClientTls | None,
-    options: list[tuple[str, int]] | None = None,
-    interceptors: Sequence[aio.ClientInterceptor] | None = None,
-) -> aio.Channel:
-    if tls is None:
-        return aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
-
-
-def sync_channel(target: str, tls: ClientTls | None) -> grpc.Channel:
-    if tls is None:
-        return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, tls.credentials())

@@ -10,9 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from entitlements_client import ClientConfigError, Tls
 from entitlements_common.env import Env
 from entitlements_common.settings import ConfigError, check_sync_secret, split_secrets
-from entitlements_common.tls import ClientTls
 
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -38,7 +38,7 @@ class GatewaySettings:
     # aiohttp's keep-alive timer also runs from the moment a connection opens: a client that
     # has not completed its request headers by then (slow-loris) is disconnected.
     idle_timeout_seconds: float = 15.0
-    tls: ClientTls | None = None
+    tls: Tls | None = None
 
     @property
     def configured(self) -> bool:
@@ -82,8 +82,17 @@ class GatewaySettings:
             max_inflight_bytes=inflight,
             body_timeout_seconds=body_timeout,
             idle_timeout_seconds=idle_timeout,
-            tls=ClientTls.from_env(env),
+            tls=client_tls(env),
         )
+
+
+def client_tls(env: Mapping[str, str]) -> Tls | None:
+    """ENTITLEMENTS_TLS_CA, _CLIENT_CERT and _CLIENT_KEY, read by the client library's `Tls`;
+    a wrong one is a ConfigError naming it."""
+    try:
+        return Tls.from_env(env)
+    except ClientConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def signing_secrets_from_env(env: Mapping[str, str]) -> tuple[str, ...]:

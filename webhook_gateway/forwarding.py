@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
+from entitlements_client import Tls
 from entitlements_common.settings import bearer
-from entitlements_common.tls import ClientTls, aio_channel
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,20 @@ class Forwarder:
         target: str,
         sync_secret: str | None,
         timeout_seconds: float,
-        tls: ClientTls | None = None,
+        tls: Tls | None = None,
         interceptors: Sequence[aio.ClientInterceptor] | None = None,
     ) -> None:
-        self._channel = aio_channel(
-            target,
-            tls,
-            [
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2_000),
-            ],
-            interceptors,
+        options = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        self._channel = (
+            aio.insecure_channel(target, options=options, interceptors=interceptors)
+            if tls is None
+            else aio.secure_channel(
+                target, tls.credentials(), options=options, interceptors=interceptors
+            )
         )
         self._stub = sync_grpc.BillingSyncServiceStub(self._channel)
         self._health: Any = health_pb2_grpc.HealthStub(self._channel)

@@ -23,7 +23,7 @@ from service.application.ports import (
     UnitOfWork,
 )
 from service.application.records import ReplayResult, StoredDelivery
-from service.domain.bounds import echo, storable_text
+from service.domain.bounds import storable_text
 from service.domain.catalog import Catalog
 from service.domain.deliveries import (
     ApplyResult,
@@ -32,14 +32,8 @@ from service.domain.deliveries import (
     Outcome,
 )
 from service.domain.events import EventKind, NormalizedEvent
-from service.domain.resolution import (
-    Entitlements,
-    ItemState,
-    item_after_stale,
-    item_after_update,
-    resolve,
-    with_items,
-)
+from service.domain.resolution import resolve
+from service.domain.subject import Step
 from service.domain.unknown_plans import (
     UnknownPlanNote,
     UnknownPlanPolicy,
@@ -69,11 +63,6 @@ def announce(changes: ChangePublisher, result: ApplyResult) -> None:
 def read_stored(stored: StoredDelivery) -> NormalizedEvent:
     """A stored delivery as the current parser reads it."""
     return stored.as_delivery().normalize()
-
-
-def visible_answer(ent: Entitlements) -> tuple[str, str, int | None]:
-    """What a caller can see of a subject's entitlements (a change to it is a new version)."""
-    return (ent.plan.name, ent.status.value, ent.valid_until_ms)
 
 
 class DeliveryRules:
@@ -139,76 +128,38 @@ class DeliveryRules:
         return ApplyResult(Outcome.DUPLICATE, subject, ent.plan.name, ent.plan.name, state.version)
 
     async def _apply_to_subject(
-        self,
-        uow: UnitOfWork,
-        event_id: str,
-        event: NormalizedEvent,
-        subject: str,
-        notes: list[str],
+        self, uow: UnitOfWork, event_id: str, event: NormalizedEvent, subject: str, notes: list[str]
     ) -> ApplyResult:
-        # The subject is locked: concurrent deliveries for it serialise, so this read sees
-        # every earlier change.
-        state = (await uow.subjects.states([subject]))[subject]
-        if state.deleted_at_ms is not None or event.kind is EventKind.SUBJECT_DELETED:
+        """The subject aggregate decides, the repository writes what it decided (its guard is
+        the backstop). The subject is locked: this read sees every earlier change."""
+        state, aggregate = await uow.subjects.load(subject)
+        if aggregate.deleted_at_ms is not None or event.kind is EventKind.SUBJECT_DELETED:
             # A deleted subject's stored payloads keep no personal data (late arrivals too).
             await uow.deliveries.scrub_subject(subject)
+        steps: list[Step] = []
+        deleted, at_ms = False, event.event_ms
+        for update in event.items if event.kind is EventKind.ITEMS else ():
+            step = aggregate.apply(update, event_id)  # stored even if older than a deletion
+            if step.fresh and not await uow.subjects.put_item(
+                subject, step.item, update.order_key, update.is_default, event_id
+            ):
+                step = aggregate.refused(step)
+            if step.observed:
+                await uow.subjects.observe(subject, step.item)
+            steps.append(step)
+        if event.kind in (EventKind.SUBJECT_DELETED, EventKind.SUBJECT_CREATED):
+            assert at_ms is not None
+            if event.kind is EventKind.SUBJECT_CREATED:
+                await uow.subjects.note_created(subject, at_ms)
+            elif aggregate.mark_deleted(at_ms):
+                deleted = await uow.subjects.mark_deleted(subject, at_ms)
         now = self.clock.now_ms()
         before = resolve(state, self.catalog, now)
-        unchanged = ApplyResult(
-            Outcome.STALE if event.kind is not EventKind.RECORD_ONLY else Outcome.APPLIED,
-            subject,
-            before.plan.name,
-            before.plan.name,
-            state.version,
-        )
-        after_state = state
-        if event.kind is EventKind.ITEMS:
-            current = {item.item_id: item for item in state.items}
-            fresh: list[ItemState] = []
-            observed: list[ItemState] = []
-            for update in event.items:
-                old = current.get(update.item_id)
-                new = item_after_update(old, update)
-                # Stored even when older than the subject's deletion, so the stored state is
-                # the same whatever the arrival order; resolution ignores such items.
-                if await uow.subjects.put_item(
-                    subject, new, update.order_key, update.is_default, event_id
-                ):
-                    fresh.append(new)
-                    current[new.item_id] = new
-                    continue
-                if old is None:  # the item exists, but not among this subject's items
-                    raise ItemOwnedElsewhere(
-                        f"item {echo(update.item_id)} belongs to another subject; "
-                        "the delivery changed nothing"
-                    )
-                seen = item_after_stale(old, update)
-                if seen != old:
-                    await uow.subjects.observe(subject, seen)
-                    observed.append(seen)
-                    current[seen.item_id] = seen
-            after_state = with_items(state, [*fresh, *observed])
-            deleted_at = state.deleted_at_ms
-            visible = [i for i in fresh if deleted_at is None or i.event_ms > deleted_at]
-            changed = bool(visible) or (
-                bool(observed)
-                and visible_answer(resolve(after_state, self.catalog, now))
-                != visible_answer(before)
-            )
-        elif event.kind is EventKind.SUBJECT_DELETED:
-            assert event.event_ms is not None
-            changed = await uow.subjects.mark_deleted(subject, event.event_ms)
-            if changed:
-                after_state = replace(state, deleted_at_ms=event.event_ms)
-        elif event.kind is EventKind.SUBJECT_CREATED:
-            assert event.event_ms is not None
-            await uow.subjects.note_created(subject, event.event_ms)
-            return replace(unchanged, outcome=Outcome.APPLIED)
-        else:  # RECORD_ONLY: linked to its subject, no effect
-            changed = False
-        if not changed:
-            return unchanged
-        after = resolve(after_state, self.catalog, now)
+        after = resolve(aggregate.applied_to(state), self.catalog, now)
+        if not (deleted or aggregate.changed_by(steps, before, after)):
+            stale = event.kind in (EventKind.ITEMS, EventKind.SUBJECT_DELETED)
+            outcome, plan = Outcome.STALE if stale else Outcome.APPLIED, before.plan.name
+            return ApplyResult(outcome, subject, plan, plan, state.version)
         version = await uow.subjects.commit_change(
             subject, after.plan.name, before.plan.name, event_id, event.type, notes
         )

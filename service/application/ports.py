@@ -22,6 +22,7 @@ from service.domain.errors import Unavailable
 from service.domain.events import NormalizedEvent
 from service.domain.override_log import OverrideEvent
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.subject import Subject
 from service.domain.unknown_plans import NotedDelivery
 from service.domain.usage import Answer, Counter, Kind, Period, Reservation, UsageEvent
 
@@ -128,6 +129,10 @@ class SubjectRepository(Protocol):
         """Create the subject's row if need be and hold its lock until the end of the unit."""
 
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]: ...
+
+    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
+        """The subject's state and its aggregate (items with the order that wrote them), in
+        one read."""
 
     async def is_deleted(self, subject: str) -> bool: ...
 

@@ -6,9 +6,13 @@ decides what an item update changes (cosmicpython's `Product.allocate` is the mo
   result is the same in any arrival order; `ever_active` only grows.
 * A deletion is a tombstone that only moves later.
 * Ownership: an item belongs to the subject that first held it (`Subjects`, which knows every
-  subject's items, refuses to move one).
+  subject's items, refuses to move one; one subject's aggregate learns it when the store
+  refuses a write: `refused`).
+* A change (a new version) is a written item resolution sees or an observation that changes
+  what a caller sees (`changed_by`).
 
-The in-memory fake of the store and `verify`'s rebuild keep their state in these aggregates;
+ApplyDelivery loads a subject's aggregate, lets it decide each step and writes what it decided;
+the in-memory fake of the store and `verify`'s rebuild keep their state in these aggregates;
 PostgreSQL keeps the same rule in its UPSERT guard, the backstop under concurrency (the
 repository contract suite, tests/integration/contract, checks the fake and PostgreSQL agree).
 (Subject ids themselves are checked in subjects.py.)
@@ -19,10 +23,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from service.domain.bounds import echo
+from service.domain.deliveries import ItemOwnedElsewhere
 from service.domain.events import ItemUpdate
-from service.domain.resolution import ItemState, item_after_stale, item_after_update
+from service.domain.resolution import (
+    Entitlements,
+    ItemState,
+    SubjectState,
+    item_after_stale,
+    item_after_update,
+)
 
 Order = tuple[int, int, str]  # (event time, lifecycle rank, content digest)
+
+
+def _visible(ent: Entitlements) -> tuple[str, str, int | None]:
+    """What a caller can see of a subject's entitlements (a change to it is a new version)."""
+    return (ent.plan.name, ent.status.value, ent.valid_until_ms)
 
 
 @dataclass
@@ -33,6 +50,19 @@ class HeldItem:
     order: Order
     is_default: bool
     event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one item update did to its subject, for the store to write: `fresh` (it won the
+    ordering: the store writes `item`) or, when it lost, `observed` (it still told something:
+    the store keeps `item`'s observations). `previous`: what was held before a fresh write."""
+
+    update: ItemUpdate
+    item: ItemState
+    fresh: bool
+    observed: bool
+    previous: HeldItem | None = None
 
 
 @dataclass
@@ -78,19 +108,47 @@ class Subject:
         )
         return True
 
-    def apply(self, update: ItemUpdate, event_id: str = "") -> tuple[ItemState, bool]:
-        """One item update as the store applies it: the item after it, and whether the update
-        won the ordering (False: it only counted as an observation)."""
-        order = update.order_key
-        if not self.wins(update.item_id, order):
-            stale = self.items[update.item_id]
-            # An observation: item_after_stale changes only what `observe` keeps.
-            stale.state = item_after_stale(stale.state, update)
-            return stale.state, False
+    def apply(self, update: ItemUpdate, event_id: str = "") -> Step:
+        """One item update as the store applies it: written when it wins the ordering, else
+        an observation (`item_after_stale` changes only what `observe` keeps)."""
         held = self.items.get(update.item_id)
+        if held is not None and not held.order < update.order_key:
+            return self._stale(held, update)
         new = item_after_update(held.state if held is not None else None, update)
-        self._hold(new, order, update.is_default, event_id)
-        return self.items[update.item_id].state, True
+        self._hold(new, update.order_key, update.is_default, event_id)
+        return Step(update, self.items[update.item_id].state, True, False, held)
+
+    def refused(self, step: Step) -> Step:
+        """The store's guard refused the write `step` decided (the backstop under concurrency):
+        an item not held here is another subject's (ItemOwnedElsewhere: nothing changes), a
+        held one counts as an older update."""
+        item_id = step.update.item_id
+        if step.previous is None:
+            self.items.pop(item_id, None)
+            raise ItemOwnedElsewhere(
+                f"item {echo(item_id)} belongs to another subject; the delivery changed nothing"
+            )
+        self.items[item_id] = step.previous
+        return self._stale(step.previous, step.update)
+
+    @staticmethod
+    def _stale(held: HeldItem, update: ItemUpdate) -> Step:
+        seen = item_after_stale(held.state, update)
+        observed, held.state = seen != held.state, seen
+        return Step(update, seen, False, observed)
+
+    def changed_by(self, steps: Sequence[Step], before: Entitlements, after: Entitlements) -> bool:
+        """Whether an event's item steps are a change (a new version): an item written that
+        resolution sees (later than the deletion), or an observation that changes what a caller
+        sees (plan, status, valid until)."""
+        deleted_at = self.deleted_at_ms
+        if any(s.fresh and (deleted_at is None or s.item.event_ms > deleted_at) for s in steps):
+            return True
+        return any(s.observed for s in steps) and _visible(after) != _visible(before)
+
+    def applied_to(self, state: SubjectState) -> SubjectState:
+        """`state` with this aggregate's items and deletion."""
+        return replace(state, items=self.item_states(), deleted_at_ms=self.deleted_at_ms)
 
     def mark_deleted(self, at_ms: int) -> bool:
         """Record the deletion unless a later (or the same) one is recorded; True when it

@@ -14,13 +14,15 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as pb
 from entitlements.v1 import entitlement_service_pb2_grpc as pb_grpc
+from entitlements_client import ClientConfigError, Tls
 from entitlements_common.settings import ConfigError
-from entitlements_common.tls import ClientTls, ServerTls, aio_channel
+from entitlements_common.tls import ServerTls
 from service.adapters.postgres.store import Store
 from service.config import ServiceSettings, load_catalog
 from service.entrypoints.server import RunningServer, start_server
 from tests.support import SYNC_SECRET, Clock, event, now_ms
 from tests.support.tls_material import TlsFiles, make_tls_files
+from webhook_gateway.config import client_tls as client_tls_settings
 from webhook_gateway.forwarding import Forwarder
 
 pytestmark = pytest.mark.integration
@@ -65,17 +67,19 @@ async def mtls_server(database_url: str, tls_files: TlsFiles) -> AsyncIterator[R
         yield server
 
 
-def client_tls(files: TlsFiles, cert: Path | None, key: Path | None) -> ClientTls:
+def client_tls(files: TlsFiles, cert: Path | None, key: Path | None) -> Tls:
     env = {"ENTITLEMENTS_TLS_CA": str(files.ca)}
     if cert and key:
         env |= {"ENTITLEMENTS_TLS_CLIENT_CERT": str(cert), "ENTITLEMENTS_TLS_CLIENT_KEY": str(key)}
-    tls = ClientTls.from_env(env)
+    tls = Tls.from_env(env)
     assert tls is not None
     return tls
 
 
-async def can_use(target: str, tls: ClientTls | None) -> pb.CanUseResponse:
-    async with aio_channel(target, tls) as channel:
+async def can_use(target: str, tls: Tls | None) -> pb.CanUseResponse:
+    creds = tls.credentials() if tls else None
+    channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+    async with channel:
         stub = pb_grpc.EntitlementServiceStub(channel)
         response: pb.CanUseResponse = await stub.CanUse(
             pb.CanUseRequest(subject="user_tls", feature="aiInsights"), timeout=5
@@ -96,7 +100,7 @@ async def test_mutual_tls_refuses_clients_without_a_valid_certificate(
     mtls_server: RunningServer, tls_files: TlsFiles, client: str
 ) -> None:
     target = f"localhost:{mtls_server.port}"
-    tls: ClientTls | None = {
+    tls: Tls | None = {
         "plaintext": None,
         "no_certificate": client_tls(tls_files, None, None),
         "certificate_from_another_ca": client_tls(
@@ -149,15 +153,21 @@ def test_incomplete_server_tls_settings_are_refused(
 
 
 def test_incomplete_client_tls_settings_are_refused(tls_files: TlsFiles) -> None:
+    """The client library reads them (`Tls.from_env`); the gateway refuses them as a
+    ConfigError naming the variable, as every setting of its own."""
     with pytest.raises(ConfigError, match="ENTITLEMENTS_TLS_CLIENT_CERT"):
-        ClientTls.from_env({"ENTITLEMENTS_TLS_CLIENT_CERT": str(tls_files.client_cert)})
+        client_tls_settings({"ENTITLEMENTS_TLS_CLIENT_CERT": str(tls_files.client_cert)})
     with pytest.raises(ConfigError, match="ENTITLEMENTS_TLS_CLIENT_KEY"):
-        ClientTls.from_env(
+        client_tls_settings(
             {
                 "ENTITLEMENTS_TLS_CA": str(tls_files.ca),
                 "ENTITLEMENTS_TLS_CLIENT_CERT": str(tls_files.client_cert),
             }
         )
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_TLS_CA=/nowhere: cannot be read"):
+        client_tls_settings({"ENTITLEMENTS_TLS_CA": "/nowhere"})
+    with pytest.raises(ClientConfigError, match="ENTITLEMENTS_TLS_CLIENT_KEY"):
+        Tls.from_env({"ENTITLEMENTS_TLS_CLIENT_KEY": "/x.pem", "ENTITLEMENTS_TLS_CA": "/y.pem"})
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
@@ -168,7 +178,7 @@ async def test_both_clients_over_tls_and_mutual_tls(
     its watch stream runs over the same secure channel."""
     import asyncio
 
-    from entitlements_client import AsyncEntitlementsClient, EntitlementsClient, Tls, Unavailable
+    from entitlements_client import AsyncEntitlementsClient, EntitlementsClient, Unavailable
 
     env = {"ENTITLEMENTS_TLS_CA": str(tls_files.ca)}
     if mutual:

@@ -20,7 +20,7 @@ from service.domain.deliveries import Delivery, Outcome
 from service.domain.events import NormalizedEvent
 from service.domain.privacy import scrub_payload
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
-from service.domain.subject import Subjects
+from service.domain.subject import Subject, Subjects
 from service.domain.usage import Counter
 from tests.support.fake_usage import FakeUsage, UsageData
 
@@ -200,6 +200,10 @@ class FakeSubjects:
 
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
         return {s: self._data_state(s) for s in subjects}
+
+    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
+        found = self._data.subjects.get(subject)
+        return self._data_state(subject), copy.deepcopy(found) if found else Subject(subject)
 
     def _data_state(self, subject: str) -> SubjectState:
         data = self._data

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from svix.webhooks import Webhook
 
+from entitlements_cli import settings as cli_settings
+from entitlements_cli.errors import ConfigError as CliConfigError
 from entitlements_common.settings import ConfigError
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.verification import VerificationFailed, Verifier
@@ -118,3 +120,30 @@ def test_non_utf8_body() -> None:
 def test_a_signing_secret_that_holds_no_key_is_a_start_error(bad: str) -> None:
     with pytest.raises(ConfigError, match=r"CLERK_WEBHOOK_SIGNING_SECRET: secret #2 is not"):
         GatewaySettings.from_env({"CLERK_WEBHOOK_SIGNING_SECRET": f"{S1} {bad}"})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"ENTITLEMENTS_TLS_CLIENT_CERT": "/c.pem"}, "ENTITLEMENTS_TLS_CLIENT_CERT"),
+        ({"ENTITLEMENTS_TLS_CA": "/a.pem", "ENTITLEMENTS_TLS_CLIENT_KEY": "/k.pem"}, "_KEY"),
+    ],
+)
+def test_client_tls_is_the_client_librarys_and_refused_naming_the_variable(
+    env: dict[str, str], variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway and the CLI read the client library's `Tls`; each refuses a wrong setting
+    with its own configuration error, naming the variable."""
+    assert GatewaySettings.from_env({}).tls is None
+    with pytest.raises(ConfigError, match=variable):
+        GatewaySettings.from_env(env)
+    for name in (
+        "ENTITLEMENTS_TLS_CA",
+        "ENTITLEMENTS_TLS_CLIENT_CERT",
+        "ENTITLEMENTS_TLS_CLIENT_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(CliConfigError, match=variable):
+        cli_settings.tls()

@@ -34,7 +34,8 @@ ALLOWED = {
         "service.adapters",
         "service.metrics",
     ),
-    "webhook_gateway": ("webhook_gateway", "entitlements_common"),
+    # The gateway is a client of the service: the client library's settings (`Tls`).
+    "webhook_gateway": ("webhook_gateway", "entitlements_common", "entitlements_client"),
     # The offline catalog commands use the service's own parser and Clerk client.
     "entitlements_cli": (
         "entitlements_cli",

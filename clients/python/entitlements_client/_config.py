@@ -31,7 +31,8 @@ def _read(path: str | Path | None, name: str) -> bytes | None:
 @dataclass(frozen=True)
 class Tls:
     """TLS to the service: `ca` (PEM) trusts its certificate; `cert` + `key` add a client
-    certificate (mutual TLS). The CLI's settings, by the same environment names."""
+    certificate (mutual TLS). The one client TLS type: the CLI and the webhook gateway read
+    theirs with `from_env` (an error names the variable)."""
 
     ca: bytes
     cert: bytes | None = None
@@ -65,7 +66,10 @@ class Tls:
             raise ClientConfigError(
                 "ENTITLEMENTS_TLS_CLIENT_CERT and ENTITLEMENTS_TLS_CLIENT_KEY go together"
             )
-        return cls.from_files(ca, cert, key)
+        ca_pem = _read(ca, "ENTITLEMENTS_TLS_CA")
+        assert ca_pem is not None
+        cert_pem = _read(cert, "ENTITLEMENTS_TLS_CLIENT_CERT")
+        return cls(ca_pem, cert_pem, _read(key, "ENTITLEMENTS_TLS_CLIENT_KEY"))
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(

@@ -1,6 +1,7 @@
 """Plan state per subject (subjects, items, the change log): the ordering-guarded upsert, the
-one-round-trip commit of a change, loading subject states. SQL only: the rules that decide
-what to write are in service/application/deliveries.py."""
+one-round-trip commit of a change, loading subject states. SQL only: the rule that decides
+what to write is the subject aggregate's (service/domain/subject.py); the guard here is its
+backstop under concurrency."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from service.domain.resolution import (
     Override,
     SubjectState,
 )
+from service.domain.subject import HeldItem, Subject
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ ITEM_COLUMNS = (
     "i.event_ms, i.ever_active, i.last_ok_ms, i.last_ok_rank, i.past_due_marks, "
     "i.period_start_ms, i.free_trial"
 )
+# What the subject aggregate holds of an item besides its state: the order that wrote it.
+HELD_COLUMNS = ", i.lifecycle_rank, i.digest, i.is_default, i.source_event_id"
 
 # The ordering guard lives in the UPDATE's WHERE: the row changes only when the incoming
 # (event time, lifecycle rank, digest) is strictly greater than the stored one. An item belongs
@@ -137,9 +141,13 @@ OVERRIDES_JSON = """(SELECT json_agg(json_build_array(o.override_id, o.feature, 
                        WHERE o.subject = q.subject AND o.removed_at_ms IS NULL)"""
 
 
-async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, SubjectState]:
+async def load_subject_states(
+    conn: Conn, subjects: list[str], aggregates: dict[str, Subject] | None = None
+) -> dict[str, SubjectState]:
+    """The subjects' states; their aggregates too, into `aggregates` when given."""
+    held = HELD_COLUMNS if aggregates is not None else ""
     rows = await conn.fetch(
-        f"""SELECT q.subject, s.version, s.deleted_at_ms, {ITEM_COLUMNS},
+        f"""SELECT q.subject, s.version, s.deleted_at_ms, {ITEM_COLUMNS}{held},
                    (SELECT json_agg(json_build_array(g.plan, g.granted_at_ms, g.expires_at_ms))
                       FROM grants g
                      WHERE g.subject = q.subject AND g.revoked_at_ms IS NULL) AS grants,
@@ -158,7 +166,13 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
         meta[subject] = (row["version"] or 0, row["deleted_at_ms"])
         if row["item_id"] is not None:
             try:
-                items[subject].append(item_state_from_row(row))
+                items[subject].append(item := item_state_from_row(row))
+                if aggregates is not None:
+                    aggregate = aggregates.setdefault(subject, Subject(subject))
+                    order = (item.event_ms, row["lifecycle_rank"], row["digest"])
+                    aggregate.items[item.item_id] = HeldItem(
+                        item, order, row["is_default"], row["source_event_id"] or ""
+                    )
             except (ValueError, TypeError, KeyError, IndexError):
                 # One unreadable row must not break its subject's (or a batch's) answer.
                 log.error("item %s of %s cannot be read; left out", row["item_id"], subject)
@@ -166,6 +180,9 @@ async def load_subject_states(conn: Conn, subjects: list[str]) -> dict[str, Subj
             grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
         if row["overrides"] is not None and subject not in overrides:
             overrides[subject] = tuple(override_from_json(o) for o in json.loads(row["overrides"]))
+    for s in subjects:
+        if aggregates is not None:
+            aggregates.setdefault(s, Subject(s)).deleted_at_ms = meta.get(s, (0, None))[1]
     return {
         s: SubjectState(
             subject=s,
@@ -191,6 +208,11 @@ class PgSubjects:
 
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
         return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))
+
+    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
+        aggregates: dict[str, Subject] = {}
+        states = await load_subject_states(self._conn, [subject], aggregates)
+        return states[subject], aggregates[subject]
 
     async def is_deleted(self, subject: str) -> bool:
         return bool(

@@ -15,6 +15,7 @@ from service.domain.catalog import LimitValue
 from service.domain.events import ItemStatus
 from service.domain.past_due import PastDueTrack
 from service.domain.resolution import Grant, ItemState, Override, SubjectState
+from service.domain.subject import Subject
 from tests.support.contract import T0, Backend, S, delivery
 from tests.support.fakes import UnknownSubject
 
@@ -131,6 +132,27 @@ async def test_a_later_deletion_wins(backend: Backend) -> None:
     assert await backend.store.run(marks) == [False, False, True, False, False, True, True]
     assert (await state(backend)).deleted_at_ms == T0 + 5
     assert (await state(backend, "user_never_seen")).deleted_at_ms is None
+
+
+async def test_load_gives_the_state_and_the_aggregate_with_the_orders_that_wrote_it(
+    backend: Backend,
+) -> None:
+    async def work(uow: UnitOfWork) -> list[tuple[SubjectState, Subject]]:
+        await uow.subjects.lock(S)
+        await uow.subjects.put_item(S, item("subi_a"), (T0, 2, "a"), True, "evt_a")
+        await uow.subjects.put_item(S, item("subi_b"), (T0 + 1, 3, "b"), False, "evt_b")
+        await uow.subjects.mark_deleted(S, T0 + 5)
+        return [await uow.subjects.load(S), await uow.subjects.load("user_unknown")]
+
+    (got, aggregate), unknown = await backend.store.run(work)
+    assert got == (await state(backend)) and got.deleted_at_ms == aggregate.deleted_at_ms == T0 + 5
+    assert aggregate.item_states() == got.items
+    held = {i: (h.order, h.is_default, h.event_id) for i, h in aggregate.items.items()}
+    assert held == {
+        "subi_a": ((T0, 2, "a"), True, "evt_a"),
+        "subi_b": ((T0 + 1, 3, "b"), False, "evt_b"),
+    }
+    assert unknown == (SubjectState("user_unknown"), Subject("user_unknown"))
 
 
 async def test_commit_change_numbers_logs_and_applies(backend: Backend) -> None:
