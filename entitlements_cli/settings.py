@@ -9,7 +9,7 @@ from pathlib import Path
 
 from entitlements_cli.errors import ConfigError
 from entitlements_client import ClientConfigError, Tls
-from entitlements_common.env import host_port
+from entitlements_common.env import Env, host_port
 from entitlements_common.settings import ConfigError as SettingError
 from entitlements_common.settings import bearer, split_secrets
 
@@ -20,22 +20,25 @@ def dev_env_file() -> Path:
     return Path(os.environ.get("ENTITLEMENTS_DATA_DIR") or ".data") / "dev.env"
 
 
-def setting(name: str, default: str | None = None) -> str | None:
-    """From the environment, else from `dev.env` written by `make run`."""
-    if os.environ.get(name):
-        return os.environ[name]
+def settings(asking: str = "the variables") -> Env:
+    """The environment over `dev.env` (a variable set, not blank, wins), read by the rules
+    every part shares (entitlements_common.env)."""
     path = dev_env_file()
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return default
+        text = ""
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); set {name} instead") from None
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == name and value.strip():
-            return value.strip()
-    return default
+        why = f"{path}: cannot be read ({exc.strerror}); set {asking} instead"
+        raise ConfigError(why) from None
+    written = (line.partition("=") for line in text.splitlines())
+    found = {key.strip(): value.strip() for key, _, value in written if key.strip()}
+    return Env(found | {k: v for k, v in os.environ.items() if v.strip()})
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """From the environment, else from `dev.env` written by `make run`."""
+    return settings(name).text(name, default)
 
 
 def target(args: argparse.Namespace) -> str:
@@ -44,7 +47,7 @@ def target(args: argparse.Namespace) -> str:
     try:
         if args.target:
             return host_port("--target", str(args.target))
-        return host_port("ENTITLEMENTS_TARGET", setting("ENTITLEMENTS_TARGET") or DEFAULT_TARGET)
+        return settings("ENTITLEMENTS_TARGET").address("ENTITLEMENTS_TARGET", DEFAULT_TARGET)
     except SettingError as exc:
         raise ConfigError(str(exc)) from None
 

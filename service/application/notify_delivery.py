@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from service.application.failures import FailureRun
 from service.application.notifications import backoff_seconds
 from service.application.ports import NoOperatorEvents, OperatorEvents
 
@@ -149,6 +150,7 @@ class EndpointWorker:
         return len(settled)
 
     async def run(self) -> None:
+        failures = FailureRun("notification delivery", log)  # no URL: it may hold a token
         try:
             while True:
                 self._wake.clear()
@@ -157,8 +159,10 @@ class EndpointWorker:
                     made = await self.step()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
-                    log.warning("notification delivery: %s; retrying", type(exc).__name__)
+                except Exception:  # broad on purpose: the worker must outlive any one round
+                    failures.failed("could not claim, send or record a round")
+                else:
+                    failures.recovered()
                 if made == 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._policy.poll_seconds):

@@ -28,6 +28,13 @@ def _read(path: str | Path | None, name: str) -> bytes | None:
         raise ClientConfigError(f"{name}={path}: cannot be read ({exc.strerror})") from None
 
 
+def _set(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, None when unset or blank: the rule of the service's settings
+    (entitlements_common.env.Env.raw), which this distribution cannot import."""
+    value = env.get(name)
+    return value if value and value.strip() else None
+
+
 @dataclass(frozen=True)
 class Tls:
     """TLS to the service: `ca` (PEM) trusts its certificate; `cert` + `key` add a client
@@ -55,9 +62,9 @@ class Tls:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Tls | None:
         """ENTITLEMENTS_TLS_CA, ENTITLEMENTS_TLS_CLIENT_CERT, ENTITLEMENTS_TLS_CLIENT_KEY."""
         env = os.environ if env is None else env
-        ca = env.get("ENTITLEMENTS_TLS_CA") or None
-        cert = env.get("ENTITLEMENTS_TLS_CLIENT_CERT") or None
-        key = env.get("ENTITLEMENTS_TLS_CLIENT_KEY") or None
+        ca, cert, key = (
+            _set(env, f"ENTITLEMENTS_TLS_{name}") for name in ("CA", "CLIENT_CERT", "CLIENT_KEY")
+        )
         if ca is None:
             if cert or key:
                 raise ClientConfigError("ENTITLEMENTS_TLS_CLIENT_CERT needs ENTITLEMENTS_TLS_CA")

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from service.adapters.postgres.base import CHANGES_CHANNEL
+from service.application.failures import FailureRun
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ChangeListener:
     async def run(self) -> None:
         """Listen until cancelled; reconnect with backoff after any failure."""
         backoff = 0.1
+        failures = FailureRun("change listener", log)
         while True:
             conn: asyncpg.Connection[Any] | None = None
             try:
@@ -52,6 +54,7 @@ class ChangeListener:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANGES_CHANNEL, self._notified)
                 self.live = True
+                failures.recovered()
                 self._on_live(True)
                 backoff = 0.1
                 while not lost.is_set():
@@ -64,8 +67,8 @@ class ChangeListener:
                         await conn.fetchval("SELECT 1", timeout=self._keepalive)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.debug("change listener: %s", type(exc).__name__)
+            except Exception:  # broad on purpose: the listener must outlive any one connection
+                failures.failed("lost its connection or could not connect")
             finally:
                 if self.live:
                     self.live = False

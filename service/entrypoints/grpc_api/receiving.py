@@ -89,7 +89,7 @@ class Receiving:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_MESSAGE)
             except aio.AbortError:
                 raise
-            except Exception:
+            except Exception:  # broad on purpose: whatever grpc raises, the call is over
                 # No status can be sent: grpc ended the call itself (a message over the
                 # receive limit, answered RESOURCE_EXHAUSTED; or the caller went away).
                 # Nothing to log: a caller must not choose the log volume.
