@@ -22,8 +22,12 @@ WITH heads AS (
      WHERE endpoint = $1 AND status = 'pending'
      ORDER BY subject, id),
 ready AS (
+    -- The conditions on d, not on the heads: a row another replica claimed (and committed)
+    -- after this snapshot is re-read when locked and fails them, so it is passed over before
+    -- the LIMIT counts it (on h it would be locked, counted, then left by the UPDATE).
     SELECT d.id FROM notify_deliveries d JOIN heads h USING (id)
-     WHERE h.next_attempt_at <= now() AND (h.lease_until IS NULL OR h.lease_until < now())
+     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+       AND (d.lease_until IS NULL OR d.lease_until < now())
        AND NOT EXISTS (SELECT 1 FROM notify_endpoints e
                         WHERE e.url = $1 AND e.disabled_at IS NOT NULL)
      ORDER BY d.id LIMIT $2
