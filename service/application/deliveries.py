@@ -132,7 +132,9 @@ class DeliveryRules:
     ) -> ApplyResult:
         """The subject aggregate decides, the repository writes what it decided (its guard is
         the backstop). The subject is locked: this read sees every earlier change."""
-        state, aggregate = await uow.subjects.load(subject)
+        aggregate = await uow.subjects.load(subject)
+        now = self.clock.now_ms()
+        before = aggregate.entitlements(self.catalog, now)
         if aggregate.deleted_at_ms is not None or event.kind is EventKind.SUBJECT_DELETED:
             # A deleted subject's stored payloads keep no personal data (late arrivals too).
             await uow.deliveries.scrub_subject(subject)
@@ -153,13 +155,11 @@ class DeliveryRules:
                 await uow.subjects.note_created(subject, at_ms)
             elif aggregate.mark_deleted(at_ms):
                 deleted = await uow.subjects.mark_deleted(subject, at_ms)
-        now = self.clock.now_ms()
-        before = resolve(state, self.catalog, now)
-        after = resolve(aggregate.applied_to(state), self.catalog, now)
+        after = aggregate.entitlements(self.catalog, now)
         if not (deleted or aggregate.changed_by(steps, before, after)):
             stale = event.kind in (EventKind.ITEMS, EventKind.SUBJECT_DELETED)
             outcome, plan = Outcome.STALE if stale else Outcome.APPLIED, before.plan.name
-            return ApplyResult(outcome, subject, plan, plan, state.version)
+            return ApplyResult(outcome, subject, plan, plan, aggregate.version)
         version = await uow.subjects.commit_change(
             subject, after.plan.name, before.plan.name, event_id, event.type, notes
         )

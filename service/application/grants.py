@@ -13,7 +13,7 @@ from service.domain.bounds import echo, wire_ms
 from service.domain.catalog import Catalog
 from service.domain.deliveries import ApplyResult, Outcome
 from service.domain.errors import InvalidArgument, NotFound
-from service.domain.resolution import Grant, SubjectState, resolve
+from service.domain.resolution import Entitlements, Grant, SubjectState, resolve
 from service.domain.subjects import require_subject
 
 log = logging.getLogger(__name__)
@@ -105,30 +105,21 @@ class Grants:
         cause_id: str,
         cause_type: str,
     ) -> ApplyResult:
+        now = self._clock.now_ms()
         return await commit_subject_change(
             uow,
-            self._catalog,
-            self._clock.now_ms(),
-            before_state,
-            after_state,
+            resolve(before_state, self._catalog, now),
+            resolve(after_state, self._catalog, now),
             cause_id,
             cause_type,
         )
 
 
 async def commit_subject_change(
-    uow: UnitOfWork,
-    catalog: Catalog,
-    now: int,
-    before_state: SubjectState,
-    after_state: SubjectState,
-    cause_id: str,
-    cause_type: str,
+    uow: UnitOfWork, before: Entitlements, after: Entitlements, cause_id: str, cause_type: str
 ) -> ApplyResult:
     """A hand-made change (grant, override) committed as a new version of the subject."""
-    subject = before_state.subject
-    before = resolve(before_state, catalog, now)
-    after = resolve(after_state, catalog, now)
+    subject = before.subject
     version = await uow.subjects.commit_change(
         subject, after.plan.name, before.plan.name, cause_id, cause_type, []
     )

@@ -1,12 +1,13 @@
 """Use cases: set and remove a per-customer override (SPEC §10.2). Each is recorded and applied
 in one unit of work, like a grant, gets the subject a new version (so caches, Watch streams and
-local caches hear of it) and shows in the subject's history."""
+local caches hear of it) and shows in the subject's history. What an override may name is
+checked here, against the catalog; what setting or removing one does to its subject is the
+subject aggregate's decision (service/domain/subject.py), which the repository writes."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
 
 from service.application.deliveries import announce
 from service.application.grants import (
@@ -90,19 +91,12 @@ class Overrides:
 
         async def work(uow: UnitOfWork) -> ApplyResult:
             await uow.subjects.lock(subject)
-            state = (await uow.subjects.states([subject]))[subject]
-            placed = replace(override, created_at_ms=self._clock.now_ms())
-            await uow.overrides.add(subject, placed)
-            after = replace(state, overrides=(*state.overrides, placed))
-            return await commit_subject_change(
-                uow,
-                self._catalog,
-                self._clock.now_ms(),
-                state,
-                after,
-                override.override_id,
-                "override",
-            )
+            aggregate = await uow.subjects.load(subject)
+            now = self._clock.now_ms()
+            before = aggregate.entitlements(self._catalog, now)
+            await uow.overrides.add(subject, aggregate.set_override(override, now))
+            after = aggregate.entitlements(self._catalog, now)
+            return await commit_subject_change(uow, before, after, override.override_id, "override")
 
         result = await self._tx.run(work)
         announce(self._changes, result)
@@ -119,13 +113,15 @@ class Overrides:
             if subject is None:
                 return None
             await uow.subjects.lock(subject)
-            state = (await uow.subjects.states([subject]))[subject]
-            if not await uow.overrides.remove(override_id, self._clock.now_ms(), reason):
+            aggregate = await uow.subjects.load(subject)
+            now = self._clock.now_ms()
+            before = aggregate.entitlements(self._catalog, now)
+            if aggregate.remove_override(override_id) is None:
                 return None  # removed concurrently
-            after = (await uow.subjects.states([subject]))[subject]
-            return await commit_subject_change(
-                uow, self._catalog, self._clock.now_ms(), state, after, override_id, "remove"
-            )
+            if not await uow.overrides.remove(override_id, now, reason):
+                return None  # removed concurrently (the store's backstop)
+            after = aggregate.entitlements(self._catalog, now)
+            return await commit_subject_change(uow, before, after, override_id, "remove")
 
         result = await self._tx.run(work)
         if result is None:

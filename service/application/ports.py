@@ -130,9 +130,9 @@ class SubjectRepository(Protocol):
 
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]: ...
 
-    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
-        """The subject's state and its aggregate (items with the order that wrote them), in
-        one read."""
+    async def load(self, subject: str) -> Subject:
+        """The subject's aggregate (items with the order that wrote them, deletion, grants,
+        overrides not removed, version), in one read."""
 
     async def is_deleted(self, subject: str) -> bool: ...
 

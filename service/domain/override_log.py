@@ -1,8 +1,10 @@
 """Rebuilding per-customer overrides from their log (`override_events`), for `verify`.
 
-Each set appends the override's whole row, each remove its time and reason; replayed in order
-they give every row of `overrides`. A row that differs from its rebuild was changed outside
-the service (or a write was lost) and `verify` reports it, as it does for items and usage.
+Each set appends the override's whole row, each remove its time and reason; replayed in order,
+through the subject aggregates (subject.py: a set places the override, a remove ends it only
+while its subject holds it), they give every row of `overrides`. A row that differs from its
+rebuild was changed outside the service (or a write was lost) and `verify` reports it, as it
+does for items and usage.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from service.domain.catalog import LimitValue
+from service.domain.resolution import Override
+from service.domain.subject import Subjects
 
 # The columns of an override row that `verify` compares, in this order.
 OVERRIDE_COLUMNS = (
@@ -44,12 +50,32 @@ class OverrideEvent:
     unlimited: bool | None = None
     expires_at_ms: int | None = None
 
+    def override(self) -> Override:
+        """The override a set places (its creation time is `at_ms`)."""
+        value = None
+        if self.limit_name is not None:
+            value = (
+                LimitValue(unlimited=True) if self.unlimited else LimitValue(self.limit_value or 0)
+            )
+        return Override(
+            self.override_id,
+            self.feature,
+            self.limit_name,
+            self.at_ms,
+            bool(self.enabled),
+            value,
+            self.expires_at_ms,
+            self.reason,
+        )
+
 
 def rebuilt_overrides(events: Iterable[OverrideEvent]) -> dict[str, tuple[Any, ...]]:
     """Every override's row (OVERRIDE_COLUMNS) as its events, in log order, make it."""
     rows: dict[str, tuple[Any, ...]] = {}
+    subjects = Subjects()  # what each subject holds: the overrides not removed
     for e in events:
         if e.kind == "set":
+            subjects.add(e.subject or "").set_override(e.override(), e.at_ms)
             rows[e.override_id] = (
                 e.subject,
                 e.feature,
@@ -63,8 +89,12 @@ def rebuilt_overrides(events: Iterable[OverrideEvent]) -> dict[str, tuple[Any, .
                 None,
                 None,
             )
-        elif e.kind == "remove" and e.override_id in rows and rows[e.override_id][_REMOVED] is None:
-            rows[e.override_id] = (*rows[e.override_id][:_REMOVED], e.at_ms, e.reason)
+        elif (
+            e.kind == "remove"
+            and (row := rows.get(e.override_id)) is not None
+            and subjects.add(row[0] or "").remove_override(e.override_id) is not None
+        ):
+            rows[e.override_id] = (*row[:_REMOVED], e.at_ms, e.reason)
     return rows
 
 

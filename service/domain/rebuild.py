@@ -72,7 +72,6 @@ def _storable(update: ItemUpdate) -> bool:
 @dataclass
 class Rebuild:
     subjects: Subjects = field(default_factory=Subjects)
-    grants: dict[str, list[Grant]] = field(default_factory=dict)
 
     def apply(self, event: NormalizedEvent) -> None:
         """One stored delivery, as the store would apply it now."""
@@ -90,9 +89,9 @@ class Rebuild:
 
     def add_grant(self, subject: str, grant: Grant | None) -> None:
         """A stored grant (None: revoked, it only registers the subject)."""
-        self.subjects.add(subject)
+        aggregate = self.subjects.add(subject)
         if grant is not None:
-            self.grants.setdefault(subject, []).append(grant)
+            aggregate.grants = (*aggregate.grants, grant)
 
     def item_rows(self) -> dict[str, tuple[Any, ...]]:
         return {
@@ -105,12 +104,4 @@ class Rebuild:
         return {s: aggregate.deleted_at_ms for s, aggregate in self.subjects.by_subject.items()}
 
     def states(self) -> dict[str, SubjectState]:
-        return {
-            subject: SubjectState(
-                subject,
-                aggregate.item_states(),
-                tuple(self.grants.get(subject, ())),
-                aggregate.deleted_at_ms,
-            )
-            for subject, aggregate in self.subjects.by_subject.items()
-        }
+        return {subject: a.state() for subject, a in self.subjects.by_subject.items()}

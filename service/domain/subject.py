@@ -1,5 +1,6 @@
-"""The subject aggregate: one subject's subscription items and deletion, and the rule that
-decides what an item update changes (cosmicpython's `Product.allocate` is the model).
+"""The subject aggregate: one subject's terms and the rules that decide what changes them
+(cosmicpython's `Product.allocate` is the model). It holds the subject's subscription items,
+deletion, grants, per-customer overrides and version.
 
 * Ordering: an item changes only for a strictly later (event time, lifecycle rank, digest).
 * An older update still counts as an observation (ever active, past-due episodes), so the
@@ -10,12 +11,21 @@ decides what an item update changes (cosmicpython's `Product.allocate` is the mo
   refuses a write: `refused`).
 * A change (a new version) is a written item resolution sees or an observation that changes
   what a caller sees (`changed_by`).
+* Overrides: setting one places it at an instant (its creation time) beside the others; the
+  newest of one feature or limit wins in resolution. Removing one ends it only while it is
+  held (not removed yet), once (`set_override`, `remove_override`).
+* Read-side terms: what the subject may use at an instant (`entitlements`: lifecycle, past-due
+  grace, grants, deletion and the overrides in force, by resolution.resolve) and the period a
+  metered limit counts in (`usage_period`: usage.period_at with the entitling item's billing
+  period). The cached read path resolves cached SubjectStates with the same function.
 
-ApplyDelivery loads a subject's aggregate, lets it decide each step and writes what it decided;
-the in-memory fake of the store and `verify`'s rebuild keep their state in these aggregates;
-PostgreSQL keeps the same rule in its UPSERT guard, the backstop under concurrency (the
-repository contract suite, tests/integration/contract, checks the fake and PostgreSQL agree).
-(Subject ids themselves are checked in subjects.py.)
+ApplyDelivery and the override use cases load a subject's aggregate, let it decide and write
+what it decided; the in-memory fake of the store and `verify`'s rebuild (deliveries and the
+override log) keep their state in these aggregates; PostgreSQL keeps the same rules in its
+UPSERT guard and in `removed_at_ms IS NULL`, the backstop under concurrency (the repository
+contract suite, tests/integration/contract, checks the fake and PostgreSQL agree).
+(Subject ids themselves are checked in subjects.py, what an override may name in
+application/overrides.py, against the catalog.)
 """
 
 from __future__ import annotations
@@ -24,15 +34,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from service.domain.bounds import echo
+from service.domain.catalog import Catalog
 from service.domain.deliveries import ItemOwnedElsewhere
 from service.domain.events import ItemUpdate
 from service.domain.resolution import (
     Entitlements,
+    Grant,
     ItemState,
+    Override,
     SubjectState,
     item_after_stale,
     item_after_update,
+    resolve,
 )
+from service.domain.usage import Period
 
 Order = tuple[int, int, str]  # (event time, lifecycle rank, content digest)
 
@@ -67,11 +82,15 @@ class Step:
 
 @dataclass
 class Subject:
-    """One subject's items and deletion time."""
+    """One subject's items, deletion time, grants, overrides (not removed, by id) and
+    version."""
 
     subject: str
     items: dict[str, HeldItem] = field(default_factory=dict)
     deleted_at_ms: int | None = None
+    grants: tuple[Grant, ...] = ()
+    overrides: dict[str, Override] = field(default_factory=dict)
+    version: int = 0
 
     def wins(self, item_id: str, order: Order) -> bool:
         """The ordering guard: an update of order `order` changes the item when the item is
@@ -146,9 +165,39 @@ class Subject:
             return True
         return any(s.observed for s in steps) and _visible(after) != _visible(before)
 
-    def applied_to(self, state: SubjectState) -> SubjectState:
-        """`state` with this aggregate's items and deletion."""
-        return replace(state, items=self.item_states(), deleted_at_ms=self.deleted_at_ms)
+    def state(self) -> SubjectState:
+        """The subject's stored terms as resolution reads them."""
+        return SubjectState(
+            self.subject,
+            self.item_states(),
+            self.grants,
+            self.deleted_at_ms,
+            self.version,
+            tuple(self.overrides.values()),
+        )
+
+    def entitlements(self, catalog: Catalog, now_ms: int) -> Entitlements:
+        """What the subject may use at `now_ms` (resolution.resolve: lifecycle, past-due
+        grace, grants, deletion, the overrides in force)."""
+        return resolve(self.state(), catalog, now_ms)
+
+    def usage_period(self, catalog: Catalog, meter: str, now_ms: int) -> Period:
+        """The period the metered limit `meter` counts usage in at `now_ms`: its reset
+        (usage.period_at) over the billing period of the item that entitles the subject."""
+        return self.entitlements(catalog, now_ms).meter_periods[meter]
+
+    def set_override(self, override: Override, at_ms: int) -> Override:
+        """Place `override` at `at_ms` (its creation time): the override the store writes.
+        Older ones of the same feature or limit stay, shadowed while it is in force
+        (resolution: the newest wins)."""
+        placed = replace(override, created_at_ms=at_ms)
+        self.overrides[placed.override_id] = placed
+        return placed
+
+    def remove_override(self, override_id: str) -> Override | None:
+        """End an override this subject holds; None when it holds none of that id (never set
+        here, or removed already): nothing changes."""
+        return self.overrides.pop(override_id, None)
 
     def mark_deleted(self, at_ms: int) -> bool:
         """Record the deletion unless a later (or the same) one is recorded; True when it

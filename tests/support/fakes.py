@@ -1,8 +1,9 @@
 """In-memory implementations of the application layer's ports, for unit tests of the use cases
 (milliseconds, no PostgreSQL). They keep the contracts the PostgreSQL adapters keep: a unit of
 work commits all or nothing, one version sequence for every change, and the item ordering,
-ownership and deletion rule — held once, by the domain's subject aggregate (subject.py) — as
-the repository contract suite (tests/integration/contract) checks on both stores."""
+ownership, deletion and override rules — held once, by the domain's subject aggregate
+(subject.py) — as the repository contract suite (tests/integration/contract) checks on both
+stores."""
 
 from __future__ import annotations
 
@@ -75,20 +76,14 @@ class StoredGrant:
 
 
 @dataclass
-class StoredOverride:
-    subject: str
-    override: Override
-    removed_at_ms: int | None = None
-
-
-@dataclass
 class Data:
     deliveries: dict[str, StoredRow] = field(default_factory=dict)
-    subjects: Subjects = field(default_factory=Subjects)  # items and deletions (the rule)
+    # Items, deletions and overrides not removed: the rules, held by the aggregates.
+    subjects: Subjects = field(default_factory=Subjects)
     versions: dict[str, int] = field(default_factory=dict)  # a subject's row: locked once
     created: dict[str, int] = field(default_factory=dict)
     grants: dict[str, StoredGrant] = field(default_factory=dict)
-    overrides: dict[str, StoredOverride] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)  # every override's subject
     usage: UsageData = field(default_factory=lambda: UsageData())
     plan_changes: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     change_log: list[tuple[int, str]] = field(default_factory=list)
@@ -201,9 +196,12 @@ class FakeSubjects:
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
         return {s: self._data_state(s) for s in subjects}
 
-    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
+    async def load(self, subject: str) -> Subject:
         found = self._data.subjects.get(subject)
-        return self._data_state(subject), copy.deepcopy(found) if found else Subject(subject)
+        aggregate = copy.deepcopy(found) if found else Subject(subject)
+        state = self._data_state(subject)
+        aggregate.grants, aggregate.version = state.grants, state.version
+        return aggregate
 
     def _data_state(self, subject: str) -> SubjectState:
         data = self._data
@@ -218,11 +216,7 @@ class FakeSubjects:
             ),
             deleted_at_ms=aggregate.deleted_at_ms if aggregate is not None else None,
             version=data.versions.get(subject, 0),
-            overrides=tuple(
-                o.override
-                for o in data.overrides.values()
-                if o.subject == subject and o.removed_at_ms is None
-            ),
+            overrides=tuple(aggregate.overrides.values()) if aggregate is not None else (),
         )
 
     async def is_deleted(self, subject: str) -> bool:
@@ -299,18 +293,21 @@ class FakeOverrides:
 
     async def add(self, subject: str, override: Override) -> None:
         require_subject(self._data, subject)
-        self._data.overrides[override.override_id] = StoredOverride(subject, override)
+        self._data.subjects.add(subject).set_override(override, override.created_at_ms)
+        self._data.overrides[override.override_id] = subject
+
+    def _holder(self, override_id: str) -> Subject | None:
+        """The aggregate holding the override (None: never set, or removed)."""
+        aggregate = self._data.subjects.get(self._data.overrides.get(override_id, ""))
+        return aggregate if aggregate is not None and override_id in aggregate.overrides else None
 
     async def active_subject(self, override_id: str) -> str | None:
-        stored = self._data.overrides.get(override_id)
-        return stored.subject if stored is not None and stored.removed_at_ms is None else None
+        aggregate = self._holder(override_id)
+        return aggregate.subject if aggregate is not None else None
 
     async def remove(self, override_id: str, at_ms: int, reason: str) -> bool:
-        stored = self._data.overrides.get(override_id)
-        if stored is None or stored.removed_at_ms is not None:
-            return False
-        stored.removed_at_ms = at_ms
-        return True
+        aggregate = self._holder(override_id)
+        return aggregate is not None and aggregate.remove_override(override_id) is not None
 
 
 class FakeUnitOfWork:

@@ -180,10 +180,7 @@ async def load_subject_states(
             grants[subject] = tuple(Grant(p, g, e) for p, g, e in json.loads(row["grants"]))
         if row["overrides"] is not None and subject not in overrides:
             overrides[subject] = tuple(override_from_json(o) for o in json.loads(row["overrides"]))
-    for s in subjects:
-        if aggregates is not None:
-            aggregates.setdefault(s, Subject(s)).deleted_at_ms = meta.get(s, (0, None))[1]
-    return {
+    states = {
         s: SubjectState(
             subject=s,
             items=tuple(items[s]),
@@ -194,6 +191,13 @@ async def load_subject_states(
         )
         for s in subjects
     }
+    if aggregates is not None:
+        for s, state in states.items():
+            aggregate = aggregates.setdefault(s, Subject(s))
+            aggregate.deleted_at_ms, aggregate.version = state.deleted_at_ms, state.version
+            aggregate.grants = state.grants
+            aggregate.overrides = {o.override_id: o for o in state.overrides}
+    return states
 
 
 class PgSubjects:
@@ -209,10 +213,10 @@ class PgSubjects:
     async def states(self, subjects: Sequence[str]) -> dict[str, SubjectState]:
         return await load_subject_states(self._conn, list(dict.fromkeys(subjects)))
 
-    async def load(self, subject: str) -> tuple[SubjectState, Subject]:
+    async def load(self, subject: str) -> Subject:
         aggregates: dict[str, Subject] = {}
-        states = await load_subject_states(self._conn, [subject], aggregates)
-        return states[subject], aggregates[subject]
+        await load_subject_states(self._conn, [subject], aggregates)
+        return aggregates[subject]
 
     async def is_deleted(self, subject: str) -> bool:
         return bool(

@@ -137,22 +137,36 @@ async def test_a_later_deletion_wins(backend: Backend) -> None:
 async def test_load_gives_the_state_and_the_aggregate_with_the_orders_that_wrote_it(
     backend: Backend,
 ) -> None:
-    async def work(uow: UnitOfWork) -> list[tuple[SubjectState, Subject]]:
+    grant = Grant("pro", T0, T0 + DAY)
+    override = Override("ovr_1", "sso", None, T0 + 6, True)
+
+    async def work(uow: UnitOfWork) -> list[Subject]:
         await uow.subjects.lock(S)
         await uow.subjects.put_item(S, item("subi_a"), (T0, 2, "a"), True, "evt_a")
         await uow.subjects.put_item(S, item("subi_b"), (T0 + 1, 3, "b"), False, "evt_b")
         await uow.subjects.mark_deleted(S, T0 + 5)
+        await uow.grants.add("grt_1", S, grant, "support")
+        await uow.overrides.add(S, override)
+        await uow.subjects.commit_change(S, "free_user", "free_user", "evt_x", "t", [])
         return [await uow.subjects.load(S), await uow.subjects.load("user_unknown")]
 
-    (got, aggregate), unknown = await backend.store.run(work)
+    aggregate, unknown = await backend.store.run(work)
+    got = aggregate.state()
     assert got == (await state(backend)) and got.deleted_at_ms == aggregate.deleted_at_ms == T0 + 5
-    assert aggregate.item_states() == got.items
+    assert (got.grants, got.overrides, aggregate.overrides) == (
+        (grant,),
+        (override,),
+        {"ovr_1": override},
+    )
+    assert got.version == 1
+    assert len(got.items) == 2
     held = {i: (h.order, h.is_default, h.event_id) for i, h in aggregate.items.items()}
     assert held == {
         "subi_a": ((T0, 2, "a"), True, "evt_a"),
         "subi_b": ((T0 + 1, 3, "b"), False, "evt_b"),
     }
-    assert unknown == (SubjectState("user_unknown"), Subject("user_unknown"))
+    assert unknown == Subject("user_unknown")
+    assert unknown.state() == SubjectState("user_unknown")
 
 
 async def test_commit_change_numbers_logs_and_applies(backend: Backend) -> None:
