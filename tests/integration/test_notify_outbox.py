@@ -6,11 +6,13 @@ one notifier scans at a time."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
+from service.adapters.postgres.notifications import CLAIM
 from service.adapters.postgres.store import Store
 from service.application.notifications import Notice
 from service.application.notify_delivery import Outcome, Settled
@@ -101,3 +103,29 @@ async def test_one_notifier_scans_at_a_time(store: Store) -> None:
         assert first is not None
         async with store.scanning([URL]) as second:
             assert second is None  # another replica holds it: skipped, not waited for
+
+
+async def test_a_claim_probes_each_pending_delivery_once_whatever_the_statistics(
+    store: Store, dsn: str
+) -> None:
+    """The planner's trap the bench fell into: statistics from when the outbox was small
+    (vacuumed, never analysed), then 20 000 deliveries queued in seconds. A claim planned as a
+    join scanned every pending row once per candidate (10^8 rows, 30 M buffers, 10 s); it
+    must stay linear: a bounded number of buffers per pending delivery."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")  # as a pooled one
+        await queue(store, [notice(f"lat_{i}", 1) for i in range(20)])
+        await conn.execute("UPDATE notify_deliveries SET status = 'delivered'")
+        await conn.execute("VACUUM notify_deliveries")
+        await queue(store, [notice(f"user_{i}", v) for v in (1, 2) for i in range(10_000)])
+        await conn.execute(
+            "UPDATE notify_deliveries SET next_attempt_at = now() + interval '30 seconds' "
+            "WHERE id % 10 <> 0"
+        )
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + CLAIM, URL, 32, 30.0)
+    finally:
+        await conn.close()
+    top = json.loads(raw)[0]["Plan"]
+    assert top["Actual Rows"] == 32
+    assert top["Shared Hit Blocks"] + top.get("Shared Read Blocks", 0) < 200_000
