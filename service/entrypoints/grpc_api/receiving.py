@@ -38,6 +38,7 @@ class _Refused:
         self.message = message
 
 
+_LATE = object()  # a read the deadline ended
 UNDECODABLE = _Refused(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
 
 
@@ -66,22 +67,60 @@ def capped_deserializer(
 
 
 class Receiving:
-    """At most `slots` request messages being received at once, each within `timeout`."""
+    """At most `slots` request messages being received at once, each within `timeout`.
+
+    The deadline is kept by one timer for all reads rather than one per call (asyncio.timeout
+    puts a timer in the loop's heap for every call, cancelled a moment later, and the heap
+    fills with them): a read still waiting when the timer looks (every quarter of the timeout,
+    at most a second) past its deadline is cancelled and answered DEADLINE_EXCEEDED."""
 
     def __init__(self, slots: int, timeout: float | None = None) -> None:
         self.slots = slots
         self._free = asyncio.Semaphore(slots)
         self._timeout = RECEIVE_TIMEOUT_SECONDS if timeout is None else timeout
+        self._every = min(1.0, self._timeout / 4)
+        self._reading: dict[asyncio.Task[Any], float] = {}  # reads in progress: when due
+        self._overdue: set[asyncio.Task[Any]] = set()
+        self._watching: asyncio.TimerHandle | None = None
+
+    def _watch(self) -> None:
+        """Cancel the reads past their deadline; look again while any is in progress."""
+        self._watching = None
+        if not self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, due in self._reading.items():
+            if due <= now and task not in self._overdue:
+                self._overdue.add(task)
+                task.cancel()
+        self._watching = loop.call_later(self._every, self._watch)
+
+    async def _read(self, context: aio.ServicerContext[Any, Any]) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._reading[task] = loop.time() + self._timeout
+        if self._watching is None:
+            self._watching = loop.call_later(self._every, self._watch)
+        try:
+            return await context.read()
+        except asyncio.CancelledError:
+            if task not in self._overdue:
+                raise
+            task.uncancel()
+            return _LATE
+        finally:
+            del self._reading[task]
+            self._overdue.discard(task)
 
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
         """The call's one request message; aborts the call when it is refused, missing or
         late."""
         async with self._free:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    request = await context.read()
-            except TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
+            request = await self._read(context)
+        if request is _LATE:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
         if isinstance(request, _Refused):
             await context.abort(request.code, request.message)
         if request is aio.EOF:
