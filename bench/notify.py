@@ -48,6 +48,7 @@ LATENCY = int(os.environ.get("BENCH_NOTIFY_LATENCY", "300"))
 # backoff cap, so what follows is what follows any longer outage (a 10-minute one included).
 OUTAGE = float(os.environ.get("BENCH_NOTIFY_OUTAGE_SECONDS", "90"))
 ROUNDS = int(os.environ.get("BENCH_NOTIFY_ROUNDS", "5"))  # the ratio is their median
+IN_PROCESS = os.environ.get("BENCH_NOTIFY_IN_PROCESS") == "1"
 NOTIFY_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 AUTH = (("authorization", f"Bearer {SYNC_SECRET}"),)
 
@@ -156,12 +157,25 @@ async def catch_up(target: str, dsn: str, receiver: Receiver) -> dict[str, Any]:
 
 @contextmanager
 def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | None) -> Iterator[str]:
+    """The service and the gateway; with `notify`, the notifier as deployed by default here: a
+    process of its own (`entitlements-service notify`) at nice 10, a smaller CPU share than the
+    service's; BENCH_NOTIFY_IN_PROCESS=1: inside the service instead."""
     env = {"ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}"}
+    notify_env: dict[str, str] = {}
     if notify is not None:
-        env |= {"ENTITLEMENTS_NOTIFY_URL": notify, "ENTITLEMENTS_NOTIFY_SECRET": NOTIFY_SECRET}
+        notify_env = {
+            "ENTITLEMENTS_NOTIFY_URL": notify,
+            "ENTITLEMENTS_NOTIFY_SECRET": NOTIFY_SECRET,
+        }
         if os.environ.get("BENCH_NOTIFY_CONCURRENCY"):
-            env["ENTITLEMENTS_NOTIFY_CONCURRENCY"] = os.environ["BENCH_NOTIFY_CONCURRENCY"]
-    manager, _ = service(dsn, logs, "notify-on" if notify else "notify-off", env=env)
+            notify_env["ENTITLEMENTS_NOTIFY_CONCURRENCY"] = os.environ["BENCH_NOTIFY_CONCURRENCY"]
+    in_process = IN_PROCESS and notify is not None
+    manager, _ = service(
+        dsn,
+        logs,
+        "notify-on" if notify else "notify-off",
+        env=env | (notify_env if in_process else {}),
+    )
     target = env["ENTITLEMENTS_LISTEN"]  # a fixed port: the gateway points at it every round
     gateway_env = {
         "ENTITLEMENTS_TARGET": target,
@@ -170,8 +184,16 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
         "GATEWAY_LISTEN": f"127.0.0.1:{gateway_port}",
     }
     gateway = [str(BIN / "entitlements-gateway"), "--log-level", "WARNING"]
-    with manager, process(gateway, gateway_env, "gateway", logs):
+    with ExitStack() as stack:
+        stack.enter_context(manager)
+        stack.enter_context(process(gateway, gateway_env, "gateway", logs))
         wait_serving(target)
+        if notify is not None and not in_process:
+            notifier = ["nice", "-n", "10", str(BIN / "entitlements-service"), "notify"]
+            notifier += ["--log-level", "WARNING"]
+            stack.enter_context(
+                process(notifier, {"DATABASE_URL": dsn, **notify_env}, "notifier", logs)
+            )
         time.sleep(1.0)  # the gateway's port and the notifier's first scan
         yield target
 
@@ -204,6 +226,7 @@ async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
                 out = await catch_up(target, dsn, receiver)
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
     return {
+        "notifier": "in the service" if IN_PROCESS else "a process of its own at nice 10",
         "latency": lat,
         "ingest": {
             "webhooks_per_round": INGEST,
@@ -225,7 +248,7 @@ def bench() -> dict[str, Any]:
 def describe(r: dict[str, Any]) -> str:
     lat, ing, cu = r["latency"], r["ingest"], r["catch_up"]
     return (
-        f"notifications: commit→receiver p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+        f"notifications (the notifier {r['notifier']}): commit→receiver p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
         f"({lat['changes']} changes)\n"
         f"ingest with notifications on vs off: {ing['on_vs_off']}x "
         f"(off {ing['off_per_second']}/s, on {ing['on_per_second']}/s)\n"

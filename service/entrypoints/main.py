@@ -31,6 +31,7 @@ from service.entrypoints.launch import (
     migrate_database,
     probe_database,
 )
+from service.entrypoints.notifier_process import serve_notifier
 from service.entrypoints.server import configure_logging, serve
 
 log = logging.getLogger("entitlements.service")
@@ -43,9 +44,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=("serve", "migrate"),
+        choices=("serve", "migrate", "notify"),
         default="serve",
-        help="serve (default), or migrate: apply pending migrations and exit",
+        help="serve (default); migrate: apply pending migrations and exit; notify: send change "
+        "notifications only (ENTITLEMENTS_NOTIFY_URL), as a process of their own",
     )
     parser.add_argument("--listen", help="host:port (overrides ENTITLEMENTS_LISTEN)")
     parser.add_argument("--database-url", help="PostgreSQL DSN (overrides DATABASE_URL)")
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ConfigError("--workers must be at least 1")
         if args.command == "migrate":
             sys.exit(run_migrate(settings))
+        if args.command == "notify":
+            asyncio.run(serve_notifier(settings))
+            return
         load_catalog(settings.catalog_path)  # refuse a bad catalog before forking anything
         # Before any migration: a second instance on a held port changes nothing.
         for listen in (settings.listen, settings.http_listen, settings.metrics_listen):

@@ -260,3 +260,64 @@ def test_410_disables_the_endpoint(dsn: str, tmp_path: Path) -> None:
             )
             missing = cli(dsn, "notifications", "resend", "999999")
             assert missing.returncode == 2 and "no notification 999999" in missing.stderr
+
+
+def test_the_notifier_as_a_process_of_its_own(dsn: str, tmp_path: Path) -> None:
+    """`entitlements-service notify` beside a replica that notifies nothing: it is woken by
+    the replica's commits (NOTIFY), signs and sends every change in order, and a kill -9 of
+    it mid-delivery loses nothing (a new one sends the rest)."""
+    secret = new_signing_secret()
+    subjects = [f"user_p{i}" for i in range(8)]
+    notifier_env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        **notify_env(["http://unset"], [secret], ENTITLEMENTS_NOTIFY_CONCURRENCY="2"),
+    }
+    service_env = {"DATABASE_URL": dsn, "BILLING_WEBHOOK_SYNC_SECRET": SYNC_SECRET}
+    log_path = tmp_path / "notifier.log"
+
+    def notifier(url: str) -> subprocess.Popen[bytes]:
+        env = {**notifier_env, "ENTITLEMENTS_NOTIFY_URL": url}
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [str(SCRIPTS / "entitlements-service"), "notify"], env=env, stdout=log, stderr=log
+            )
+
+    with (
+        running_receiver() as receiver,
+        service_process(service_env, tmp_path / "service.log") as (_, target),
+    ):
+        first = notifier(receiver.url)
+        try:
+            receiver.wait_for(lambda: "following the change log" in log_path.read_text())
+            versions = {s: set_limit(target, s, 9) for s in subjects[:2]}
+            receiver.wait_for(
+                lambda: all(
+                    (receiver.latest(s) or {}).get("version") == versions[s] for s in subjects[:2]
+                )
+            )
+            receiver.delay_seconds = 1.0  # in flight when the notifier dies
+            versions |= {s: set_limit(target, s, 10) for s in subjects}
+            receiver.wait_for(lambda: len(receiver.requests) >= 3)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        receiver.delay_seconds = 0.0
+        second = notifier(receiver.url)
+        try:
+            receiver.wait_for(
+                lambda: all(
+                    (receiver.latest(s) or {}).get("version") == versions[s] for s in subjects
+                ),
+                timeout=60,
+            )
+        finally:
+            second.terminate()
+            assert second.wait(20) == 0
+    versions_ascend(receiver)
+    for r in receiver.accepted():
+        verify(r, secret)
+    service_log = (tmp_path / "service.log").read_text()
+    assert "notifying" not in service_log  # the replica itself sent nothing
