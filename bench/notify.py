@@ -248,7 +248,8 @@ def bench() -> dict[str, Any]:
 def describe(r: dict[str, Any]) -> str:
     lat, ing, cu = r["latency"], r["ingest"], r["catch_up"]
     return (
-        f"notifications (the notifier {r['notifier']}): commit→receiver p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+        f"notifications (the notifier {r['notifier']}): commit→receiver "
+        f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
         f"({lat['changes']} changes)\n"
         f"ingest with notifications on vs off: {ing['on_vs_off']}x "
         f"(off {ing['off_per_second']}/s, on {ing['on_per_second']}/s)\n"
