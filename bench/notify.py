@@ -158,8 +158,9 @@ async def catch_up(target: str, dsn: str, receiver: Receiver) -> dict[str, Any]:
 @contextmanager
 def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | None) -> Iterator[str]:
     """The service and the gateway; with `notify`, the notifier as deployed by default here: a
-    process of its own (`entitlements-service notify`) at nice 10, a smaller CPU share than the
-    service's; BENCH_NOTIFY_IN_PROCESS=1: inside the service instead."""
+    process of its own (`entitlements-service notify`) at nice 19, the smallest CPU share (it
+    gives way to reads and ingest and catches up after); BENCH_NOTIFY_IN_PROCESS=1: inside the
+    service instead."""
     env = {"ENTITLEMENTS_LISTEN": f"127.0.0.1:{port}"}
     notify_env: dict[str, str] = {}
     if notify is not None:
@@ -189,7 +190,7 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
         stack.enter_context(process(gateway, gateway_env, "gateway", logs))
         wait_serving(target)
         if notify is not None and not in_process:
-            notifier = ["nice", "-n", "10", str(BIN / "entitlements-service"), "notify"]
+            notifier = [*NICE, str(BIN / "entitlements-service"), "notify"]
             notifier += ["--log-level", "WARNING"]
             stack.enter_context(
                 process(notifier, {"DATABASE_URL": dsn, **notify_env}, "notifier", logs)
@@ -226,7 +227,7 @@ async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
                 out = await catch_up(target, dsn, receiver)
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
     return {
-        "notifier": "in the service" if IN_PROCESS else "a process of its own at nice 10",
+        "notifier": "in the service" if IN_PROCESS else "a process of its own at nice 19",
         "latency": lat,
         "ingest": {
             "webhooks_per_round": INGEST,
