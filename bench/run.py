@@ -37,6 +37,7 @@ import psutil
 
 from bench import canuse, consume, instrumentation_cost, notify, scale, usage_growth
 from bench.canuse import log
+from bench.results_file import merge_into_latest
 from bench.stack import (
     BIN,
     SYNC_SECRET,
@@ -243,31 +244,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def merge_alone(
-    name: str,
-    found: dict[str, Any],
-    describe: Any,
-    targets: Any,
-) -> int:
-    """Print one benchmark run alone and put it into latest.json under `name`, with when it
-    ran and its targets (the rest of the file stays the last full run's)."""
-    print(describe(found))
-    latest = RESULTS / "latest.json"
-    data = json.loads(latest.read_text()) if latest.exists() else {}
-    data[name] = {**found, "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    data.setdefault("targets", {}).update(targets(found))
-    latest.parent.mkdir(parents=True, exist_ok=True)
-    latest.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {name} into {latest}")
-    return 0
-
-
 def main() -> int:
     if sys.argv[1:] == ["consume"]:  # one benchmark alone
         print(consume.describe(consume.bench()))
         return 0
     if sys.argv[1:] == ["notify"]:  # alone, merged into latest.json (its targets too)
-        return merge_alone("notify", notify.bench(), notify.describe, notify.targets)
+        found = notify.bench()
+        print(notify.describe(found))
+        merge_into_latest(RESULTS / "latest.json", "notify", found, notify.targets(found))
+        return 0
     if sys.argv[1:] == ["growth"]:  # BENCH_GROWTH_RECORDS scales it (default 10 000 000)
         return usage_growth.alone(RESULTS / "latest.json")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ bench/results/latest.json under "usage_growth").
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -35,6 +34,7 @@ import asyncpg
 from grpc import aio
 
 from bench.canuse import log
+from bench.results_file import merge_into_latest
 from bench.stack import database, service, wait_serving
 from entitlements.v1 import usage_service_pb2 as usage_pb
 from entitlements.v1 import usage_service_pb2_grpc as usage_grpc
@@ -288,9 +288,5 @@ def alone(latest: Path) -> int:
     """`python -m bench.run growth`: run it, print it, merge it into latest.json."""
     results = bench()
     print(describe(results))
-    data = json.loads(latest.read_text()) if latest.exists() else {}
-    data["usage_growth"] = results
-    latest.parent.mkdir(parents=True, exist_ok=True)
-    latest.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote usage_growth into {latest}")
+    merge_into_latest(latest, "usage_growth", results)
     return 0
