@@ -30,6 +30,8 @@ from service.domain.subjects import require_subject
 
 log = logging.getLogger(__name__)
 
+MAX_READ_TOGETHER = 1000  # subjects in one query of misses
+
 
 def default_entitlements(
     catalog: Catalog, subject: str, now_ms: int, version: int = 0
@@ -53,13 +55,16 @@ class EntitlementReader:
         cache: Cache | None,
         clock: Clock,
         events: OperatorEvents | None = None,
+        readers: int = 2,
     ) -> None:
         self._states = states
         self._catalog = catalog
         self._clock = clock
         self.cache = cache
         self._events = events or NoOperatorEvents()
-        # Misses that wait at the same moment are read in one query (_read_together).
+        # Misses are read together (_read_together): at most `readers` queries at once, each
+        # taking every miss that queued while the others ran (at most MAX_READ_TOGETHER).
+        self._readers = readers
         self._waiting: dict[str, asyncio.Future[CacheEntry]] = {}
         self._reading: set[asyncio.Task[None]] = set()
 
@@ -95,16 +100,34 @@ class EntitlementReader:
         waiting = self._waiting.get(subject)
         if waiting is None:
             waiting = self._waiting[subject] = asyncio.get_running_loop().create_future()
-            if len(self._waiting) == 1:  # the first of this moment: read them all soon
+            if len(self._waiting) == 1 and len(self._reading) < self._readers:
+                # The first of this moment with a reader free: read them all soon (with every
+                # reader busy, the first to finish takes them).
                 asyncio.get_running_loop().call_soon(self._read_together)
         return await asyncio.shield(waiting)  # one caller giving up cancels no other
 
     def _read_together(self) -> None:
-        """Every miss queued since the last turn of the loop, in one `load` (one query)."""
-        waiting, self._waiting = self._waiting, {}
+        """The misses queued so far (at most MAX_READ_TOGETHER), in one `load` (one query).
+
+        Group commit's pattern, for reads: idle, a miss is read at the next turn of the loop;
+        under load, the misses that arrive while the readers' queries run wait for the next
+        one, so the number of queries stays at the readers' whatever the rate of misses, and
+        each costs its round trip once for many subjects."""
+        if not self._waiting or len(self._reading) >= self._readers:
+            return
+        if len(self._waiting) <= MAX_READ_TOGETHER:
+            waiting, self._waiting = self._waiting, {}
+        else:
+            subjects = list(self._waiting)[:MAX_READ_TOGETHER]
+            waiting = {subject: self._waiting.pop(subject) for subject in subjects}
         task = asyncio.ensure_future(self._load_into(waiting))
         self._reading.add(task)
-        task.add_done_callback(self._reading.discard)
+        task.add_done_callback(self._read_done)
+
+    def _read_done(self, task: asyncio.Task[None]) -> None:
+        self._reading.discard(task)
+        if not task.cancelled():  # (cancelled: the service is stopping)
+            self._read_together()  # what queued meanwhile
 
     async def _load_into(self, waiting: dict[str, asyncio.Future[CacheEntry]]) -> None:
         try:

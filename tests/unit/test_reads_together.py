@@ -79,3 +79,37 @@ async def test_a_failed_read_fails_each_waiter_and_the_next_read_retries() -> No
     states.fail = False
     assert (await reads.get("user_a")).entitlements.subject == "user_a"
     assert len(states.calls) == 2
+
+
+async def test_misses_arriving_while_the_readers_are_busy_wait_for_one_query_together() -> None:
+    """Under load the number of queries stays at the readers' (2), whatever the rate of
+    misses: those that arrive while both queries run go together in the next one."""
+    states = CountingStates()
+    states.gate.clear()
+    reads = reader(states)
+    first = [asyncio.ensure_future(reads.get(f"user_{i}")) for i in range(2)]
+    await asyncio.sleep(0.01)
+    second = [asyncio.ensure_future(reads.get(f"user_{i}")) for i in range(2, 4)]
+    await asyncio.sleep(0.01)
+    assert states.calls == [["user_0", "user_1"], ["user_2", "user_3"]]  # both readers busy
+    later = []
+    for i in range(4, 40):  # one miss per turn of the loop, as calls arrive under load
+        later.append(asyncio.ensure_future(reads.get(f"user_{i}")))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert len(states.calls) == 2  # none of them read yet: no reader free
+    states.gate.set()
+    entries = await asyncio.gather(*first, *second, *later)
+    assert [e.entitlements.subject for e in entries] == [f"user_{i}" for i in range(40)]
+    assert states.calls[2:] == [[f"user_{i}" for i in range(4, 40)]]
+
+
+async def test_a_query_of_misses_takes_at_most_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.application.reads.MAX_READ_TOGETHER", 7)
+    states = CountingStates()
+    reads = reader(states)
+    who = [f"user_{i}" for i in range(30)]
+    entries = await asyncio.gather(*(reads.get(w) for w in who))
+    assert [e.entitlements.subject for e in entries] == who
+    assert max(len(c) for c in states.calls) == 7
+    assert sorted(s for c in states.calls for s in c) == sorted(who)
