@@ -96,29 +96,27 @@ class Receiving:
                 task.cancel()
         self._watching = loop.call_later(self._every, self._watch)
 
-    async def _read(self, context: aio.ServicerContext[Any, Any]) -> Any:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        self._reading[task] = loop.time() + self._timeout
-        if self._watching is None:
-            self._watching = loop.call_later(self._every, self._watch)
-        try:
-            return await context.read()
-        except asyncio.CancelledError:
-            if task not in self._overdue:
-                raise
-            task.uncancel()
-            return _LATE
-        finally:
-            del self._reading[task]
-            self._overdue.discard(task)
-
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
         """The call's one request message; aborts the call when it is refused, missing or
-        late."""
+        late. (One coroutine, with the read inline: this runs on every call.)"""
         async with self._free:
-            request = await self._read(context)
+            task = asyncio.current_task()
+            assert task is not None
+            loop = asyncio.get_running_loop()
+            self._reading[task] = loop.time() + self._timeout
+            if self._watching is None:
+                self._watching = loop.call_later(self._every, self._watch)
+            try:
+                request = await context.read()
+            except asyncio.CancelledError:
+                if task not in self._overdue:
+                    raise
+                task.uncancel()
+                request = _LATE
+            finally:
+                del self._reading[task]
+                if self._overdue:
+                    self._overdue.discard(task)
         if request is _LATE:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
         if isinstance(request, _Refused):
