@@ -113,16 +113,15 @@ class EntitlementReader:
         under load, the misses that arrive while the readers' queries run wait for the next
         one, so the number of queries stays at the readers' whatever the rate of misses, and
         each costs its round trip once for many subjects."""
-        if not self._waiting or len(self._reading) >= self._readers:
-            return
-        if len(self._waiting) <= MAX_READ_TOGETHER:
-            waiting, self._waiting = self._waiting, {}
-        else:
-            subjects = list(self._waiting)[:MAX_READ_TOGETHER]
-            waiting = {subject: self._waiting.pop(subject) for subject in subjects}
-        task = asyncio.ensure_future(self._load_into(waiting))
-        self._reading.add(task)
-        task.add_done_callback(self._read_done)
+        while self._waiting and len(self._reading) < self._readers:
+            if len(self._waiting) <= MAX_READ_TOGETHER:
+                waiting, self._waiting = self._waiting, {}
+            else:
+                subjects = list(self._waiting)[:MAX_READ_TOGETHER]
+                waiting = {subject: self._waiting.pop(subject) for subject in subjects}
+            task = asyncio.ensure_future(self._load_into(waiting))
+            self._reading.add(task)
+            task.add_done_callback(self._read_done)
 
     def _read_done(self, task: asyncio.Task[None]) -> None:
         self._reading.discard(task)

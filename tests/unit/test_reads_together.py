@@ -112,4 +112,5 @@ async def test_a_query_of_misses_takes_at_most_its_cap(monkeypatch: pytest.Monke
     entries = await asyncio.gather(*(reads.get(w) for w in who))
     assert [e.entitlements.subject for e in entries] == who
     assert max(len(c) for c in states.calls) == 7
+    assert states.calls[:2] == [who[:7], who[7:14]]  # both readers at once, each at the cap
     assert sorted(s for c in states.calls for s in c) == sorted(who)
