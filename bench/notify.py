@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -195,8 +196,31 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
             stack.enter_context(
                 process(notifier, {"DATABASE_URL": dsn, **notify_env}, "notifier", logs)
             )
-        time.sleep(1.0)  # the gateway's port and the notifier's first scan
+        time.sleep(1.0)  # the gateway's port
+        if notify is not None:
+            _wait_first_scan(dsn)
         yield target
+
+
+def _wait_first_scan(dsn: str, timeout: float = 120) -> None:
+    """Until the notifier's first scan has set its change-log position: it notifies the
+    changes from then on, and a notifier at nice 19 on busy cores can take seconds to get
+    there (a fixed wait of a second once let the first measured change go unnotified)."""
+
+    async def position() -> int | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            found = await conn.fetchval("SELECT position FROM notify_state")
+            return None if found is None else int(found)
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(1) as pool:  # called from inside the benchmark's event loop
+        while pool.submit(asyncio.run, position()).result() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the notifier did not make its first scan")
+            time.sleep(0.1)
 
 
 async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
