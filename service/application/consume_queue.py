@@ -11,10 +11,8 @@ costs nothing when idle (a lone call is a batch of one, started at once).
 
 One flusher by default: a second one split the batches (it started on the first call to
 arrive, and on a hot subject then waited for the first one's row lock), and every batch costs
-its five round trips whatever its size. Side by side (`bench.run consume`'s loads, three
-rounds each), one flusher took 305 to 408 µs of the service's CPU and 69 to 93 µs of PostgreSQL's
-per call on a hot subject against 395 to 398 and 123 to 134 with two; over 10 000 subjects
-382 to 428 and 186 to 212 against 444 to 455 and 282 to 290.
+its five round trips whatever its size, so two flushers cost more CPU per call, in the service
+and in PostgreSQL, for the same calls (README, Benchmarks: Consume).
 
 A caller that gave up before its batch started is left out; one that gives up while its batch
 runs is still recorded (its retry with the same key gets that answer, counted once). A failed
