@@ -79,8 +79,9 @@ class Receiving:
         self._free = asyncio.Semaphore(slots)
         self._timeout = RECEIVE_TIMEOUT_SECONDS if timeout is None else timeout
         self._every = min(1.0, self._timeout / 4)
-        self._reading: dict[asyncio.Task[Any], float] = {}  # reads in progress: when due
-        self._overdue: set[asyncio.Task[Any]] = set()
+        # Reads in progress, with when each is due; the timer takes out those it cancels, so a
+        # read cancelled while still in here was cancelled by someone else.
+        self._reading: dict[asyncio.Task[Any], float] = {}
         self._watching: asyncio.TimerHandle | None = None
 
     def _watch(self) -> None:
@@ -90,10 +91,9 @@ class Receiving:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for task, due in self._reading.items():
-            if due <= now and task not in self._overdue:
-                self._overdue.add(task)
-                task.cancel()
+        for task in [task for task, due in self._reading.items() if due <= now]:
+            del self._reading[task]
+            task.cancel()
         self._watching = loop.call_later(self._every, self._watch)
 
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
@@ -109,14 +109,12 @@ class Receiving:
             try:
                 request = await context.read()
             except asyncio.CancelledError:
-                if task not in self._overdue:
+                if task in self._reading:  # not the timer's
                     raise
                 task.uncancel()
                 request = _LATE
             finally:
-                del self._reading[task]
-                if self._overdue:
-                    self._overdue.discard(task)
+                self._reading.pop(task, None)
         if request is _LATE:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
         if isinstance(request, _Refused):
