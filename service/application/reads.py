@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from itertools import islice
 
 from service.application.ports import (
     Cache,
@@ -100,25 +101,22 @@ class EntitlementReader:
         waiting = self._waiting.get(subject)
         if waiting is None:
             waiting = self._waiting[subject] = asyncio.get_running_loop().create_future()
-            if len(self._waiting) == 1 and len(self._reading) < self._readers:
-                # The first of this moment with a reader free: read them all soon (with every
-                # reader busy, the first to finish takes them).
+            if len(self._waiting) == 1:  # the first of this moment: read them all soon
                 asyncio.get_running_loop().call_soon(self._read_together)
         return await asyncio.shield(waiting)  # one caller giving up cancels no other
 
     def _read_together(self) -> None:
-        """The misses queued so far (at most MAX_READ_TOGETHER), in one `load` (one query).
+        """The misses queued so far, in `load`s (a query each, at most MAX_READ_TOGETHER
+        subjects) while a reader is free; with every reader busy, the first to finish comes
+        back here for them.
 
         Group commit's pattern, for reads: idle, a miss is read at the next turn of the loop;
         under load, the misses that arrive while the readers' queries run wait for the next
         one, so the number of queries stays at the readers' whatever the rate of misses, and
         each costs its round trip once for many subjects."""
         while self._waiting and len(self._reading) < self._readers:
-            if len(self._waiting) <= MAX_READ_TOGETHER:
-                waiting, self._waiting = self._waiting, {}
-            else:
-                subjects = list(self._waiting)[:MAX_READ_TOGETHER]
-                waiting = {subject: self._waiting.pop(subject) for subject in subjects}
+            taken = list(islice(self._waiting, MAX_READ_TOGETHER))
+            waiting = {subject: self._waiting.pop(subject) for subject in taken}
             task = asyncio.ensure_future(self._load_into(waiting))
             self._reading.add(task)
             task.add_done_callback(self._read_done)
