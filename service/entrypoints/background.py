@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from service.adapters.postgres.listener import ChangeListener
 from service.adapters.postgres.store import Store
+from service.application.change_feed import ChangeHub
 from service.application.housekeeping import run_housekeeping
 from service.application.reconcile import run_reconcile_schedule
 from service.config import ServiceSettings
@@ -42,6 +43,12 @@ async def watch_database(
         await asyncio.sleep(interval)
 
 
+def change_listener(settings: ServiceSettings, store: Store, hub: ChangeHub) -> ChangeListener:
+    """The LISTEN connection that wakes `hub` on every commit (a replica's, and the notifier
+    process's)."""
+    return ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
+
+
 def background_jobs(
     settings: ServiceSettings,
     store: Store,
@@ -54,7 +61,7 @@ def background_jobs(
     async def load(subjects: Sequence[str]) -> dict[str, Entitlements]:
         return {s: e.entitlements for s, e in (await app.reads.load(subjects)).items()}
 
-    listener = ChangeListener(settings.listen_database_url or store.dsn, hub.on_change, hub.on_live)
+    listener = change_listener(settings, store, hub)
     jobs: list[tuple[str, Job]] = [
         (
             "database health",

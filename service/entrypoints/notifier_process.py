@@ -11,26 +11,24 @@ sender (notifications.py). It keeps no cache: each change is read from PostgreSQ
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from dataclasses import replace
 
 from entitlements_common.settings import ConfigError
-from service.adapters.postgres.listener import ChangeListener
 from service.adapters.postgres.store import Store
 from service.application.ports import SystemClock
 from service.config import ServiceSettings, load_catalog
+from service.entrypoints.background import change_listener
 from service.entrypoints.bootstrap import wire
 from service.entrypoints.metrics_http import start_metrics_endpoint
 from service.entrypoints.notifier_task import notifier_jobs
-from service.entrypoints.supervision import Supervisor
+from service.entrypoints.supervision import Supervisor, until_stopped
 
 log = logging.getLogger("entitlements.notifier")
 
 
 async def serve_notifier(settings: ServiceSettings) -> None:
-    """Notify until SIGTERM or SIGINT."""
+    """Notify until SIGTERM, SIGINT or SIGHUP."""
     if settings.notify is None:
         raise ConfigError("ENTITLEMENTS_NOTIFY_URL is not set: `notify` would have nothing to do")
     dsn = settings.database_url
@@ -43,23 +41,15 @@ async def serve_notifier(settings: ServiceSettings) -> None:
     metrics = None
     try:
         wired = wire(settings, catalog, store, SystemClock())
-        hub = wired.hub
-        listener = ChangeListener(
-            settings.listen_database_url or store.dsn, hub.on_change, hub.on_live
-        )
-        supervisor.start("change listener", listener.run)
+        supervisor.start("change listener", change_listener(settings, store, wired.hub).run)
         for name, job in notifier_jobs(settings, store, wired.app):
             supervisor.start(name, job)
         if settings.metrics_listen is not None:
             metrics = start_metrics_endpoint(
                 settings.metrics_listen, settings.http_header_timeout_seconds
             )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         log.info("entitlements-service notify: following the change log")
-        await stop.wait()
+        await until_stopped()
     finally:
         await supervisor.stop()
         if metrics is not None:

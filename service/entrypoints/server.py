@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,7 +57,7 @@ from service.entrypoints.metrics_http import (
     STOP_GRACE_SECONDS,
     start_metrics_endpoint,
 )
-from service.entrypoints.supervision import Supervisor
+from service.entrypoints.supervision import Supervisor, until_stopped
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -288,11 +287,7 @@ async def serve(settings: ServiceSettings) -> None:
                 settings.clerk.base_url,
             )
         tune_garbage_collection()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
         log.info("shutting down: NOT_SERVING, draining for up to %.0f s", settings.grace_seconds)
         await running.stop()
     finally:
