@@ -26,9 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +155,10 @@ async def catch_up(target: str, dsn: str, receiver: Receiver) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | None) -> Iterator[str]:
+@asynccontextmanager
+async def _stack(
+    dsn: str, logs: Path, port: int, gateway_port: int, notify: str | None
+) -> AsyncIterator[str]:
     """The service and the gateway; with `notify`, the notifier as deployed by default here: a
     process of its own (`entitlements-service notify`) at nice 19, the smallest CPU share (it
     gives way to reads and ingest and catches up after); BENCH_NOTIFY_IN_PROCESS=1: inside the
@@ -196,31 +197,23 @@ def _stack(dsn: str, logs: Path, port: int, gateway_port: int, notify: str | Non
             stack.enter_context(
                 process(notifier, {"DATABASE_URL": dsn, **notify_env}, "notifier", logs)
             )
-        time.sleep(1.0)  # the gateway's port
+        await asyncio.sleep(1.0)  # the gateway's port
         if notify is not None:
-            _wait_first_scan(dsn)
+            await _first_scan(dsn)
         yield target
 
 
-def _wait_first_scan(dsn: str, timeout: float = 120) -> None:
+async def _first_scan(dsn: str) -> None:
     """Until the notifier's first scan has set its change-log position: it notifies the
     changes from then on, and a notifier at nice 19 on busy cores can take seconds to get
     there (a fixed wait of a second once let the first measured change go unnotified)."""
-
-    async def position() -> int | None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            found = await conn.fetchval("SELECT position FROM notify_state")
-            return None if found is None else int(found)
-        finally:
-            await conn.close()
-
-    deadline = time.monotonic() + timeout
-    with ThreadPoolExecutor(1) as pool:  # called from inside the benchmark's event loop
-        while pool.submit(asyncio.run, position()).result() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the notifier did not make its first scan")
-            time.sleep(0.1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(120):
+            while await conn.fetchval("SELECT position FROM notify_state") is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
 
 
 async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
@@ -242,11 +235,11 @@ async def _run(logs: Path, databases: list[str]) -> dict[str, Any]:
                 for mode in ("off", "on"):
                     notify = receiver.url if mode == "on" else None
                     # A database of its own: the notifier has only this round's changes to send.
-                    with _stack(databases.pop(), logs, port, gateway_port, notify):
+                    async with _stack(databases.pop(), logs, port, gateway_port, notify):
                         result = await bench_ingest(url, INGEST, 32)
                         rates[mode].append(result["per_second"])
             dsn = databases.pop()
-            with _stack(dsn, logs, port, gateway_port, receiver.url) as target:
+            async with _stack(dsn, logs, port, gateway_port, receiver.url) as target:
                 lat = await latency(target, receiver)
                 out = await catch_up(target, dsn, receiver)
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
