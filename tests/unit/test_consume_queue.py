@@ -141,3 +141,59 @@ async def test_a_call_after_the_last_flusher_finished_is_never_stranded() -> Non
                 ConsumeCall("user_a", "m1", 1, f"k{i}", LimitValue(50), MONTH)
             )
             assert answer.used == i + 1
+
+
+def gathering(store: InMemoryStore, gather: float, batch: int = 64) -> ConsumeQueue:
+    clock = Clock()
+    clock.freeze(NOW)
+    return ConsumeQueue(store, clock, batch=batch, gather=gather)
+
+
+def call(key: str) -> ConsumeCall:
+    return ConsumeCall("user_a", "m1", 1, key, LimitValue(1000), MONTH)
+
+
+async def test_under_load_the_next_batch_gathers_the_calls_of_its_wait() -> None:
+    # Two calls together are load: the calls that then arrive one by one are gathered into
+    # one batch at the end of the wait, not written one transaction each.
+    store = InMemoryStore()
+    q = gathering(store, gather=0.3)
+    async with asyncio.timeout(10):
+        await asyncio.gather(q.consume(call("a")), q.consume(call("b")))
+        later = []
+        for i in range(10):
+            later.append(asyncio.ensure_future(q.consume(call(f"k{i}"))))
+            await asyncio.sleep(0.005)
+        answers = await asyncio.gather(*later)
+    assert store.units == 2
+    assert sorted(a.used for a, _ in answers) == list(range(3, 13))
+
+
+async def test_a_lone_call_is_never_delayed() -> None:
+    store = InMemoryStore()
+    q = gathering(store, gather=60)
+    async with asyncio.timeout(5):
+        for i in range(5):
+            await q.consume(call(f"k{i}"))
+    assert store.units == 5
+
+
+async def test_a_full_batch_does_not_wait() -> None:
+    store = InMemoryStore()
+    q = gathering(store, gather=60, batch=4)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(q.consume(call(f"k{i}")) for i in range(12)))
+    assert store.units == 3
+
+
+async def test_stopped_while_gathering_the_queued_calls_are_cancelled_not_stranded() -> None:
+    store = InMemoryStore()
+    q = gathering(store, gather=60)
+    await asyncio.gather(q.consume(call("a")), q.consume(call("b")))
+    queued = asyncio.ensure_future(q.consume(call("c")))
+    await asyncio.sleep(0.01)  # the flusher is waiting for its turn
+    for task in list(q._tasks):  # as the loop's shutdown does
+        task.cancel()
+    await asyncio.wait([queued], timeout=5)
+    assert queued.cancelled()
+    assert ("user_a", "m1", "c") not in store.data.usage.records
