@@ -18,13 +18,14 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.stack import SYNC_SECRET, database, service, wait_serving
+from bench.stack import SYNC_SECRET, database, free_port, process, service, wait_serving
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
 from entitlements.v1 import usage_service_pb2 as usage_pb
@@ -39,17 +40,9 @@ HOT = "user_bench_hot"
 LOAD = Path(__file__).with_name("consume_load.mjs")
 
 
-def _load(
-    target: str,
-    subjects: list[str],
-    calls: int,
-    rate: int = 0,
-    before: dict[str, int] | None = None,
-) -> tuple[dict[str, Any], dict[str, int]]:
+def _generate(target: str, subjects: list[str], calls: int, rate: int) -> dict[str, Any]:
     """`calls` Consumes from the Node generator (fresh keys; `rate` calls/s open-loop, else
-    closed-loop), then exactness: the usage the service reports for each subject equals the
-    calls it allowed (with those `before` allowed of an earlier load on the same subjects),
-    each counted once. Also returned: the allowed calls by subject."""
+    closed-loop): its JSON report."""
     node = shutil.which("node")
     if node is None:
         raise SystemExit("make bench needs Node (node on PATH) for the Consume load generator")
@@ -72,7 +65,32 @@ def _load(
         timeout=600,
         env={**os.environ, "CONSUME_RATE": str(rate)},
     )
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _summary(result: dict[str, Any], calls: int) -> dict[str, Any]:
+    return {
+        "calls": calls,
+        "per_second": round(calls / result["seconds"]),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "allowed": sum(result["allowed"].values()),
+        "failures": result["failures"],
+    }
+
+
+def _load(
+    target: str,
+    subjects: list[str],
+    calls: int,
+    rate: int = 0,
+    before: dict[str, int] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """`calls` Consumes (_generate), then exactness: the usage the service reports for each
+    subject equals the calls it allowed (with those `before` allowed of an earlier load on the
+    same subjects), each counted once. Also returned: the allowed calls by subject."""
+    result = _generate(target, subjects, calls, rate)
     allowed: dict[str, int] = result["allowed"]
     with grpc.insecure_channel(target) as channel:
         stub = usage_grpc.UsageServiceStub(channel)
@@ -81,16 +99,21 @@ def _load(
             == allowed.get(who, 0) + (before or {}).get(who, 0)
             for who in set(subjects)
         )
-    summary = {
-        "calls": calls,
-        "per_second": round(calls / result["seconds"]),
-        "p50_ms": round(result["p50_ms"], 2),
-        "p99_ms": round(result["p99_ms"], 2),
-        "allowed": sum(allowed.values()),
-        "failures": result["failures"],
-        "exact": exact,
-    }
-    return summary, allowed
+    return {**_summary(result, calls), "exact": exact}, allowed
+
+
+def floor(logs: Path) -> dict[str, Any]:
+    """The same loads against the no-op grpc.aio Consume (bench/noop_server.py): what grpc.aio
+    and the load generator cost by themselves on this machine in this run, the ceiling under
+    the service's figures."""
+    target = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, str(Path(__file__).with_name("noop_server.py")), target]
+    with process(command, {}, "consume-floor", logs):
+        wait_serving(target)
+        return {
+            f"floor{suffix}": _summary(_generate(target, [HOT], CALLS, rate), CALLS)
+            for suffix, rate in (("", 0), ("_at_rate", RATE))
+        }
 
 
 def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
@@ -129,29 +152,38 @@ def measure(target: str, sync_secret: str) -> dict[str, Any]:
 
 
 def bench() -> dict[str, Any]:
-    """Consume on a service of its own over a fresh database."""
+    """The no-op floor, then Consume on a service of its own over a fresh database."""
     logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
+    below = floor(logs)
     with database() as dsn:
         manager, target = service(dsn, logs, "consume")
         with manager:
             wait_serving(target)
-            return measure(target, SYNC_SECRET)
+            return {**below, **measure(target, SYNC_SECRET)}
+
+
+SERVICE_LOADS = (
+    ("hot_subject", "one hot subject, closed loop"),
+    ("hot_subject_at_rate", "one hot subject, {at}"),
+    ("distinct_subjects", "10 000 subjects (first calls), closed loop"),
+    ("distinct_subjects_at_rate", "10 000 subjects seen before, {at}"),
+    ("distinct_subjects_cold_at_rate", "10 000 subjects never seen, {at}"),
+)
 
 
 def describe(results: dict[str, Any]) -> str:
     at = f"open loop at {results['rate']}/s"
-    lines = []
-    for key, how in (
-        ("hot_subject", "one hot subject, closed loop"),
-        ("hot_subject_at_rate", f"one hot subject, {at}"),
-        ("distinct_subjects", "10 000 subjects (first calls), closed loop"),
-        ("distinct_subjects_at_rate", f"10 000 subjects seen before, {at}"),
-        ("distinct_subjects_cold_at_rate", f"10 000 subjects never seen, {at}"),
-    ):
-        r = results[key]
+    lines = [
+        f"Consume floor (no-op grpc.aio handler, the same generator), {how}: "
+        f"{r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+        for r, how in ((results["floor"], "closed loop"), (results["floor_at_rate"], at))
+    ]
+    for key, how in SERVICE_LOADS:
         lines.append(
-            f"Consume, {how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"{r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
+            f"Consume, {how.format(at=at)}: {results[key]['per_second']}/s, "
+            f"p50 {results[key]['p50_ms']} ms, p99 {results[key]['p99_ms']} ms, "
+            f"{results[key]['allowed']} allowed of {results[key]['calls']}, "
+            f"exact: {results[key]['exact']}"
         )
     return "\n".join(lines)
 
@@ -182,7 +214,20 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "target": "(cold start: reported)",
     }
     found["consume_exact"] = {
-        "value": all(r["exact"] for r in results.values() if isinstance(r, dict)),
+        "value": all(results[key]["exact"] for key, _ in SERVICE_LOADS),
         "target": "true",
+    }
+    # Where the ceiling is: grpc.aio with nothing to do, under the same generator, this run.
+    found["consume_floor_per_second"] = {
+        "value": results["floor"]["per_second"],
+        "target": "(no-op floor: reported)",
+    }
+    found[f"consume_floor_p99_ms_at_{rate}_per_second"] = {
+        "value": results["floor_at_rate"]["p99_ms"],
+        "target": "(no-op floor: reported)",
+    }
+    found["consume_hot_subject_vs_floor_per_second"] = {
+        "value": round(results["hot_subject"]["per_second"] / results["floor"]["per_second"], 3),
+        "target": "(reported)",
     }
     return found
