@@ -57,7 +57,7 @@ shell: $(STAMP)
 	@. scripts/dev_env.sh && exec "$${SHELL:-bash}"
 
 ## Benchmarks (starts everything itself; writes bench/results/latest.{json,png}).
-bench: $(STAMP) h2load
+bench: $(STAMP) h2load build/consume_load
 	$(PY) -m pip install --quiet --require-hashes -r requirements/bench.lock
 	$(PY) -m bench.run
 
@@ -72,6 +72,21 @@ h2load:
 	  command -v h2load >/dev/null 2>&1 || { \
 	    echo "make bench needs h2load (Debian package nghttp2-client) and could not install it:" \
 	      "run 'apt-get install nghttp2-client' as root, or put an h2load on PATH" >&2; exit 1; }; }
+
+# The Consume load generator (bench/consume.py): nghttp2 in C, as h2load is, so it takes as
+# little CPU beside the service; Debian's libnghttp2-dev and a C compiler installed if missing.
+build/consume_load: bench/consume_load.c
+	@{ command -v cc >/dev/null 2>&1 && [ -f /usr/include/nghttp2/nghttp2.h ]; } || { \
+	  echo "installing Debian's libnghttp2-dev and gcc for the Consume load generator"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq libnghttp2-dev gcc libc6-dev >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq libnghttp2-dev gcc libc6-dev >/dev/null 2>&1; }; \
+	  [ -f /usr/include/nghttp2/nghttp2.h ] || { \
+	    echo "make bench needs libnghttp2-dev and a C compiler and could not install them:" \
+	      "run 'apt-get install libnghttp2-dev gcc' as root" >&2; exit 1; }; }
+	@mkdir -p build
+	cc -O2 -Wall -Wextra -Werror -o $@ $< -lnghttp2
 
 ## The whole test suite against a real PostgreSQL (see tests/conftest.py).
 test: $(STAMP) $(TOOLS) $(TS_STAMP)

@@ -3,12 +3,14 @@
 calls/s (default 2 000, the issue's target: the latency at that rate).
 
 h2load sends one fixed body, and every Consume needs its own idempotency key, so the load
-generator is bench/consume_load.mjs: Node's http2 (nghttp2, h2load's engine) in h2load's shape
-(4 connections x 16 streams), a fresh key per call, cheap enough to leave the cores to the
-service and PostgreSQL. Reported: throughput, p50 / p99 latency, and exactness checked after
-the run (the usage the service reports equals the allowed calls, each counted once).
+generator is bench/consume_load.c: h2load's engine (nghttp2, in C) in h2load's shape
+(4 connections x 16 streams), a fresh key per call, ~50 us of CPU per call (Node's http2, the
+generator before it, took ~200: 0.4 of a core at 2 000/s, beside the service measured).
+Reported: throughput, p50 / p99 latency, and exactness checked after the run (the usage the
+service reports equals the allowed calls, each counted once); the same loads against the
+no-op grpc.aio Consume first (the floor: where the ceiling is on this machine, in this run).
 
-Part of `make bench`; alone: `.venv/bin/python -m bench.run consume`.
+Part of `make bench`; alone: `make build/consume_load && .venv/bin/python -m bench.run consume`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,19 +38,17 @@ CONNECTIONS, STREAMS = 4, 16  # h2load's -c 4 -m 16, as the CanUse figures
 SUBJECTS = 10_000
 METER = "aiInsightsPerMonth"
 HOT = "user_bench_hot"
-LOAD = Path(__file__).with_name("consume_load.mjs")
+LOAD = Path(__file__).parents[1] / "build" / "consume_load"  # make build/consume_load
 
 
 def _generate(target: str, subjects: list[str], calls: int, rate: int) -> dict[str, Any]:
-    """`calls` Consumes from the Node generator (fresh keys; `rate` calls/s open-loop, else
+    """`calls` Consumes from the generator (fresh keys; `rate` calls/s open-loop, else
     closed-loop): its JSON report."""
-    node = shutil.which("node")
-    if node is None:
-        raise SystemExit("make bench needs Node (node on PATH) for the Consume load generator")
+    if not LOAD.exists():
+        raise SystemExit(f"{LOAD} is missing: `make build/consume_load` builds it")
     prefix = f"bench-{secrets.token_hex(4)}"
     done = subprocess.run(
         [
-            node,
             str(LOAD),
             target,
             str(calls),
