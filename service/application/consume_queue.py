@@ -9,8 +9,8 @@ by the domain (`consume_in_order`, each as if alone), everything saved in one st
 commit. While one batch commits the next one gathers, so the batch grows with the load and
 costs nothing when idle (a lone call is a batch of one, started at once).
 
-Under load a batch also waits for its turn: the next batch starts no sooner than `gather` (5 ms)
-seconds after the one before it began (PostgreSQL's commit_delay, for the same reason). Without
+Under load a batch also waits for its turn: the next batch starts no sooner than `gather` seconds
+(5 ms) after the one before it began (PostgreSQL's commit_delay, for the same reason). Without
 it batches stayed at 4 to 7 calls even with 64 in flight: the backlog waits upstream, in the
 event loop and grpc, not in this queue, so the flusher found few calls at each look, and every
 batch costs its five round trips (a few hundred microseconds of this process's CPU) whatever
