@@ -32,6 +32,9 @@ from service.domain.subjects import require_subject
 log = logging.getLogger(__name__)
 
 MAX_READ_TOGETHER = 1000  # subjects in one query of misses
+# With a cache, the least time from one query of misses to the next, unless a full query
+# waits (_read_together).
+READ_GATHER_SECONDS = 0.005
 
 
 def default_entitlements(
@@ -57,6 +60,7 @@ class EntitlementReader:
         clock: Clock,
         events: OperatorEvents | None = None,
         readers: int = 2,
+        gather: float = READ_GATHER_SECONDS,
     ) -> None:
         self._states = states
         self._catalog = catalog
@@ -68,6 +72,10 @@ class EntitlementReader:
         self._readers = readers
         self._waiting: dict[str, asyncio.Future[CacheEntry]] = {}
         self._reading: set[asyncio.Task[None]] = set()
+        # ... and, with a cache, no sooner than `gather` after the one before began.
+        self._gather = gather if cache is not None else 0.0
+        self._last_read = float("-inf")
+        self._gathering: asyncio.TimerHandle | None = None
 
     def cached(self, subject: str, now_ms: int) -> CacheEntry | None:
         """The cached entry, re-resolved if its answer has expired; None on a miss."""
@@ -113,13 +121,32 @@ class EntitlementReader:
         Group commit's pattern, for reads: idle, a miss is read at the next turn of the loop;
         under load, the misses that arrive while the readers' queries run wait for the next
         one, so the number of queries stays at the readers' whatever the rate of misses, and
-        each costs its round trip once for many subjects."""
+        each costs its round trip once for many subjects.
+
+        With a cache, a query also waits until `gather` has passed since the one before began
+        (unless a full query's misses wait): misses are then first reads of subjects, which
+        come in bursts (a cold start, a new batch of users), and they arrived one per turn of
+        the loop, each read alone by a reader that was free (6 532 of 7 619 queries of one
+        subject, 10 000 new subjects under load). An occasional miss, long after the last
+        query, is read at once. Without a cache (`ENTITLEMENTS_CACHE=off`, the measurement
+        mode whose point is a query per call) every miss is read as before."""
+        loop = asyncio.get_running_loop()
         while self._waiting and len(self._reading) < self._readers:
+            due = self._last_read + self._gather
+            if loop.time() < due and len(self._waiting) < MAX_READ_TOGETHER:
+                if self._gathering is None:
+                    self._gathering = loop.call_at(due, self._gathered)
+                return
+            self._last_read = loop.time()
             taken = list(islice(self._waiting, MAX_READ_TOGETHER))
             waiting = {subject: self._waiting.pop(subject) for subject in taken}
             task = asyncio.ensure_future(self._load_into(waiting))
             self._reading.add(task)
             task.add_done_callback(self._read_done)
+
+    def _gathered(self) -> None:
+        self._gathering = None
+        self._read_together()
 
     def _read_done(self, task: asyncio.Task[None]) -> None:
         self._reading.discard(task)

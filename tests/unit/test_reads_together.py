@@ -38,10 +38,10 @@ class CountingStates:
         return {s: SubjectState(s) for s in subjects}
 
 
-def reader(states: CountingStates) -> EntitlementReader:
+def reader(states: CountingStates, **options: float) -> EntitlementReader:
     cache = EntitlementCache(100)
     cache.set_live(True)  # the change listener is connected
-    return EntitlementReader(states, CATALOG, cache, FakeClock())
+    return EntitlementReader(states, CATALOG, cache, FakeClock(), **options)  # type: ignore[arg-type]
 
 
 async def test_misses_of_one_moment_are_one_query() -> None:
@@ -114,3 +114,50 @@ async def test_a_query_of_misses_takes_at_most_its_cap(monkeypatch: pytest.Monke
     assert max(len(c) for c in states.calls) == 7
     assert states.calls[:2] == [who[:7], who[7:14]]  # both readers at once, each at the cap
     assert sorted(s for c in states.calls for s in c) == sorted(who)
+
+
+async def test_with_a_cache_misses_after_a_query_gather_for_the_next_one() -> None:
+    """Under load misses arrive one per turn while a reader is free: each was a query of its
+    own. Within `gather` of the query before, they wait and go together."""
+    states = CountingStates()
+    reads = reader(states, gather=0.3)
+    async with asyncio.timeout(10):
+        await reads.get("user_0")
+        later = []
+        for i in range(1, 11):
+            later.append(asyncio.ensure_future(reads.get(f"user_{i}")))
+            await asyncio.sleep(0.005)
+        entries = await asyncio.gather(*later)
+    assert [e.entitlements.subject for e in entries] == [f"user_{i}" for i in range(1, 11)]
+    assert states.calls == [["user_0"], [f"user_{i}" for i in range(1, 11)]]
+
+
+async def test_a_miss_long_after_the_last_query_is_read_at_once() -> None:
+    states = CountingStates()
+    reads = reader(states, gather=0.05)
+    await reads.get("user_0")
+    await asyncio.sleep(0.1)
+    late = asyncio.ensure_future(reads.get("user_1"))
+    for _ in range(3):  # get(), then the next turn's _read_together
+        await asyncio.sleep(0)
+    assert states.calls == [["user_0"], ["user_1"]]
+    await late
+
+
+async def test_without_a_cache_every_miss_is_read_at_once() -> None:
+    states = CountingStates()
+    reads = EntitlementReader(states, CATALOG, None, FakeClock(), gather=60)
+    async with asyncio.timeout(5):
+        for i in range(5):
+            await reads.get(f"user_{i}")
+    assert len(states.calls) == 5
+
+
+async def test_a_full_query_of_misses_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.application.reads.MAX_READ_TOGETHER", 7)
+    states = CountingStates()
+    reads = reader(states, gather=60)
+    who = [f"user_{i}" for i in range(28)]
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(reads.get(w) for w in who))
+    assert [len(c) for c in states.calls] == [7, 7, 7, 7]
