@@ -79,10 +79,23 @@ def add_months(ms: int, months: int) -> int:
 
 
 def month_of(ms: int) -> Period:
-    """The UTC calendar month holding `ms`."""
+    """The UTC calendar month holding `ms`. The month of the last call is kept: nearly every
+    call falls in it, and working it out (datetimes) was ~2.5 % of a Consume's event-loop time."""
+    last = _last_month
+    if last.start_ms <= ms < (last.end_ms or 0):
+        return last
+    return _remember_month(ms)
+
+
+def _remember_month(ms: int) -> Period:
+    global _last_month
     dt = _dt(ms)
     start = datetime(dt.year, dt.month, 1, tzinfo=UTC)
-    return Period(_ms(start), add_months(_ms(start), 1))
+    _last_month = Period(_ms(start), add_months(_ms(start), 1))
+    return _last_month
+
+
+_last_month = Period(0, 0)  # empty: the first call works its month out
 
 
 def day_of(ms: int) -> Period:

@@ -45,6 +45,26 @@ def test_a_calendar_month_in_utc() -> None:
     assert month_of(ms(2025, 12, 31, 23)) == Period(ms(2025, 12, 1), ms(2026, 1, 1))
 
 
+def calendar_month(at: int) -> Period:
+    """The reference, worked out afresh every time."""
+    dt = datetime.fromtimestamp(at / 1000, UTC)
+    following = (dt.year + dt.month // 12, dt.month % 12 + 1)
+    return Period(ms(dt.year, dt.month, 1), ms(*following, 1))
+
+
+month_edges = instants.map(lambda at: calendar_month(at).start_ms).flatmap(
+    lambda start: st.sampled_from([start - 1, start, start + 1])
+)
+
+
+@given(st.lists(st.one_of(instants, month_edges), min_size=1, max_size=30))
+def test_the_kept_month_never_answers_for_another_month(calls: list[int]) -> None:
+    # month_of keeps the month of the last call: calls in any order, on either side of a
+    # month's first millisecond, each get their own month.
+    for at in calls:
+        assert month_of(at) == calendar_month(at)
+
+
 @given(instants, st.sampled_from(list(Reset)))
 def test_every_instant_lies_in_its_period(at: int, reset: Reset) -> None:
     period = period_at(reset, at, None)
