@@ -84,6 +84,10 @@ class ConsumeQueue:
     async def _flush(self) -> None:
         try:
             await self._drain()
+        except asyncio.CancelledError:  # stopped (waiting for its turn or in a transaction):
+            while self._pending:  # the calls still queued are cancelled, not stranded
+                self._pending.popleft()[1].cancel()
+            raise
         finally:  # with no await between the empty queue and here: a call queued since finds
             self._writing -= 1  # this flusher gone and starts another
 
@@ -92,7 +96,7 @@ class ConsumeQueue:
         due = 0.0  # when the next batch may start (0: at once)
         while True:
             if due and len(self._pending) < self._batch:
-                await self._wait_until(loop, due)
+                await asyncio.sleep(due - loop.time())
             taken = self._take()
             if not taken:
                 return
@@ -112,15 +116,6 @@ class ConsumeQueue:
             for (_, answer), result in zip(taken, results, strict=True):
                 if not answer.done():
                     answer.set_result(result)
-
-    async def _wait_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Sleep until `due`; stopped meanwhile, the calls queued are cancelled, not stranded."""
-        try:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        except asyncio.CancelledError:
-            while self._pending:
-                self._pending.popleft()[1].cancel()
-            raise
 
     async def _apply(self, uow: UnitOfWork, *, calls: list[ConsumeCall]) -> list[Result]:
         now = self._clock.now_ms()

@@ -6,6 +6,7 @@ and stores nothing (the in-memory store; tests/integration/test_usage.py runs Po
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -184,6 +185,32 @@ async def test_a_full_batch_does_not_wait() -> None:
     async with asyncio.timeout(5):
         await asyncio.gather(*(q.consume(call(f"k{i}")) for i in range(12)))
     assert store.units == 3
+
+
+class HeldStore(InMemoryStore):
+    """A unit of work that waits until `release` is set (a transaction still running)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def run(self, work: Any) -> Any:
+        await self.release.wait()
+        return await super().run(work)
+
+
+async def test_stopped_in_a_transaction_the_queued_calls_are_cancelled_not_stranded() -> None:
+    store = HeldStore()
+    q = gathering(store, gather=0)
+    running = asyncio.ensure_future(q.consume(call("a")))
+    await asyncio.sleep(0.01)  # its batch's transaction is running
+    queued = asyncio.ensure_future(q.consume(call("b")))
+    await asyncio.sleep(0.01)
+    for task in list(q._tasks):  # as the loop's shutdown does
+        task.cancel()
+    await asyncio.wait([running, queued], timeout=5)
+    assert running.cancelled() and queued.cancelled()
+    assert store.data.usage.records == {}
 
 
 async def test_stopped_while_gathering_the_queued_calls_are_cancelled_not_stranded() -> None:
