@@ -170,19 +170,22 @@ SERVICE_LOADS = (
 )
 
 
+def _line(how: str, r: dict[str, Any]) -> str:
+    return f"Consume{how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+
+
 def describe(results: dict[str, Any]) -> str:
     at = f"open loop at {results['rate']}/s"
+    floor = " floor (no-op grpc.aio handler, the same generator)"
     lines = [
-        f"Consume floor (no-op grpc.aio handler, the same generator), {how}: "
-        f"{r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
-        for r, how in ((results["floor"], "closed loop"), (results["floor_at_rate"], at))
+        _line(f"{floor}, closed loop", results["floor"]),
+        _line(f"{floor}, {at}", results["floor_at_rate"]),
     ]
     for key, how in SERVICE_LOADS:
+        r = results[key]
         lines.append(
-            f"Consume, {how.format(at=at)}: {results[key]['per_second']}/s, "
-            f"p50 {results[key]['p50_ms']} ms, p99 {results[key]['p99_ms']} ms, "
-            f"{results[key]['allowed']} allowed of {results[key]['calls']}, "
-            f"exact: {results[key]['exact']}"
+            _line(f", {how.format(at=at)}", r)
+            + f", {r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
         )
     return "\n".join(lines)
 

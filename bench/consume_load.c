@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
   nghttp2_session_callbacks *callbacks;
   struct epoll_event ev, events[16];
   double start, seconds, gap;
-  int ep, i, sent = 0;
+  int ep, i, cap, printed = 0, sent = 0;
   uint8_t buf[65536];
 
   if (argc < 8) die("usage: consume_load HOST:PORT CALLS CONNECTIONS STREAMS METER KEYPREFIX SUBJECT...");
@@ -257,18 +257,19 @@ int main(int argc, char **argv) {
   subject_count = argc - 7;
   rate = rate_env ? atof(rate_env) : 0;
   if (calls < 1 || connections < 1 || streams < 1) die("CALLS, CONNECTIONS and STREAMS must be positive");
+  cap = connections * streams;
   snprintf(host, sizeof host, "%s", authority);
   colon = strrchr(host, ':');
   if (colon == NULL) die("target must be HOST:PORT");
   *colon = 0;
 
-  slots = calloc((size_t)(connections * streams), sizeof *slots);
-  free_slots = calloc((size_t)(connections * streams), sizeof *free_slots);
+  slots = calloc((size_t)cap, sizeof *slots);
+  free_slots = calloc((size_t)cap, sizeof *free_slots);
   latencies = calloc((size_t)calls, sizeof *latencies);
   allowed_by = calloc((size_t)subject_count, sizeof *allowed_by);
   conns = calloc((size_t)connections, sizeof *conns);
   if (!slots || !free_slots || !latencies || !allowed_by || !conns) die("out of memory");
-  for (i = 0; i < connections * streams; i++) free_slots[free_count++] = &slots[i];
+  for (i = 0; i < cap; i++) free_slots[free_count++] = &slots[i];
 
   nghttp2_session_callbacks_new(&callbacks);
   nghttp2_session_callbacks_set_send_callback(callbacks, send_cb);
@@ -289,20 +290,16 @@ int main(int argc, char **argv) {
   start = now_ms();
   gap = rate > 0 ? 1e3 / rate : 0;
   if (rate == 0)
-    for (i = 0; i < connections * streams && next_call < calls; i++) submit(i % connections, start);
+    for (i = 0; i < cap && next_call < calls; i++) submit(i % connections, start);
   while (done_calls < calls) {
-    int n, timeout = -1;
+    int n, timeout = -1; /* -1: until a response (closed loop, or every stream in use) */
     if (rate > 0) {
       double now = now_ms();
-      while (sent < calls && in_flight < connections * streams && start + sent * gap <= now) {
+      while (sent < calls && in_flight < cap && start + sent * gap <= now) {
         submit(sent % connections, start + sent * gap);
         sent++;
       }
-      if (sent < calls) {
-        double wait = start + sent * gap - now;
-        timeout = in_flight < connections * streams && wait > 0 ? (int)wait + 1 : 1;
-        if (in_flight < connections * streams && wait <= 0) timeout = 0;
-      }
+      if (sent < calls && in_flight < cap) timeout = (int)(start + sent * gap - now) + 1;
     }
     for (i = 0; i < connections; i++) pump(ep, &conns[i]);
     n = epoll_wait(ep, events, 16, timeout);
@@ -330,9 +327,9 @@ int main(int argc, char **argv) {
   qsort(latencies, (size_t)done_calls, sizeof *latencies, by_value);
   printf("{\"calls\":%d,\"seconds\":%.6f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"allowed\":{", calls,
          seconds, at(0.5), at(0.99));
-  for (i = 0, sent = 0; i < subject_count; i++) {
+  for (i = 0; i < subject_count; i++) {
     if (allowed_by[i] == 0) continue;
-    printf("%s\"%s\":%ld", sent++ ? "," : "", subjects[i], allowed_by[i]);
+    printf("%s\"%s\":%ld", printed++ ? "," : "", subjects[i], allowed_by[i]);
   }
   printf("},\"failures\":%d}", failures);
   return 0;

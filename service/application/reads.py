@@ -132,12 +132,12 @@ class EntitlementReader:
         mode whose point is a query per call) every miss is read as before."""
         loop = asyncio.get_running_loop()
         while self._waiting and len(self._reading) < self._readers:
-            due = self._last_read + self._gather
-            if loop.time() < due and len(self._waiting) < MAX_READ_TOGETHER:
+            now, due = loop.time(), self._last_read + self._gather
+            if now < due and len(self._waiting) < MAX_READ_TOGETHER:
                 if self._gathering is None:
                     self._gathering = loop.call_at(due, self._gathered)
                 return
-            self._last_read = loop.time()
+            self._last_read = now
             taken = list(islice(self._waiting, MAX_READ_TOGETHER))
             waiting = {subject: self._waiting.pop(subject) for subject in taken}
             task = asyncio.ensure_future(self._load_into(waiting))

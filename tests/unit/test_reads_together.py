@@ -11,7 +11,7 @@ import pytest
 
 from service.adapters.cache import EntitlementCache
 from service.application.ports import StoreUnavailable
-from service.application.reads import EntitlementReader
+from service.application.reads import READ_GATHER_SECONDS, EntitlementReader
 from service.config import load_catalog
 from service.domain.resolution import SubjectState
 from tests.support.fakes import FakeClock
@@ -38,10 +38,10 @@ class CountingStates:
         return {s: SubjectState(s) for s in subjects}
 
 
-def reader(states: CountingStates, **options: float) -> EntitlementReader:
+def reader(states: CountingStates, gather: float = READ_GATHER_SECONDS) -> EntitlementReader:
     cache = EntitlementCache(100)
     cache.set_live(True)  # the change listener is connected
-    return EntitlementReader(states, CATALOG, cache, FakeClock(), **options)  # type: ignore[arg-type]
+    return EntitlementReader(states, CATALOG, cache, FakeClock(), gather=gather)
 
 
 async def test_misses_of_one_moment_are_one_query() -> None:
