@@ -11,11 +11,11 @@ costs nothing when idle (a lone call is a batch of one, started at once).
 
 Under load a batch also waits for its turn: the next batch starts no sooner than `gather` seconds
 (5 ms) after the one before it began (PostgreSQL's commit_delay, for the same reason). Without
-it batches stayed at 4 to 7 calls even with 64 in flight: the backlog waits upstream, in the
+it batches stayed at mostly 4 to 7 calls even with 64 in flight: the backlog waits upstream, in the
 event loop and grpc, not in this queue, so the flusher found few calls at each look, and every
-batch costs its five round trips (a few hundred microseconds of this process's CPU) whatever
-its size. The wait applies only after a batch of more than one call (so a lone call is never
-delayed) and never when a full batch is waiting (README, Benchmarks: Consume).
+batch costs its five round trips whatever its size. The wait applies only after a batch of
+more than one call (so a lone call is never delayed) and never when a full batch is waiting
+(README, Benchmarks: Consume).
 
 One flusher by default: a second one split the batches (it started on the first call to
 arrive, and on a hot subject then waited for the first one's row lock), and every batch costs
