@@ -115,16 +115,32 @@ def bench_canuse(
     /metrics scraped every second), these two as two processes each. Then, for scale, calls
     that each carry a sampled trace context (a span each). Only what these measurements need
     runs while they run."""
-    floor_port, sink_port = free_port(), free_port()
-    floor_cmd = [sys.executable, str(ROOT / "bench" / "noop_server.py"), f"127.0.0.1:{floor_port}"]
+    sink_port = free_port()
     sink_cmd = [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]
     metrics_ports = [free_port(), free_port()]
     with ExitStack() as stack:
-        floor = canuse.Contender(
-            "floor",
-            f"127.0.0.1:{floor_port}",
-            stack.enter_context(process(floor_cmd, {}, "floor", work)),
-        )
+        # Two processes of the floor and two of cached CanUse (`cached` and one more as
+        # configured by default), pooled round by round (canuse.pooled_ratio).
+        floors = []
+        for i in (1, 2):
+            port = free_port()
+            floor_cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "noop_server.py"),
+                f"127.0.0.1:{port}",
+            ]
+            floors.append(
+                canuse.Contender(
+                    f"floor-{i}",
+                    f"127.0.0.1:{port}",
+                    stack.enter_context(process(floor_cmd, {}, f"floor-{i}", work)),
+                )
+            )
+        second_cm, second_target = service(dsn, work, "service-cached-2")
+        cacheds = [
+            replace(cached, name="cached-1"),
+            canuse.Contender("cached-2", second_target, stack.enter_context(second_cm)),
+        ]
         stack.enter_context(process(sink_cmd, {}, "otlp-sink", work))
         configurations: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
             ("cache_off", ("--no-cache",), {})
@@ -143,18 +159,18 @@ def bench_canuse(
             ]
         # The issue's external measurement as well: 4 connections of 16 streams, the floor
         # and cached CanUse (the same processes), in the same alternating rounds.
-        contenders = [
-            floor,
-            cached,
-            replace(floor, name="floor_4x16", load=canuse.SECOND_LOAD),
-            replace(cached, name="cached_4x16", load=canuse.SECOND_LOAD),
+        pair = [
+            replace(c, name=f"{c.name}{suffix}", load=load)
+            for suffix, load in (("", canuse.Load()), ("_4x16", canuse.SECOND_LOAD))
+            for c in (floors[0], cacheds[0], floors[1], cacheds[1])
         ]
+        contenders = list(pair)
         for name, extra, env in configurations:
             cm, target = service(dsn, work, f"service-{name}", *extra, env=env)
             contenders.append(canuse.Contender(name, target, stack.enter_context(cm)))
         for c in contenders:
             wait_serving(c.target)
-            if c.target != floor.target:
+            if c.target not in {f.target for f in floors}:
                 with grpc.insecure_channel(c.target) as ch:
                     r = pb_grpc.EntitlementServiceStub(ch).CanUse(
                         pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
@@ -162,10 +178,9 @@ def bench_canuse(
                     assert r.allowed and r.plan == "pro", r
         # The floor against cached CanUse first, by themselves: with every contender in one
         # round, a pair is measured a minute apart and the machine's drift swamps the ratio.
-        pair = contenders[:4]
         log(f"CanUse: {', '.join(c.name for c in pair)}, {canuse.PAIR_ROUNDS} rounds …")
         runs = canuse.side_by_side(pair, data_file, work, canuse.PAIR_ROUNDS)
-        rest = contenders[4:]
+        rest = contenders[len(pair) :]
         log(f"CanUse: {', '.join(c.name for c in rest)}, {canuse.ROUNDS} rounds …")
         urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
         with canuse.scraping(urls) as scrapes:
@@ -191,24 +206,42 @@ def bench_canuse(
         "on_vs_off_throughput": on["rps"] / off["rps"],
         "on_vs_off_p99": on["p99_ms"] / off["p99_ms"],
         "on_vs_off_cpu_per_call": on["cpu_us_per_call"] / off["cpu_us_per_call"],
-        "per_process": {name: canuse.summary(rs) for name, rs in runs.items() if "-" in name},
+        "per_process": {
+            name: canuse.summary(rs)
+            for name, rs in runs.items()
+            if name.startswith(("bare-", "instrumented-"))
+        },
         # The same cost measured exactly, in-process (bench/instrumentation_cost.py).
         "in_process": instrumentation_cost.measure(
-            canuse.summary(runs["cached"])["cpu_us_per_call"]
+            canuse.summary(runs["cached-1"] + runs["cached-2"])["cpu_us_per_call"]
         ),
         "scrapes": len(scrapes),
         "every_call_traced": every_call_traced,
     }
-    compared: dict[str, Any] = {
-        c.name: {**canuse.summary(runs[c.name]), "load": str(c.load)}
-        for c in contenders
-        if c.name in ("floor", "cached", "cache_off", "floor_4x16", "cached_4x16")
-    }
-    for name, base in (("cached", "floor"), ("cached_4x16", "floor_4x16")):
-        compared[name]["vs_floor"] = canuse.paired_ratio(runs[name], runs[base])
-        compared[name]["loop_cpu_vs_floor"] = (
-            compared[name]["loop_cpu_us_per_call"] / compared[base]["loop_cpu_us_per_call"]
-        )
+    compared: dict[str, Any] = {"cache_off": {**canuse.summary(runs["cache_off"]), "load": "8x16"}}
+    for suffix, load in (("", canuse.Load()), ("_4x16", canuse.SECOND_LOAD)):
+        floor_runs = [runs[f"floor-{i}{suffix}"] for i in (1, 2)]
+        cached_runs = [runs[f"cached-{i}{suffix}"] for i in (1, 2)]
+        floor_sum = canuse.summary([r for rs in floor_runs for r in rs])
+        cached_sum = canuse.summary([r for rs in cached_runs for r in rs])
+        compared[f"floor{suffix}"] = {**floor_sum, "load": str(load)}
+        compared[f"cached{suffix}"] = {
+            **cached_sum,
+            "load": str(load),
+            "vs_floor": canuse.pooled_ratio(cached_runs, floor_runs),
+            "loop_cpu_vs_floor": cached_sum["loop_cpu_us_per_call"]
+            / floor_sum["loop_cpu_us_per_call"],
+            # The method's own spread: the same code in two processes, round by round.
+            "floor_2_vs_floor_1": canuse.paired_ratio(floor_runs[1], floor_runs[0]),
+            "cached_2_vs_cached_1": canuse.paired_ratio(cached_runs[1], cached_runs[0]),
+            "per_process": {
+                name: canuse.summary(runs[name])
+                for name in (
+                    *(f"floor-{i}{suffix}" for i in (1, 2)),
+                    *(f"cached-{i}{suffix}" for i in (1, 2)),
+                )
+            },
+        }
     return compared, observability
 
 
@@ -322,6 +355,9 @@ def main() -> int:
         results["canuse"], results["observability"] = bench_canuse(
             dsn, work, data_file, canuse.Contender("cached", target_a, proc_a)
         )
+        if sys.argv[1:] == ["canuse"]:  # the CanUse comparisons alone, printed
+            print(json.dumps(results["canuse"], indent=2))
+            return 0
         log("client library, local check …")
         results["client_local"] = bench_local_client(target_a)
         log(f"  {results['client_local']}")
