@@ -20,14 +20,17 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.stack import free_port, process
+
 CANUSE_PATH = "/entitlements.v1.EntitlementService/CanUse"
+SUBJECT = "user_bench_pro"  # the subject every CanUse load asks about (on pro)
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 PAIR_ROUNDS = int(os.environ.get("BENCH_PAIR_ROUNDS", "6"))
@@ -91,6 +94,13 @@ def ensure_h2load() -> str:
     if not found:
         raise SystemExit(H2LOAD_MISSING)
     return found
+
+
+def start_floor(stack: ExitStack, name: str, logs: Path) -> Contender:
+    """The no-op grpc.aio server (bench/noop_server.py) on a free port, stopped with `stack`."""
+    target = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, str(Path(__file__).with_name("noop_server.py")), target]
+    return Contender(name, target, stack.enter_context(process(command, {}, name, logs)))
 
 
 def paired_ratio(runs: Runs, floor: Runs) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from bench import canuse, run
-from bench.stack import database, free_port, process, service, wait_serving
+from bench import canuse
+from bench.stack import database, service, wait_serving
 from entitlements.v1 import entitlement_service_pb2 as pb
 
 LOADS = [
@@ -40,17 +40,10 @@ def main(builds: list[str]) -> int:
     canuse.ensure_h2load()
     work = Path(tempfile.mkdtemp(prefix="ent-compare-"))
     data_file = work / "canuse.bin"
-    request = pb.CanUseRequest(subject=run.SUBJECT, feature="dataExport")
+    request = pb.CanUseRequest(subject=canuse.SUBJECT, feature="dataExport")
     data_file.write_bytes(canuse.grpc_frame(request.SerializeToString()))
     with database() as dsn, ExitStack() as stack:
-        port = free_port()
-        floor_cmd = [sys.executable, str(run.ROOT / "bench" / "noop_server.py")]
-        floor = canuse.Contender(
-            "floor",
-            f"127.0.0.1:{port}",
-            stack.enter_context(process([*floor_cmd, f"127.0.0.1:{port}"], {}, "floor", work)),
-        )
-        contenders = [floor]
+        contenders = [canuse.start_floor(stack, "floor", work)]
         for build in builds:
             name, _, tree = build.partition("=")
             path = str(Path(tree).resolve())

@@ -1,8 +1,8 @@
 """`make bench`: everything started on this machine, measured in one run, side by side.
 
 * CanUse throughput, p50/p99 and server CPU per call (all of it, and its event loop's) under
-  one load generator (h2load, HTTP/2 from C), in alternating rounds (bench/canuse.py), for: a
-  no-op grpc.aio handler (the floor), CanUse with the cache, with the cache off, and with
+  one load generator (h2load, HTTP/2 from C), in alternating rounds (bench/canuse_compared.py),
+  for: a no-op grpc.aio handler (the floor), CanUse with the cache, with the cache off, and with
   metrics and tracing both off and both on; the floor and cached CanUse under a second load
   shape as well (4 connections of 16 streams, the issue's external measurement).
 * The client library's local check (in-process checks/s and per-call p50/p99).
@@ -20,14 +20,12 @@ import asyncio
 import json
 import os
 import platform
-import secrets
 import shutil
 import socket
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import canuse, consume, instrumentation_cost, notify, scale, usage_growth
-from bench.canuse import log
+from bench import canuse, canuse_compared, consume, notify, scale, usage_growth
+from bench.canuse import SUBJECT, log
 from bench.results_file import merge_into_latest
 from bench.stack import (
     BIN,
@@ -59,7 +57,6 @@ from entitlements_client import EntitlementsClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SUBJECT = "user_bench_pro"
 
 
 def bench_local_client(target: str) -> dict[str, float]:
@@ -104,145 +101,6 @@ def bench_memory(proc: psutil.Process, target: str, subjects: int) -> dict[str, 
             stub.BatchCanUse(pb.BatchCanUseRequest(checks=checks), timeout=60)
         after = proc.memory_info().rss
     return {"subjects": subjects, "rss_growth_mib": (after - before) / 2**20}
-
-
-def bench_canuse(
-    dsn: str, work: Path, data_file: Path, cached: canuse.Contender
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """CanUse side by side, in alternating rounds: the no-op floor, the service as configured
-    by default (`cached`: metrics on, tracing off), with its cache off, with metrics and
-    tracing both off ("bare") and with both on ("instrumented": spans to a local OTLP sink,
-    /metrics scraped every second), these two as two processes each. Then, for scale, calls
-    that each carry a sampled trace context (a span each). Only what these measurements need
-    runs while they run."""
-    sink_port = free_port()
-    sink_cmd = [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]
-    metrics_ports = [free_port(), free_port()]
-    with ExitStack() as stack:
-        # Two processes of the floor and two of cached CanUse (`cached` and one more as
-        # configured by default), pooled round by round (canuse.pooled_ratio).
-        floors = []
-        for i in (1, 2):
-            port = free_port()
-            floor_cmd = [
-                sys.executable,
-                str(ROOT / "bench" / "noop_server.py"),
-                f"127.0.0.1:{port}",
-            ]
-            floors.append(
-                canuse.Contender(
-                    f"floor-{i}",
-                    f"127.0.0.1:{port}",
-                    stack.enter_context(process(floor_cmd, {}, f"floor-{i}", work)),
-                )
-            )
-        second_cm, second_target = service(dsn, work, "service-cached-2")
-        cacheds = [
-            replace(cached, name="cached-1"),
-            canuse.Contender("cached-2", second_target, stack.enter_context(second_cm)),
-        ]
-        stack.enter_context(process(sink_cmd, {}, "otlp-sink", work))
-        configurations: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
-            ("cache_off", ("--no-cache",), {})
-        ]
-        for i, port in enumerate(metrics_ports, 1):
-            configurations += [
-                (f"bare-{i}", (), {"ENTITLEMENTS_METRICS_LISTEN": "off"}),
-                (
-                    f"instrumented-{i}",
-                    (),
-                    {
-                        "ENTITLEMENTS_METRICS_LISTEN": f"127.0.0.1:{port}",
-                        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-                    },
-                ),
-            ]
-        # The issue's external measurement as well: 4 connections of 16 streams, the floor
-        # and cached CanUse (the same processes), in the same alternating rounds.
-        pair = [
-            replace(c, name=f"{c.name}{suffix}", load=load)
-            for suffix, load in (("", canuse.Load()), ("_4x16", canuse.SECOND_LOAD))
-            for c in (floors[0], cacheds[0], floors[1], cacheds[1])
-        ]
-        contenders = list(pair)
-        for name, extra, env in configurations:
-            cm, target = service(dsn, work, f"service-{name}", *extra, env=env)
-            contenders.append(canuse.Contender(name, target, stack.enter_context(cm)))
-        for c in contenders:
-            wait_serving(c.target)
-            if c.target not in {f.target for f in floors}:
-                with grpc.insecure_channel(c.target) as ch:
-                    r = pb_grpc.EntitlementServiceStub(ch).CanUse(
-                        pb.CanUseRequest(subject=SUBJECT, feature="dataExport")
-                    )
-                    assert r.allowed and r.plan == "pro", r
-        # The floor against cached CanUse first, by themselves: with every contender in one
-        # round, a pair is measured a minute apart and the machine's drift swamps the ratio.
-        log(f"CanUse: {', '.join(c.name for c in pair)}, {canuse.PAIR_ROUNDS} rounds …")
-        runs = canuse.side_by_side(pair, data_file, work, canuse.PAIR_ROUNDS)
-        rest = contenders[len(pair) :]
-        log(f"CanUse: {', '.join(c.name for c in rest)}, {canuse.ROUNDS} rounds …")
-        urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
-        with canuse.scraping(urls) as scrapes:
-            runs.update(canuse.side_by_side(rest, data_file, work))
-        log("CanUse, every call in a sampled trace (a span each) …")
-        traceparent = f"traceparent: 00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-        instrumented = contenders[-1]
-        traced = canuse.Contender(
-            "traced", instrumented.target, instrumented.process, (traceparent,)
-        )
-        every_call_traced = canuse.measure(traced, data_file, work)
-        log(f"  {every_call_traced}")
-
-    def pooled(prefix: str) -> dict[str, Any]:
-        return canuse.summary(
-            [run for name, rs in runs.items() if name.startswith(prefix) for run in rs]
-        )
-
-    off, on = pooled("bare-"), pooled("instrumented-")
-    observability = {
-        "off": off,
-        "on": on,
-        "on_vs_off_throughput": on["rps"] / off["rps"],
-        "on_vs_off_p99": on["p99_ms"] / off["p99_ms"],
-        "on_vs_off_cpu_per_call": on["cpu_us_per_call"] / off["cpu_us_per_call"],
-        "per_process": {
-            name: canuse.summary(rs)
-            for name, rs in runs.items()
-            if name.startswith(("bare-", "instrumented-"))
-        },
-        # The same cost measured exactly, in-process (bench/instrumentation_cost.py).
-        "in_process": instrumentation_cost.measure(
-            canuse.summary(runs["cached-1"] + runs["cached-2"])["cpu_us_per_call"]
-        ),
-        "scrapes": len(scrapes),
-        "every_call_traced": every_call_traced,
-    }
-    compared: dict[str, Any] = {"cache_off": {**canuse.summary(runs["cache_off"]), "load": "8x16"}}
-    for suffix, load in (("", canuse.Load()), ("_4x16", canuse.SECOND_LOAD)):
-        floor_runs = [runs[f"floor-{i}{suffix}"] for i in (1, 2)]
-        cached_runs = [runs[f"cached-{i}{suffix}"] for i in (1, 2)]
-        floor_sum = canuse.summary([r for rs in floor_runs for r in rs])
-        cached_sum = canuse.summary([r for rs in cached_runs for r in rs])
-        compared[f"floor{suffix}"] = {**floor_sum, "load": str(load)}
-        compared[f"cached{suffix}"] = {
-            **cached_sum,
-            "load": str(load),
-            "vs_floor": canuse.pooled_ratio(cached_runs, floor_runs),
-            "loop_cpu_vs_floor": cached_sum["loop_cpu_us_per_call"]
-            / floor_sum["loop_cpu_us_per_call"],
-            # The method's own spread: the same code in two processes, round by round.
-            "floor_2_vs_floor_1": canuse.paired_ratio(floor_runs[1], floor_runs[0]),
-            "cached_2_vs_cached_1": canuse.paired_ratio(cached_runs[1], cached_runs[0]),
-            "per_process": {
-                name: canuse.summary(runs[name])
-                for name in (
-                    *(f"floor-{i}{suffix}" for i in (1, 2)),
-                    *(f"cached-{i}{suffix}" for i in (1, 2)),
-                )
-            },
-        }
-    return compared, observability
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -352,7 +210,7 @@ def main() -> int:
         # The benchmark subject is on pro, so every path resolves a real item.
         asyncio.run(bench_ingest_one(url, SUBJECT))
 
-        results["canuse"], results["observability"] = bench_canuse(
+        results["canuse"], results["observability"] = canuse_compared.measure(
             dsn, work, data_file, canuse.Contender("cached", target_a, proc_a)
         )
         if sys.argv[1:] == ["canuse"]:  # the CanUse comparisons alone, printed
