@@ -87,3 +87,9 @@ class CacheEntry:
     state: SubjectState
     entitlements: Entitlements
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    # Until when the resolution holds (Entitlements.shown_until_ms), worked out once: every
+    # cached read compares it with now.
+    until_ms: int | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.until_ms = self.entitlements.shown_until_ms

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2_grpc as reflection_grpc
 
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
@@ -241,10 +242,15 @@ def _grpc_server(
     usage_grpc.add_UsageServiceServicer_to_server(wired.usage, dispatch)  # type: ignore[arg-type]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatch)  # type: ignore[arg-type]
-    server.add_generic_rpc_handlers((dispatch,))
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    # Reflection through the dispatch too: a method registered on the server itself makes
+    # grpc.aio wait for its calls apart, on a future of its own, beside every other call.
+    reflection_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
+        reflection.aio.ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        dispatch,
     )
+    server.add_generic_rpc_handlers((dispatch,))
     return server, health_servicer
 
 

@@ -34,17 +34,25 @@ export class Stack {
   static async start(args: string[] = []): Promise<Stack> {
     const python = process.env.ENTITLEMENTS_PYTHON ?? join(REPO, ".venv", "bin", "python");
     const proc = spawn(python, ["-m", "tests.support.ts_stack", ...args], { cwd: REPO });
+    // The helper's last stderr kept (8 KiB), so a start that fails says why.
+    let stderr = "";
     proc.stderr.on("data", (chunk: Buffer) => {
       if (process.env.TS_STACK_VERBOSE) process.stderr.write(chunk);
+      stderr = (stderr + chunk.toString()).slice(-8192);
     });
     const lines = createInterface({ input: proc.stdout });
     const first = await new Promise<string>((ok, fail) => {
-      const timer = setTimeout(() => fail(new Error("the service did not start in 90 s")), 90_000);
+      const timer = setTimeout(
+        () => fail(new Error(`the service did not start in 90 s; its stderr:\n${stderr}`)),
+        90_000,
+      );
       lines.once("line", (line) => {
         clearTimeout(timer);
         ok(line);
       });
-      proc.once("exit", (code) => fail(new Error(`ts_stack exited with ${code}`)));
+      proc.once("exit", (code) =>
+        fail(new Error(`ts_stack exited with ${code}; its stderr:\n${stderr}`)),
+      );
     });
     return new Stack(JSON.parse(first) as StackInfo, proc, lines);
   }

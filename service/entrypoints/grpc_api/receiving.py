@@ -16,6 +16,7 @@ refused before it is parsed.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -72,17 +73,51 @@ class Receiving:
     The deadline is kept by one timer for all reads rather than one per call (asyncio.timeout
     puts a timer in the loop's heap for every call, cancelled a moment later, and the heap
     fills with them): a read still waiting when the timer looks (every quarter of the timeout,
-    at most a second) past its deadline is cancelled and answered DEADLINE_EXCEEDED."""
+    at most a second) past its deadline is cancelled and answered DEADLINE_EXCEEDED.
+
+    The slots are a counter, not an asyncio.Semaphore: this runs on every call, and
+    `async with semaphore` costs three coroutines and a generator on each (measured in
+    `make bench`: CanUse against the floor). A free slot is taken without suspending; with none
+    free a call waits in line (first come, first served) and a slot given back goes straight
+    to the first in line."""
 
     def __init__(self, slots: int, timeout: float | None = None) -> None:
         self.slots = slots
-        self._free = asyncio.Semaphore(slots)
+        self._free = slots
+        self._line: deque[asyncio.Future[None]] = deque()  # calls waiting for a slot
         self._timeout = RECEIVE_TIMEOUT_SECONDS if timeout is None else timeout
         self._every = min(1.0, self._timeout / 4)
         # Reads in progress, with when each is due; the timer takes out those it cancels, so a
         # read cancelled while still in here was cancelled by someone else.
         self._reading: dict[asyncio.Task[Any], float] = {}
         self._watching: asyncio.TimerHandle | None = None
+
+    @property
+    def free(self) -> int:
+        """Slots free now (for tests and metrics)."""
+        return self._free
+
+    async def _wait_in_line(self) -> None:
+        """Wait until a slot is handed over (it is then this call's)."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a slot, then cancelled
+                self._give_back()
+            else:
+                self._line.remove(turn)
+            raise
+
+    def _give_back(self) -> None:
+        """A slot is free: to the first call in line still waiting, else back to the count."""
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
     def _watch(self) -> None:
         """Cancel the reads past their deadline; look again while any is in progress."""
@@ -99,7 +134,11 @@ class Receiving:
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
         """The call's one request message; aborts the call when it is refused, missing or
         late. (One coroutine, with the read inline: this runs on every call.)"""
-        async with self._free:
+        if self._free > 0 and not self._line:
+            self._free -= 1
+        else:
+            await self._wait_in_line()
+        try:
             task = asyncio.current_task()
             assert task is not None
             loop = asyncio.get_running_loop()
@@ -115,6 +154,8 @@ class Receiving:
                 request = _LATE
             finally:
                 self._reading.pop(task, None)
+        finally:
+            self._give_back()
         if request is _LATE:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, RECEIVE_TIMEOUT_MESSAGE)
         if isinstance(request, _Refused):

@@ -93,7 +93,11 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         feature = request.feature
         if feature not in self._features:
             raise InvalidArgument(f"unknown feature {echo(feature)}")
-        return self._can_use(await self._reader.get(request.subject), feature)
+        subject = request.subject
+        entry = self._reader.cached_now(subject)
+        if entry is None:
+            entry = await self._reader.load_one(subject)
+        return self._can_use(entry, feature)
 
     async def BatchCanUse(
         self, request: pb.BatchCanUseRequest, context: Context
