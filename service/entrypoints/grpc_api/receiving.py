@@ -16,6 +16,7 @@ refused before it is parsed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -124,12 +125,11 @@ class Receiving:
         self._watching = None
         if not self._reading:
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         for task in [task for task, due in self._reading.items() if due <= now]:
             del self._reading[task]
             task.cancel()
-        self._watching = loop.call_later(self._every, self._watch)
+        self._watching = asyncio.get_running_loop().call_later(self._every, self._watch)
 
     async def request(self, context: aio.ServicerContext[Any, Any]) -> Any:
         """The call's one request message; aborts the call when it is refused, missing or
@@ -141,10 +141,9 @@ class Receiving:
         try:
             task = asyncio.current_task()
             assert task is not None
-            loop = asyncio.get_running_loop()
-            self._reading[task] = loop.time() + self._timeout
+            self._reading[task] = time.monotonic() + self._timeout  # the loop's clock
             if self._watching is None:
-                self._watching = loop.call_later(self._every, self._watch)
+                self._watching = asyncio.get_running_loop().call_later(self._every, self._watch)
             try:
                 request = await context.read()
             except asyncio.CancelledError:
