@@ -42,6 +42,15 @@ class Held:
         raise Aborted
 
 
+def _in_line(
+    receiving: Receiving, names: list[str], started: list[str]
+) -> tuple[list[Held], list[asyncio.Task[Any]]]:
+    """Calls named `names`, each asking `receiving` for its request, in that order."""
+    calls = [Held(name, started) for name in names]
+    tasks = [asyncio.ensure_future(receiving.request(c)) for c in calls]  # type: ignore[arg-type]
+    return calls, tasks
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -50,8 +59,7 @@ async def _settle() -> None:
 async def test_at_most_slots_reads_at_once_and_the_rest_in_arrival_order() -> None:
     receiving = Receiving(slots=2, timeout=30)
     started: list[str] = []
-    calls = [Held(f"c{i}", started) for i in range(5)]
-    tasks = [asyncio.ensure_future(receiving.request(c)) for c in calls]  # type: ignore[arg-type]
+    calls, tasks = _in_line(receiving, [f"c{i}" for i in range(5)], started)
     await _settle()
     assert started == ["c0", "c1"]
     assert receiving.free == 0
@@ -68,10 +76,9 @@ async def test_at_most_slots_reads_at_once_and_the_rest_in_arrival_order() -> No
 async def test_a_call_cancelled_in_line_leaves_it_and_takes_no_slot() -> None:
     receiving = Receiving(slots=1, timeout=30)
     started: list[str] = []
-    first, waiting, last = (Held(n, started) for n in ("first", "waiting", "last"))
-    t_first = asyncio.ensure_future(receiving.request(first))  # type: ignore[arg-type]
-    t_waiting = asyncio.ensure_future(receiving.request(waiting))  # type: ignore[arg-type]
-    t_last = asyncio.ensure_future(receiving.request(last))  # type: ignore[arg-type]
+    (first, _, last), (t_first, t_waiting, t_last) = _in_line(
+        receiving, ["first", "waiting", "last"], started
+    )
     await _settle()
     t_waiting.cancel()
     await _settle()
@@ -88,10 +95,9 @@ async def test_a_call_cancelled_in_line_leaves_it_and_takes_no_slot() -> None:
 async def test_a_call_cancelled_as_its_slot_is_handed_over_gives_it_back() -> None:
     receiving = Receiving(slots=1, timeout=30)
     started: list[str] = []
-    first, handed, last = (Held(n, started) for n in ("first", "handed", "last"))
-    t_first = asyncio.ensure_future(receiving.request(first))  # type: ignore[arg-type]
-    t_handed = asyncio.ensure_future(receiving.request(handed))  # type: ignore[arg-type]
-    t_last = asyncio.ensure_future(receiving.request(last))  # type: ignore[arg-type]
+    (first, _, last), (t_first, t_handed, t_last) = _in_line(
+        receiving, ["first", "handed", "last"], started
+    )
     await _settle()
     # Cancelled in the same turn of the loop as `first` hands it its slot: the cancellation
     # runs before `handed` wakes up with the slot.
@@ -119,11 +125,7 @@ def test_every_slot_comes_back_whatever_the_reads_do(slots: int, fates: list[str
         receiving = Receiving(slots=slots, timeout=0.02)
         started: list[str] = []
         most = 0
-        calls = [Held(f"c{i}", started) for i in range(len(fates))]
-        tasks = [
-            asyncio.ensure_future(receiving.request(c))  # type: ignore[arg-type]
-            for c in calls
-        ]
+        calls, tasks = _in_line(receiving, [f"c{i}" for i in range(len(fates))], started)
         for call, fate, task in zip(calls, fates, tasks, strict=True):
             await asyncio.sleep(0)
             most = max(most, slots - receiving.free)
