@@ -102,7 +102,7 @@ class EntitlementReader:
 
     async def get(self, subject: str) -> CacheEntry:
         """One subject: the cache is looked in once, PostgreSQL read on a miss."""
-        entry = self.cached(subject, self._clock.now_ms())
+        entry = self.cached_now(subject)
         if entry is not None:
             return entry
         return await self.load_one(subject)

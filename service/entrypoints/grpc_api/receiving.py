@@ -77,8 +77,8 @@ class Receiving:
     at most a second) past its deadline is cancelled and answered DEADLINE_EXCEEDED.
 
     The slots are a counter, not an asyncio.Semaphore: this runs on every call, and
-    `async with semaphore` costs three coroutines and a generator on each (measured in
-    `make bench`: CanUse against the floor). A free slot is taken without suspending; with none
+    `async with semaphore` costs three coroutines and a generator on each (README, Benchmarks:
+    what the service still adds per CanUse call). A free slot is taken without suspending; with none
     free a call waits in line (first come, first served) and a slot given back goes straight
     to the first in line."""
 
@@ -95,7 +95,7 @@ class Receiving:
 
     @property
     def free(self) -> int:
-        """Slots free now (for tests and metrics)."""
+        """Slots free now (for tests)."""
         return self._free
 
     async def _wait_in_line(self) -> None:
