@@ -8,7 +8,9 @@ generator is bench/consume_load.c: h2load's engine (nghttp2, in C) in h2load's s
 generator before it, took ~200: 0.4 of a core at 2 000/s, beside the service measured).
 Reported: throughput, p50 / p99 latency, and exactness checked after the run (the usage the
 service reports equals the allowed calls, each counted once); the same loads against the
-no-op grpc.aio Consume first (the floor: where the ceiling is on this machine, in this run).
+no-op grpc.aio Consume first (the floor: where the ceiling is on this machine, in this run);
+for each open-loop load, the garbage collector's pauses in the service meanwhile (from its
+`entitlements_gc_pause_seconds`), which are where its p99 went before 2026-12-08.
 
 Part of `make bench`; alone: `make build/consume_load && .venv/bin/python -m bench.run consume`.
 """
@@ -21,10 +23,12 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import SYNC_SECRET, database, free_port, process, service, wait_serving
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
@@ -115,6 +119,50 @@ def floor(logs: Path) -> dict[str, Any]:
         }
 
 
+GC_PAUSES = "entitlements_gc_pause_seconds"
+
+
+def _gc_buckets(metrics_text: str) -> dict[float, float]:
+    """Pauses of every generation by bucket (upper bound in seconds: count at or below),
+    and their total seconds under the key -1."""
+    found: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != GC_PAUSES:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{GC_PAUSES}_bucket":
+                bound = float(sample.labels["le"])
+                found[bound] = found.get(bound, 0.0) + sample.value
+            elif sample.name == f"{GC_PAUSES}_sum":
+                found[-1.0] = found.get(-1.0, 0.0) + sample.value
+    return found
+
+
+def gc_pauses(before: str, after: str) -> dict[str, Any]:
+    """The collector's pauses between two scrapes of a service's /metrics: how many, how
+    many longer than 5 ms, their total, and the bucket bound the longest fell under."""
+    was, now = _gc_buckets(before), _gc_buckets(after)
+    grew = {bound: now[bound] - was.get(bound, 0.0) for bound in now}
+    bounds = sorted(b for b in grew if b >= 0)
+    total = grew[bounds[-1]] if bounds else 0.0  # +Inf: every pause
+    if not total:
+        return {"pauses": 0, "over_5_ms": 0, "total_ms": 0.0, "longest_under_ms": 0.0}
+    under_5 = grew.get(0.005, 0.0)
+    longest = next((b for b in bounds if grew[b] == total), bounds[-1])
+    return {
+        "pauses": int(total),
+        "over_5_ms": int(total - under_5),
+        "total_ms": round(grew.get(-1.0, 0.0) * 1e3, 1),
+        "longest_under_ms": longest * 1e3,
+    }
+
+
+def _scrape(metrics: str) -> str:
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
 def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
     """The hot subject gets an unlimited override, so every call takes the write path."""
     with grpc.insecure_channel(target) as channel:
@@ -127,7 +175,21 @@ def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
         )
 
 
-def measure(target: str, sync_secret: str) -> dict[str, Any]:
+def _load_watching_gc(
+    metrics: str,
+    target: str,
+    subjects: list[str],
+    calls: int,
+    rate: int,
+    before: dict[str, int] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """_load, with the service's collector pauses during it."""
+    scraped = _scrape(metrics)
+    result, allowed = _load(target, subjects, calls, rate, before)
+    return {**result, "gc": gc_pauses(scraped, _scrape(metrics))}, allowed
+
+
+def measure(target: str, sync_secret: str, metrics: str) -> dict[str, Any]:
     """The loads against a serving service with a fresh database: closed-loop (as many calls
     as the service answers, 64 in flight: the CanUse shape) and open-loop at RATE calls/s (the
     latency a caller sees at that rate). Over 10 000 subjects, open loop twice: on subjects
@@ -141,12 +203,16 @@ def measure(target: str, sync_secret: str) -> dict[str, Any]:
     for suffix, rate in (("", 0), ("_at_rate", RATE)):
         hot = f"{HOT}{suffix}"
         _unlimited_for(target, hot, sync_secret)
-        results[f"hot_subject{suffix}"], _ = _load(target, [hot], CALLS, rate)
+        results[f"hot_subject{suffix}"], _ = _load_watching_gc(metrics, target, [hot], CALLS, rate)
     many = [f"user_bench_{i}" for i in range(SUBJECTS)]
-    results["distinct_subjects"], seen = _load(target, many, CALLS)
-    results["distinct_subjects_at_rate"], _ = _load(target, many, CALLS, RATE, before=seen)
+    results["distinct_subjects"], seen = _load_watching_gc(metrics, target, many, CALLS, 0)
+    results["distinct_subjects_at_rate"], _ = _load_watching_gc(
+        metrics, target, many, CALLS, RATE, before=seen
+    )
     cold = [f"user_bench_cold_{i}" for i in range(SUBJECTS)]
-    results["distinct_subjects_cold_at_rate"], _ = _load(target, cold, CALLS, RATE)
+    results["distinct_subjects_cold_at_rate"], _ = _load_watching_gc(
+        metrics, target, cold, CALLS, RATE
+    )
     return results
 
 
@@ -154,11 +220,14 @@ def bench() -> dict[str, Any]:
     """The no-op floor, then Consume on a service of its own over a fresh database."""
     logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
     below = floor(logs)
+    metrics = f"127.0.0.1:{free_port()}"
     with database() as dsn:
-        manager, target = service(dsn, logs, "consume")
+        manager, target = service(
+            dsn, logs, "consume", env={"ENTITLEMENTS_METRICS_LISTEN": metrics}
+        )
         with manager:
             wait_serving(target)
-            return {**below, **measure(target, SYNC_SECRET)}
+            return {**below, **measure(target, SYNC_SECRET, metrics)}
 
 
 SERVICE_LOADS = (
@@ -183,9 +252,17 @@ def describe(results: dict[str, Any]) -> str:
     ]
     for key, how in SERVICE_LOADS:
         r = results[key]
+        pauses = r.get("gc")
         lines.append(
             _line(f", {how.format(at=at)}", r)
             + f", {r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
+            + (
+                f"; collector: {pauses['pauses']} pauses, {pauses['over_5_ms']} over 5 ms, "
+                f"{pauses['total_ms']} ms in all, the longest under {pauses['longest_under_ms']}"
+                " ms"
+                if pauses
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -215,6 +292,14 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "value": results["distinct_subjects_cold_at_rate"]["p99_ms"],
         "target": "(cold start: reported)",
     }
+    for name, label in (
+        ("hot_subject_at_rate", "hot_subject"),
+        ("distinct_subjects_at_rate", "10k_subjects"),
+    ):
+        found[f"consume_{label}_gc_pauses_over_5_ms_at_{rate}_per_second"] = {
+            "value": results[name]["gc"]["over_5_ms"],
+            "target": "(the service's collector, reported)",
+        }
     found["consume_exact"] = {
         "value": all(results[key]["exact"] for key, _ in SERVICE_LOADS),
         "target": "true",

@@ -48,6 +48,14 @@ RPC_SECONDS = Histogram(
 )
 RPC_MESSAGES_SENT = Counter("grpc_server_msg_sent", "Messages sent on server streams.", RPC_LABELS)
 
+# ---- the process (entrypoints/garbage_collection.py) ------------------------------------------
+GC_PAUSE_SECONDS = Histogram(
+    "entitlements_gc_pause_seconds",
+    "Pauses of Python's cycle collector, by generation (0: young; 2: full).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
 # ---- plan state and reads --------------------------------------------------------------------
 DELIVERIES = Counter(
     "entitlements_deliveries", "Billing deliveries answered, by outcome.", ["outcome"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from service.domain.catalog import Catalog
 from service.entrypoints.background import background_jobs
 from service.entrypoints.bootstrap import Wired, wire
 from service.entrypoints.connect_api import HttpServer, start_configured_http
+from service.entrypoints.garbage_collection import tune_garbage_collection
 from service.entrypoints.grpc_api import tracing
 from service.entrypoints.grpc_api.dispatch import Dispatch
 from service.entrypoints.grpc_api.interceptors import (
@@ -302,23 +302,6 @@ async def serve(settings: ServiceSettings) -> None:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
     log.info("stopped")
-
-
-# Collections of the youngest generation after this many new container objects (CPython's
-# default is 700): a call allocates a few hundred (grpc.aio's call objects, futures, messages),
-# so the default collected every call or two, and each such collection also counted toward
-# the full ones that walk every cache entry.
-GC_YOUNG_THRESHOLD = 20_000
-GC_OLDER_THRESHOLDS = (20, 20)
-
-
-def tune_garbage_collection() -> None:
-    """Once serving: what start-up allocated (modules, the catalog, the wired application)
-    moves out of the collector's sight (`gc.freeze`), and the young generation is collected
-    less often. Measured in `make bench` (Consume over 10 000 subjects, whose first calls fill
-    the cache, had its p99 set by full collections)."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
 def configure_logging(level: str = "INFO") -> None:

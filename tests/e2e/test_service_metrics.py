@@ -130,6 +130,11 @@ def test_every_series_an_operator_needs(database_url: str, tmp_path: Path) -> No
     assert 0 <= value(after, "entitlements_watch_lag_seconds") < 5
     assert 1 <= value(after, "entitlements_db_pool_connections_open") <= 10
     assert 0 <= value(after, "entitlements_db_pool_connections_in_use") <= 10
+    # The collector's pauses, by generation: the series are there from the start (young
+    # collections come every 2 000 new objects, so a few calls may not have made one yet).
+    for generation in ("0", "1", "2"):
+        pauses = ("entitlements_gc_pause_seconds_count", frozenset({("generation", generation)}))
+        assert pauses in after
 
 
 def test_off_serves_no_metrics(database_url: str, tmp_path: Path) -> None:

@@ -145,9 +145,10 @@ async def test_a_call_after_the_last_flusher_finished_is_never_stranded() -> Non
 
 
 def gathering(store: InMemoryStore, gather: float, batch: int = 64) -> ConsumeQueue:
+    """Two flushers on one cadence (the default)."""
     clock = Clock()
     clock.freeze(NOW)
-    return ConsumeQueue(store, clock, batch=batch, gather=gather)
+    return ConsumeQueue(store, clock, batch=batch, gather=gather, writers=2)
 
 
 def call(key: str) -> ConsumeCall:
@@ -156,7 +157,8 @@ def call(key: str) -> ConsumeCall:
 
 async def test_under_load_the_next_batch_gathers_the_calls_of_its_wait() -> None:
     # Two calls together are load: the calls that then arrive one by one are gathered into
-    # one batch at the end of the wait, not written one transaction each.
+    # one batch at the end of the wait, not written one transaction each, though the second
+    # flusher is free all along (the wait is the queue's, not each flusher's).
     store = InMemoryStore()
     q = gathering(store, gather=0.3)
     async with asyncio.timeout(10):
@@ -224,3 +226,35 @@ async def test_stopped_while_gathering_the_queued_calls_are_cancelled_not_strand
     await asyncio.wait([queued], timeout=5)
     assert queued.cancelled()
     assert ("user_a", "m1", "c") not in store.data.usage.records
+
+
+class FirstHeldStore(InMemoryStore):
+    """The first unit of work waits until `release` is set (a slow transaction); the loop's
+    time is noted as each unit starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started: list[float] = []
+
+    async def run(self, work: Any) -> Any:
+        self.started.append(asyncio.get_running_loop().time())
+        if len(self.started) == 1:
+            await self.release.wait()
+        return await super().run(work)
+
+
+async def test_a_slow_transaction_does_not_hold_up_the_batch_behind_it() -> None:
+    store = FirstHeldStore()
+    q = gathering(store, gather=0.05)
+    other = [ConsumeCall("user_b", "m1", 1, f"b{i}", LimitValue(10), MONTH) for i in range(3)]
+    async with asyncio.timeout(5):
+        slow = asyncio.gather(q.consume(call("a")), q.consume(call("b")))
+        await asyncio.sleep(0)  # the first batch (two calls) is in its transaction
+        answers = await asyncio.gather(*(q.consume(c) for c in other))
+        assert not slow.done()  # answered while the first batch still runs
+        store.release.set()
+        await slow
+    assert [a.used for a, _ in answers] == [1, 2, 3]
+    first, second = store.started
+    assert second - first >= 0.05  # on the shared cadence: not before the gather
