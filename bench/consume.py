@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.quiet import settle
 from bench.stack import SYNC_SECRET, database, free_port, process, service, wait_serving
 from entitlements.v1 import billing_sync_service_pb2 as sync_pb
 from entitlements.v1 import billing_sync_service_pb2_grpc as sync_grpc
@@ -108,15 +109,15 @@ def _load(
 def floor(logs: Path) -> dict[str, Any]:
     """The same loads against the no-op grpc.aio Consume (bench/noop_server.py): what grpc.aio
     and the load generator cost by themselves on this machine in this run, the ceiling under
-    the service's figures."""
+    the service's figures. The open-loop load starts on a quiet machine (bench/quiet.py)."""
     target = f"127.0.0.1:{free_port()}"
     command = [sys.executable, str(Path(__file__).with_name("noop_server.py")), target]
     with process(command, {}, "consume-floor", logs):
         wait_serving(target)
-        return {
-            f"floor{suffix}": _summary(_generate(target, [HOT], CALLS, rate), CALLS)
-            for suffix, rate in (("", 0), ("_at_rate", RATE))
-        }
+        closed = _summary(_generate(target, [HOT], CALLS, 0), CALLS)
+        settled = settle()
+        at_rate = _summary(_generate(target, [HOT], CALLS, RATE), CALLS)
+        return {"floor": closed, "floor_at_rate": {**at_rate, "settled": settled}}
 
 
 GC_PAUSES = "entitlements_gc_pause_seconds"
@@ -183,10 +184,13 @@ def _load_watching_gc(
     rate: int,
     before: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """_load, with the service's collector pauses during it."""
+    """_load, with the service's collector pauses during it; an open-loop load starts on a
+    quiet machine (bench/quiet.py)."""
+    settled = settle() if rate else None
     scraped = _scrape(metrics)
     result, allowed = _load(target, subjects, calls, rate, before)
-    return {**result, "gc": gc_pauses(scraped, _scrape(metrics))}, allowed
+    found = {**result, "gc": gc_pauses(scraped, _scrape(metrics))}
+    return ({**found, "settled": settled} if settled else found), allowed
 
 
 def measure(target: str, sync_secret: str, metrics: str) -> dict[str, Any]:
@@ -219,8 +223,8 @@ def measure(target: str, sync_secret: str, metrics: str) -> dict[str, Any]:
 def bench() -> dict[str, Any]:
     """The no-op floor, then Consume on a service of its own over a fresh database."""
     logs = Path(tempfile.mkdtemp(prefix="ent-bench-consume-"))
-    below = floor(logs)
     metrics = f"127.0.0.1:{free_port()}"
+    below = floor(logs)
     with database() as dsn:
         manager, target = service(
             dsn, logs, "consume", env={"ENTITLEMENTS_METRICS_LISTEN": metrics}
@@ -240,7 +244,14 @@ SERVICE_LOADS = (
 
 
 def _line(how: str, r: dict[str, Any]) -> str:
-    return f"Consume{how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+    settled = r.get("settled")
+    return f"Consume{how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" + (
+        f" (started after {settled['waited_s']} s, {settled['idle_share']} idle"
+        + ("" if settled.get("quiet") else ", never quiet")
+        + ")"
+        if settled
+        else ""
+    )
 
 
 def describe(results: dict[str, Any]) -> str:
