@@ -9,14 +9,16 @@ generator before it, took ~200: 0.4 of a core at 2 000/s, beside the service mea
 Reported: throughput, p50 / p99 latency, and exactness checked after the run (the usage the
 service reports equals the allowed calls, each counted once); the same loads against the
 no-op grpc.aio Consume first (the floor: where the ceiling is on this machine, in this run);
-for each open-loop load, the garbage collector's pauses in the service meanwhile (from its
-`entitlements_gc_pause_seconds`), which are where its p99 went before 2026-12-08.
+for each load, the garbage collector's pauses in the service meanwhile (from its
+`entitlements_gc_pause_seconds`, where its p99 went before 2026-12-08), and the buffers
+PostgreSQL's checkpointer wrote and the WAL written meanwhile (what else the two cores did).
 
 Part of `make bench`; alone: `make build/consume_load && .venv/bin/python -m bench.run consume`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -24,9 +26,11 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -158,6 +162,34 @@ def gc_pauses(before: str, after: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Watched:
+    """Where to read what happened beside a load: the service's /metrics (`host:port`) and
+    its database (the server's checkpointer writes and WAL, cluster-wide)."""
+
+    metrics: str
+    dsn: str
+
+
+def _server_counters(dsn: str) -> tuple[int, int]:
+    """(buffers the checkpointer has written, WAL bytes written) so far, cluster-wide."""
+
+    async def read() -> tuple[int, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                """SELECT buffers_checkpoint,
+                          pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal
+                     FROM pg_stat_bgwriter"""
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return int(row["buffers_checkpoint"]), int(row["wal"])
+
+    return asyncio.run(read())
+
+
 def _scrape(metrics: str) -> str:
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
         text: str = response.read().decode()
@@ -177,23 +209,30 @@ def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
 
 
 def _load_watching_gc(
-    metrics: str,
+    watched: Watched,
     target: str,
     subjects: list[str],
     calls: int,
     rate: int,
     before: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """_load, with the service's collector pauses during it; an open-loop load starts on a
-    quiet machine (bench/quiet.py)."""
+    """_load, with the service's collector pauses, the buffers PostgreSQL's checkpointer
+    wrote and the WAL written during it; an open-loop load starts on a quiet machine
+    (bench/quiet.py)."""
     settled = settle() if rate else None
-    scraped = _scrape(metrics)
+    scraped, (written, wal) = _scrape(watched.metrics), _server_counters(watched.dsn)
     result, allowed = _load(target, subjects, calls, rate, before)
-    found = {**result, "gc": gc_pauses(scraped, _scrape(metrics))}
+    written_after, wal_after = _server_counters(watched.dsn)
+    found = {
+        **result,
+        "gc": gc_pauses(scraped, _scrape(watched.metrics)),
+        "checkpointer_buffers": written_after - written,
+        "wal_mb": round((wal_after - wal) / 1e6, 1),
+    }
     return ({**found, "settled": settled} if settled else found), allowed
 
 
-def measure(target: str, sync_secret: str, metrics: str) -> dict[str, Any]:
+def measure(target: str, sync_secret: str, watched: Watched) -> dict[str, Any]:
     """The loads against a serving service with a fresh database: closed-loop (as many calls
     as the service answers, 64 in flight: the CanUse shape) and open-loop at RATE calls/s (the
     latency a caller sees at that rate). Over 10 000 subjects, open loop twice: on subjects
@@ -207,15 +246,15 @@ def measure(target: str, sync_secret: str, metrics: str) -> dict[str, Any]:
     for suffix, rate in (("", 0), ("_at_rate", RATE)):
         hot = f"{HOT}{suffix}"
         _unlimited_for(target, hot, sync_secret)
-        results[f"hot_subject{suffix}"], _ = _load_watching_gc(metrics, target, [hot], CALLS, rate)
+        results[f"hot_subject{suffix}"], _ = _load_watching_gc(watched, target, [hot], CALLS, rate)
     many = [f"user_bench_{i}" for i in range(SUBJECTS)]
-    results["distinct_subjects"], seen = _load_watching_gc(metrics, target, many, CALLS, 0)
+    results["distinct_subjects"], seen = _load_watching_gc(watched, target, many, CALLS, 0)
     results["distinct_subjects_at_rate"], _ = _load_watching_gc(
-        metrics, target, many, CALLS, RATE, before=seen
+        watched, target, many, CALLS, RATE, before=seen
     )
     cold = [f"user_bench_cold_{i}" for i in range(SUBJECTS)]
     results["distinct_subjects_cold_at_rate"], _ = _load_watching_gc(
-        metrics, target, cold, CALLS, RATE
+        watched, target, cold, CALLS, RATE
     )
     return results
 
@@ -231,7 +270,7 @@ def bench() -> dict[str, Any]:
         )
         with manager:
             wait_serving(target)
-            return {**below, **measure(target, SYNC_SECRET, metrics)}
+            return {**below, **measure(target, SYNC_SECRET, Watched(metrics, dsn))}
 
 
 SERVICE_LOADS = (
@@ -270,7 +309,7 @@ def describe(results: dict[str, Any]) -> str:
             + (
                 f"; collector: {pauses['pauses']} pauses, {pauses['over_5_ms']} over 5 ms, "
                 f"{pauses['total_ms']} ms in all, the longest under {pauses['longest_under_ms']}"
-                " ms"
+                f" ms; checkpointer wrote {r['checkpointer_buffers']} buffers, WAL {r['wal_mb']} MB"
                 if pauses
                 else ""
             )
