@@ -208,7 +208,7 @@ def _unlimited_for(target: str, subject: str, sync_secret: str) -> None:
         )
 
 
-def _load_watching_gc(
+def _load_watched(
     watched: Watched,
     target: str,
     subjects: list[str],
@@ -246,16 +246,14 @@ def measure(target: str, sync_secret: str, watched: Watched) -> dict[str, Any]:
     for suffix, rate in (("", 0), ("_at_rate", RATE)):
         hot = f"{HOT}{suffix}"
         _unlimited_for(target, hot, sync_secret)
-        results[f"hot_subject{suffix}"], _ = _load_watching_gc(watched, target, [hot], CALLS, rate)
+        results[f"hot_subject{suffix}"], _ = _load_watched(watched, target, [hot], CALLS, rate)
     many = [f"user_bench_{i}" for i in range(SUBJECTS)]
-    results["distinct_subjects"], seen = _load_watching_gc(watched, target, many, CALLS, 0)
-    results["distinct_subjects_at_rate"], _ = _load_watching_gc(
+    results["distinct_subjects"], seen = _load_watched(watched, target, many, CALLS, 0)
+    results["distinct_subjects_at_rate"], _ = _load_watched(
         watched, target, many, CALLS, RATE, before=seen
     )
     cold = [f"user_bench_cold_{i}" for i in range(SUBJECTS)]
-    results["distinct_subjects_cold_at_rate"], _ = _load_watching_gc(
-        watched, target, cold, CALLS, RATE
-    )
+    results["distinct_subjects_cold_at_rate"], _ = _load_watched(watched, target, cold, CALLS, RATE)
     return results
 
 
@@ -283,13 +281,21 @@ SERVICE_LOADS = (
 
 
 def _line(how: str, r: dict[str, Any]) -> str:
+    line = f"Consume{how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
     settled = r.get("settled")
-    return f"Consume{how}: {r['per_second']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" + (
-        f" (started after {settled['waited_s']} s, {settled['idle_share']} idle"
-        + ("" if settled.get("quiet") else ", never quiet")
-        + ")"
-        if settled
-        else ""
+    if settled:
+        never = ", never quiet" if settled["quiet"] is False else ""
+        line += f" (started after {settled['waited_s']} s, {settled['idle_share']} idle{never})"
+    return line
+
+
+def _beside(r: dict[str, Any]) -> str:
+    """What else happened during a service load (_load_watched)."""
+    pauses = r["gc"]
+    return (
+        f"; collector: {pauses['pauses']} pauses, {pauses['over_5_ms']} over 5 ms, "
+        f"{pauses['total_ms']} ms in all, the longest under {pauses['longest_under_ms']} ms; "
+        f"checkpointer wrote {r['checkpointer_buffers']} buffers, WAL {r['wal_mb']} MB"
     )
 
 
@@ -302,17 +308,10 @@ def describe(results: dict[str, Any]) -> str:
     ]
     for key, how in SERVICE_LOADS:
         r = results[key]
-        pauses = r.get("gc")
         lines.append(
             _line(f", {how.format(at=at)}", r)
             + f", {r['allowed']} allowed of {r['calls']}, exact: {r['exact']}"
-            + (
-                f"; collector: {pauses['pauses']} pauses, {pauses['over_5_ms']} over 5 ms, "
-                f"{pauses['total_ms']} ms in all, the longest under {pauses['longest_under_ms']}"
-                f" ms; checkpointer wrote {r['checkpointer_buffers']} buffers, WAL {r['wal_mb']} MB"
-                if pauses
-                else ""
-            )
+            + _beside(r)
         )
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
 """Start a latency measurement on a quiet machine.
 
-The benchmarks share two cores with PostgreSQL and with what the benchmark before them left
-behind: the writeback of a dropped database of a million subjects, autovacuum of the tables a
-load just filled. In `make bench` of 2026-12-08 the no-op floor's own p99 at 2 000 calls/s was
-56.6 ms right after the growth benchmark, against 2.0 ms when Consume ran alone. So before each
+The benchmarks share two cores with PostgreSQL and with whatever the benchmark before them left
+running (what exactly was not found). In `make bench` of 2026-12-08 01:07 UTC the no-op floor's
+own p99 at 2 000 calls/s was 56.6 ms right after the growth benchmark, against 2.0 ms when
+Consume ran alone an hour before. So before each
 open-loop load, `settle` flushes the page cache's dirty pages (`sync`), then waits until the
 cores are mostly idle for a few seconds in a row, up to a limit; what it waited and how idle
 the machine was are reported with the figures, as is a limit reached. It does not ask
@@ -39,11 +39,11 @@ def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 def settle() -> dict[str, Any]:
     """sync, then wait for QUIET_SECONDS seconds in a row with at least IDLE_SHARE of the CPU
-    idle, at most LIMIT_SECONDS."""
+    idle, at most LIMIT_SECONDS (`quiet`: whether that came; None where /proc/stat is not)."""
     started = time.monotonic()
     os.sync()
     if not STAT.exists():
-        return {"waited_s": round(time.monotonic() - started, 1), "idle_share": None}
+        return {"waited_s": round(time.monotonic() - started, 1), "idle_share": None, "quiet": None}
     quiet, share = 0, 0.0
     reading = cpu_times(STAT.read_text())
     while quiet < QUIET_SECONDS and time.monotonic() - started < LIMIT_SECONDS:

@@ -24,8 +24,8 @@ beside it on another connection (on one hot subject it then waits for the counte
 in PostgreSQL; the counters are locked in key order, so never in a cycle). Measured side by
 side at 2 000 Consumes/s over 10 000 subjects (a throwaway script, README, Benchmarks:
 Consume): p99 10.6-13.1 ms against one flusher's 12.3-20.4 in eight runs each, and the same
-closed-loop throughput. Before the
-cadence was shared, a second flusher started on the first call to arrive and split the batches.
+closed-loop throughput. Before the cadence was shared, a second flusher started on the first
+call to arrive and split the batches.
 
 A caller that gave up before its batch started is left out; one that gives up while its batch
 runs is still recorded (its retry with the same key gets that answer, counted once). A failed

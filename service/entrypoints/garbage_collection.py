@@ -4,10 +4,11 @@ Every grpc.aio call leaves garbage only the collector frees: grpc's own method l
 (`_find_method_handler`, compiled) makes a closure that refers to its own scope, three objects
 a call that reference counting never frees. So the young generation fills with them at the
 call rate, and one collection's pause grows with the young generation's threshold: at 20 000
-allocations (this module's setting until 2026-12-08) a young collection found about 19 500 such
-objects and paused the event loop 5-15 ms, the next generation's 34-53 ms, every few seconds
-at 2 000 calls/s, and those pauses set Consume's p99 (README, Benchmarks: Consume). At 2 000 a
-young collection pauses under 1 ms (the next generation under 3 ms) for the same total work.
+allocations (this module's setting until 2026-12-08) a young collection found 17 000-21 000
+such objects and paused the event loop 5-15 ms every few seconds at 2 000 calls/s, and the next
+generation's 34-53 ms about once a minute; those pauses set much of Consume's p99 (README,
+Benchmarks: Consume). At 2 000 a young collection paused under 1 ms (the next generation under
+3 ms) in the same loads.
 
 The pauses are counted (`entitlements_gc_pause_seconds`, by generation), so a p99 that climbs
 can be matched against them; a collection is a few a second, so the count costs nothing a call.
@@ -22,8 +23,7 @@ from typing import Any
 from service.metrics import GC_PAUSE_SECONDS
 
 # Collections of the youngest generation after this many new container objects (CPython's
-# default is 700, which under load collected every few calls and counted each toward the
-# older generations); the older two keep CPython's ratios of collections.
+# default is 700; see above for why not 20 000); the older two keep CPython's ratios.
 GC_YOUNG_THRESHOLD = 2_000
 GC_OLDER_THRESHOLDS = (20, 20)
 

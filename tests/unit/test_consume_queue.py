@@ -257,4 +257,6 @@ async def test_a_slow_transaction_does_not_hold_up_the_batch_behind_it() -> None
         await slow
     assert [a.used for a, _ in answers] == [1, 2, 3]
     first, second = store.started
-    assert second - first >= 0.05  # on the shared cadence: not before the gather
+    # On the shared cadence: not before the gather (less the moment between a batch's turn
+    # being set and its unit of work starting); a flusher of its own would start at once.
+    assert second - first >= 0.04
